@@ -1,0 +1,2 @@
+//! GEMM benchmark (OWNER: ring helper).
+fn main() {}

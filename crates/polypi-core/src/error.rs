@@ -1,0 +1,49 @@
+//! The one error type of polypi-core. Variants are named after what went wrong for the user.
+
+/// Result alias used across polypi-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error polypi-core returns. No function of the crate panics on bad input; it returns one
+/// of these with enough context (file, node, layer, peer) to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model file could not be read or is malformed (bad header, missing tensor, wrong dtype).
+    #[error("model file {path}: {reason}")]
+    ModelFile { path: String, reason: String },
+    /// The graph is invalid at a node (unknown op, dangling edge, bad attribute).
+    #[error("invalid graph at node '{node}': {reason}")]
+    Graph { node: String, reason: String },
+    /// A tensor has the wrong shape (input image, weight, or an edge between two nodes).
+    #[error("shape mismatch at '{node}': expected {expected:?}, got {got:?}")]
+    ShapeMismatch { node: String, expected: Vec<usize>, got: Vec<usize> },
+    /// A value cannot be represented in the fixed-point ring (|x| * 2^frac_bits >= 2^63), or a
+    /// layer's values left the safe range of the ring.
+    #[error("fixed-point range exceeded at {location}: |value| {value} > bound {bound}")]
+    RangeExceeded { location: String, value: f64, bound: f64 },
+    /// The peer closed the connection or stopped answering.
+    #[error("peer {peer} disconnected after {after_bytes} bytes: {reason}")]
+    PeerDisconnected { peer: String, after_bytes: u64, reason: String },
+    /// The peer speaks another protocol version or is not a polypi peer.
+    #[error("protocol version mismatch with {peer}: ours {ours}, theirs {theirs}")]
+    VersionMismatch { peer: String, ours: String, theirs: String },
+    /// The peer sent a message that does not fit the protocol (wrong length or kind).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A bad argument from the caller (inconsistent configuration, unsupported combination).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An operating-system I/O error (file, socket).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Graph`].
+    pub fn graph(node: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Graph { node: node.into(), reason: reason.into() }
+    }
+    /// Shorthand for [`Error::ModelFile`].
+    pub fn model_file(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::ModelFile { path: path.into(), reason: reason.into() }
+    }
+}

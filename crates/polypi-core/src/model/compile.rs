@@ -1,0 +1,1 @@
+//! Compile passes: Graph + weights -> Plan. OWNER: model helper.

@@ -1,0 +1,1 @@
+//! Model file load/save (safetensors + polypi.graph). OWNER: model helper.

@@ -1,0 +1,11 @@
+//! Models: the graph IR ([`graph`]), the model file ([`file`]), compile passes into a [`Plan`]
+//! ([`compile`]) and the reference networks of `reference.md` ([`zoo`]).
+
+pub mod compile;
+pub mod file;
+pub mod graph;
+pub mod plan;
+pub mod zoo;
+
+pub use graph::{Graph, ModelCard, Node, Normalize, Op, FORMAT_VERSION};
+pub use plan::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};

@@ -1,0 +1,172 @@
+//! The compiled network: what every backend of the engine walk runs (design.md §3).
+//!
+//! A [`Plan`] comes from a [`super::Graph`] plus its weights after the compile passes: BatchNorm
+//! folded into the preceding conv, `X2Act`, `PolyKerv` and `Poly` resolved into [`PolyLayer`]s,
+//! `Identity` removed, and every shape inferred and checked. Weights stay `f32` here; the
+//! fixed-point backends encode them with [`crate::ring::FixedPoint`] so that all of them quantise
+//! identically.
+
+/// Geometry of a 2-D convolution on one sample (NCHW, square kernel, symmetric zero padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvGeom {
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Step in both directions.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Channel groups (1 = dense conv; c_in = groups = depthwise).
+    pub groups: usize,
+}
+
+impl ConvGeom {
+    /// Output height `(h + 2p - kh) / stride + 1`.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.padding - self.kh) / self.stride + 1
+    }
+    /// Output width `(w + 2p - kw) / stride + 1`.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.padding - self.kw) / self.stride + 1
+    }
+    /// Multiply-accumulates per sample: `c_out * out_h * out_w * (c_in/groups) * kh * kw`.
+    pub fn macs(&self) -> u64 {
+        (self.c_out * self.out_h() * self.out_w() * (self.c_in / self.groups) * self.kh * self.kw)
+            as u64
+    }
+}
+
+/// A convolution with its weight `[c_out, c_in/groups, kh, kw]` and bias `[c_out]` (f32).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvLayer {
+    /// Geometry.
+    pub geom: ConvGeom,
+    /// Weight, row-major `[c_out, c_in/groups, kh, kw]`.
+    pub weight: Vec<f32>,
+    /// Bias `[c_out]` (zeros when the graph had none).
+    pub bias: Vec<f32>,
+}
+
+/// A fully connected layer `y = W x + b` on `[N, in]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearLayer {
+    /// Input features.
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+    /// Weight, row-major `[out, in]` (PyTorch order).
+    pub weight: Vec<f32>,
+    /// Bias `[out]`.
+    pub bias: Vec<f32>,
+}
+
+/// A polynomial activation `y = sum_k c[ch][k] x^k`, per channel (channel = dim 1 of NCHW or of
+/// `[N, F]`), or one shared polynomial when `coeffs.len() == 1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolyLayer {
+    /// Degree d >= 1 (highest power with a non-zero coefficient in some channel).
+    pub degree: usize,
+    /// Coefficients, ascending order, `coeffs[ch].len() == degree + 1`; one row per channel or a
+    /// single shared row.
+    pub coeffs: Vec<Vec<f32>>,
+}
+
+impl PolyLayer {
+    /// Coefficients of channel `ch` (the shared row when there is only one).
+    pub fn coeffs_of(&self, ch: usize) -> &[f32] {
+        if self.coeffs.len() == 1 {
+            &self.coeffs[0]
+        } else {
+            &self.coeffs[ch]
+        }
+    }
+}
+
+/// One compiled operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerOp {
+    /// The client's input.
+    Input,
+    /// Convolution (BatchNorm already folded in).
+    Conv2d(ConvLayer),
+    /// Fully connected layer.
+    Linear(LinearLayer),
+    /// Average pooling, square `kernel`, step `stride`, no padding.
+    AvgPool2d { kernel: usize, stride: usize },
+    /// Mean over H, W: `[N, C, H, W] -> [N, C]`.
+    GlobalAvgPool,
+    /// Max pooling (square window, zero padding counted as -inf).
+    MaxPool2d { kernel: usize, stride: usize, padding: usize },
+    /// `[N, C, H, W] -> [N, C*H*W]`.
+    Flatten,
+    /// Elementwise sum of the two inputs.
+    Add,
+    /// `max(x, 0)`.
+    Relu,
+    /// Polynomial activation.
+    Poly(PolyLayer),
+}
+
+impl LayerOp {
+    /// Short name of the op for reports ("Conv2d", "Poly", ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LayerOp::Input => "Input",
+            LayerOp::Conv2d(_) => "Conv2d",
+            LayerOp::Linear(_) => "Linear",
+            LayerOp::AvgPool2d { .. } => "AvgPool2d",
+            LayerOp::GlobalAvgPool => "GlobalAvgPool",
+            LayerOp::MaxPool2d { .. } => "MaxPool2d",
+            LayerOp::Flatten => "Flatten",
+            LayerOp::Add => "Add",
+            LayerOp::Relu => "Relu",
+            LayerOp::Poly(_) => "Poly",
+        }
+    }
+}
+
+/// One compiled layer: op, inputs (indices of earlier layers) and per-sample output shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    /// Name of the graph node this layer came from.
+    pub name: String,
+    /// The operation.
+    pub op: LayerOp,
+    /// Indices into [`Plan::layers`] of the inputs (all smaller than this layer's index).
+    pub inputs: Vec<usize>,
+    /// Per-sample output shape: `[C, H, W]` or `[F]`.
+    pub out_shape: Vec<usize>,
+}
+
+/// A compiled network, ready for any backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Layers in topological order; `layers[0]` is the `Input`, the last layer is the output.
+    pub layers: Vec<Layer>,
+    /// Fixed-point fractional bits.
+    pub frac_bits: u32,
+    /// Class labels (may be empty).
+    pub labels: Vec<String>,
+    /// Input normalisation, copied from the graph.
+    pub normalize: Option<super::graph::Normalize>,
+}
+
+impl Plan {
+    /// Per-sample input shape `[C, H, W]`.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.layers[0].out_shape
+    }
+    /// Number of output classes (elements of the last layer's output).
+    pub fn num_classes(&self) -> usize {
+        self.layers.last().map(|l| l.out_shape.iter().product()).unwrap_or(0)
+    }
+}

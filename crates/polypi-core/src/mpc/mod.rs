@@ -1,0 +1,1 @@
+//! mpc (to be written).

@@ -1,0 +1,1 @@
+//! TCP channel with framing and a protocol-version handshake. OWNER: net helper.

@@ -1,0 +1,1 @@
+//! offline (to be written).

@@ -1,0 +1,1 @@
+//! polypi-train (to be written).
