@@ -1,2 +1,88 @@
-//! GEMM benchmark (OWNER: ring helper).
-fn main() {}
+//! GEMM and im2col benchmarks (OWNER: ring helper).
+//!
+//! Run: `cargo bench -p polypi-core --bench gemm -- --warm-up-time 1 --measurement-time 3`
+//! (append a filter such as `gemm/128x576x1024` to run a subset).
+//!
+//! - `gemm/<m>x<k>x<n>/<kernel>/st`: one thread (`gemm_packed_with` with `parallel = false`).
+//! - `gemm/<m>x<k>x<n>/<kernel>/mt`: rayon's global pool (as `gemm_packed` runs it; the thread
+//!   count follows `RAYON_NUM_THREADS`, default: one per logical CPU).
+//!
+//! Every kernel the CPU supports is measured (`avx512`, `avx2`, `scalar`); the dispatched one is
+//! printed first. `B` is packed once outside the timed loop (weights are packed once per
+//! session). Throughput is `Elements(m*k*n)`, so criterion's "elem/s" are multiply-accumulates
+//! per second (MAC/s). `im2col/64x32x32_k3p1` unfolds one 64-channel 32x32 input for a 3x3,
+//! padding-1 convolution (elements = entries of the column matrix).
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use polypi_core::model::ConvGeom;
+use polypi_core::ring::gemm::{gemm_packed_with, GemmKernel, PackedB};
+use polypi_core::ring::im2col;
+
+fn rand_vec(len: usize, seed: u64) -> Vec<u64> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        })
+        .collect()
+}
+
+fn bench_gemm(c: &mut Criterion) {
+    eprintln!(
+        "gemm kernel dispatched: {} (available: {:?}); rayon threads: {}",
+        polypi_core::ring::gemm_kernel_name(),
+        GemmKernel::available()
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>(),
+        rayon::current_num_threads()
+    );
+    for &(m, k, n) in &[(128usize, 576usize, 1024usize), (512, 512, 512)] {
+        let a = rand_vec(m * k, 1);
+        let b = rand_vec(k * n, 2);
+        let pb = PackedB::pack(&b, k, n);
+        let mut out = vec![0u64; m * n];
+        let mut group = c.benchmark_group(format!("gemm/{m}x{k}x{n}"));
+        group.throughput(Throughput::Elements((m * k * n) as u64));
+        group.sample_size(10);
+        for kernel in GemmKernel::available() {
+            for (tag, parallel) in [("st", false), ("mt", true)] {
+                group.bench_function(BenchmarkId::new(kernel.name(), tag), |bch| {
+                    bch.iter(|| {
+                        gemm_packed_with(black_box(&a), &pb, &mut out, m, kernel, parallel);
+                        black_box(&out);
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+fn bench_im2col(c: &mut Criterion) {
+    let geom = ConvGeom {
+        c_in: 64,
+        h: 32,
+        w: 32,
+        c_out: 64,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        padding: 1,
+        groups: 1,
+    };
+    let x = rand_vec(64 * 32 * 32, 3);
+    let mut group = c.benchmark_group("im2col");
+    let elems = (64 * 9) * (geom.out_h() * geom.out_w());
+    group.throughput(Throughput::Elements(elems as u64));
+    group.bench_function("64x32x32_k3p1", |bch| {
+        bch.iter(|| black_box(im2col(black_box(&x), 1, &geom, 0)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_gemm, bench_im2col);
+criterion_main!(benches);
