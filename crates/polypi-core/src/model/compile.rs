@@ -1,1 +1,346 @@
-//! Compile passes: Graph + weights -> Plan. OWNER: model helper.
+//! Compile passes: a validated [`ModelFile`] (graph + weights) -> [`Plan`] (design.md §3, §5).
+//!
+//! Passes, in one walk over the nodes:
+//! - `Identity` is removed; its consumers read its input.
+//! - `BatchNorm2d` right after a `Conv2d` whose output feeds only that BN is folded into the conv:
+//!   `w' = w * g/sqrt(var+eps)` per output channel, `b' = (b - mean) * g/sqrt(var+eps) + beta`.
+//!   Any other BN becomes a per-channel degree-1 [`PolyLayer`] `[beta - mean*k, k]`,
+//!   `k = g/sqrt(var+eps)`.
+//! - `X2Act{s, w0, w1, b}` (PolyMPCNet / PASNet, Peng et al.: `s*w0*x^2 + w1*x + b` per channel)
+//!   becomes a per-channel [`PolyLayer`] with rows `[b[c], w1[c], s*w0[c]]`.
+//! - `PolyKerv{c_p, d_p, a_p}` (PolyKervNets, Aremu & Nandakumar: `a_p*(x + c_p)^d_p`) becomes a
+//!   shared [`PolyLayer`], the binomial expansion `c_k = a_p * C(d_p, k) * c_p^(d_p - k)`.
+//! - `Poly` becomes a [`PolyLayer`] (one shared row, or one row per channel from the tensor).
+//! - Every other op maps 1:1. Layers whose output reaches no output are dropped.
+//!
+//! Polynomial rows are normalised: `degree` = highest power with a non-zero coefficient in any
+//! row (at least 1), every row has exactly `degree + 1` coefficients (trailing zeros trimmed,
+//! short rows zero-padded). Arithmetic of the folds is done in f64 and rounded to f32 once.
+
+use std::collections::HashMap;
+
+use super::file::{effective_degree, ModelFile};
+use super::graph::Op;
+use super::plan::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
+use crate::error::{Error, Result};
+
+/// Validates `file` and lowers it into a [`Plan`]: `layers[0]` is the input, `inputs` are indices
+/// of earlier layers, `out_shape` is per sample. Errors: those of [`ModelFile::validate`].
+pub fn compile(file: &ModelFile) -> Result<Plan> {
+    let shapes = file.infer_shapes()?;
+    let g = &file.graph;
+    let n = g.nodes.len();
+    let index: HashMap<&str, usize> =
+        g.nodes.iter().enumerate().map(|(i, nd)| (nd.name.as_str(), i)).collect();
+    let node_of = |s: &str| -> Result<usize> {
+        index.get(s).copied().ok_or_else(|| Error::graph(s, "unknown node (internal)"))
+    };
+
+    // src[i]: the node whose value node i carries (itself, or for Identity the resolved input).
+    let mut src = vec![0usize; n];
+    for (i, nd) in g.nodes.iter().enumerate() {
+        src[i] = match nd.op {
+            Op::Identity => src[node_of(&nd.inputs[0])?],
+            _ => i,
+        };
+    }
+    // uses[i]: how many non-Identity nodes (plus the graph output) read node i's value.
+    let mut uses = vec![0usize; n];
+    for nd in &g.nodes {
+        if !matches!(nd.op, Op::Identity) {
+            for inp in &nd.inputs {
+                uses[src[node_of(inp)?]] += 1;
+            }
+        }
+    }
+    uses[src[n - 1]] += 1;
+
+    let mut layers: Vec<Layer> = Vec::with_capacity(n);
+    let mut layer_of = vec![usize::MAX; n];
+    for (i, nd) in g.nodes.iter().enumerate() {
+        let ins: Vec<usize> =
+            nd.inputs.iter().map(|s| node_of(s).map(|j| layer_of[j])).collect::<Result<_>>()?;
+        let in_shape: &[usize] = match nd.inputs.first() {
+            Some(s) => &shapes[node_of(s)?],
+            None => &[],
+        };
+        let op = match &nd.op {
+            Op::Identity => {
+                layer_of[i] = ins[0];
+                continue;
+            }
+            Op::Input => LayerOp::Input,
+            Op::Conv2d { weight, bias, stride, padding, groups } => {
+                let w = &file.tensors[weight];
+                let c_out = w.shape[0];
+                let geom = ConvGeom {
+                    c_in: in_shape[0],
+                    h: in_shape[1],
+                    w: in_shape[2],
+                    c_out,
+                    kh: w.shape[2],
+                    kw: w.shape[3],
+                    stride: *stride,
+                    padding: *padding,
+                    groups: *groups,
+                };
+                let bias = match bias {
+                    Some(b) => file.tensors[b].data.clone(),
+                    None => vec![0.0; c_out],
+                };
+                LayerOp::Conv2d(ConvLayer { geom, weight: w.data.clone(), bias })
+            }
+            Op::Linear { weight, bias } => {
+                let w = &file.tensors[weight];
+                let bias = match bias {
+                    Some(b) => file.tensors[b].data.clone(),
+                    None => vec![0.0; w.shape[0]],
+                };
+                LayerOp::Linear(LinearLayer {
+                    in_features: w.shape[1],
+                    out_features: w.shape[0],
+                    weight: w.data.clone(),
+                    bias,
+                })
+            }
+            Op::BatchNorm2d { weight, bias, running_mean, running_var, eps } => {
+                let t = |s: &String| &file.tensors[s].data;
+                let (gam, beta, mean, var) = (t(weight), t(bias), t(running_mean), t(running_var));
+                let scale: Vec<f64> = gam
+                    .iter()
+                    .zip(var)
+                    .map(|(&g, &v)| g as f64 / (v as f64 + *eps as f64).sqrt())
+                    .collect();
+                let p = src[node_of(&nd.inputs[0])?];
+                if matches!(g.nodes[p].op, Op::Conv2d { .. }) && uses[p] == 1 {
+                    let l = layer_of[p];
+                    if let LayerOp::Conv2d(conv) = &mut layers[l].op {
+                        let per_out = conv.weight.len() / conv.geom.c_out;
+                        for (co, k) in scale.iter().enumerate() {
+                            for w in &mut conv.weight[co * per_out..(co + 1) * per_out] {
+                                *w = (*w as f64 * k) as f32;
+                            }
+                            let b = conv.bias[co] as f64;
+                            conv.bias[co] =
+                                ((b - mean[co] as f64) * k + beta[co] as f64) as f32;
+                        }
+                        layer_of[i] = l;
+                        continue;
+                    }
+                }
+                let rows = scale
+                    .iter()
+                    .enumerate()
+                    .map(|(c, k)| {
+                        vec![(beta[c] as f64 - mean[c] as f64 * k) as f32, *k as f32]
+                    })
+                    .collect();
+                LayerOp::Poly(poly_layer(rows))
+            }
+            Op::AvgPool2d { kernel, stride } => {
+                LayerOp::AvgPool2d { kernel: *kernel, stride: *stride }
+            }
+            Op::GlobalAvgPool => LayerOp::GlobalAvgPool,
+            Op::MaxPool2d { kernel, stride, padding } => {
+                LayerOp::MaxPool2d { kernel: *kernel, stride: *stride, padding: *padding }
+            }
+            Op::Flatten => LayerOp::Flatten,
+            Op::Add => LayerOp::Add,
+            Op::Relu => LayerOp::Relu,
+            Op::Poly { coefficients, coefficients_tensor } => {
+                let rows = match coefficients_tensor {
+                    Some(t) => {
+                        let tt = &file.tensors[t];
+                        tt.data.chunks(tt.shape[1]).map(|r| r.to_vec()).collect()
+                    }
+                    None => vec![coefficients.clone()],
+                };
+                LayerOp::Poly(poly_layer(rows))
+            }
+            Op::X2Act { s, w0, w1, b } => {
+                let t = |s: &String| &file.tensors[s].data;
+                let (w0, w1, b) = (t(w0), t(w1), t(b));
+                let rows = (0..w0.len())
+                    .map(|c| vec![b[c], w1[c], (*s as f64 * w0[c] as f64) as f32])
+                    .collect();
+                LayerOp::Poly(poly_layer(rows))
+            }
+            Op::PolyKerv { c_p, d_p, a_p } => LayerOp::Poly(poly_layer(vec![polykerv_coeffs(
+                *c_p, *d_p, *a_p,
+            )])),
+        };
+        layer_of[i] = layers.len();
+        layers.push(Layer { name: nd.name.clone(), op, inputs: ins, out_shape: shapes[i].clone() });
+    }
+
+    let layers = prune(layers, layer_of[n - 1]);
+    Ok(Plan {
+        layers,
+        frac_bits: g.frac_bits,
+        labels: g.labels.clone(),
+        normalize: g.normalize.clone(),
+    })
+}
+
+/// Coefficients (ascending) of `a_p * (x + c_p)^d_p`: `a_p * C(d_p, k) * c_p^(d_p - k)`.
+pub fn polykerv_coeffs(c_p: f32, d_p: u32, a_p: f32) -> Vec<f32> {
+    let d = d_p as i32;
+    let mut binom = 1.0f64;
+    (0..=d)
+        .map(|k| {
+            let c = a_p as f64 * binom * (c_p as f64).powi(d - k);
+            binom = binom * (d - k) as f64 / (k + 1) as f64;
+            c as f32
+        })
+        .collect()
+}
+
+/// Normalises polynomial rows: degree = max over rows of the highest non-zero power (>= 1); every
+/// row resized to `degree + 1` (trailing zeros trimmed, short rows zero-padded).
+fn poly_layer(mut rows: Vec<Vec<f32>>) -> PolyLayer {
+    let degree = rows.iter().map(|r| effective_degree(r)).max().unwrap_or(0).max(1);
+    for r in &mut rows {
+        r.resize(degree + 1, 0.0);
+    }
+    PolyLayer { degree, coeffs: rows }
+}
+
+/// Keeps only the layers the output (index `out`) depends on, renumbering inputs.
+fn prune(layers: Vec<Layer>, out: usize) -> Vec<Layer> {
+    let mut live = vec![false; layers.len()];
+    live[out] = true;
+    live[0] = true;
+    for i in (0..layers.len()).rev() {
+        if live[i] {
+            for &j in &layers[i].inputs {
+                live[j] = true;
+            }
+        }
+    }
+    let mut new_index = vec![usize::MAX; layers.len()];
+    let mut kept = Vec::with_capacity(layers.len());
+    for (i, mut l) in layers.into_iter().enumerate().take(out + 1) {
+        if live[i] {
+            l.inputs = l.inputs.iter().map(|&j| new_index[j]).collect();
+            new_index[i] = kept.len();
+            kept.push(l);
+        }
+    }
+    kept
+}
+
+/// A naive f32 forward pass over a [`Plan`] (one sample), for the tests of the model module.
+#[cfg(test)]
+pub(crate) mod naive {
+    use super::super::plan::{ConvLayer, LayerOp, Plan};
+
+    /// Direct convolution of one `[C, H, W]` sample.
+    pub fn conv2d(x: &[f32], l: &ConvLayer) -> Vec<f32> {
+        let g = &l.geom;
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let cig = g.c_in / g.groups;
+        let cog = g.c_out / g.groups;
+        let mut out = vec![0f32; g.c_out * oh * ow];
+        for co in 0..g.c_out {
+            let grp = co / cog;
+            let o = &mut out[co * oh * ow..(co + 1) * oh * ow];
+            o.iter_mut().for_each(|v| *v = l.bias[co]);
+            for ci in 0..cig {
+                let xin = &x[(grp * cig + ci) * g.h * g.w..(grp * cig + ci + 1) * g.h * g.w];
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let wv = l.weight[((co * cig + ci) * g.kh + ky) * g.kw + kx];
+                        for y in 0..oh {
+                            let iy = (y * g.stride + ky) as isize - g.padding as isize;
+                            if iy < 0 || iy >= g.h as isize {
+                                continue;
+                            }
+                            let row = &xin[iy as usize * g.w..(iy as usize + 1) * g.w];
+                            let orow = &mut o[y * ow..(y + 1) * ow];
+                            for (xo, ov) in orow.iter_mut().enumerate() {
+                                let ix = (xo * g.stride + kx) as isize - g.padding as isize;
+                                if ix >= 0 && ix < g.w as isize {
+                                    *ov += wv * row[ix as usize];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Outputs of every layer for one sample.
+    pub fn forward(plan: &Plan, input: &[f32]) -> Vec<Vec<f32>> {
+        let mut outs: Vec<Vec<f32>> = Vec::with_capacity(plan.layers.len());
+        for l in &plan.layers {
+            let x = |k: usize| &outs[l.inputs[k]];
+            let ishape = |k: usize| &plan.layers[l.inputs[k]].out_shape;
+            let y = match &l.op {
+                LayerOp::Input => input.to_vec(),
+                LayerOp::Conv2d(c) => conv2d(x(0), c),
+                LayerOp::Linear(f) => (0..f.out_features)
+                    .map(|o| {
+                        let w = &f.weight[o * f.in_features..(o + 1) * f.in_features];
+                        f.bias[o] + w.iter().zip(x(0)).map(|(a, b)| a * b).sum::<f32>()
+                    })
+                    .collect(),
+                LayerOp::AvgPool2d { kernel, stride } => {
+                    pool(x(0), ishape(0), *kernel, *stride, 0, false)
+                }
+                LayerOp::MaxPool2d { kernel, stride, padding } => {
+                    pool(x(0), ishape(0), *kernel, *stride, *padding, true)
+                }
+                LayerOp::GlobalAvgPool => {
+                    let s = ishape(0);
+                    let hw = s[1] * s[2];
+                    x(0).chunks(hw).map(|c| c.iter().sum::<f32>() / hw as f32).collect()
+                }
+                LayerOp::Flatten => x(0).clone(),
+                LayerOp::Add => x(0).iter().zip(x(1)).map(|(a, b)| a + b).collect(),
+                LayerOp::Relu => x(0).iter().map(|v| v.max(0.0)).collect(),
+                LayerOp::Poly(p) => {
+                    let s = ishape(0);
+                    let per: usize = s[1..].iter().product();
+                    x(0).iter()
+                        .enumerate()
+                        .map(|(i, &v)| {
+                            let c = p.coeffs_of(i / per);
+                            c.iter().rev().fold(0f32, |acc, &k| acc * v + k)
+                        })
+                        .collect()
+                }
+            };
+            outs.push(y);
+        }
+        outs
+    }
+
+    fn pool(x: &[f32], s: &[usize], k: usize, st: usize, p: usize, max: bool) -> Vec<f32> {
+        let (c, h, w) = (s[0], s[1], s[2]);
+        let oh = (h + 2 * p - k) / st + 1;
+        let ow = (w + 2 * p - k) / st + 1;
+        let mut out = Vec::with_capacity(c * oh * ow);
+        for ch in 0..c {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let iy = (y * st + ky) as isize - p as isize;
+                            let ix = (xo * st + kx) as isize - p as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let v = x[(ch * h + iy as usize) * w + ix as usize];
+                            acc = if max { acc.max(v) } else { acc + v };
+                        }
+                    }
+                    out.push(if max { acc } else { acc / (k * k) as f32 });
+                }
+            }
+        }
+        out
+    }
+}

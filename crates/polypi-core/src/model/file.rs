@@ -1,1 +1,683 @@
-//! Model file load/save (safetensors + polypi.graph). OWNER: model helper.
+//! The model file: one `.safetensors` file holding the weights and the graph (design.md §5).
+//!
+//! Layout:
+//! - weights: named `F32` tensors in PyTorch layouts (conv `[c_out, c_in/groups, kh, kw]`, linear
+//!   `[out, in]`, per-channel vectors `[C]`, per-channel polynomial coefficients `[C, d+1]`);
+//! - safetensors `__metadata__`: [`KEY_GRAPH`] (the [`Graph`] as JSON), [`KEY_VERSION`]
+//!   (= [`FORMAT_VERSION`]) and optionally [`KEY_CARD`] (the [`ModelCard`] as JSON).
+//!
+//! [`ModelFile::load`] / [`ModelFile::from_bytes`] parse and validate everything (version, graph,
+//! tensor shapes, hyper-parameters, finite weights) and report the first problem with the node's
+//! name. Bad bytes never panic: they give [`Error::ModelFile`].
+//!
+//! [`ModelFile::to_bytes`] writes a deterministic byte stream (metadata keys sorted, tensors sorted
+//! by name), so load followed by save reproduces a file byte for byte.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use super::graph::{Graph, ModelCard, Node, Op, FORMAT_VERSION};
+use super::plan::ConvGeom;
+use crate::error::{Error, Result};
+
+/// Metadata key of the graph JSON.
+pub const KEY_GRAPH: &str = "polypi.graph";
+/// Metadata key of the format version (must equal [`FORMAT_VERSION`]).
+pub const KEY_VERSION: &str = "polypi.format_version";
+/// Metadata key of the optional model card JSON.
+pub const KEY_CARD: &str = "polypi.card";
+/// Highest polynomial degree a model may use (`Poly` after trimming trailing zeros, `PolyKerv`'s
+/// `d_p`).
+pub const MAX_POLY_DEGREE: usize = 8;
+/// The op names accepted in the JSON `op` field.
+pub const KNOWN_OPS: &[&str] = &[
+    "Input",
+    "Conv2d",
+    "Linear",
+    "BatchNorm2d",
+    "AvgPool2d",
+    "GlobalAvgPool",
+    "MaxPool2d",
+    "Flatten",
+    "Add",
+    "Relu",
+    "Poly",
+    "X2Act",
+    "PolyKerv",
+    "Identity",
+];
+
+/// Pseudo node name used in errors about graph-wide attributes (`input_shape`, `frac_bits`, ...).
+pub const GRAPH_NODE: &str = "(graph)";
+
+/// A dense `f32` tensor, row-major (C order), as stored in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorF32 {
+    /// Shape, e.g. `[c_out, c_in/groups, kh, kw]` for a conv weight.
+    pub shape: Vec<usize>,
+    /// Values, row-major; `data.len()` equals the product of `shape`.
+    pub data: Vec<f32>,
+}
+
+impl TensorF32 {
+    /// A tensor from a shape and row-major data. Errors with [`Error::InvalidArgument`] when
+    /// `data.len()` differs from the product of `shape`.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::InvalidArgument(format!(
+                "tensor of shape {shape:?} needs {n} values, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self { shape, data })
+    }
+
+    /// Number of elements (product of the shape).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A loaded (or to-be-saved) model: graph, optional card and named weight tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFile {
+    /// The network.
+    pub graph: Graph,
+    /// Model card (dataset, accuracy, recipe), if the file has one.
+    pub card: Option<ModelCard>,
+    /// Weight tensors by name (names are referred to by the graph's nodes).
+    pub tensors: BTreeMap<String, TensorF32>,
+}
+
+impl ModelFile {
+    /// Reads and validates a model file. Errors: [`Error::ModelFile`] (unreadable file, bad
+    /// safetensors bytes, missing/wrong metadata, non-F32 tensor), [`Error::Graph`] /
+    /// [`Error::ShapeMismatch`] (first invalid node, see [`ModelFile::validate`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::model_file(&name, format!("cannot read the file: {e}")))?;
+        Self::from_bytes(&bytes, &name)
+    }
+
+    /// Parses and validates a model file held in memory; `name` (usually the path) is used in
+    /// error messages. Same errors as [`ModelFile::load`].
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
+        let file = Self::from_bytes_unchecked(bytes, name)?;
+        file.validate()?;
+        Ok(file)
+    }
+
+    /// Parses a model file without validating the graph against the tensors (for inspection
+    /// tools). The safetensors container, metadata keys, version, graph JSON (including unknown
+    /// ops) and tensor dtypes are still checked.
+    pub fn from_bytes_unchecked(bytes: &[u8], name: &str) -> Result<Self> {
+        let bad = |reason: String| Error::model_file(name, reason);
+        let (_, meta) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let empty = HashMap::new();
+        let kv = meta.metadata().as_ref().unwrap_or(&empty);
+
+        let version = kv.get(KEY_VERSION).ok_or_else(|| {
+            bad(format!("no '{KEY_VERSION}' in the safetensors metadata (not a polypi model file?)"))
+        })?;
+        if version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version '{version}' is not supported (this build reads version \
+                 '{FORMAT_VERSION}')"
+            )));
+        }
+        let graph_json = kv
+            .get(KEY_GRAPH)
+            .ok_or_else(|| bad(format!("no '{KEY_GRAPH}' in the safetensors metadata")))?;
+        let graph = parse_graph(graph_json, name)?;
+        let card = match kv.get(KEY_CARD) {
+            None => None,
+            Some(s) => Some(
+                serde_json::from_str::<ModelCard>(s)
+                    .map_err(|e| bad(format!("'{KEY_CARD}' is not a valid model card: {e}")))?,
+            ),
+        };
+
+        let mut tensors = BTreeMap::new();
+        for (tname, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!(
+                    "tensor '{tname}' has dtype {:?}; polypi model files hold F32 tensors only",
+                    view.dtype()
+                )));
+            }
+            let raw = view.data();
+            let data: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let shape = view.shape().to_vec();
+            if data.len() != shape.iter().product::<usize>() {
+                return Err(bad(format!("tensor '{tname}': data does not match shape {shape:?}")));
+            }
+            tensors.insert(tname, TensorF32 { shape, data });
+        }
+        Ok(ModelFile { graph, card, tensors })
+    }
+
+    /// Serialises to safetensors bytes (deterministic: metadata keys sorted, tensors ordered by
+    /// name). Does not validate. Errors with [`Error::InvalidArgument`] when a tensor's data does
+    /// not match its shape or a tensor is named `__metadata__`.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let json_err = |e: serde_json::Error| Error::InvalidArgument(format!("JSON: {e}"));
+        let mut meta: BTreeMap<&str, String> = BTreeMap::new();
+        meta.insert(KEY_GRAPH, serde_json::to_string(&self.graph).map_err(json_err)?);
+        meta.insert(KEY_VERSION, FORMAT_VERSION.to_string());
+        if let Some(card) = &self.card {
+            meta.insert(KEY_CARD, serde_json::to_string(card).map_err(json_err)?);
+        }
+        let q = |s: &str| serde_json::to_string(s).map_err(json_err);
+
+        let mut header = String::from("{\"__metadata__\":{");
+        for (i, (k, v)) in meta.iter().enumerate() {
+            if i > 0 {
+                header.push(',');
+            }
+            header.push_str(&q(k)?);
+            header.push(':');
+            header.push_str(&q(v)?);
+        }
+        header.push('}');
+        let mut offset = 0usize;
+        for (name, t) in &self.tensors {
+            if name == "__metadata__" {
+                return Err(Error::InvalidArgument("a tensor may not be named __metadata__".into()));
+            }
+            if t.data.len() != t.numel() {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor '{name}' has {} values but shape {:?}",
+                    t.data.len(),
+                    t.shape
+                )));
+            }
+            let end = offset + 4 * t.data.len();
+            let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+            header.push_str(&format!(
+                ",{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
+                q(name)?,
+                shape.join(",")
+            ));
+            offset = end;
+        }
+        header.push('}');
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut out = Vec::with_capacity(8 + header.len() + offset);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        for t in self.tensors.values() {
+            for v in &t.data {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Validates, then writes the file atomically: the bytes go to a temporary file in the same
+    /// directory which is then renamed over `path`, so a failed save never destroys an earlier
+    /// file. Errors: validation errors, [`Error::ModelFile`] for I/O failures.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.validate()?;
+        let bytes = self.to_bytes()?;
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::model_file(&name, "the path has no file name"))?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            file_name.to_string_lossy(),
+            std::process::id()
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::model_file(&name, format!("cannot write the file: {e}"))
+        })
+    }
+
+    /// Checks the graph against the tensors and reports the first problem (in node order) with the
+    /// node's name: first node is the only `Input`, unique names, inputs name earlier nodes, arity
+    /// (`Add` 2, `Input` 0, others 1), referenced tensors exist with the right shapes and finite
+    /// values, sane hyper-parameters (stride/kernel >= 1, groups divide channels, eps > 0,
+    /// polynomial degree <= [`MAX_POLY_DEGREE`]), label count = output size.
+    /// Errors: [`Error::Graph`] or [`Error::ShapeMismatch`].
+    pub fn validate(&self) -> Result<()> {
+        self.infer_shapes().map(|_| ())
+    }
+
+    /// Validates (as [`ModelFile::validate`]) and returns the per-sample output shape of every
+    /// node, in node order: `[C, H, W]` or `[F]`. Flatten gives `[C*H*W]`, GlobalAvgPool `[C]`,
+    /// pooling `(h + 2p - k)/s + 1`, conv as [`ConvGeom::out_h`].
+    pub fn infer_shapes(&self) -> Result<Vec<Vec<usize>>> {
+        let g = &self.graph;
+        if g.nodes.is_empty() {
+            return Err(Error::graph(GRAPH_NODE, "the graph has no nodes"));
+        }
+        if !(1..=32).contains(&g.frac_bits) {
+            return Err(Error::graph(
+                GRAPH_NODE,
+                format!("frac_bits {} is outside 1..=32", g.frac_bits),
+            ));
+        }
+        let all: HashMap<&str, usize> =
+            g.nodes.iter().enumerate().rev().map(|(i, n)| (n.name.as_str(), i)).collect();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(g.nodes.len());
+        for (i, node) in g.nodes.iter().enumerate() {
+            let name = node.name.as_str();
+            if name.is_empty() {
+                return Err(Error::graph(format!("#{i}"), "node has an empty name"));
+            }
+            if let Some(j) = seen.get(name) {
+                return Err(Error::graph(name, format!("duplicate node name (also node #{j})")));
+            }
+            let is_input = matches!(node.op, Op::Input);
+            if i == 0 && !is_input {
+                return Err(Error::graph(
+                    name,
+                    format!("the first node must be the Input, got op {}", node.op.kind()),
+                ));
+            }
+            if i > 0 && is_input {
+                return Err(Error::graph(name, "only the first node may be an Input"));
+            }
+            let arity = match node.op {
+                Op::Input => 0,
+                Op::Add => 2,
+                _ => 1,
+            };
+            if node.inputs.len() != arity {
+                return Err(Error::graph(
+                    name,
+                    format!(
+                        "op {} takes {arity} input(s), got {} ({:?})",
+                        node.op.kind(),
+                        node.inputs.len(),
+                        node.inputs
+                    ),
+                ));
+            }
+            let mut ins: Vec<&[usize]> = Vec::with_capacity(arity);
+            for inp in &node.inputs {
+                match seen.get(inp.as_str()) {
+                    Some(&j) => ins.push(&shapes[j]),
+                    None => {
+                        let reason = match all.get(inp.as_str()) {
+                            Some(&j) if j == i => format!("input '{inp}' refers to the node itself"),
+                            Some(&j) => format!(
+                                "input '{inp}' refers to a later node (#{j}); nodes must be in \
+                                 topological order"
+                            ),
+                            None => format!("input '{inp}' does not name any node (dangling edge)"),
+                        };
+                        return Err(Error::graph(name, reason));
+                    }
+                }
+            }
+            let out = self.node_shape(node, &ins)?;
+            seen.insert(name, i);
+            shapes.push(out);
+        }
+        let last = g.nodes.last().map(|n| n.name.as_str()).unwrap_or(GRAPH_NODE);
+        let n_out: usize = shapes.last().map(|s| s.iter().product()).unwrap_or(0);
+        if !g.labels.is_empty() && g.labels.len() != n_out {
+            return Err(Error::graph(
+                last,
+                format!("the graph has {} labels but the output has {n_out} values", g.labels.len()),
+            ));
+        }
+        Ok(shapes)
+    }
+
+    /// Checks one node (tensors, attributes, input shapes) and returns its output shape.
+    fn node_shape(&self, node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>> {
+        let name = node.name.as_str();
+        let gerr = |reason: String| Error::graph(name, reason);
+        let chw = |s: &[usize]| -> Result<(usize, usize, usize)> {
+            if s.len() == 3 {
+                Ok((s[0], s[1], s[2]))
+            } else {
+                Err(gerr(format!(
+                    "op {} needs a [C, H, W] input, got shape {s:?}",
+                    node.op.kind()
+                )))
+            }
+        };
+        let pos = |what: &str, v: usize| -> Result<()> {
+            if v == 0 {
+                Err(gerr(format!("{what} must be >= 1")))
+            } else {
+                Ok(())
+            }
+        };
+        let finite = |what: &str, v: f32| -> Result<()> {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(gerr(format!("{what} = {v} is not finite")))
+            }
+        };
+        match &node.op {
+            Op::Input => {
+                let s = &self.graph.input_shape;
+                if !(s.len() == 3 || s.len() == 1) || s.contains(&0) {
+                    return Err(gerr(format!(
+                        "input_shape must be [C, H, W] (or [F]) with non-zero sizes, got {s:?}"
+                    )));
+                }
+                if let Some(nm) = &self.graph.normalize {
+                    let c = s[0];
+                    if nm.mean.len() != c || nm.std.len() != c {
+                        return Err(gerr(format!(
+                            "normalize has {} means and {} stds for {c} input channels",
+                            nm.mean.len(),
+                            nm.std.len()
+                        )));
+                    }
+                    if nm.mean.iter().any(|v| !v.is_finite())
+                        || nm.std.iter().any(|v| !(v.is_finite() && *v > 0.0))
+                    {
+                        return Err(gerr(
+                            "normalize needs finite means and finite positive stds".into(),
+                        ));
+                    }
+                }
+                Ok(s.clone())
+            }
+            Op::Conv2d { weight, bias, stride, padding, groups } => {
+                let (c, h, w) = chw(ins[0])?;
+                pos("stride", *stride)?;
+                pos("groups", *groups)?;
+                let wt = self.tensor(name, "weight", weight)?;
+                if wt.shape.len() != 4 {
+                    return Err(gerr(format!(
+                        "weight '{weight}' must have shape [c_out, c_in/groups, kh, kw], got {:?}",
+                        wt.shape
+                    )));
+                }
+                let (co, kh, kw) = (wt.shape[0], wt.shape[2], wt.shape[3]);
+                pos("kernel size", kh.min(kw))?;
+                pos("output channels", co)?;
+                if c % groups != 0 || co % groups != 0 {
+                    return Err(gerr(format!(
+                        "groups = {groups} must divide the input channels ({c}) and the output \
+                         channels ({co})"
+                    )));
+                }
+                let expected = vec![co, c / groups, kh, kw];
+                if wt.shape != expected {
+                    return Err(Error::ShapeMismatch {
+                        node: name.into(),
+                        expected,
+                        got: wt.shape.clone(),
+                    });
+                }
+                if h + 2 * padding < kh || w + 2 * padding < kw {
+                    return Err(gerr(format!(
+                        "kernel {kh}x{kw} is larger than the padded input {}x{}",
+                        h + 2 * padding,
+                        w + 2 * padding
+                    )));
+                }
+                if let Some(b) = bias {
+                    self.vector(name, "bias", b, co)?;
+                }
+                let geom = ConvGeom {
+                    c_in: c,
+                    h,
+                    w,
+                    c_out: co,
+                    kh,
+                    kw,
+                    stride: *stride,
+                    padding: *padding,
+                    groups: *groups,
+                };
+                Ok(vec![co, geom.out_h(), geom.out_w()])
+            }
+            Op::Linear { weight, bias } => {
+                let s = ins[0];
+                if s.len() != 1 {
+                    return Err(gerr(format!(
+                        "Linear needs a flat [F] input, got shape {s:?} (missing Flatten?)"
+                    )));
+                }
+                let wt = self.tensor(name, "weight", weight)?;
+                if wt.shape.len() != 2 || wt.shape[1] != s[0] || wt.shape[0] == 0 {
+                    let out = wt.shape.first().copied().unwrap_or(0).max(1);
+                    return Err(Error::ShapeMismatch {
+                        node: name.into(),
+                        expected: vec![out, s[0]],
+                        got: wt.shape.clone(),
+                    });
+                }
+                let out = wt.shape[0];
+                if let Some(b) = bias {
+                    self.vector(name, "bias", b, out)?;
+                }
+                Ok(vec![out])
+            }
+            Op::BatchNorm2d { weight, bias, running_mean, running_var, eps } => {
+                let (c, _, _) = chw(ins[0])?;
+                self.vector(name, "weight", weight, c)?;
+                self.vector(name, "bias", bias, c)?;
+                self.vector(name, "running_mean", running_mean, c)?;
+                let var = self.vector(name, "running_var", running_var, c)?;
+                if !(eps.is_finite() && *eps > 0.0) {
+                    return Err(gerr(format!("eps = {eps} must be finite and > 0")));
+                }
+                if let Some((ch, v)) = var.iter().enumerate().find(|(_, v)| **v + *eps <= 0.0) {
+                    return Err(gerr(format!(
+                        "running_var[{ch}] = {v} is negative (running_var + eps must be > 0)"
+                    )));
+                }
+                Ok(ins[0].to_vec())
+            }
+            Op::AvgPool2d { kernel, stride } => {
+                let (c, h, w) = chw(ins[0])?;
+                pos("kernel", *kernel)?;
+                pos("stride", *stride)?;
+                if h < *kernel || w < *kernel {
+                    return Err(gerr(format!("kernel {kernel} is larger than the input {h}x{w}")));
+                }
+                Ok(vec![c, (h - kernel) / stride + 1, (w - kernel) / stride + 1])
+            }
+            Op::MaxPool2d { kernel, stride, padding } => {
+                let (c, h, w) = chw(ins[0])?;
+                pos("kernel", *kernel)?;
+                pos("stride", *stride)?;
+                if 2 * padding > *kernel {
+                    return Err(gerr(format!(
+                        "padding {padding} must be at most half the kernel {kernel}"
+                    )));
+                }
+                let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+                if hp < *kernel || wp < *kernel {
+                    return Err(gerr(format!(
+                        "kernel {kernel} is larger than the padded input {hp}x{wp}"
+                    )));
+                }
+                Ok(vec![c, (hp - kernel) / stride + 1, (wp - kernel) / stride + 1])
+            }
+            Op::GlobalAvgPool => {
+                let (c, _, _) = chw(ins[0])?;
+                Ok(vec![c])
+            }
+            Op::Flatten => Ok(vec![ins[0].iter().product()]),
+            Op::Add => {
+                if ins[0] != ins[1] {
+                    return Err(Error::ShapeMismatch {
+                        node: name.into(),
+                        expected: ins[0].to_vec(),
+                        got: ins[1].to_vec(),
+                    });
+                }
+                Ok(ins[0].to_vec())
+            }
+            Op::Relu | Op::Identity => Ok(ins[0].to_vec()),
+            Op::Poly { coefficients, coefficients_tensor } => {
+                let c = ins[0][0];
+                let degree = match (coefficients.is_empty(), coefficients_tensor) {
+                    (false, Some(_)) => {
+                        return Err(gerr(
+                            "give either 'coefficients' or 'coefficients_tensor', not both".into(),
+                        ))
+                    }
+                    (true, None) => {
+                        return Err(gerr(
+                            "no coefficients (set 'coefficients' or 'coefficients_tensor')".into(),
+                        ))
+                    }
+                    (false, None) => {
+                        for (k, v) in coefficients.iter().enumerate() {
+                            finite(&format!("coefficients[{k}]"), *v)?;
+                        }
+                        effective_degree(coefficients)
+                    }
+                    (true, Some(t)) => {
+                        let tt = self.tensor(name, "coefficients", t)?;
+                        if tt.shape.len() != 2 || tt.shape[0] != c || tt.shape[1] == 0 {
+                            let k = tt.shape.get(1).copied().unwrap_or(0).max(1);
+                            return Err(Error::ShapeMismatch {
+                                node: name.into(),
+                                expected: vec![c, k],
+                                got: tt.shape.clone(),
+                            });
+                        }
+                        tt.data.chunks(tt.shape[1]).map(effective_degree).max().unwrap_or(0)
+                    }
+                };
+                if degree > MAX_POLY_DEGREE {
+                    return Err(gerr(format!(
+                        "polynomial degree {degree} exceeds the maximum {MAX_POLY_DEGREE}"
+                    )));
+                }
+                Ok(ins[0].to_vec())
+            }
+            Op::X2Act { s, w0, w1, b } => {
+                let c = ins[0][0];
+                finite("s", *s)?;
+                self.vector(name, "w0", w0, c)?;
+                self.vector(name, "w1", w1, c)?;
+                self.vector(name, "b", b, c)?;
+                Ok(ins[0].to_vec())
+            }
+            Op::PolyKerv { c_p, d_p, a_p } => {
+                finite("c_p", *c_p)?;
+                finite("a_p", *a_p)?;
+                if !(1..=MAX_POLY_DEGREE as u32).contains(d_p) {
+                    return Err(gerr(format!("d_p = {d_p} is outside 1..={MAX_POLY_DEGREE}")));
+                }
+                Ok(ins[0].to_vec())
+            }
+        }
+    }
+
+    /// A referenced tensor: exists, data matches the shape, all values finite.
+    fn tensor(&self, node: &str, role: &str, tname: &str) -> Result<&TensorF32> {
+        let t = self.tensors.get(tname).ok_or_else(|| {
+            Error::graph(node, format!("{role} tensor '{tname}' is not in the file"))
+        })?;
+        if t.data.len() != t.numel() {
+            return Err(Error::graph(
+                node,
+                format!("{role} tensor '{tname}' has {} values for shape {:?}", t.data.len(), t.shape),
+            ));
+        }
+        if let Some((i, v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::graph(
+                node,
+                format!("{role} tensor '{tname}' has a non-finite value {v} at index {i}"),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// A referenced per-channel vector of length `len`.
+    fn vector(&self, node: &str, role: &str, tname: &str, len: usize) -> Result<&[f32]> {
+        let t = self.tensor(node, role, tname)?;
+        if t.shape != [len] {
+            return Err(Error::ShapeMismatch {
+                node: node.into(),
+                expected: vec![len],
+                got: t.shape.clone(),
+            });
+        }
+        Ok(&t.data)
+    }
+
+    /// Total number of values over all tensors (weights, biases and BatchNorm running statistics).
+    pub fn num_values(&self) -> usize {
+        self.tensors.values().map(|t| t.data.len()).sum()
+    }
+}
+
+/// Highest power with a non-zero coefficient (0 for a constant or empty polynomial).
+pub(crate) fn effective_degree(coeffs: &[f32]) -> usize {
+    coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0)
+}
+
+/// Parses the graph JSON. Node-level problems (not an object, missing name, missing or unknown
+/// op, bad attributes) give [`Error::Graph`] naming the node and op; anything else gives
+/// [`Error::ModelFile`] with `file` as the path.
+pub fn parse_graph(json: &str, file: &str) -> Result<Graph> {
+    let value: Value = serde_json::from_str(json)
+        .map_err(|e| Error::model_file(file, format!("'{KEY_GRAPH}' is not valid JSON: {e}")))?;
+    let nodes = value
+        .get("nodes")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::model_file(file, format!("'{KEY_GRAPH}' has no 'nodes' array")))?;
+    for (i, node) in nodes.iter().enumerate() {
+        let Some(obj) = node.as_object() else {
+            return Err(Error::graph(format!("#{i}"), "node is not a JSON object"));
+        };
+        let name = match obj.get("name").and_then(Value::as_str) {
+            Some(n) => n.to_string(),
+            None => return Err(Error::graph(format!("#{i}"), "node has no string 'name'")),
+        };
+        let op = match obj.get("op") {
+            None => return Err(Error::graph(name, "node has no 'op'")),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(Error::graph(name, format!("'op' must be a string, got {other}")))
+            }
+        };
+        if !KNOWN_OPS.contains(&op.as_str()) {
+            return Err(Error::graph(
+                name,
+                format!("unknown op '{op}' (known ops: {})", KNOWN_OPS.join(", ")),
+            ));
+        }
+        if let Err(e) = serde_json::from_value::<Node>(node.clone()) {
+            return Err(Error::graph(name, format!("bad attributes for op {op}: {e}")));
+        }
+    }
+    serde_json::from_value::<Graph>(value)
+        .map_err(|e| Error::model_file(file, format!("'{KEY_GRAPH}' is not a valid graph: {e}")))
+}
