@@ -1,13 +1,32 @@
 //! Channels between parties (design.md §2 net/): the [`Channel`] trait, an in-memory pair, TCP
-//! with a versioned handshake, and counters of bytes, messages and rounds.
+//! with a versioned handshake, counters of bytes, messages and rounds, and link emulation
+//! (bandwidth, latency) for LAN/WAN measurements.
 //! OWNER: net helper. The trait and the helpers below are the contract.
+//!
+//! - [`mem`]: [`mem_pair`], two in-process endpoints over `std::sync::mpsc`.
+//! - [`tcp`]: [`TcpChannel`] (length-prefixed frames over `std::net::TcpStream`, hello with
+//!   [`PROTOCOL_VERSION`], timeouts), [`bind`], [`tcp_loopback_pair`].
+//! - [`link`]: [`LinkModel`] (`lan`, `wan`, `none`, `<mbit>mbit:<rtt>ms`) and
+//!   [`EmulatedChannel`] / [`emulated_pair`], which delay delivery as a real link would
+//!   (in-process only).
+//!
+//! Every channel counts payload bytes and messages each way and *send phases* (rounds seen from
+//! this endpoint): see [`ChannelStats`]. Framing and handshake bytes are never counted.
 
 use crate::error::{Error, Result};
 
+pub mod link;
 pub mod mem;
 pub mod tcp;
 
-pub use mem::mem_pair;
+pub use link::{emulated_mem_pair, emulated_pair, EmulatedChannel, LinkModel};
+pub use mem::{mem_pair, MemChannel};
+pub use tcp::{bind, tcp_loopback_pair, TcpChannel, TcpOptions};
+
+/// Version of the wire protocol, exchanged in the hello of every TCP connection. Peers with a
+/// different version are refused with [`Error::VersionMismatch`]. Bump it on any change of the
+/// framing or of the message sequence of a protocol.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Counters of one endpoint of a channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,7 +43,73 @@ pub struct ChannelStats {
     pub send_phases: u64,
 }
 
+impl ChannelStats {
+    /// Payload bytes both ways (`bytes_sent + bytes_received`).
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes_sent + self.bytes_received
+    }
+
+    /// The counters accumulated since `earlier` (a snapshot taken before on the same channel),
+    /// field by field; saturates at 0 if `earlier` is not actually earlier. Use it for per-layer
+    /// reports: `let before = ch.stats(); ...; let layer = ch.stats().since(&before);`.
+    pub fn since(&self, earlier: &ChannelStats) -> ChannelStats {
+        ChannelStats {
+            bytes_sent: self.bytes_sent.saturating_sub(earlier.bytes_sent),
+            bytes_received: self.bytes_received.saturating_sub(earlier.bytes_received),
+            messages_sent: self.messages_sent.saturating_sub(earlier.messages_sent),
+            messages_received: self
+                .messages_received
+                .saturating_sub(earlier.messages_received),
+            send_phases: self.send_phases.saturating_sub(earlier.send_phases),
+        }
+    }
+}
+
+/// Bookkeeping of [`ChannelStats`] shared by the channel implementations, so that every channel
+/// counts bytes, messages and send phases the same way.
+#[derive(Debug, Clone, Default)]
+pub struct StatsCounter {
+    stats: ChannelStats,
+    last_was_send: bool,
+}
+
+impl StatsCounter {
+    /// Records one sent message of `bytes` payload bytes; starts a new send phase if the previous
+    /// operation was a receive (or this is the first send).
+    pub fn on_send(&mut self, bytes: usize) {
+        if !self.last_was_send {
+            self.stats.send_phases += 1;
+            self.last_was_send = true;
+        }
+        self.stats.bytes_sent += bytes as u64;
+        self.stats.messages_sent += 1;
+    }
+
+    /// Marks the start of a receive (the next send starts a new phase), whether or not the
+    /// receive then succeeds.
+    pub fn on_recv_start(&mut self) {
+        self.last_was_send = false;
+    }
+
+    /// Records one received message of `bytes` payload bytes.
+    pub fn on_recv(&mut self, bytes: usize) {
+        self.stats.bytes_received += bytes as u64;
+        self.stats.messages_received += 1;
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+}
+
 /// A reliable, ordered, message-oriented duplex link to one peer.
+///
+/// **Sends are buffered** (on TCP): a message is guaranteed to leave only at the next `recv` or
+/// `flush` on the *same* channel (or when the buffer fills, or on drop). So call `flush()` before
+/// blocking on anything else — a `recv` on another channel (e.g. the dealer's), a thread join, or
+/// the end of a protocol whose last step is a send — otherwise the peer waits for a message that
+/// sits in our buffer. [`MemChannel`] delivers at once, so a missing flush only shows on TCP.
 ///
 /// Errors: `PeerDisconnected` when the peer closed or the read timed out, `Protocol` on a bad
 /// frame, `Io` otherwise.
@@ -40,6 +125,23 @@ pub trait Channel: Send {
 }
 
 impl<C: Channel + ?Sized> Channel for Box<C> {
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        (**self).send(msg)
+    }
+    fn recv(&mut self) -> Result<Vec<u8>> {
+        (**self).recv()
+    }
+    fn flush(&mut self) -> Result<()> {
+        (**self).flush()
+    }
+    fn stats(&self) -> ChannelStats {
+        (**self).stats()
+    }
+}
+
+/// A borrowed channel is a channel, so `EmulatedChannel<&mut TcpChannel>` or a function taking
+/// `impl Channel` can be used without giving up ownership.
+impl<C: Channel + ?Sized> Channel for &mut C {
     fn send(&mut self, msg: &[u8]) -> Result<()> {
         (**self).send(msg)
     }
@@ -74,5 +176,59 @@ pub fn recv_ring(ch: &mut (impl Channel + ?Sized), n: usize) -> Result<Vec<u64>>
             buf.len()
         )));
     }
-    Ok(buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())
+    Ok(buf
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect())
+}
+
+/// Formats a duration in seconds the way error messages show it: `60`, `0.3`, `1.25`.
+pub(crate) fn fmt_secs(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    let r = (s * 1000.0).round() / 1000.0;
+    format!("{r}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_ring_roundtrip_and_length_check() {
+        let (mut a, mut b) = mem_pair();
+        send_ring(&mut a, &[1, u64::MAX, 42]).unwrap();
+        assert_eq!(recv_ring(&mut b, 3).unwrap(), vec![1, u64::MAX, 42]);
+        send_ring(&mut a, &[1, 2]).unwrap();
+        assert!(matches!(recv_ring(&mut b, 3), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn net_stats_since_and_counter() {
+        let mut c = StatsCounter::default();
+        c.on_send(10);
+        c.on_send(5);
+        let before = c.stats();
+        c.on_recv_start();
+        c.on_recv(7);
+        c.on_send(1);
+        let d = c.stats().since(&before);
+        assert_eq!(
+            d,
+            ChannelStats {
+                bytes_sent: 1,
+                bytes_received: 7,
+                messages_sent: 1,
+                messages_received: 1,
+                send_phases: 1
+            }
+        );
+        assert_eq!(c.stats().send_phases, 2);
+        assert_eq!(c.stats().total_bytes(), 23);
+    }
+
+    #[test]
+    fn net_fmt_secs() {
+        assert_eq!(fmt_secs(std::time::Duration::from_secs(60)), "60");
+        assert_eq!(fmt_secs(std::time::Duration::from_millis(300)), "0.3");
+    }
 }
