@@ -24,6 +24,25 @@
 //! both the sending and the receiving side. Neither hello nor frame headers are counted in
 //! [`ChannelStats`].
 //!
+//! # Example
+//!
+//! ```no_run
+//! use polypi_core::net::{bind, Channel, TcpChannel, TcpOptions};
+//! # fn main() -> polypi_core::Result<()> {
+//! let opts = TcpOptions::default();
+//! // Server process:
+//! let listener = bind("0.0.0.0:7000")?;
+//! let mut to_client = TcpChannel::accept(&listener, "server", &opts)?;
+//! // Client process (retries for `opts.connect_retry_for` while the server starts):
+//! let mut to_server = TcpChannel::connect("10.0.0.1:7000", "client", &opts)?;
+//! to_server.send(b"x1 - a")?;
+//! to_server.flush()?; // or the next recv() flushes
+//! let msg = to_client.recv()?;
+//! # Ok(()) }
+//! ```
+//!
+//! In one process (tests, `polypi infer`), [`tcp_loopback_pair`] gives two connected channels.
+//!
 //! After any error a `TcpChannel` is *broken*: the byte stream may be out of step, so every
 //! later call returns `PeerDisconnected` with the first error's reason.
 
