@@ -7,7 +7,7 @@
 //! identically.
 
 /// Geometry of a 2-D convolution on one sample (NCHW, square kernel, symmetric zero padding).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConvGeom {
     /// Input channels.
     pub c_in: usize,
@@ -46,7 +46,7 @@ impl ConvGeom {
 }
 
 /// A convolution with its weight `[c_out, c_in/groups, kh, kw]` and bias `[c_out]` (f32).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConvLayer {
     /// Geometry.
     pub geom: ConvGeom,
@@ -57,7 +57,7 @@ pub struct ConvLayer {
 }
 
 /// A fully connected layer `y = W x + b` on `[N, in]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LinearLayer {
     /// Input features.
     pub in_features: usize,
@@ -71,7 +71,7 @@ pub struct LinearLayer {
 
 /// A polynomial activation `y = sum_k c[ch][k] x^k`, per channel (channel = dim 1 of NCHW or of
 /// `[N, F]`), or one shared polynomial when `coeffs.len() == 1`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PolyLayer {
     /// Degree d >= 1 (highest power with a non-zero coefficient in some channel).
     pub degree: usize,
@@ -92,7 +92,7 @@ impl PolyLayer {
 }
 
 /// One compiled operation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum LayerOp {
     /// The client's input.
     Input,
@@ -135,7 +135,7 @@ impl LayerOp {
 }
 
 /// One compiled layer: op, inputs (indices of earlier layers) and per-sample output shape.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Layer {
     /// Name of the graph node this layer came from.
     pub name: String,
@@ -148,7 +148,7 @@ pub struct Layer {
 }
 
 /// A compiled network, ready for any backend.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     /// Layers in topological order; `layers[0]` is the `Input`, the last layer is the output.
     pub layers: Vec<Layer>,
@@ -168,5 +168,46 @@ impl Plan {
     /// Number of output classes (elements of the last layer's output).
     pub fn num_classes(&self) -> usize {
         self.layers.last().map(|l| l.out_shape.iter().product()).unwrap_or(0)
+    }
+}
+
+impl Plan {
+    /// The public part of the plan, sent by the server to the client and the dealer: shapes,
+    /// geometry and polynomial coefficients (public by design.md §4), with every weight and bias
+    /// removed (empty vectors).
+    pub fn public_skeleton(&self) -> Plan {
+        let mut p = self.clone();
+        for l in &mut p.layers {
+            match &mut l.op {
+                LayerOp::Conv2d(c) => {
+                    c.weight = Vec::new();
+                    c.bias = Vec::new();
+                }
+                LayerOp::Linear(c) => {
+                    c.weight = Vec::new();
+                    c.bias = Vec::new();
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// Checks that a plan received from a peer is self-consistent (inputs refer to earlier
+    /// layers, first layer is the input, shapes are non-empty). Errors: `Protocol`.
+    pub fn check_skeleton(&self) -> crate::Result<()> {
+        let bad = |m: String| crate::Error::Protocol(format!("peer sent an invalid plan: {m}"));
+        if self.layers.is_empty() || self.layers[0].op != LayerOp::Input {
+            return Err(bad("no input layer".into()));
+        }
+        if self.frac_bits > 30 {
+            return Err(bad(format!("frac_bits {}", self.frac_bits)));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.inputs.iter().any(|&j| j >= i) || l.out_shape.is_empty() || l.out_shape.contains(&0) {
+                return Err(bad(format!("layer {}", l.name)));
+            }
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,463 @@
+//! The secure backends of the walk (design.md §4): [`Offline`] (a party's offline phase: expand
+//! its seed, receive the dealer's corrections, precompute everything input-independent),
+//! [`Online`] (a party's online phase on shares), and [`Dealer`] (the dealer's offline phase).
+//!
+//! Protocols:
+//! - **Linear / conv with weight masking.** Session setup: the server sends `F = W - B` once, `B`
+//!   expanded from the server's seed (the dealer expands it too). Offline, per inference: the
+//!   client expands `A` (its input mask) and computes `A*F`; the dealer computes `C = A*B` and
+//!   sends the client `c1 = C - c0`, where `c0` is expanded by the server. Online: the client sends
+//!   `X1 - A`; the server computes `(X0 + X1 - A)*W + c0 + bias`; the client's share is
+//!   `A*F + c1`. One one-way message of |X| ring elements and one GEMM at the server. Then both
+//!   truncate locally (SecureML).
+//! - **Polynomial, one round for any degree** (HoneyBadger-style dealer powers, cf. Diaa et al.):
+//!   for each power group (see [`crate::mpc::encode`]) the dealer provides shares of `r, r^2..r^m`;
+//!   both parties open `e = x_g - r` in one simultaneous exchange; `x^k = sum_i C(k,i) e^(k-i) r^i`
+//!   locally; coefficients are public.
+//! - Average pooling, residual add, flatten: local. Output: the server sends its share of the
+//!   logits; only the client reconstructs.
+
+use super::plain::EncodedPlan;
+use super::walk::Backend;
+use crate::error::{Error, Result};
+use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
+use crate::mpc::encode::PolyPlan;
+use crate::mpc::ops::{self, Trunc};
+use crate::mpc::prg::{Purpose, Seed};
+use crate::mpc::{CLIENT, SERVER};
+use crate::net::{recv_ring, send_ring, Channel, ChannelStats};
+use crate::ring::RingTensor;
+
+/// Per-layer correlated randomness a party holds between its offline and online phase.
+#[derive(Debug, Clone)]
+pub enum Material {
+    /// Linear layer: the client's input mask `A` (None at the server) and the party's
+    /// precomputed output share (server: `c0`; client: `A*F + c1`).
+    Linear { mask: Option<Vec<u64>>, share: Vec<u64> },
+    /// Polynomial: per power group, this party's shares of `r^1..r^m`.
+    Poly { r_pows: Vec<Vec<Vec<u64>>> },
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+fn with_batch(layer: &Layer, batch: usize) -> Vec<usize> {
+    let mut s = vec![batch];
+    s.extend_from_slice(&layer.out_shape);
+    s
+}
+
+/// Checks that every layer of `plan` has a secure protocol. Errors: `InvalidArgument` naming the
+/// first layer without one.
+pub fn check_supported(plan: &Plan) -> Result<()> {
+    for l in &plan.layers {
+        if matches!(l.op, LayerOp::Relu | LayerOp::MaxPool2d { .. }) {
+            return Err(Error::InvalidArgument(format!(
+                "layer '{}' ({}) has no 2PC protocol in this build; use a polynomial network",
+                l.name,
+                l.op.kind()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The weight masks `B` of every linear layer, expanded from the server's seed (session stream),
+/// in the layout of [`EncodedPlan`] (conv: per-group `[c_out/g, K]`; linear: `[in, out]`).
+/// Biases are empty. Used by the server (to form `F = W - B`) and the dealer.
+pub fn weight_masks(skeleton: &Plan, server_seed: &Seed) -> Result<EncodedPlan> {
+    let mut e = EncodedPlan::new(skeleton)?;
+    for (idx, c) in e.conv.iter_mut() {
+        let g = c.geom;
+        let per_group = (g.c_out / g.groups) * (g.c_in / g.groups) * g.kh * g.kw;
+        let all = server_seed.ring(0, *idx, Purpose::WeightMask, per_group * g.groups);
+        c.weight = all.chunks(per_group.max(1)).map(|ch| ch.to_vec()).collect();
+        c.weight.resize(g.groups, Vec::new());
+        c.bias = Vec::new();
+    }
+    for (idx, l) in e.linear.iter_mut() {
+        l.weight_t = server_seed.ring(0, *idx, Purpose::WeightMask, l.in_features * l.out_features);
+        l.bias = Vec::new();
+    }
+    Ok(e)
+}
+
+/// Sorted indices of the linear (conv + fc) layers of an encoded plan.
+pub fn linear_indices(e: &EncodedPlan) -> Vec<usize> {
+    let mut v: Vec<usize> = e.conv.keys().chain(e.linear.keys()).copied().collect();
+    v.sort_unstable();
+    v
+}
+
+/// A party's offline phase for one inference: fills [`Offline::material`].
+pub struct Offline<'a> {
+    party: usize,
+    seed: &'a Seed,
+    inference: u64,
+    /// Client only: `F = W - B` per linear layer.
+    masked_weights: &'a EncodedPlan,
+    /// Client only: channel from the dealer.
+    dealer: Option<&'a mut dyn Channel>,
+    /// Material per layer (index = layer).
+    pub material: Vec<Option<Material>>,
+}
+
+impl<'a> Offline<'a> {
+    /// Offline backend of `party` (0 = server, 1 = client) for inference number `inference`
+    /// (counting from 1). The client passes its `F` weights and the dealer channel.
+    pub fn new(party: usize, seed: &'a Seed, inference: u64, masked_weights: &'a EncodedPlan, dealer: Option<&'a mut dyn Channel>) -> Self {
+        Offline { party, seed, inference, masked_weights, dealer, material: Vec::new() }
+    }
+
+    fn put(&mut self, idx: usize, m: Material) {
+        if self.material.len() <= idx {
+            self.material.resize(idx + 1, None);
+        }
+        self.material[idx] = Some(m);
+    }
+
+    fn dealer(&mut self) -> Result<&mut (dyn Channel + 'a)> {
+        self.dealer.as_deref_mut().ok_or_else(|| Error::InvalidArgument("client offline phase needs the dealer channel".into()))
+    }
+
+    fn linear_material(&mut self, idx: usize, layer: &Layer, x: &[usize], out: &[usize]) -> Result<()> {
+        if self.party == SERVER {
+            let c0 = self.seed.ring(self.inference, idx, Purpose::ProductShare, numel(out));
+            self.put(idx, Material::Linear { mask: None, share: c0 });
+            return Ok(());
+        }
+        let a = RingTensor { shape: x.to_vec(), data: self.seed.ring(self.inference, idx, Purpose::InputMask, numel(x)) };
+        let af = match &layer.op {
+            LayerOp::Conv2d(_) => {
+                let f = self.masked_weights.conv.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no masked weights"))?;
+                ops::conv_ring(&a, &f.weight, &f.geom, &layer.name)?
+            }
+            _ => {
+                let f = self.masked_weights.linear.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no masked weights"))?;
+                ops::linear_ring(&a, &f.weight_t, f.in_features, f.out_features, &layer.name)?
+            }
+        };
+        let c1 = recv_ring(self.dealer()?, numel(out))?;
+        let share = af.data.iter().zip(&c1).map(|(u, c)| u.wrapping_add(*c)).collect();
+        self.put(idx, Material::Linear { mask: Some(a.data), share });
+        Ok(())
+    }
+}
+
+/// Expands a party's shares of the polynomial masks `r` (group g) from its seed.
+fn poly_mask(seed: &Seed, inference: u64, idx: usize, g: usize, n: usize) -> Vec<u64> {
+    seed.ring(inference, idx, Purpose::PolyMask(g as u8), n)
+}
+
+impl Backend for Offline<'_> {
+    type Value = Vec<usize>;
+    fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, batch))
+    }
+    fn conv2d(&mut self, idx: usize, layer: &Layer, _c: &ConvLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        self.linear_material(idx, layer, x, &out)?;
+        Ok(out)
+    }
+    fn linear(&mut self, idx: usize, layer: &Layer, _l: &LinearLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        self.linear_material(idx, layer, x, &out)?;
+        Ok(out)
+    }
+    fn poly(&mut self, idx: usize, layer: &Layer, _p: &PolyLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let plan = self.masked_weights.poly.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?.clone();
+        let n = numel(x);
+        let mut r_pows = Vec::with_capacity(plan.groups.len());
+        let corrections = if self.party == CLIENT && !plan.groups.is_empty() {
+            let total: usize = plan.groups.iter().map(|g| (g.max_power() - 1) * n).sum();
+            recv_ring(self.dealer()?, total)?
+        } else {
+            Vec::new()
+        };
+        let mut off = 0;
+        for (g, grp) in plan.groups.iter().enumerate() {
+            let m = grp.max_power();
+            let mut pows = vec![poly_mask(self.seed, self.inference, idx, g, n)];
+            if self.party == SERVER {
+                let all = self.seed.ring(self.inference, idx, Purpose::PolyPowers(g as u8), n * (m - 1));
+                pows.extend(all.chunks(n).map(|c| c.to_vec()));
+            } else {
+                for _ in 2..=m {
+                    pows.push(corrections[off..off + n].to_vec());
+                    off += n;
+                }
+            }
+            r_pows.push(pows);
+        }
+        self.put(idx, Material::Poly { r_pows });
+        Ok(x.clone())
+    }
+    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
+        Err(Error::InvalidArgument(format!("layer '{}': ReLU has no 2PC protocol in this build", layer.name)))
+    }
+    fn maxpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, _p: usize, _x: &Vec<usize>) -> Result<Vec<usize>> {
+        Err(Error::InvalidArgument(format!("layer '{}': MaxPool has no 2PC protocol in this build", layer.name)))
+    }
+    fn avgpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn flatten(&mut self, _idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn add(&mut self, _idx: usize, _layer: &Layer, a: &Vec<usize>, _b: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(a.clone())
+    }
+    fn counters(&self) -> ChannelStats {
+        self.dealer.as_ref().map(|d| d.stats()).unwrap_or_default()
+    }
+}
+
+/// The dealer's offline phase for one inference: computes and streams the client's corrections.
+pub struct Dealer<'a> {
+    server_seed: &'a Seed,
+    client_seed: &'a Seed,
+    inference: u64,
+    masks: &'a EncodedPlan,
+    client: &'a mut dyn Channel,
+}
+
+impl<'a> Dealer<'a> {
+    /// Dealer for inference number `inference` with both seeds, the weight masks `B`
+    /// ([`weight_masks`]) and the channel to the client.
+    pub fn new(server_seed: &'a Seed, client_seed: &'a Seed, inference: u64, masks: &'a EncodedPlan, client: &'a mut dyn Channel) -> Self {
+        Dealer { server_seed, client_seed, inference, masks, client }
+    }
+
+    fn linear_correction(&mut self, idx: usize, layer: &Layer, x: &[usize], out: &[usize]) -> Result<()> {
+        let a = RingTensor { shape: x.to_vec(), data: self.client_seed.ring(self.inference, idx, Purpose::InputMask, numel(x)) };
+        let ab = match &layer.op {
+            LayerOp::Conv2d(_) => {
+                let b = self.masks.conv.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no weight mask"))?;
+                ops::conv_ring(&a, &b.weight, &b.geom, &layer.name)?
+            }
+            _ => {
+                let b = self.masks.linear.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no weight mask"))?;
+                ops::linear_ring(&a, &b.weight_t, b.in_features, b.out_features, &layer.name)?
+            }
+        };
+        let c0 = self.server_seed.ring(self.inference, idx, Purpose::ProductShare, numel(out));
+        let c1: Vec<u64> = ab.data.iter().zip(&c0).map(|(c, s)| c.wrapping_sub(*s)).collect();
+        send_ring(self.client, &c1)?;
+        self.client.flush()
+    }
+}
+
+impl Backend for Dealer<'_> {
+    type Value = Vec<usize>;
+    fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, batch))
+    }
+    fn conv2d(&mut self, idx: usize, layer: &Layer, _c: &ConvLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        self.linear_correction(idx, layer, x, &out)?;
+        Ok(out)
+    }
+    fn linear(&mut self, idx: usize, layer: &Layer, _l: &LinearLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        self.linear_correction(idx, layer, x, &out)?;
+        Ok(out)
+    }
+    fn poly(&mut self, idx: usize, layer: &Layer, _p: &PolyLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let plan: &PolyPlan = self.masks.poly.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?;
+        let n = numel(x);
+        let mut msg = Vec::new();
+        for (g, grp) in plan.groups.iter().enumerate() {
+            let m = grp.max_power();
+            let r0 = poly_mask(self.server_seed, self.inference, idx, g, n);
+            let r1 = poly_mask(self.client_seed, self.inference, idx, g, n);
+            let srv = self.server_seed.ring(self.inference, idx, Purpose::PolyPowers(g as u8), n * (m - 1));
+            let r: Vec<u64> = r0.iter().zip(&r1).map(|(a, b)| a.wrapping_add(*b)).collect();
+            let mut rp = r.clone();
+            for i in 2..=m {
+                for (p, rv) in rp.iter_mut().zip(&r) {
+                    *p = p.wrapping_mul(*rv);
+                }
+                let s = &srv[(i - 2) * n..(i - 1) * n];
+                msg.extend(rp.iter().zip(s).map(|(p, sv)| p.wrapping_sub(*sv)));
+            }
+        }
+        if !msg.is_empty() {
+            send_ring(self.client, &msg)?;
+            self.client.flush()?;
+        }
+        Ok(x.clone())
+    }
+    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
+        Err(Error::InvalidArgument(format!("layer '{}': ReLU has no 2PC protocol in this build", layer.name)))
+    }
+    fn maxpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, _p: usize, _x: &Vec<usize>) -> Result<Vec<usize>> {
+        Err(Error::InvalidArgument(format!("layer '{}': MaxPool has no 2PC protocol in this build", layer.name)))
+    }
+    fn avgpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn flatten(&mut self, _idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn add(&mut self, _idx: usize, _layer: &Layer, a: &Vec<usize>, _b: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(a.clone())
+    }
+    fn counters(&self) -> ChannelStats {
+        self.client.stats()
+    }
+}
+
+/// A party's online phase: computes on its shares, consuming the offline material.
+pub struct Online<'a> {
+    party: usize,
+    frac_bits: u32,
+    /// Server: the encoded weights `W` (with biases). Client: unused for linear layers.
+    weights: &'a EncodedPlan,
+    material: Vec<Option<Material>>,
+    peer: &'a mut dyn Channel,
+    /// Client: its encoded input `[N, C, H, W]` at scale f.
+    input: Vec<u64>,
+    /// Per-layer output shares when recording (for `--check`).
+    pub recorded: Vec<Option<RingTensor>>,
+    record: bool,
+}
+
+impl<'a> Online<'a> {
+    /// Online backend of `party`, with its offline `material`, the channel to the other party and
+    /// (client) the encoded input.
+    pub fn new(party: usize, frac_bits: u32, weights: &'a EncodedPlan, material: Vec<Option<Material>>, peer: &'a mut dyn Channel, input: Vec<u64>, record: bool) -> Self {
+        Online { party, frac_bits, weights, material, peer, input, recorded: Vec::new(), record }
+    }
+
+    fn take(&mut self, idx: usize, layer: &Layer) -> Result<Material> {
+        self.material
+            .get_mut(idx)
+            .and_then(|m| m.take())
+            .ok_or_else(|| Error::graph(&layer.name, "offline material missing"))
+    }
+
+    fn trunc(&self) -> Trunc {
+        Trunc::Share(self.party)
+    }
+
+    fn linear_online(&mut self, idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
+        let Material::Linear { mask, share } = self.take(idx, layer)? else {
+            return Err(Error::graph(&layer.name, "wrong offline material"));
+        };
+        let shape = with_batch(layer, x.shape[0]);
+        if self.party == CLIENT {
+            let a = mask.ok_or_else(|| Error::graph(&layer.name, "client mask missing"))?;
+            let m: Vec<u64> = x.data.iter().zip(&a).map(|(v, r)| v.wrapping_sub(*r)).collect();
+            send_ring(self.peer, &m)?;
+            self.peer.flush()?;
+            let mut y = RingTensor::from_vec(&shape, share)?;
+            self.trunc().apply(&mut y.data, self.frac_bits);
+            return Ok(y);
+        }
+        let m = recv_ring(self.peer, x.len())?;
+        let xm = RingTensor { shape: x.shape.clone(), data: x.data.iter().zip(&m).map(|(a, b)| a.wrapping_add(*b)).collect() };
+        let mut y = match &layer.op {
+            LayerOp::Conv2d(_) => {
+                let w = self.weights.conv.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
+                let mut y = ops::conv_ring(&xm, &w.weight, &w.geom, &layer.name)?;
+                ops::add_channel_bias(&mut y, &w.bias);
+                y
+            }
+            _ => {
+                let w = self.weights.linear.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
+                let mut y = ops::linear_ring(&xm, &w.weight_t, w.in_features, w.out_features, &layer.name)?;
+                ops::add_channel_bias(&mut y, &w.bias);
+                y
+            }
+        };
+        for (v, c) in y.data.iter_mut().zip(&share) {
+            *v = v.wrapping_add(*c);
+        }
+        self.trunc().apply(&mut y.data, self.frac_bits);
+        Ok(y)
+    }
+}
+
+impl Backend for Online<'_> {
+    type Value = RingTensor;
+    fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<RingTensor> {
+        let shape = with_batch(layer, batch);
+        if self.party == SERVER {
+            Ok(RingTensor::zeros(&shape))
+        } else {
+            RingTensor::from_vec(&shape, std::mem::take(&mut self.input))
+        }
+    }
+    fn conv2d(&mut self, idx: usize, layer: &Layer, _c: &ConvLayer, x: &RingTensor) -> Result<RingTensor> {
+        self.linear_online(idx, layer, x)
+    }
+    fn linear(&mut self, idx: usize, layer: &Layer, _l: &LinearLayer, x: &RingTensor) -> Result<RingTensor> {
+        self.linear_online(idx, layer, x)
+    }
+    fn poly(&mut self, idx: usize, layer: &Layer, _p: &PolyLayer, x: &RingTensor) -> Result<RingTensor> {
+        let plan = self.weights.poly.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?;
+        let Material::Poly { r_pows } = self.take(idx, layer)? else {
+            return Err(Error::graph(&layer.name, "wrong offline material"));
+        };
+        let f = self.frac_bits;
+        let t = self.trunc();
+        let n = x.len();
+        // This party's shares of e_g = x_g - r_g for every group, sent in one message.
+        let mut xs = Vec::with_capacity(plan.groups.len());
+        let mut mine = Vec::with_capacity(n * plan.groups.len());
+        for (g, grp) in plan.groups.iter().enumerate() {
+            let mut xg = x.data.clone();
+            t.apply(&mut xg, f - grp.frac_bits);
+            mine.extend(xg.iter().zip(&r_pows[g][0]).map(|(a, r)| a.wrapping_sub(*r)));
+            xs.push(xg);
+        }
+        let mut pows = vec![Vec::new(); plan.degree + 1];
+        if !plan.groups.is_empty() {
+            send_ring(self.peer, &mine)?;
+            let theirs = recv_ring(self.peer, mine.len())?;
+            for (g, grp) in plan.groups.iter().enumerate() {
+                let e: Vec<u64> = mine[g * n..(g + 1) * n].iter().zip(&theirs[g * n..(g + 1) * n]).map(|(a, b)| a.wrapping_add(*b)).collect();
+                let pk = ops::powers_from_opening(&e, &r_pows[g], &grp.powers, t);
+                for (mut v, &k) in pk.into_iter().zip(&grp.powers) {
+                    t.apply(&mut v, k as u32 * grp.frac_bits - f);
+                    pows[k] = v;
+                }
+            }
+        }
+        Ok(ops::poly_combine(x, &pows, plan, f, t))
+    }
+    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &RingTensor) -> Result<RingTensor> {
+        Err(Error::InvalidArgument(format!("layer '{}': ReLU has no 2PC protocol in this build", layer.name)))
+    }
+    fn maxpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, _p: usize, _x: &RingTensor) -> Result<RingTensor> {
+        Err(Error::InvalidArgument(format!("layer '{}': MaxPool has no 2PC protocol in this build", layer.name)))
+    }
+    fn avgpool(&mut self, _idx: usize, layer: &Layer, k: usize, s: usize, x: &RingTensor) -> Result<RingTensor> {
+        ops::avgpool(x, k, s, self.frac_bits, self.trunc(), &layer.name)
+    }
+    fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
+        ops::global_avgpool(x, self.frac_bits, self.trunc(), &layer.name)
+    }
+    fn flatten(&mut self, _idx: usize, _layer: &Layer, x: RingTensor) -> Result<RingTensor> {
+        Ok(ops::flatten(x))
+    }
+    fn add(&mut self, _idx: usize, _layer: &Layer, a: &RingTensor, b: &RingTensor) -> Result<RingTensor> {
+        a.add(b)
+    }
+    fn counters(&self) -> ChannelStats {
+        self.peer.stats()
+    }
+    fn observe(&mut self, idx: usize, value: &RingTensor) {
+        if self.record {
+            self.recorded.resize(idx + 1, None);
+            self.recorded[idx] = Some(value.clone());
+        }
+    }
+}

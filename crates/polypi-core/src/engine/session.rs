@@ -1,0 +1,399 @@
+//! The session protocol between server, client and dealer, over any [`Channel`]s, and an
+//! in-process runner of all three roles ([`run_local`]).
+//!
+//! Session (one client connection):
+//! 1. dealer -> server: the server's 256-bit seed; dealer -> client: the client's seed (fresh
+//!    from the OS CSPRNG for every session).
+//! 2. server -> client and server -> dealer: the public plan skeleton (JSON; no weights).
+//! 3. server -> client: `F = W - B` for every linear layer, one message each (once per session).
+//! 4. per inference: client -> server and client -> dealer: the batch size (u64 LE; 0 ends the
+//!    session); offline phase (dealer -> client corrections, streamed layer by layer); online
+//!    phase; server -> client: its share of the logits.
+
+use super::party::{check_supported, linear_indices, weight_masks, Dealer, Material, Offline, Online};
+use super::plain::{check_input, EncodedPlan, FixedBackend};
+use super::report::{merge, InferenceReport, LayerReport, SetupReport};
+use super::walk::{walk, LayerTrace};
+use crate::error::{Error, Result};
+use crate::model::Plan;
+use crate::mpc::prg::Seed;
+use crate::mpc::{CLIENT, SERVER};
+use crate::net::{mem_pair, recv_ring, send_ring, Channel};
+use crate::ring::{FixedPoint, RingTensor};
+use std::time::Instant;
+
+/// Largest batch a peer may ask for (guards allocations against a hostile peer).
+pub const MAX_BATCH: usize = 4096;
+
+fn recv_seed(ch: &mut dyn Channel) -> Result<Seed> {
+    let m = ch.recv()?;
+    let s: [u8; 32] = m.as_slice().try_into().map_err(|_| Error::Protocol(format!("expected a 32-byte seed, got {} bytes", m.len())))?;
+    Ok(Seed(s))
+}
+
+fn send_batch(ch: &mut dyn Channel, batch: usize) -> Result<()> {
+    ch.send(&(batch as u64).to_le_bytes())?;
+    ch.flush()
+}
+
+fn recv_batch(ch: &mut dyn Channel) -> Result<usize> {
+    let m = ch.recv()?;
+    let b: [u8; 8] = m.as_slice().try_into().map_err(|_| Error::Protocol("expected a batch size".into()))?;
+    let b = u64::from_le_bytes(b) as usize;
+    if b > MAX_BATCH {
+        return Err(Error::Protocol(format!("batch {b} > {MAX_BATCH}")));
+    }
+    Ok(b)
+}
+
+fn recv_skeleton(ch: &mut dyn Channel) -> Result<Plan> {
+    let m = ch.recv()?;
+    let p: Plan = serde_json::from_slice(&m).map_err(|e| Error::Protocol(format!("bad plan skeleton: {e}")))?;
+    p.check_skeleton()?;
+    Ok(p)
+}
+
+/// What one party measured for one inference.
+#[derive(Debug, Clone, Default)]
+pub struct PartyTraces {
+    /// Offline phase, per layer.
+    pub offline: Vec<LayerTrace>,
+    /// Online phase, per layer.
+    pub online: Vec<LayerTrace>,
+    /// Offline phase wall time, ms.
+    pub offline_ms: f64,
+    /// Online phase wall time, ms.
+    pub online_ms: f64,
+    /// Recorded per-layer output shares (only with `record`).
+    pub recorded: Vec<Option<RingTensor>>,
+    /// Bytes of the output reveal (server -> client).
+    pub output_bytes: u64,
+}
+
+/// Runs the server's side of one session until the client ends it: returns its traces per
+/// inference. `plan` holds the weights; `enc` is `EncodedPlan::new(plan)`.
+///
+/// Errors: peer errors (`PeerDisconnected`, `Protocol`, `VersionMismatch`), `InvalidArgument` for
+/// a plan with layers that have no 2PC protocol.
+pub fn serve_session(plan: &Plan, enc: &EncodedPlan, client: &mut dyn Channel, dealer: &mut dyn Channel, record: bool) -> Result<Vec<PartyTraces>> {
+    check_supported(plan)?;
+    let seed = recv_seed(dealer)?;
+    let skeleton = plan.public_skeleton();
+    let json = serde_json::to_vec(&skeleton).map_err(|e| Error::Protocol(e.to_string()))?;
+    client.send(&json)?;
+    client.flush()?;
+    dealer.send(&json)?;
+    dealer.flush()?;
+    let masks = weight_masks(&skeleton, &seed)?;
+    for idx in linear_indices(enc) {
+        let f: Vec<u64> = if let Some(w) = enc.conv.get(&idx) {
+            w.weight.iter().zip(&masks.conv[&idx].weight).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| x.wrapping_sub(*y))).collect()
+        } else {
+            let w = &enc.linear[&idx];
+            w.weight_t.iter().zip(&masks.linear[&idx].weight_t).map(|(x, y)| x.wrapping_sub(*y)).collect()
+        };
+        send_ring(client, &f)?;
+    }
+    client.flush()?;
+    drop(masks);
+    let mut out = Vec::new();
+    let mut inference = 0u64;
+    loop {
+        let batch = recv_batch(client)?;
+        if batch == 0 {
+            return Ok(out);
+        }
+        inference += 1;
+        let mut tr = PartyTraces::default();
+        let t0 = Instant::now();
+        let mut off = Offline::new(SERVER, &seed, inference, enc, None);
+        let (_, traces) = walk(plan, &mut off, batch)?;
+        tr.offline = traces;
+        tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let material = std::mem::take(&mut off.material);
+        let mut on = Online::new(SERVER, plan.frac_bits, enc, material, client, Vec::new(), record);
+        let (y0, traces) = walk(plan, &mut on, batch)?;
+        tr.recorded = std::mem::take(&mut on.recorded);
+        drop(on);
+        let before = client.stats().bytes_sent;
+        send_ring(client, &y0.data)?;
+        client.flush()?;
+        tr.output_bytes = client.stats().bytes_sent - before;
+        tr.online = traces;
+        tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
+        out.push(tr);
+    }
+}
+
+/// Runs the dealer's side of one session: fresh seeds for both parties, then the correlated
+/// randomness of every inference the client asks for.
+///
+/// Errors: peer errors; `Io` if the OS random generator fails.
+pub fn deal_session(server: &mut dyn Channel, client: &mut dyn Channel) -> Result<Vec<PartyTraces>> {
+    let seed_s = Seed::from_os()?;
+    let seed_c = Seed::from_os()?;
+    server.send(&seed_s.0)?;
+    server.flush()?;
+    client.send(&seed_c.0)?;
+    client.flush()?;
+    let skeleton = recv_skeleton(server)?;
+    let masks = weight_masks(&skeleton, &seed_s)?;
+    let mut out = Vec::new();
+    let mut inference = 0u64;
+    loop {
+        let batch = recv_batch(client)?;
+        if batch == 0 {
+            return Ok(out);
+        }
+        inference += 1;
+        let t0 = Instant::now();
+        let mut d = Dealer::new(&seed_s, &seed_c, inference, &masks, client);
+        let (_, traces) = walk(&skeleton, &mut d, batch)?;
+        out.push(PartyTraces { offline: traces, offline_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() });
+    }
+}
+
+/// The client's side of a session: connect once, then [`ClientSession::infer`] any number of
+/// times, then [`ClientSession::close`].
+pub struct ClientSession<'a> {
+    server: &'a mut dyn Channel,
+    dealer: &'a mut dyn Channel,
+    seed: Seed,
+    skeleton: Plan,
+    masked: EncodedPlan,
+    inference: u64,
+    /// Setup cost.
+    pub setup: SetupReport,
+}
+
+/// The client's result of one inference.
+#[derive(Debug, Clone)]
+pub struct ClientInference {
+    /// Logits `[batch, classes]`, decoded.
+    pub logits: Vec<f32>,
+    /// The client's measurements.
+    pub traces: PartyTraces,
+}
+
+impl<'a> ClientSession<'a> {
+    /// Receives the seed, the plan skeleton and `F = W - B`.
+    /// Errors: peer errors; `Protocol` for a malformed skeleton or weight message.
+    pub fn connect(server: &'a mut dyn Channel, dealer: &'a mut dyn Channel) -> Result<Self> {
+        let t0 = Instant::now();
+        let seed = recv_seed(dealer)?;
+        let skeleton = recv_skeleton(server)?;
+        let mut masked = EncodedPlan::new(&skeleton)?;
+        for idx in linear_indices(&masked) {
+            if let Some(c) = masked.conv.get_mut(&idx) {
+                let g = c.geom;
+                let per = (g.c_out / g.groups) * (g.c_in / g.groups) * g.kh * g.kw;
+                let all = recv_ring(server, per * g.groups)?;
+                c.weight = all.chunks(per.max(1)).map(|x| x.to_vec()).collect();
+            } else if let Some(l) = masked.linear.get_mut(&idx) {
+                l.weight_t = recv_ring(server, l.in_features * l.out_features)?;
+            }
+        }
+        let setup = SetupReport { ms: t0.elapsed().as_secs_f64() * 1e3, bytes: server.stats().bytes_received };
+        Ok(ClientSession { server, dealer, seed, skeleton, masked, inference: 0, setup })
+    }
+
+    /// The public plan the server sent (shapes, labels, normalisation).
+    pub fn plan(&self) -> &Plan {
+        &self.skeleton
+    }
+
+    /// One private inference of `batch` samples; `input` is `[batch, C, H, W]`, normalised.
+    /// Errors: `ShapeMismatch` (nothing is sent then), `RangeExceeded` for an input that does not
+    /// fit the ring, peer errors.
+    pub fn infer(&mut self, input: &[f32], batch: usize, record: bool) -> Result<ClientInference> {
+        check_input(&self.skeleton, input, batch)?;
+        if batch > MAX_BATCH {
+            return Err(Error::InvalidArgument(format!("batch {batch} > {MAX_BATCH}")));
+        }
+        let fp = FixedPoint { frac_bits: self.skeleton.frac_bits };
+        let x = fp.encode_slice(input)?;
+        self.inference += 1;
+        send_batch(self.server, batch)?;
+        send_batch(self.dealer, batch)?;
+        let mut tr = PartyTraces::default();
+        let t0 = Instant::now();
+        let mut off = Offline::new(CLIENT, &self.seed, self.inference, &self.masked, Some(&mut *self.dealer));
+        let (_, traces) = walk(&self.skeleton, &mut off, batch)?;
+        let material: Vec<Option<Material>> = std::mem::take(&mut off.material);
+        tr.offline = traces;
+        tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let mut on = Online::new(CLIENT, self.skeleton.frac_bits, &self.masked, material, &mut *self.server, x, record);
+        let (y1, traces) = walk(&self.skeleton, &mut on, batch)?;
+        tr.recorded = std::mem::take(&mut on.recorded);
+        drop(on);
+        let y0 = recv_ring(self.server, y1.len())?;
+        let logits = y0.iter().zip(&y1.data).map(|(a, b)| fp.decode(a.wrapping_add(*b)) as f32).collect();
+        tr.online = traces;
+        tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
+        Ok(ClientInference { logits, traces: tr })
+    }
+
+    /// Ends the session (server and dealer return).
+    pub fn close(self) -> Result<()> {
+        send_batch(self.server, 0)?;
+        send_batch(self.dealer, 0)
+    }
+}
+
+/// Transport of [`run_local`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// In-memory channels.
+    Mem,
+    /// TCP on loopback (127.0.0.1, ephemeral ports).
+    Tcp,
+}
+
+/// Options of [`run_local`].
+#[derive(Debug, Clone, Copy)]
+pub struct LocalOpts {
+    /// Channels between the three roles.
+    pub transport: Transport,
+    /// Compare every layer with the fixed-point twin (keeps all layer outputs: more memory).
+    pub check: bool,
+}
+
+impl Default for LocalOpts {
+    fn default() -> Self {
+        LocalOpts { transport: Transport::Mem, check: false }
+    }
+}
+
+/// Result of one batch of [`run_local`].
+#[derive(Debug, Clone)]
+pub struct LocalInference {
+    /// Logits `[batch, classes]` as the client decoded them.
+    pub logits: Vec<f32>,
+    /// Merged report of the three roles.
+    pub report: InferenceReport,
+}
+
+/// The six channel ends of a three-role session.
+pub struct Links {
+    /// Server's end towards the client.
+    pub server_client: Box<dyn Channel>,
+    /// Server's end towards the dealer.
+    pub server_dealer: Box<dyn Channel>,
+    /// Client's end towards the server.
+    pub client_server: Box<dyn Channel>,
+    /// Client's end towards the dealer.
+    pub client_dealer: Box<dyn Channel>,
+    /// Dealer's end towards the server.
+    pub dealer_server: Box<dyn Channel>,
+    /// Dealer's end towards the client.
+    pub dealer_client: Box<dyn Channel>,
+}
+
+impl Links {
+    /// In-memory links.
+    pub fn mem() -> Links {
+        let (sc, cs) = mem_pair();
+        let (sd, ds) = mem_pair();
+        let (cd, dc) = mem_pair();
+        Links {
+            server_client: Box::new(sc),
+            server_dealer: Box::new(sd),
+            client_server: Box::new(cs),
+            client_dealer: Box::new(cd),
+            dealer_server: Box::new(ds),
+            dealer_client: Box::new(dc),
+        }
+    }
+}
+
+/// Runs server, client and dealer in this process (server and dealer on their own threads) for
+/// each `(input, batch)` of `inputs`, one session. `plan` is the full model.
+///
+/// Errors: as the three roles; the first error of any role is returned.
+pub fn run_local(plan: &Plan, inputs: &[(Vec<f32>, usize)], opts: LocalOpts) -> Result<(SetupReport, Vec<LocalInference>)> {
+    check_supported(plan)?;
+    for (x, b) in inputs {
+        check_input(plan, x, *b)?;
+    }
+    let enc = EncodedPlan::new(plan)?;
+    let links = match opts.transport {
+        Transport::Mem => Links::mem(),
+        Transport::Tcp => super::tcp_links()?,
+    };
+    let Links { mut server_client, mut server_dealer, mut client_server, mut client_dealer, mut dealer_server, mut dealer_client } = links;
+    let record = opts.check;
+    std::thread::scope(|s| {
+        let enc_ref = &enc;
+        let server = s.spawn(move || serve_session(plan, enc_ref, &mut *server_client, &mut *server_dealer, record));
+        let dealer = s.spawn(move || deal_session(&mut *dealer_server, &mut *dealer_client));
+        let client_result = (|| -> Result<(SetupReport, Vec<ClientInference>)> {
+            let mut sess = ClientSession::connect(&mut *client_server, &mut *client_dealer)?;
+            let mut outs = Vec::new();
+            for (x, b) in inputs {
+                outs.push(sess.infer(x, *b, record)?);
+            }
+            let setup = sess.setup.clone();
+            sess.close()?;
+            Ok((setup, outs))
+        })();
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Vec<PartyTraces>>>, who: &str| -> Result<Vec<PartyTraces>> {
+            h.join().map_err(|_| Error::Protocol(format!("{who} thread panicked")))?
+        };
+        // Drop nothing early: if the client failed, its channels are dropped when this closure
+        // returns, which unblocks the other roles with PeerDisconnected.
+        let (setup, client_outs) = match client_result {
+            Ok(v) => v,
+            Err(e) => {
+                drop(client_server);
+                drop(client_dealer);
+                let _ = server.join();
+                let _ = dealer.join();
+                return Err(e);
+            }
+        };
+        let server_tr = join(server, "server")?;
+        let dealer_tr = join(dealer, "dealer")?;
+        let mut results = Vec::new();
+        for (k, ci) in client_outs.into_iter().enumerate() {
+            let batch = inputs[k].1;
+            let (st, dt) = (&server_tr[k], &dealer_tr[k]);
+            let mut layers = merge(plan, batch, &st.offline, &ci.traces.offline, &dt.offline, &st.online, &ci.traces.online);
+            let mut max_err = None;
+            if record {
+                let errs = check_against_twin(plan, &enc, &inputs[k].0, batch, &st.recorded, &ci.traces.recorded)?;
+                for (l, e) in layers.iter_mut().zip(&errs) {
+                    l.max_abs_error = *e;
+                }
+                max_err = errs.last().copied().flatten();
+            }
+            layers.push(LayerReport {
+                name: "output".into(),
+                kind: "Reveal".into(),
+                out_shape: vec![plan.num_classes()],
+                bytes_server_to_client: st.output_bytes,
+                rounds: 1,
+                ..Default::default()
+            });
+            let mut report = InferenceReport { batch, layers, online_ms: ci.traces.online_ms, offline_ms: st.offline_ms.max(ci.traces.offline_ms).max(dt.offline_ms), max_abs_error: max_err, ..Default::default() };
+            report.total();
+            results.push(LocalInference { logits: ci.logits, report });
+        }
+        Ok((setup, results))
+    })
+}
+
+/// Per layer: max |decode(s0 + s1) - decode(twin)|.
+fn check_against_twin(plan: &Plan, enc: &EncodedPlan, input: &[f32], batch: usize, s0: &[Option<RingTensor>], s1: &[Option<RingTensor>]) -> Result<Vec<Option<f64>>> {
+    let fp = FixedPoint { frac_bits: plan.frac_bits };
+    let x = fp.encode_slice(input)?;
+    let mut twin = FixedBackend::new(enc, &x, plan.frac_bits, true);
+    walk(plan, &mut twin, batch)?;
+    Ok((0..plan.layers.len())
+        .map(|i| {
+            let (a, b, t) = (s0.get(i)?.as_ref()?, s1.get(i)?.as_ref()?, twin.recorded.get(i)?.as_ref()?);
+            Some(a.data.iter().zip(&b.data).zip(&t.data).map(|((x, y), z)| (fp.decode(x.wrapping_add(*y)) - fp.decode(*z)).abs()).fold(0.0, f64::max))
+        })
+        .collect())
+}

@@ -1,0 +1,234 @@
+//! Ring-tensor operations shared by the fixed-point twin and both secure parties.
+//!
+//! All of these are linear (or local) on additive shares, so the same code runs on a plaintext
+//! ring tensor and on either party's share; only truncation differs ([`Trunc`]).
+
+use super::encode::{binom, EncodedConv, EncodedLinear, PolyPlan};
+use crate::error::{Error, Result};
+use crate::model::ConvGeom;
+use crate::ring::{col2out, gemm, im2col, trunc_local, trunc_public, RingTensor};
+
+/// How a backend truncates: the plaintext twin shifts exactly (floor); a party applies SecureML's
+/// local share truncation (see [`crate::ring::trunc`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trunc {
+    /// Plaintext twin: arithmetic shift.
+    Public,
+    /// Share of party 0 (server) or 1 (client).
+    Share(usize),
+}
+
+impl Trunc {
+    /// Divides every element by `2^bits` in place.
+    pub fn apply(self, x: &mut [u64], bits: u32) {
+        match self {
+            Trunc::Public => trunc_public(x, bits),
+            Trunc::Share(p) => trunc_local(x, bits, p),
+        }
+    }
+    /// True for the share of party 0 and for the twin: the one that adds public constants.
+    pub fn adds_constants(self) -> bool {
+        matches!(self, Trunc::Public | Trunc::Share(0))
+    }
+}
+
+fn shape_err(node: &str, expected: Vec<usize>, got: &[usize]) -> Error {
+    Error::ShapeMismatch { node: node.to_string(), expected, got: got.to_vec() }
+}
+
+/// Convolution `[N, c_in, h, w] -> [N, c_out, oh, ow]` with per-group weight matrices
+/// (`weight[g]`: `[c_out/groups, (c_in/groups)*kh*kw]`), no bias, no truncation.
+/// Errors: `ShapeMismatch` if `x` is not `[N, c_in, h, w]`.
+pub fn conv_ring(x: &RingTensor, weight: &[Vec<u64>], geom: &ConvGeom, node: &str) -> Result<RingTensor> {
+    if x.shape.len() != 4 || x.shape[1..] != [geom.c_in, geom.h, geom.w] {
+        return Err(shape_err(node, vec![0, geom.c_in, geom.h, geom.w], &x.shape));
+    }
+    let n = x.shape[0];
+    let (oh, ow) = (geom.out_h(), geom.out_w());
+    let mut out = RingTensor::zeros(&[n, geom.c_out, oh, ow]);
+    let cog = geom.c_out / geom.groups;
+    let k = (geom.c_in / geom.groups) * geom.kh * geom.kw;
+    let cols_n = n * oh * ow;
+    let mut y = vec![0u64; cog * cols_n];
+    for (g, wg) in weight.iter().enumerate() {
+        let cols = im2col(&x.data, n, geom, g);
+        gemm(wg, &cols, &mut y, cog, k, cols_n);
+        col2out(&y, &mut out.data, n, geom, g);
+    }
+    Ok(out)
+}
+
+/// Fully connected `[N, in] -> [N, out]` with a transposed weight `[in, out]`, no bias.
+/// Errors: `ShapeMismatch` if `x` is not `[N, in]`.
+pub fn linear_ring(x: &RingTensor, weight_t: &[u64], in_f: usize, out_f: usize, node: &str) -> Result<RingTensor> {
+    if x.shape.len() != 2 || x.shape[1] != in_f {
+        return Err(shape_err(node, vec![0, in_f], &x.shape));
+    }
+    let n = x.shape[0];
+    let mut out = RingTensor::zeros(&[n, out_f]);
+    gemm(&x.data, weight_t, &mut out.data, n, in_f, out_f);
+    Ok(out)
+}
+
+/// Adds a per-channel bias (dim 1) to `y` in place.
+pub fn add_channel_bias(y: &mut RingTensor, bias: &[u64]) {
+    let n = y.shape[0];
+    let c = bias.len();
+    let inner = y.data.len() / (n * c).max(1);
+    for img in 0..n {
+        for (ch, &b) in bias.iter().enumerate() {
+            let s = (img * c + ch) * inner;
+            for v in &mut y.data[s..s + inner] {
+                *v = v.wrapping_add(b);
+            }
+        }
+    }
+}
+
+/// Full conv layer on one party's share (or the twin's value): conv, bias (by the party that adds
+/// constants), truncation by `frac_bits`.
+pub fn conv_layer(x: &RingTensor, w: &EncodedConv, frac_bits: u32, t: Trunc, node: &str) -> Result<RingTensor> {
+    let mut y = conv_ring(x, &w.weight, &w.geom, node)?;
+    if t.adds_constants() {
+        add_channel_bias(&mut y, &w.bias);
+    }
+    t.apply(&mut y.data, frac_bits);
+    Ok(y)
+}
+
+/// Full linear layer: GEMM, bias, truncation by `frac_bits`.
+pub fn linear_layer(x: &RingTensor, w: &EncodedLinear, frac_bits: u32, t: Trunc, node: &str) -> Result<RingTensor> {
+    let mut y = linear_ring(x, &w.weight_t, w.in_features, w.out_features, node)?;
+    if t.adds_constants() {
+        add_channel_bias(&mut y, &w.bias);
+    }
+    t.apply(&mut y.data, frac_bits);
+    Ok(y)
+}
+
+/// Divides by a public integer `count` at scale `frac_bits`: a shift when `count` is a power of
+/// two, else a multiplication by `round(2^f / count)` and a shift by f.
+pub fn div_by_count(x: &mut [u64], count: usize, frac_bits: u32, t: Trunc) {
+    if count.is_power_of_two() {
+        t.apply(x, count.trailing_zeros());
+    } else {
+        let m = ((frac_bits as f64).exp2() / count as f64).round() as u64;
+        for v in x.iter_mut() {
+            *v = v.wrapping_mul(m);
+        }
+        t.apply(x, frac_bits);
+    }
+}
+
+/// Average pooling `[N, C, H, W] -> [N, C, (H-k)/s+1, (W-k)/s+1]` (sum, then [`div_by_count`]).
+/// Errors: `ShapeMismatch` for a non-4-D input or a window larger than the image.
+pub fn avgpool(x: &RingTensor, k: usize, s: usize, frac_bits: u32, t: Trunc, node: &str) -> Result<RingTensor> {
+    if x.shape.len() != 4 || x.shape[2] < k || x.shape[3] < k || k == 0 || s == 0 {
+        return Err(shape_err(node, vec![0, 0, k, k], &x.shape));
+    }
+    let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+    let mut out = RingTensor::zeros(&[n, c, oh, ow]);
+    for nc in 0..n * c {
+        let src = &x.data[nc * h * w..(nc + 1) * h * w];
+        let dst = &mut out.data[nc * oh * ow..(nc + 1) * oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0u64;
+                for ky in 0..k {
+                    let row = (oy * s + ky) * w + ox * s;
+                    for v in &src[row..row + k] {
+                        acc = acc.wrapping_add(*v);
+                    }
+                }
+                dst[oy * ow + ox] = acc;
+            }
+        }
+    }
+    div_by_count(&mut out.data, k * k, frac_bits, t);
+    Ok(out)
+}
+
+/// Global average pooling `[N, C, H, W] -> [N, C]`.
+/// Errors: `ShapeMismatch` for a non-4-D input.
+pub fn global_avgpool(x: &RingTensor, frac_bits: u32, t: Trunc, node: &str) -> Result<RingTensor> {
+    if x.shape.len() != 4 {
+        return Err(shape_err(node, vec![0, 0, 0, 0], &x.shape));
+    }
+    let (n, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3]);
+    let mut out = RingTensor::zeros(&[n, c]);
+    for (i, o) in out.data.iter_mut().enumerate() {
+        *o = x.data[i * hw..(i + 1) * hw].iter().fold(0u64, |a, v| a.wrapping_add(*v));
+    }
+    div_by_count(&mut out.data, hw, frac_bits, t);
+    Ok(out)
+}
+
+/// `[N, ...] -> [N, prod(...)]` (no data movement).
+pub fn flatten(x: RingTensor) -> RingTensor {
+    let n = x.shape[0];
+    let f = x.data.len() / n.max(1);
+    RingTensor { shape: vec![n, f], data: x.data }
+}
+
+/// Shares (or twin values) of `x^k` for each `k` in `powers` from the opened `e = x - r` and this
+/// party's shares of `r^1..r^m` (`r_pows[i-1]` = share of `r^i`):
+/// `x^k = sum_i C(k,i) e^(k-i) r^i`, where the `i = 0` term is added by the party that adds
+/// constants (HoneyBadger-style dealer powers; one round for any degree).
+pub fn powers_from_opening(e: &[u64], r_pows: &[Vec<u64>], powers: &[usize], t: Trunc) -> Vec<Vec<u64>> {
+    let n = e.len();
+    let mut out = Vec::with_capacity(powers.len());
+    for &k in powers {
+        let mut pk = vec![0u64; n];
+        for (j, v) in pk.iter_mut().enumerate() {
+            let ej = e[j];
+            let mut acc = 0u64;
+            // e^(k-i) for i = k..0, built up incrementally.
+            let mut epow = 1u64;
+            for i in (0..=k).rev() {
+                let term = if i == 0 {
+                    if t.adds_constants() {
+                        epow
+                    } else {
+                        0
+                    }
+                } else {
+                    epow.wrapping_mul(r_pows[i - 1][j])
+                };
+                acc = acc.wrapping_add(binom(k, i).wrapping_mul(term));
+                epow = epow.wrapping_mul(ej);
+            }
+            *v = acc;
+        }
+        out.push(pk);
+    }
+    out
+}
+
+/// Final step of a polynomial: `acc = c_0 + c_1 x + sum_k c_k x^k` per channel, truncated by f.
+/// `x` is the input at scale f, `pows[k]` the value/share of `x^k` at scale f (index = power; 0
+/// and 1 unused). `sample_shape` gives the channel layout (dim 1 of NCHW or `[N, F]`).
+pub fn poly_combine(x: &RingTensor, pows: &[Vec<u64>], plan: &PolyPlan, frac_bits: u32, t: Trunc) -> RingTensor {
+    let n = x.shape[0];
+    let c = x.shape.get(1).copied().unwrap_or(1);
+    let inner = x.data.len() / (n * c).max(1);
+    let mut y = RingTensor::zeros(&x.shape);
+    for img in 0..n {
+        for ch in 0..c {
+            let co = plan.coeffs_of(ch);
+            let s = (img * c + ch) * inner;
+            for j in s..s + inner {
+                let mut acc = co[1].wrapping_mul(x.data[j]);
+                if t.adds_constants() {
+                    acc = acc.wrapping_add(co[0]);
+                }
+                for (k, ck) in co.iter().enumerate().skip(2) {
+                    acc = acc.wrapping_add(ck.wrapping_mul(pows[k][j]));
+                }
+                y.data[j] = acc;
+            }
+        }
+    }
+    t.apply(&mut y.data, frac_bits);
+    y
+}
