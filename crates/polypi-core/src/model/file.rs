@@ -681,3 +681,312 @@ pub fn parse_graph(json: &str, file: &str) -> Result<Graph> {
     serde_json::from_value::<Graph>(value)
         .map_err(|e| Error::model_file(file, format!("'{KEY_GRAPH}' is not a valid graph: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::zoo::{build, Act, Pool, RefNet};
+
+    fn small() -> ModelFile {
+        build(RefNet::NetM, Act::X2Act, Pool::Avg, 0.25, 3).unwrap()
+    }
+
+    fn node_mut<'a>(f: &'a mut ModelFile, name: &str) -> &'a mut Node {
+        f.graph.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    fn graph_err(e: Error) -> (String, String) {
+        match e {
+            Error::Graph { node, reason } => (node, reason),
+            other => panic!("expected a Graph error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_trip_bytes_and_file() {
+        let f = small();
+        let bytes = f.to_bytes().unwrap();
+        let g = ModelFile::from_bytes(&bytes, "mem").unwrap();
+        assert_eq!(f, g);
+        assert_eq!(bytes, g.to_bytes().unwrap(), "re-save must be byte-identical");
+
+        let dir = std::env::temp_dir().join(format!("polypi-file-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        f.save(&path).unwrap();
+        let h = ModelFile::load(&path).unwrap();
+        assert_eq!(f, h);
+        h.save(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        // A failed save (invalid model) leaves the earlier file intact.
+        let mut bad = f.clone();
+        bad.graph.nodes[1].inputs = vec!["nope".into()];
+        assert!(bad.save(&path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        // Only the model file is left in the directory (no temp files).
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_safetensors_crate_reads_our_bytes() {
+        let f = small();
+        let bytes = f.to_bytes().unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.len(), f.tensors.len());
+        let w = st.tensor("conv1.weight").unwrap();
+        assert_eq!(w.shape(), f.tensors["conv1.weight"].shape.as_slice());
+    }
+
+    #[test]
+    fn truncated_and_garbage_bytes_are_model_file_errors() {
+        let bytes = small().to_bytes().unwrap();
+        let n = bytes.len();
+        for cut in [0, 1, 7, 8, 9, 100, n / 3, n / 2, n - 5, n - 1] {
+            match ModelFile::from_bytes(&bytes[..cut], "cut") {
+                Err(Error::ModelFile { path, .. }) => assert_eq!(path, "cut"),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+        let mut r = 0x1234_5678_9abc_def0u64;
+        for len in [0usize, 3, 8, 16, 64, 1000] {
+            let garbage: Vec<u8> = (0..len)
+                .map(|_| {
+                    r ^= r << 13;
+                    r ^= r >> 7;
+                    r ^= r << 17;
+                    r as u8
+                })
+                .collect();
+            assert!(matches!(
+                ModelFile::from_bytes(&garbage, "g"),
+                Err(Error::ModelFile { .. })
+            ));
+        }
+        // A plausible header length pointing past the end.
+        let mut b = (1u64 << 40).to_le_bytes().to_vec();
+        b.extend_from_slice(b"{}");
+        assert!(matches!(ModelFile::from_bytes(&b, "g"), Err(Error::ModelFile { .. })));
+        assert!(matches!(ModelFile::load("/nonexistent/x.safetensors"), Err(Error::ModelFile { .. })));
+    }
+
+    fn with_graph_json(f: &ModelFile, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let bytes = f.to_bytes().unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut g: Value =
+            serde_json::from_str(&meta.metadata().as_ref().unwrap()[KEY_GRAPH]).unwrap();
+        edit(&mut g);
+        let mut tensors = Vec::new();
+        for (k, t) in &f.tensors {
+            let raw: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensors.push((k.clone(), t.shape.clone(), raw));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .map(|(k, s, r)| {
+                (k.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), r).unwrap())
+            })
+            .collect();
+        let mut md = HashMap::new();
+        md.insert(KEY_GRAPH.to_string(), g.to_string());
+        md.insert(KEY_VERSION.to_string(), FORMAT_VERSION.to_string());
+        safetensors::serialize(views, Some(md)).unwrap()
+    }
+
+    #[test]
+    fn unknown_op_names_node_and_op() {
+        let f = small();
+        let bytes = with_graph_json(&f, |g| g["nodes"][2]["op"] = Value::from("Softmax3000"));
+        let (node, reason) = graph_err(ModelFile::from_bytes(&bytes, "m").unwrap_err());
+        assert_eq!(node, f.graph.nodes[2].name);
+        assert!(reason.contains("Softmax3000"), "{reason}");
+        let e = ModelFile::from_bytes(&bytes, "m").unwrap_err().to_string();
+        assert!(e.contains(&f.graph.nodes[2].name) && e.contains("Softmax3000"), "{e}");
+        // Missing op and bad attributes also name the node.
+        let bytes = with_graph_json(&f, |g| {
+            g["nodes"][1].as_object_mut().unwrap().remove("op");
+        });
+        assert_eq!(graph_err(ModelFile::from_bytes(&bytes, "m").unwrap_err()).0, "conv1");
+        let bytes = with_graph_json(&f, |g| g["nodes"][1]["stride"] = Value::from("two"));
+        let (node, reason) = graph_err(ModelFile::from_bytes(&bytes, "m").unwrap_err());
+        assert_eq!(node, "conv1");
+        assert!(reason.contains("Conv2d"), "{reason}");
+        // Written by another tool (safetensors' own serializer): still loads.
+        let ok = ModelFile::from_bytes(&with_graph_json(&f, |_| {}), "m").unwrap();
+        assert_eq!((ok.graph, ok.tensors), (f.graph, f.tensors));
+    }
+
+    #[test]
+    fn version_and_metadata_checks() {
+        let f = small();
+        let mut md = HashMap::new();
+        md.insert(KEY_GRAPH.to_string(), serde_json::to_string(&f.graph).unwrap());
+        md.insert(KEY_VERSION.to_string(), "999".to_string());
+        let empty: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
+        let b = safetensors::serialize(empty.clone(), Some(md.clone())).unwrap();
+        match ModelFile::from_bytes(&b, "v") {
+            Err(Error::ModelFile { reason, .. }) => assert!(reason.contains("999"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        md.remove(KEY_VERSION);
+        let b = safetensors::serialize(empty.clone(), Some(md)).unwrap();
+        assert!(matches!(ModelFile::from_bytes(&b, "v"), Err(Error::ModelFile { .. })));
+        let b = safetensors::serialize(empty, None).unwrap();
+        assert!(matches!(ModelFile::from_bytes(&b, "v"), Err(Error::ModelFile { .. })));
+    }
+
+    #[test]
+    fn non_f32_tensor_is_rejected() {
+        let f = small();
+        let mut md = HashMap::new();
+        md.insert(KEY_GRAPH.to_string(), serde_json::to_string(&f.graph).unwrap());
+        md.insert(KEY_VERSION.to_string(), FORMAT_VERSION.to_string());
+        let raw = vec![0u8; 8];
+        let v = safetensors::tensor::TensorView::new(Dtype::F64, vec![1], &raw).unwrap();
+        let b = safetensors::serialize(vec![("conv1.bias".to_string(), v)], Some(md)).unwrap();
+        match ModelFile::from_bytes(&b, "d") {
+            Err(Error::ModelFile { reason, .. }) => {
+                assert!(reason.contains("conv1.bias") && reason.contains("F64"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dangling_and_forward_edges() {
+        let mut f = small();
+        node_mut(&mut f, "pool1").inputs = vec!["ghost".into()];
+        let (node, reason) = graph_err(f.validate().unwrap_err());
+        assert_eq!(node, "pool1");
+        assert!(reason.contains("ghost") && reason.contains("dangling"), "{reason}");
+
+        let mut f = small();
+        node_mut(&mut f, "pool1").inputs = vec!["conv2".into()];
+        let (node, reason) = graph_err(f.validate().unwrap_err());
+        assert_eq!(node, "pool1");
+        assert!(reason.contains("later node"), "{reason}");
+
+        let mut f = small();
+        node_mut(&mut f, "pool1").inputs = vec!["pool1".into()];
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "pool1");
+    }
+
+    #[test]
+    fn structural_rules() {
+        let mut f = small();
+        f.graph.nodes[3].name = f.graph.nodes[1].name.clone();
+        let (node, reason) = graph_err(f.validate().unwrap_err());
+        assert!(reason.contains("duplicate"), "{node}: {reason}");
+
+        let mut f = small();
+        f.graph.nodes.remove(0);
+        assert!(graph_err(f.validate().unwrap_err()).1.contains("first node"));
+
+        let mut f = small();
+        node_mut(&mut f, "pool1").op = Op::Add;
+        let (node, reason) = graph_err(f.validate().unwrap_err());
+        assert_eq!(node, "pool1");
+        assert!(reason.contains("2 input"), "{reason}");
+
+        let mut f = small();
+        f.graph.nodes.clear();
+        assert!(f.validate().is_err());
+
+        let mut f = small();
+        f.graph.labels.pop();
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "fc2");
+    }
+
+    #[test]
+    fn conv_weight_shape_mismatch_names_the_node() {
+        let mut f = small();
+        let w = f.tensors.get_mut("conv2.weight").unwrap();
+        let (co, ci) = (w.shape[0], w.shape[1]);
+        w.shape[1] = ci + 1;
+        w.data = vec![0.0; w.numel()];
+        match f.validate().unwrap_err() {
+            Error::ShapeMismatch { node, expected, got } => {
+                assert_eq!(node, "conv2");
+                assert_eq!(expected, vec![co, ci, 5, 5]);
+                assert_eq!(got, vec![co, ci + 1, 5, 5]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Linear input width and vectors.
+        let mut f = small();
+        let w = f.tensors.get_mut("fc1.weight").unwrap();
+        w.shape = vec![100, 7];
+        w.data = vec![0.0; 700];
+        assert!(matches!(f.validate(), Err(Error::ShapeMismatch { node, .. }) if node == "fc1"));
+        let mut f = small();
+        f.tensors.get_mut("act1.w0").unwrap().data.push(0.0);
+        f.tensors.get_mut("act1.w0").unwrap().shape[0] += 1;
+        assert!(matches!(f.validate(), Err(Error::ShapeMismatch { node, .. }) if node == "act1"));
+        // Missing tensor.
+        let mut f = small();
+        f.tensors.remove("conv1.bias");
+        let (node, reason) = graph_err(f.validate().unwrap_err());
+        assert_eq!(node, "conv1");
+        assert!(reason.contains("conv1.bias"), "{reason}");
+    }
+
+    #[test]
+    fn nan_weight_and_bad_hyper_parameters() {
+        let mut f = small();
+        f.tensors.get_mut("fc1.weight").unwrap().data[5] = f32::NAN;
+        let (node, reason) = graph_err(f.validate().unwrap_err());
+        assert_eq!(node, "fc1");
+        assert!(reason.contains("non-finite"), "{reason}");
+        let bytes = f.to_bytes().unwrap();
+        assert!(ModelFile::from_bytes(&bytes, "nan").is_err());
+
+        let mut f = small();
+        if let Op::Conv2d { stride, .. } = &mut node_mut(&mut f, "conv1").op {
+            *stride = 0;
+        }
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "conv1");
+
+        let mut f = small();
+        if let Op::Conv2d { groups, .. } = &mut node_mut(&mut f, "conv2").op {
+            *groups = 3;
+        }
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "conv2");
+
+        let mut f = small();
+        node_mut(&mut f, "pool1").op = Op::AvgPool2d { kernel: 0, stride: 2 };
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "pool1");
+
+        let mut f = small();
+        node_mut(&mut f, "act1").op = Op::PolyKerv { c_p: 1.0, d_p: 9, a_p: 1.0 };
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "act1");
+
+        let mut f = small();
+        node_mut(&mut f, "act1").op =
+            Op::Poly { coefficients: vec![0.0; 10].into_iter().chain([1.0]).collect(), coefficients_tensor: None };
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "act1");
+
+        let mut f = small();
+        node_mut(&mut f, "act1").op = Op::Poly { coefficients: vec![], coefficients_tensor: None };
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "act1");
+
+        // Linear right after a conv output (no Flatten).
+        let mut f = small();
+        node_mut(&mut f, "fc1").inputs = vec!["pool2".into()];
+        let (node, reason) = graph_err(f.validate().unwrap_err());
+        assert_eq!(node, "fc1");
+        assert!(reason.contains("Flatten"), "{reason}");
+    }
+
+    #[test]
+    fn shapes_are_inferred() {
+        let f = small();
+        let s = f.infer_shapes().unwrap();
+        let by: HashMap<&str, &Vec<usize>> =
+            f.graph.nodes.iter().map(|n| n.name.as_str()).zip(&s).collect();
+        assert_eq!(by["conv1"], &vec![4, 24, 24]);
+        assert_eq!(by["pool1"], &vec![4, 12, 12]);
+        assert_eq!(by["pool2"], &vec![4, 4, 4]);
+        assert_eq!(by["flatten"], &vec![64]);
+        assert_eq!(by["fc2"], &vec![10]);
+    }
+}

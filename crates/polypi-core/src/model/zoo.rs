@@ -222,8 +222,8 @@ pub fn build(net: RefNet, act: Act, pool: Pool, width: f32, seed: u64) -> Result
         RefNet::NetR18 => {
             let x = b.push("input", &[], Op::Input);
             let c0 = ch(64);
-            let x = b.conv("conv1", &x, 3, c0, 3, 1, 1, false, b.init.gain2);
-            let x = b.bn("bn1", &x, c0, 1.0, b.init.bias, true);
+            let x = b.conv("conv1", &x, 3, c0, 3, 1, 1, false, b.init.stem_gain2);
+            let x = b.bn("bn1", &x, c0, 1.0, b.init.post_bias, false);
             let mut x = b.act("act1", &x, c0);
             let mut c_in = c0;
             for (stage, (&c, &stride)) in [64usize, 128, 256, 512].iter().zip(&[1usize, 2, 2, 2]).enumerate()
@@ -236,7 +236,7 @@ pub fn build(net: RefNet, act: Act, pool: Pool, width: f32, seed: u64) -> Result
                 }
             }
             let x = b.push("avgpool", &[&x], Op::GlobalAvgPool);
-            b.linear("fc", &x, c_in, 10, 1.0, 0.0);
+            b.linear("fc", &x, c_in, 10, b.init.fc_gain2, 0.0);
             (vec![3, 32, 32], cifar_labels(), Some(cifar_norm()), "CIFAR-10")
         }
     };
@@ -272,12 +272,17 @@ struct Init {
     gain2: f32,
     /// Magnitude of the per-channel pre-activation bias (random sign).
     bias: f32,
+    /// NET-R18: gain2 of the stem conv.
+    stem_gain2: f32,
     /// NET-R18: gain2 of the second conv of a block (the residual branch).
     branch_gain2: f32,
     /// NET-R18: gain2 of a 1x1 projection shortcut.
     shortcut_gain2: f32,
-    /// NET-R18: pre-activation bias (fixed sign) of the activation after the residual add.
+    /// NET-R18: pre-activation bias (fixed sign) of the activation after the residual add (and
+    /// of the stem's activation).
     post_bias: f32,
+    /// NET-R18: gain2 of the final fc (brings the logits to O(1)).
+    fc_gain2: f32,
 }
 
 impl Init {
@@ -286,37 +291,47 @@ impl Init {
             Act::Relu => Init {
                 gain2: 2.0,
                 bias: 0.0,
+                stem_gain2: 2.0,
                 branch_gain2: 0.5,
                 shortcut_gain2: 1.0,
                 post_bias: 0.0,
+                fc_gain2: 1.0,
             },
             Act::X2Act => Init {
                 gain2: 1.0,
                 bias: 0.0,
+                stem_gain2: 1.0,
                 branch_gain2: 0.25,
                 shortcut_gain2: 0.8,
                 post_bias: 0.0,
+                fc_gain2: 1.0,
             },
             Act::Pillar => Init {
                 gain2: 1.0,
                 bias: 0.0,
+                stem_gain2: 1.0,
                 branch_gain2: 0.25,
                 shortcut_gain2: 0.5,
-                post_bias: -0.3,
+                post_bias: 0.0,
+                fc_gain2: 1.0,
             },
             Act::Square => Init {
                 gain2: 0.15,
                 bias: 0.78,
-                branch_gain2: 0.1,
-                shortcut_gain2: 1.0,
+                stem_gain2: 0.03,
+                branch_gain2: 0.04,
+                shortcut_gain2: 0.5,
                 post_bias: -0.5,
+                fc_gain2: 16.0,
             },
             Act::Pkn => Init {
-                gain2: 0.08,
+                gain2: 0.15,
                 bias: 0.0,
-                branch_gain2: 0.1,
-                shortcut_gain2: 1.0,
+                stem_gain2: 0.03,
+                branch_gain2: 0.02,
+                shortcut_gain2: 0.5,
                 post_bias: -1.5,
+                fc_gain2: 16.0,
             },
         }
     }
