@@ -491,3 +491,66 @@ fn net_emulated_wan_over_tcp_lower_bound() {
     );
     assert!(took >= bound, "took {took:?}, bound {bound:?}");
 }
+
+/// Both parties send a large message at the same time, then receive (as when opening a shared
+/// value): must not deadlock on full socket buffers.
+#[test]
+fn net_simultaneous_large_exchange() {
+    let (mut a, mut b) = tcp_loopback_pair("server", "client", &opts()).unwrap();
+    let n = 32 << 20;
+    let h = thread::spawn(move || {
+        b.send(&vec![2u8; n]).unwrap();
+        let m = b.recv().unwrap();
+        assert_eq!(m.len(), n);
+        b
+    });
+    a.send(&vec![1u8; n]).unwrap();
+    let m = a.recv().unwrap();
+    assert_eq!(m.len(), n);
+    let b = h.join().unwrap();
+    assert_eq!(a.stats().bytes_sent, b.stats().bytes_received);
+}
+
+/// Writing to a peer that went away fails with `PeerDisconnected` (from a later send/flush,
+/// since writes are asynchronous), not with a panic or a hang.
+#[test]
+fn net_send_to_departed_peer() {
+    let (mut a, b) = tcp_loopback_pair("server", "client", &opts()).unwrap();
+    drop(b);
+    let t0 = Instant::now();
+    let chunk = vec![0u8; 1 << 20];
+    let mut failed = None;
+    for _ in 0..200 {
+        if let Err(e) = a.send(&chunk).and_then(|_| a.flush()) {
+            failed = Some(e);
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    match failed {
+        Some(Error::PeerDisconnected { peer, .. }) => assert!(peer.contains("client"), "{peer}"),
+        other => panic!("expected PeerDisconnected, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(matches!(a.recv(), Err(Error::PeerDisconnected { .. })));
+}
+
+/// `exchange_ring`: one simultaneous exchange of large ring vectors, one send phase each side.
+#[test]
+fn net_exchange_ring_tcp_large() {
+    use polypi_core::net::exchange_ring;
+    let (mut a, mut b) = tcp_loopback_pair("server", "client", &opts()).unwrap();
+    let n = 3 << 20; // 24 MB each way
+    let xa: Vec<u64> = (0..n as u64).collect();
+    let xb: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(31)).collect();
+    let (xa2, xb2) = (xa.clone(), xb.clone());
+    let h = thread::spawn(move || {
+        assert_eq!(exchange_ring(&mut b, &xb2).unwrap(), xa2);
+        b
+    });
+    assert_eq!(exchange_ring(&mut a, &xa).unwrap(), xb);
+    let b = h.join().unwrap();
+    assert_eq!(a.stats().send_phases, 1);
+    assert_eq!(b.stats().send_phases, 1);
+    assert_eq!(a.stats().bytes_received, 8 * n as u64);
+}

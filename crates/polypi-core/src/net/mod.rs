@@ -122,6 +122,16 @@ pub trait Channel: Send {
     fn flush(&mut self) -> Result<()>;
     /// Counters so far.
     fn stats(&self) -> ChannelStats;
+    /// Sends `msg` and receives the peer's message of the same step (a simultaneous exchange:
+    /// one round, one send phase). The default sends then receives; it is deadlock-free for
+    /// every channel of this module, whatever the message sizes: [`MemChannel`] queues whole
+    /// messages and [`TcpChannel`] writes from its own writer thread while this one reads, so
+    /// two peers exchanging large messages never block each other. A new transport must keep
+    /// that property (or override this).
+    fn exchange(&mut self, msg: &[u8]) -> Result<Vec<u8>> {
+        self.send(msg)?;
+        self.recv()
+    }
 }
 
 impl<C: Channel + ?Sized> Channel for Box<C> {
@@ -136,6 +146,9 @@ impl<C: Channel + ?Sized> Channel for Box<C> {
     }
     fn stats(&self) -> ChannelStats {
         (**self).stats()
+    }
+    fn exchange(&mut self, msg: &[u8]) -> Result<Vec<u8>> {
+        (**self).exchange(msg)
     }
 }
 
@@ -154,15 +167,23 @@ impl<C: Channel + ?Sized> Channel for &mut C {
     fn stats(&self) -> ChannelStats {
         (**self).stats()
     }
+    fn exchange(&mut self, msg: &[u8]) -> Result<Vec<u8>> {
+        (**self).exchange(msg)
+    }
 }
 
 /// Sends ring elements as one message (little-endian u64s).
 pub fn send_ring(ch: &mut (impl Channel + ?Sized), xs: &[u64]) -> Result<()> {
+    ch.send(&ring_bytes(xs))
+}
+
+/// Ring elements as little-endian bytes (the wire format of every ring message).
+pub fn ring_bytes(xs: &[u64]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(xs.len() * 8);
     for x in xs {
         buf.extend_from_slice(&x.to_le_bytes());
     }
-    ch.send(&buf)
+    buf
 }
 
 /// Receives one message of exactly `n` ring elements. Errors: `Protocol` if the length differs.
@@ -177,6 +198,23 @@ pub fn recv_ring(ch: &mut (impl Channel + ?Sized), n: usize) -> Result<Vec<u64>>
         )));
     }
     Ok(buf
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect())
+}
+
+/// Exchanges ring elements with the peer in one round (see [`Channel::exchange`]): sends `xs`,
+/// returns the peer's `xs.len()` elements. Errors: `Protocol` if the peer's length differs.
+pub fn exchange_ring(ch: &mut (impl Channel + ?Sized), xs: &[u64]) -> Result<Vec<u64>> {
+    let theirs = ch.exchange(&ring_bytes(xs))?;
+    if theirs.len() != xs.len() * 8 {
+        return Err(Error::Protocol(format!(
+            "expected {} ring elements in the exchange, got {} bytes",
+            xs.len(),
+            theirs.len()
+        )));
+    }
+    Ok(theirs
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
         .collect())

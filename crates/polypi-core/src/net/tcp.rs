@@ -43,13 +43,26 @@
 //!
 //! In one process (tests, `polypi infer`), [`tcp_loopback_pair`] gives two connected channels.
 //!
+//! # Writes
+//!
+//! `send` appends the frame to a local buffer; the buffer is handed to the channel's writer
+//! thread on `flush`, on `recv`, and whenever it exceeds [`TcpOptions::write_buffer_bytes`]. The
+//! writer thread puts it on the socket while this thread goes on (typically into `recv`), so two
+//! parties that both send a large message and then receive — opening a shared value — cannot
+//! deadlock on full socket buffers. `flush` therefore does not wait for the bytes to reach the
+//! peer; dropping (or [`TcpChannel::close`]) a channel waits until everything handed over is
+//! written (bounded by the write timeout), so a last message is not lost when a process exits.
+//!
 //! After any error a `TcpChannel` is *broken*: the byte stream may be out of step, so every
 //! later call returns `PeerDisconnected` with the first error's reason.
 
 use super::{fmt_secs, Channel, ChannelStats, StatsCounter, PROTOCOL_VERSION};
 use crate::error::{Error, Result};
-use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Magic bytes opening every hello.
@@ -64,8 +77,9 @@ pub struct TcpOptions {
     /// How long `recv` waits without any byte arriving before it returns `PeerDisconnected`
     /// ("timed out after N s"). `None`: wait forever. Default: 60 s.
     pub read_timeout: Option<Duration>,
-    /// How long a `send`/`flush` may block on a peer that does not read before it returns
-    /// `PeerDisconnected`. `None`: forever. Default: 60 s.
+    /// How long a write may block on a peer that does not read; then the next `send`/`flush`
+    /// returns `PeerDisconnected`. Dropping a channel waits at most about this long for its
+    /// pending writes. `None`: forever. Default: 60 s.
     pub write_timeout: Option<Duration>,
     /// How long to wait for the peer's hello (and to send ours). Default: 10 s.
     pub handshake_timeout: Duration,
@@ -78,8 +92,8 @@ pub struct TcpOptions {
     pub accept_timeout: Option<Duration>,
     /// Largest message accepted or sent, in bytes. Default: 4 GiB (2^32 bytes).
     pub max_frame_bytes: u64,
-    /// Capacity of the send buffer, in bytes: `send`s smaller than this are coalesced until the
-    /// next `recv`/`flush`. Default: 256 KiB.
+    /// Size of the send buffer, in bytes: small `send`s are coalesced until the next
+    /// `recv`/`flush` or until this many bytes are pending. Default: 256 KiB.
     pub write_buffer_bytes: usize,
     /// If set, the handshake fails with `Protocol` unless the peer announces exactly this role
     /// (e.g. the server expects "client"). Default: `None` (any role).
@@ -102,11 +116,19 @@ impl Default for TcpOptions {
     }
 }
 
-/// A [`Channel`] over one TCP connection: length-prefixed frames, buffered writes, TCP_NODELAY,
-/// read/write timeouts, and a versioned hello (see the [module docs](self)).
+/// A [`Channel`] over one TCP connection: length-prefixed frames, buffered writes through a
+/// writer thread, TCP_NODELAY, read/write timeouts, and a versioned hello (see the
+/// [module docs](self)).
 pub struct TcpChannel {
     reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    /// Frames not yet handed to the writer thread.
+    pending: Vec<u8>,
+    write_buffer_bytes: usize,
+    /// Batches of frames for the writer thread; `None` once closed.
+    to_writer: Option<Sender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+    /// The writer thread's error, if a write failed: (kind, message).
+    write_error: Arc<Mutex<Option<(ErrorKind, String)>>>,
     counter: StatsCounter,
     /// "ROLE at ADDR", for error messages.
     peer: String,
@@ -357,7 +379,7 @@ impl TcpChannel {
         stream.set_read_timeout(Some(ht))?;
         stream.set_write_timeout(Some(ht))?;
         let mut reader = BufReader::with_capacity(256 << 10, stream.try_clone()?);
-        let mut writer = BufWriter::with_capacity(opts.write_buffer_bytes.max(64), stream);
+        let mut writer = stream;
         let at = peer_addr.to_string();
         let fail = |reason: String| Error::PeerDisconnected {
             peer: at.clone(),
@@ -375,7 +397,6 @@ impl TcpChannel {
         };
         writer
             .write_all(&hello)
-            .and_then(|_| writer.flush())
             .map_err(|e| io_fail(e, "sending the polypi hello"))?;
 
         let not_polypi = || Error::VersionMismatch {
@@ -434,12 +455,30 @@ impl TcpChannel {
             }
         }
 
-        let stream = writer.get_ref();
-        stream.set_read_timeout(opts.read_timeout)?;
-        stream.set_write_timeout(opts.write_timeout)?;
+        writer.set_read_timeout(opts.read_timeout)?;
+        writer.set_write_timeout(opts.write_timeout)?;
+        let write_error = Arc::new(Mutex::new(None));
+        let (to_writer, batches) = channel::<Vec<u8>>();
+        let slot = write_error.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("polypi-net-writer ({peer_role} at {at})"))
+            .spawn(move || {
+                // Exits when the channel is dropped (all batches written) or on the first error.
+                for batch in batches {
+                    if let Err(e) = writer.write_all(&batch) {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((e.kind(), e.to_string()));
+                        return;
+                    }
+                }
+            })?;
         Ok(TcpChannel {
             reader,
-            writer,
+            pending: Vec::new(),
+            write_buffer_bytes: opts.write_buffer_bytes,
+            to_writer: Some(to_writer),
+            writer: Some(handle),
+            write_error,
             counter: StatsCounter::default(),
             peer: format!("{peer_role} at {at}"),
             peer_role,
@@ -465,7 +504,8 @@ impl TcpChannel {
     /// Errors: `InvalidArgument` for a zero duration; `Io` from the socket.
     pub fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         check_timeout(timeout, "write timeout")?;
-        self.writer.get_ref().set_write_timeout(timeout)?;
+        // Socket options are shared with the writer thread's handle of the same socket.
+        self.reader.get_ref().set_write_timeout(timeout)?;
         self.write_timeout = timeout;
         Ok(())
     }
@@ -485,12 +525,64 @@ impl TcpChannel {
         self.local_addr
     }
 
-    /// Flushes pending sends and closes our sending half, so the peer's next `recv` after the
-    /// last message returns `PeerDisconnected` at once instead of waiting for its timeout.
-    /// Errors: those of [`Channel::flush`].
+    /// Writes out every pending send (waiting for the writer thread, bounded by the write
+    /// timeout) and closes our sending half, so the peer's `recv` after the last message returns
+    /// `PeerDisconnected` at once instead of waiting for its timeout.
+    /// Errors: `PeerDisconnected`/`Io` if a write failed.
     pub fn close(mut self) -> Result<()> {
         self.flush()?;
-        let _ = self.writer.get_ref().shutdown(Shutdown::Write);
+        self.finish_writes();
+        self.check_writer()?;
+        let _ = self.reader.get_ref().shutdown(Shutdown::Write);
+        Ok(())
+    }
+
+    /// Hands the pending frames to the writer thread, then lets it finish and joins it.
+    fn finish_writes(&mut self) {
+        if !self.pending.is_empty() && self.broken.is_none() {
+            if let Some(tx) = &self.to_writer {
+                let _ = tx.send(std::mem::take(&mut self.pending));
+            }
+        }
+        self.to_writer = None;
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// The writer thread's error, mapped like a read error, if it had one.
+    fn check_writer(&mut self) -> Result<()> {
+        let failed = self
+            .write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match failed {
+            None => Ok(()),
+            Some((kind, msg)) => {
+                let e = self.map_write(io::Error::new(kind, msg));
+                Err(self.poison(e))
+            }
+        }
+    }
+
+    /// Hands the pending frames to the writer thread.
+    fn hand_off(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.check_writer()?;
+        let batch = std::mem::take(&mut self.pending);
+        let sent = match &self.to_writer {
+            Some(tx) => tx.send(batch).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer thread stopped: it recorded why, unless the channel was closed.
+            self.check_writer()?;
+            let e = self.disconnected("the connection's writer has stopped".into());
+            return Err(self.poison(e));
+        }
         Ok(())
     }
 
@@ -533,12 +625,11 @@ impl TcpChannel {
     }
 
     fn map_write(&self, e: io::Error) -> Error {
-        self.map_io(e, self.write_timeout, "sending (the peer is not reading)")
-    }
-
-    fn write_frame(&mut self, msg: &[u8]) -> io::Result<()> {
-        self.writer.write_all(&(msg.len() as u64).to_le_bytes())?;
-        self.writer.write_all(msg)
+        if is_timeout(&e) {
+            self.map_io(e, self.write_timeout, "sending (the peer is not reading)")
+        } else {
+            self.map_io(e, self.write_timeout, "sending")
+        }
     }
 
     fn read_frame(&mut self) -> Result<Vec<u8>> {
@@ -598,8 +689,8 @@ impl TcpChannel {
 
 impl Channel for TcpChannel {
     /// Buffers one frame; it goes out on the next `recv`/`flush`, or earlier once the buffer is
-    /// full. Errors: `Protocol` if `msg` exceeds `max_frame_bytes`; `PeerDisconnected` if the
-    /// peer closed or stopped reading for `write_timeout`.
+    /// full. Errors: `Protocol` if `msg` exceeds `max_frame_bytes`; `PeerDisconnected` if an
+    /// earlier write failed because the peer closed or stopped reading for `write_timeout`.
     fn send(&mut self, msg: &[u8]) -> Result<()> {
         self.check_usable()?;
         if msg.len() as u64 > self.max_frame_bytes {
@@ -610,10 +701,14 @@ impl Channel for TcpChannel {
             )));
         }
         self.counter.on_send(msg.len());
-        self.write_frame(msg).map_err(|e| {
-            let e = self.map_write(e);
-            self.poison(e)
-        })
+        self.pending.reserve(8 + msg.len());
+        self.pending
+            .extend_from_slice(&(msg.len() as u64).to_le_bytes());
+        self.pending.extend_from_slice(msg);
+        if self.pending.len() >= self.write_buffer_bytes {
+            self.hand_off()?;
+        }
+        Ok(())
     }
 
     /// Flushes pending sends, then reads one frame. Errors: `PeerDisconnected` on EOF, reset or
@@ -621,7 +716,9 @@ impl Channel for TcpChannel {
     fn recv(&mut self) -> Result<Vec<u8>> {
         self.check_usable()?;
         self.counter.on_recv_start();
-        self.flush()?;
+        // Only fails on a write error if there is something to write: a message the peer sent
+        // before it went away is still delivered.
+        self.hand_off()?;
         match self.read_frame() {
             Ok(m) => {
                 self.counter.on_recv(m.len());
@@ -631,16 +728,23 @@ impl Channel for TcpChannel {
         }
     }
 
+    /// Hands pending sends to the writer thread (does not wait for them to reach the peer).
+    /// Errors: `PeerDisconnected`/`Io` if an earlier write failed.
     fn flush(&mut self) -> Result<()> {
         self.check_usable()?;
-        self.writer.flush().map_err(|e| {
-            let e = self.map_write(e);
-            self.poison(e)
-        })
+        self.check_writer()?;
+        self.hand_off()
     }
 
     fn stats(&self) -> ChannelStats {
         self.counter.stats()
+    }
+}
+
+impl Drop for TcpChannel {
+    /// Writes out what was sent (waiting for the writer thread, bounded by the write timeout).
+    fn drop(&mut self) {
+        self.finish_writes();
     }
 }
 
