@@ -13,5 +13,17 @@ pub use walk::{walk, Backend, LayerTrace};
 
 /// TCP links on loopback for [`session::run_local`]: three listeners on 127.0.0.1 ephemeral ports.
 pub(crate) fn tcp_links() -> crate::Result<session::Links> {
-    Err(crate::Error::InvalidArgument("TCP transport not wired yet".into()))
+    use crate::net::{tcp_loopback_pair, TcpOptions};
+    let o = TcpOptions::default();
+    let (sc, cs) = tcp_loopback_pair("server", "client", &o)?;
+    let (sd, ds) = tcp_loopback_pair("server", "dealer", &o)?;
+    let (cd, dc) = tcp_loopback_pair("client", "dealer", &o)?;
+    Ok(session::Links {
+        server_client: Box::new(sc),
+        server_dealer: Box::new(sd),
+        client_server: Box::new(cs),
+        client_dealer: Box::new(cd),
+        dealer_server: Box::new(ds),
+        dealer_client: Box::new(dc),
+    })
 }

@@ -25,7 +25,7 @@ use crate::mpc::encode::PolyPlan;
 use crate::mpc::ops::{self, Trunc};
 use crate::mpc::prg::{Purpose, Seed};
 use crate::mpc::{CLIENT, SERVER};
-use crate::net::{recv_ring, send_ring, Channel, ChannelStats};
+use crate::net::{exchange_ring, recv_ring, send_ring, Channel, ChannelStats};
 use crate::ring::RingTensor;
 
 /// Per-layer correlated randomness a party holds between its offline and online phase.
@@ -106,7 +106,13 @@ pub struct Offline<'a> {
 impl<'a> Offline<'a> {
     /// Offline backend of `party` (0 = server, 1 = client) for inference number `inference`
     /// (counting from 1). The client passes its `F` weights and the dealer channel.
-    pub fn new(party: usize, seed: &'a Seed, inference: u64, masked_weights: &'a EncodedPlan, dealer: Option<&'a mut dyn Channel>) -> Self {
+    pub fn new(
+        party: usize,
+        seed: &'a Seed,
+        inference: u64,
+        masked_weights: &'a EncodedPlan,
+        dealer: Option<&'a mut dyn Channel>,
+    ) -> Self {
         Offline { party, seed, inference, masked_weights, dealer, material: Vec::new() }
     }
 
@@ -118,23 +124,42 @@ impl<'a> Offline<'a> {
     }
 
     fn dealer(&mut self) -> Result<&mut (dyn Channel + 'a)> {
-        self.dealer.as_deref_mut().ok_or_else(|| Error::InvalidArgument("client offline phase needs the dealer channel".into()))
+        self.dealer.as_deref_mut().ok_or_else(|| {
+            Error::InvalidArgument("client offline phase needs the dealer channel".into())
+        })
     }
 
-    fn linear_material(&mut self, idx: usize, layer: &Layer, x: &[usize], out: &[usize]) -> Result<()> {
+    fn linear_material(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        x: &[usize],
+        out: &[usize],
+    ) -> Result<()> {
         if self.party == SERVER {
             let c0 = self.seed.ring(self.inference, idx, Purpose::ProductShare, numel(out));
             self.put(idx, Material::Linear { mask: None, share: c0 });
             return Ok(());
         }
-        let a = RingTensor { shape: x.to_vec(), data: self.seed.ring(self.inference, idx, Purpose::InputMask, numel(x)) };
+        let a = RingTensor {
+            shape: x.to_vec(),
+            data: self.seed.ring(self.inference, idx, Purpose::InputMask, numel(x)),
+        };
         let af = match &layer.op {
             LayerOp::Conv2d(_) => {
-                let f = self.masked_weights.conv.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no masked weights"))?;
+                let f = self
+                    .masked_weights
+                    .conv
+                    .get(&idx)
+                    .ok_or_else(|| Error::graph(&layer.name, "no masked weights"))?;
                 ops::conv_ring(&a, &f.weight, &f.geom, &layer.name)?
             }
             _ => {
-                let f = self.masked_weights.linear.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no masked weights"))?;
+                let f = self
+                    .masked_weights
+                    .linear
+                    .get(&idx)
+                    .ok_or_else(|| Error::graph(&layer.name, "no masked weights"))?;
                 ops::linear_ring(&a, &f.weight_t, f.in_features, f.out_features, &layer.name)?
             }
         };
@@ -155,18 +180,41 @@ impl Backend for Offline<'_> {
     fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
         Ok(with_batch(layer, batch))
     }
-    fn conv2d(&mut self, idx: usize, layer: &Layer, _c: &ConvLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+    fn conv2d(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _c: &ConvLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
         let out = with_batch(layer, x[0]);
         self.linear_material(idx, layer, x, &out)?;
         Ok(out)
     }
-    fn linear(&mut self, idx: usize, layer: &Layer, _l: &LinearLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+    fn linear(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _l: &LinearLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
         let out = with_batch(layer, x[0]);
         self.linear_material(idx, layer, x, &out)?;
         Ok(out)
     }
-    fn poly(&mut self, idx: usize, layer: &Layer, _p: &PolyLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
-        let plan = self.masked_weights.poly.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?.clone();
+    fn poly(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _p: &PolyLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        let plan = self
+            .masked_weights
+            .poly
+            .get(&idx)
+            .ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?
+            .clone();
         let n = numel(x);
         let mut r_pows = Vec::with_capacity(plan.groups.len());
         let corrections = if self.party == CLIENT && !plan.groups.is_empty() {
@@ -180,7 +228,8 @@ impl Backend for Offline<'_> {
             let m = grp.max_power();
             let mut pows = vec![poly_mask(self.seed, self.inference, idx, g, n)];
             if self.party == SERVER {
-                let all = self.seed.ring(self.inference, idx, Purpose::PolyPowers(g as u8), n * (m - 1));
+                let all =
+                    self.seed.ring(self.inference, idx, Purpose::PolyPowers(g as u8), n * (m - 1));
                 pows.extend(all.chunks(n).map(|c| c.to_vec()));
             } else {
                 for _ in 2..=m {
@@ -194,12 +243,33 @@ impl Backend for Offline<'_> {
         Ok(x.clone())
     }
     fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
-        Err(Error::InvalidArgument(format!("layer '{}': ReLU has no 2PC protocol in this build", layer.name)))
+        Err(Error::InvalidArgument(format!(
+            "layer '{}': ReLU has no 2PC protocol in this build",
+            layer.name
+        )))
     }
-    fn maxpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, _p: usize, _x: &Vec<usize>) -> Result<Vec<usize>> {
-        Err(Error::InvalidArgument(format!("layer '{}': MaxPool has no 2PC protocol in this build", layer.name)))
+    fn maxpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _k: usize,
+        _s: usize,
+        _p: usize,
+        _x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        Err(Error::InvalidArgument(format!(
+            "layer '{}': MaxPool has no 2PC protocol in this build",
+            layer.name
+        )))
     }
-    fn avgpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, x: &Vec<usize>) -> Result<Vec<usize>> {
+    fn avgpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _k: usize,
+        _s: usize,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
         Ok(with_batch(layer, x[0]))
     }
     fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
@@ -208,7 +278,13 @@ impl Backend for Offline<'_> {
     fn flatten(&mut self, _idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
         Ok(with_batch(layer, x[0]))
     }
-    fn add(&mut self, _idx: usize, _layer: &Layer, a: &Vec<usize>, _b: &Vec<usize>) -> Result<Vec<usize>> {
+    fn add(
+        &mut self,
+        _idx: usize,
+        _layer: &Layer,
+        a: &Vec<usize>,
+        _b: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
         Ok(a.clone())
     }
     fn counters(&self) -> ChannelStats {
@@ -228,19 +304,42 @@ pub struct Dealer<'a> {
 impl<'a> Dealer<'a> {
     /// Dealer for inference number `inference` with both seeds, the weight masks `B`
     /// ([`weight_masks`]) and the channel to the client.
-    pub fn new(server_seed: &'a Seed, client_seed: &'a Seed, inference: u64, masks: &'a EncodedPlan, client: &'a mut dyn Channel) -> Self {
+    pub fn new(
+        server_seed: &'a Seed,
+        client_seed: &'a Seed,
+        inference: u64,
+        masks: &'a EncodedPlan,
+        client: &'a mut dyn Channel,
+    ) -> Self {
         Dealer { server_seed, client_seed, inference, masks, client }
     }
 
-    fn linear_correction(&mut self, idx: usize, layer: &Layer, x: &[usize], out: &[usize]) -> Result<()> {
-        let a = RingTensor { shape: x.to_vec(), data: self.client_seed.ring(self.inference, idx, Purpose::InputMask, numel(x)) };
+    fn linear_correction(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        x: &[usize],
+        out: &[usize],
+    ) -> Result<()> {
+        let a = RingTensor {
+            shape: x.to_vec(),
+            data: self.client_seed.ring(self.inference, idx, Purpose::InputMask, numel(x)),
+        };
         let ab = match &layer.op {
             LayerOp::Conv2d(_) => {
-                let b = self.masks.conv.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no weight mask"))?;
+                let b = self
+                    .masks
+                    .conv
+                    .get(&idx)
+                    .ok_or_else(|| Error::graph(&layer.name, "no weight mask"))?;
                 ops::conv_ring(&a, &b.weight, &b.geom, &layer.name)?
             }
             _ => {
-                let b = self.masks.linear.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no weight mask"))?;
+                let b = self
+                    .masks
+                    .linear
+                    .get(&idx)
+                    .ok_or_else(|| Error::graph(&layer.name, "no weight mask"))?;
                 ops::linear_ring(&a, &b.weight_t, b.in_features, b.out_features, &layer.name)?
             }
         };
@@ -256,25 +355,52 @@ impl Backend for Dealer<'_> {
     fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
         Ok(with_batch(layer, batch))
     }
-    fn conv2d(&mut self, idx: usize, layer: &Layer, _c: &ConvLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+    fn conv2d(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _c: &ConvLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
         let out = with_batch(layer, x[0]);
         self.linear_correction(idx, layer, x, &out)?;
         Ok(out)
     }
-    fn linear(&mut self, idx: usize, layer: &Layer, _l: &LinearLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
+    fn linear(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _l: &LinearLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
         let out = with_batch(layer, x[0]);
         self.linear_correction(idx, layer, x, &out)?;
         Ok(out)
     }
-    fn poly(&mut self, idx: usize, layer: &Layer, _p: &PolyLayer, x: &Vec<usize>) -> Result<Vec<usize>> {
-        let plan: &PolyPlan = self.masks.poly.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?;
+    fn poly(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _p: &PolyLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        let plan: &PolyPlan = self
+            .masks
+            .poly
+            .get(&idx)
+            .ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?;
         let n = numel(x);
         let mut msg = Vec::new();
         for (g, grp) in plan.groups.iter().enumerate() {
             let m = grp.max_power();
             let r0 = poly_mask(self.server_seed, self.inference, idx, g, n);
             let r1 = poly_mask(self.client_seed, self.inference, idx, g, n);
-            let srv = self.server_seed.ring(self.inference, idx, Purpose::PolyPowers(g as u8), n * (m - 1));
+            let srv = self.server_seed.ring(
+                self.inference,
+                idx,
+                Purpose::PolyPowers(g as u8),
+                n * (m - 1),
+            );
             let r: Vec<u64> = r0.iter().zip(&r1).map(|(a, b)| a.wrapping_add(*b)).collect();
             let mut rp = r.clone();
             for i in 2..=m {
@@ -292,12 +418,33 @@ impl Backend for Dealer<'_> {
         Ok(x.clone())
     }
     fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
-        Err(Error::InvalidArgument(format!("layer '{}': ReLU has no 2PC protocol in this build", layer.name)))
+        Err(Error::InvalidArgument(format!(
+            "layer '{}': ReLU has no 2PC protocol in this build",
+            layer.name
+        )))
     }
-    fn maxpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, _p: usize, _x: &Vec<usize>) -> Result<Vec<usize>> {
-        Err(Error::InvalidArgument(format!("layer '{}': MaxPool has no 2PC protocol in this build", layer.name)))
+    fn maxpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _k: usize,
+        _s: usize,
+        _p: usize,
+        _x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        Err(Error::InvalidArgument(format!(
+            "layer '{}': MaxPool has no 2PC protocol in this build",
+            layer.name
+        )))
     }
-    fn avgpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, x: &Vec<usize>) -> Result<Vec<usize>> {
+    fn avgpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _k: usize,
+        _s: usize,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
         Ok(with_batch(layer, x[0]))
     }
     fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
@@ -306,7 +453,13 @@ impl Backend for Dealer<'_> {
     fn flatten(&mut self, _idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
         Ok(with_batch(layer, x[0]))
     }
-    fn add(&mut self, _idx: usize, _layer: &Layer, a: &Vec<usize>, _b: &Vec<usize>) -> Result<Vec<usize>> {
+    fn add(
+        &mut self,
+        _idx: usize,
+        _layer: &Layer,
+        a: &Vec<usize>,
+        _b: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
         Ok(a.clone())
     }
     fn counters(&self) -> ChannelStats {
@@ -332,7 +485,15 @@ pub struct Online<'a> {
 impl<'a> Online<'a> {
     /// Online backend of `party`, with its offline `material`, the channel to the other party and
     /// (client) the encoded input.
-    pub fn new(party: usize, frac_bits: u32, weights: &'a EncodedPlan, material: Vec<Option<Material>>, peer: &'a mut dyn Channel, input: Vec<u64>, record: bool) -> Self {
+    pub fn new(
+        party: usize,
+        frac_bits: u32,
+        weights: &'a EncodedPlan,
+        material: Vec<Option<Material>>,
+        peer: &'a mut dyn Channel,
+        input: Vec<u64>,
+        record: bool,
+    ) -> Self {
         Online { party, frac_bits, weights, material, peer, input, recorded: Vec::new(), record }
     }
 
@@ -362,17 +523,29 @@ impl<'a> Online<'a> {
             return Ok(y);
         }
         let m = recv_ring(self.peer, x.len())?;
-        let xm = RingTensor { shape: x.shape.clone(), data: x.data.iter().zip(&m).map(|(a, b)| a.wrapping_add(*b)).collect() };
+        let xm = RingTensor {
+            shape: x.shape.clone(),
+            data: x.data.iter().zip(&m).map(|(a, b)| a.wrapping_add(*b)).collect(),
+        };
         let mut y = match &layer.op {
             LayerOp::Conv2d(_) => {
-                let w = self.weights.conv.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
+                let w = self
+                    .weights
+                    .conv
+                    .get(&idx)
+                    .ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
                 let mut y = ops::conv_ring(&xm, &w.weight, &w.geom, &layer.name)?;
                 ops::add_channel_bias(&mut y, &w.bias);
                 y
             }
             _ => {
-                let w = self.weights.linear.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
-                let mut y = ops::linear_ring(&xm, &w.weight_t, w.in_features, w.out_features, &layer.name)?;
+                let w = self
+                    .weights
+                    .linear
+                    .get(&idx)
+                    .ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
+                let mut y =
+                    ops::linear_ring(&xm, &w.weight_t, w.in_features, w.out_features, &layer.name)?;
                 ops::add_channel_bias(&mut y, &w.bias);
                 y
             }
@@ -395,14 +568,36 @@ impl Backend for Online<'_> {
             RingTensor::from_vec(&shape, std::mem::take(&mut self.input))
         }
     }
-    fn conv2d(&mut self, idx: usize, layer: &Layer, _c: &ConvLayer, x: &RingTensor) -> Result<RingTensor> {
+    fn conv2d(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _c: &ConvLayer,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
         self.linear_online(idx, layer, x)
     }
-    fn linear(&mut self, idx: usize, layer: &Layer, _l: &LinearLayer, x: &RingTensor) -> Result<RingTensor> {
+    fn linear(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _l: &LinearLayer,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
         self.linear_online(idx, layer, x)
     }
-    fn poly(&mut self, idx: usize, layer: &Layer, _p: &PolyLayer, x: &RingTensor) -> Result<RingTensor> {
-        let plan = self.weights.poly.get(&idx).ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?;
+    fn poly(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _p: &PolyLayer,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
+        let plan = self
+            .weights
+            .poly
+            .get(&idx)
+            .ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?;
         let Material::Poly { r_pows } = self.take(idx, layer)? else {
             return Err(Error::graph(&layer.name, "wrong offline material"));
         };
@@ -420,10 +615,13 @@ impl Backend for Online<'_> {
         }
         let mut pows = vec![Vec::new(); plan.degree + 1];
         if !plan.groups.is_empty() {
-            send_ring(self.peer, &mine)?;
-            let theirs = recv_ring(self.peer, mine.len())?;
+            let theirs = exchange_ring(self.peer, &mine)?;
             for (g, grp) in plan.groups.iter().enumerate() {
-                let e: Vec<u64> = mine[g * n..(g + 1) * n].iter().zip(&theirs[g * n..(g + 1) * n]).map(|(a, b)| a.wrapping_add(*b)).collect();
+                let e: Vec<u64> = mine[g * n..(g + 1) * n]
+                    .iter()
+                    .zip(&theirs[g * n..(g + 1) * n])
+                    .map(|(a, b)| a.wrapping_add(*b))
+                    .collect();
                 let pk = ops::powers_from_opening(&e, &r_pows[g], &grp.powers, t);
                 for (mut v, &k) in pk.into_iter().zip(&grp.powers) {
                     t.apply(&mut v, k as u32 * grp.frac_bits - f);
@@ -434,12 +632,33 @@ impl Backend for Online<'_> {
         Ok(ops::poly_combine(x, &pows, plan, f, t))
     }
     fn relu(&mut self, _idx: usize, layer: &Layer, _x: &RingTensor) -> Result<RingTensor> {
-        Err(Error::InvalidArgument(format!("layer '{}': ReLU has no 2PC protocol in this build", layer.name)))
+        Err(Error::InvalidArgument(format!(
+            "layer '{}': ReLU has no 2PC protocol in this build",
+            layer.name
+        )))
     }
-    fn maxpool(&mut self, _idx: usize, layer: &Layer, _k: usize, _s: usize, _p: usize, _x: &RingTensor) -> Result<RingTensor> {
-        Err(Error::InvalidArgument(format!("layer '{}': MaxPool has no 2PC protocol in this build", layer.name)))
+    fn maxpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _k: usize,
+        _s: usize,
+        _p: usize,
+        _x: &RingTensor,
+    ) -> Result<RingTensor> {
+        Err(Error::InvalidArgument(format!(
+            "layer '{}': MaxPool has no 2PC protocol in this build",
+            layer.name
+        )))
     }
-    fn avgpool(&mut self, _idx: usize, layer: &Layer, k: usize, s: usize, x: &RingTensor) -> Result<RingTensor> {
+    fn avgpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        k: usize,
+        s: usize,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
         ops::avgpool(x, k, s, self.frac_bits, self.trunc(), &layer.name)
     }
     fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
@@ -448,7 +667,13 @@ impl Backend for Online<'_> {
     fn flatten(&mut self, _idx: usize, _layer: &Layer, x: RingTensor) -> Result<RingTensor> {
         Ok(ops::flatten(x))
     }
-    fn add(&mut self, _idx: usize, _layer: &Layer, a: &RingTensor, b: &RingTensor) -> Result<RingTensor> {
+    fn add(
+        &mut self,
+        _idx: usize,
+        _layer: &Layer,
+        a: &RingTensor,
+        b: &RingTensor,
+    ) -> Result<RingTensor> {
         a.add(b)
     }
     fn counters(&self) -> ChannelStats {

@@ -5,7 +5,9 @@
 use super::walk::{walk, Backend, LayerTrace};
 use crate::error::{Error, Result};
 use crate::model::{ConvLayer, Layer, LinearLayer, Plan, PolyLayer};
-use crate::mpc::encode::{encode_conv, encode_linear, encode_poly, power_frac_bits, EncodedConv, EncodedLinear, PolyPlan};
+use crate::mpc::encode::{
+    encode_conv, encode_linear, encode_poly, power_frac_bits, EncodedConv, EncodedLinear, PolyPlan,
+};
 use crate::mpc::ops::{self, Trunc};
 use crate::ring::{FixedPoint, RingTensor};
 use std::collections::HashMap;
@@ -71,10 +73,12 @@ impl Backend for F32Backend<'_> {
         for img in 0..n {
             for co in 0..g.c_out {
                 let grp = co / cog;
-                let out = &mut y[(img * g.c_out + co) * oh * ow..(img * g.c_out + co + 1) * oh * ow];
+                let out =
+                    &mut y[(img * g.c_out + co) * oh * ow..(img * g.c_out + co + 1) * oh * ow];
                 out.iter_mut().for_each(|v| *v = c.bias[co]);
                 for ci in 0..cig {
-                    let plane = &x.data[((img * g.c_in) + grp * cig + ci) * g.h * g.w..][..g.h * g.w];
+                    let plane =
+                        &x.data[((img * g.c_in) + grp * cig + ci) * g.h * g.w..][..g.h * g.w];
                     for ky in 0..g.kh {
                         for kx in 0..g.kw {
                             let wv = c.weight[((co * cig + ci) * g.kh + ky) * g.kw + kx];
@@ -99,14 +103,21 @@ impl Backend for F32Backend<'_> {
         }
         Ok(Tensor { shape: out_shape(layer, n), data: y })
     }
-    fn linear(&mut self, _idx: usize, layer: &Layer, l: &LinearLayer, x: &Tensor) -> Result<Tensor> {
+    fn linear(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        l: &LinearLayer,
+        x: &Tensor,
+    ) -> Result<Tensor> {
         let n = x.shape[0];
         let mut y = vec![0f32; n * l.out_features];
         for img in 0..n {
             let xi = &x.data[img * l.in_features..(img + 1) * l.in_features];
             for o in 0..l.out_features {
                 let w = &l.weight[o * l.in_features..(o + 1) * l.in_features];
-                y[img * l.out_features + o] = l.bias[o] + w.iter().zip(xi).map(|(a, b)| a * b).sum::<f32>();
+                y[img * l.out_features + o] =
+                    l.bias[o] + w.iter().zip(xi).map(|(a, b)| a * b).sum::<f32>();
             }
         }
         Ok(Tensor { shape: out_shape(layer, n), data: y })
@@ -124,7 +135,15 @@ impl Backend for F32Backend<'_> {
     fn relu(&mut self, _idx: usize, _layer: &Layer, x: &Tensor) -> Result<Tensor> {
         Ok(Tensor { shape: x.shape.clone(), data: x.data.iter().map(|v| v.max(0.0)).collect() })
     }
-    fn maxpool(&mut self, _idx: usize, layer: &Layer, k: usize, s: usize, p: usize, x: &Tensor) -> Result<Tensor> {
+    fn maxpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        k: usize,
+        s: usize,
+        p: usize,
+        x: &Tensor,
+    ) -> Result<Tensor> {
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
         let shape = out_shape(layer, n);
         let (oh, ow) = (shape[2], shape[3]);
@@ -135,7 +154,10 @@ impl Backend for F32Backend<'_> {
                     let mut m = f32::NEG_INFINITY;
                     for ky in 0..k {
                         for kx in 0..k {
-                            let (iy, ix) = ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
+                            let (iy, ix) = (
+                                (oy * s + ky) as isize - p as isize,
+                                (ox * s + kx) as isize - p as isize,
+                            );
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                 m = m.max(x.data[nc * h * w + iy as usize * w + ix as usize]);
                             }
@@ -147,7 +169,14 @@ impl Backend for F32Backend<'_> {
         }
         Ok(Tensor { shape, data: y })
     }
-    fn avgpool(&mut self, _idx: usize, layer: &Layer, k: usize, s: usize, x: &Tensor) -> Result<Tensor> {
+    fn avgpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        k: usize,
+        s: usize,
+        x: &Tensor,
+    ) -> Result<Tensor> {
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
         let shape = out_shape(layer, n);
         let (oh, ow) = (shape[2], shape[3]);
@@ -177,7 +206,10 @@ impl Backend for F32Backend<'_> {
         Ok(Tensor { shape: out_shape(layer, x.shape[0]), data: x.data })
     }
     fn add(&mut self, _idx: usize, _layer: &Layer, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Ok(Tensor { shape: a.shape.clone(), data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect() })
+        Ok(Tensor {
+            shape: a.shape.clone(),
+            data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
+        })
     }
     fn observe(&mut self, idx: usize, value: &Tensor) {
         if self.record {
@@ -262,15 +294,33 @@ impl Backend for FixedBackend<'_> {
     fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<RingTensor> {
         RingTensor::from_vec(&out_shape(layer, batch), self.input.to_vec())
     }
-    fn conv2d(&mut self, idx: usize, layer: &Layer, _c: &ConvLayer, x: &RingTensor) -> Result<RingTensor> {
+    fn conv2d(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _c: &ConvLayer,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
         let w = self.enc.conv.get(&idx).ok_or_else(|| missing(layer))?;
         ops::conv_layer(x, w, self.fp.frac_bits, Trunc::Public, &layer.name)
     }
-    fn linear(&mut self, idx: usize, layer: &Layer, _l: &LinearLayer, x: &RingTensor) -> Result<RingTensor> {
+    fn linear(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _l: &LinearLayer,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
         let w = self.enc.linear.get(&idx).ok_or_else(|| missing(layer))?;
         ops::linear_layer(x, w, self.fp.frac_bits, Trunc::Public, &layer.name)
     }
-    fn poly(&mut self, idx: usize, layer: &Layer, _p: &PolyLayer, x: &RingTensor) -> Result<RingTensor> {
+    fn poly(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _p: &PolyLayer,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
         let p = self.enc.poly.get(&idx).ok_or_else(|| missing(layer))?;
         let f = self.fp.frac_bits;
         let mut pows = vec![Vec::new(); p.degree + 1];
@@ -289,7 +339,15 @@ impl Backend for FixedBackend<'_> {
         let data = x.data.iter().map(|&v| if signed(v) < 0 { 0 } else { v }).collect();
         Ok(RingTensor { shape: x.shape.clone(), data })
     }
-    fn maxpool(&mut self, _idx: usize, layer: &Layer, k: usize, s: usize, p: usize, x: &RingTensor) -> Result<RingTensor> {
+    fn maxpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        k: usize,
+        s: usize,
+        p: usize,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
         let shape = out_shape(layer, n);
         let (oh, ow) = (shape[2], shape[3]);
@@ -300,9 +358,14 @@ impl Backend for FixedBackend<'_> {
                     let mut m = i64::MIN;
                     for ky in 0..k {
                         for kx in 0..k {
-                            let (iy, ix) = ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
+                            let (iy, ix) = (
+                                (oy * s + ky) as isize - p as isize,
+                                (ox * s + kx) as isize - p as isize,
+                            );
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                m = m.max(signed(x.data[nc * h * w + iy as usize * w + ix as usize]));
+                                m = m.max(signed(
+                                    x.data[nc * h * w + iy as usize * w + ix as usize],
+                                ));
                             }
                         }
                     }
@@ -312,7 +375,14 @@ impl Backend for FixedBackend<'_> {
         }
         Ok(y)
     }
-    fn avgpool(&mut self, _idx: usize, layer: &Layer, k: usize, s: usize, x: &RingTensor) -> Result<RingTensor> {
+    fn avgpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        k: usize,
+        s: usize,
+        x: &RingTensor,
+    ) -> Result<RingTensor> {
         ops::avgpool(x, k, s, self.fp.frac_bits, Trunc::Public, &layer.name)
     }
     fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
@@ -321,7 +391,13 @@ impl Backend for FixedBackend<'_> {
     fn flatten(&mut self, _idx: usize, _layer: &Layer, x: RingTensor) -> Result<RingTensor> {
         Ok(ops::flatten(x))
     }
-    fn add(&mut self, _idx: usize, _layer: &Layer, a: &RingTensor, b: &RingTensor) -> Result<RingTensor> {
+    fn add(
+        &mut self,
+        _idx: usize,
+        _layer: &Layer,
+        a: &RingTensor,
+        b: &RingTensor,
+    ) -> Result<RingTensor> {
         a.add(b)
     }
     fn observe(&mut self, idx: usize, value: &RingTensor) {

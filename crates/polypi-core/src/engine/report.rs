@@ -115,7 +115,8 @@ pub fn merge(
 impl InferenceReport {
     /// Fills the totals from the layer rows.
     pub fn total(&mut self) {
-        self.online_bytes = self.layers.iter().map(|l| l.bytes_server_to_client + l.bytes_client_to_server).sum();
+        self.online_bytes =
+            self.layers.iter().map(|l| l.bytes_server_to_client + l.bytes_client_to_server).sum();
         self.offline_bytes = self.layers.iter().map(|l| l.bytes_dealer_to_client).sum();
         self.rounds = self.layers.iter().map(|l| l.rounds).sum();
     }

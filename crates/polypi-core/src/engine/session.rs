@@ -10,7 +10,9 @@
 //!    session); offline phase (dealer -> client corrections, streamed layer by layer); online
 //!    phase; server -> client: its share of the logits.
 
-use super::party::{check_supported, linear_indices, weight_masks, Dealer, Material, Offline, Online};
+use super::party::{
+    check_supported, linear_indices, weight_masks, Dealer, Material, Offline, Online,
+};
 use super::plain::{check_input, EncodedPlan, FixedBackend};
 use super::report::{merge, InferenceReport, LayerReport, SetupReport};
 use super::walk::{walk, LayerTrace};
@@ -27,7 +29,10 @@ pub const MAX_BATCH: usize = 4096;
 
 fn recv_seed(ch: &mut dyn Channel) -> Result<Seed> {
     let m = ch.recv()?;
-    let s: [u8; 32] = m.as_slice().try_into().map_err(|_| Error::Protocol(format!("expected a 32-byte seed, got {} bytes", m.len())))?;
+    let s: [u8; 32] = m
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Protocol(format!("expected a 32-byte seed, got {} bytes", m.len())))?;
     Ok(Seed(s))
 }
 
@@ -38,7 +43,8 @@ fn send_batch(ch: &mut dyn Channel, batch: usize) -> Result<()> {
 
 fn recv_batch(ch: &mut dyn Channel) -> Result<usize> {
     let m = ch.recv()?;
-    let b: [u8; 8] = m.as_slice().try_into().map_err(|_| Error::Protocol("expected a batch size".into()))?;
+    let b: [u8; 8] =
+        m.as_slice().try_into().map_err(|_| Error::Protocol("expected a batch size".into()))?;
     let b = u64::from_le_bytes(b) as usize;
     if b > MAX_BATCH {
         return Err(Error::Protocol(format!("batch {b} > {MAX_BATCH}")));
@@ -48,7 +54,8 @@ fn recv_batch(ch: &mut dyn Channel) -> Result<usize> {
 
 fn recv_skeleton(ch: &mut dyn Channel) -> Result<Plan> {
     let m = ch.recv()?;
-    let p: Plan = serde_json::from_slice(&m).map_err(|e| Error::Protocol(format!("bad plan skeleton: {e}")))?;
+    let p: Plan = serde_json::from_slice(&m)
+        .map_err(|e| Error::Protocol(format!("bad plan skeleton: {e}")))?;
     p.check_skeleton()?;
     Ok(p)
 }
@@ -75,7 +82,13 @@ pub struct PartyTraces {
 ///
 /// Errors: peer errors (`PeerDisconnected`, `Protocol`, `VersionMismatch`), `InvalidArgument` for
 /// a plan with layers that have no 2PC protocol.
-pub fn serve_session(plan: &Plan, enc: &EncodedPlan, client: &mut dyn Channel, dealer: &mut dyn Channel, record: bool) -> Result<Vec<PartyTraces>> {
+pub fn serve_session(
+    plan: &Plan,
+    enc: &EncodedPlan,
+    client: &mut dyn Channel,
+    dealer: &mut dyn Channel,
+    record: bool,
+) -> Result<Vec<PartyTraces>> {
     check_supported(plan)?;
     let seed = recv_seed(dealer)?;
     let skeleton = plan.public_skeleton();
@@ -87,10 +100,18 @@ pub fn serve_session(plan: &Plan, enc: &EncodedPlan, client: &mut dyn Channel, d
     let masks = weight_masks(&skeleton, &seed)?;
     for idx in linear_indices(enc) {
         let f: Vec<u64> = if let Some(w) = enc.conv.get(&idx) {
-            w.weight.iter().zip(&masks.conv[&idx].weight).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| x.wrapping_sub(*y))).collect()
+            w.weight
+                .iter()
+                .zip(&masks.conv[&idx].weight)
+                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| x.wrapping_sub(*y)))
+                .collect()
         } else {
             let w = &enc.linear[&idx];
-            w.weight_t.iter().zip(&masks.linear[&idx].weight_t).map(|(x, y)| x.wrapping_sub(*y)).collect()
+            w.weight_t
+                .iter()
+                .zip(&masks.linear[&idx].weight_t)
+                .map(|(x, y)| x.wrapping_sub(*y))
+                .collect()
         };
         send_ring(client, &f)?;
     }
@@ -130,7 +151,10 @@ pub fn serve_session(plan: &Plan, enc: &EncodedPlan, client: &mut dyn Channel, d
 /// randomness of every inference the client asks for.
 ///
 /// Errors: peer errors; `Io` if the OS random generator fails.
-pub fn deal_session(server: &mut dyn Channel, client: &mut dyn Channel) -> Result<Vec<PartyTraces>> {
+pub fn deal_session(
+    server: &mut dyn Channel,
+    client: &mut dyn Channel,
+) -> Result<Vec<PartyTraces>> {
     let seed_s = Seed::from_os()?;
     let seed_c = Seed::from_os()?;
     server.send(&seed_s.0)?;
@@ -150,7 +174,11 @@ pub fn deal_session(server: &mut dyn Channel, client: &mut dyn Channel) -> Resul
         let t0 = Instant::now();
         let mut d = Dealer::new(&seed_s, &seed_c, inference, &masks, client);
         let (_, traces) = walk(&skeleton, &mut d, batch)?;
-        out.push(PartyTraces { offline: traces, offline_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() });
+        out.push(PartyTraces {
+            offline: traces,
+            offline_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..Default::default()
+        });
     }
 }
 
@@ -194,7 +222,10 @@ impl<'a> ClientSession<'a> {
                 l.weight_t = recv_ring(server, l.in_features * l.out_features)?;
             }
         }
-        let setup = SetupReport { ms: t0.elapsed().as_secs_f64() * 1e3, bytes: server.stats().bytes_received };
+        let setup = SetupReport {
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+            bytes: server.stats().bytes_received,
+        };
         Ok(ClientSession { server, dealer, seed, skeleton, masked, inference: 0, setup })
     }
 
@@ -218,18 +249,28 @@ impl<'a> ClientSession<'a> {
         send_batch(self.dealer, batch)?;
         let mut tr = PartyTraces::default();
         let t0 = Instant::now();
-        let mut off = Offline::new(CLIENT, &self.seed, self.inference, &self.masked, Some(&mut *self.dealer));
+        let mut off =
+            Offline::new(CLIENT, &self.seed, self.inference, &self.masked, Some(&mut *self.dealer));
         let (_, traces) = walk(&self.skeleton, &mut off, batch)?;
         let material: Vec<Option<Material>> = std::mem::take(&mut off.material);
         tr.offline = traces;
         tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
-        let mut on = Online::new(CLIENT, self.skeleton.frac_bits, &self.masked, material, &mut *self.server, x, record);
+        let mut on = Online::new(
+            CLIENT,
+            self.skeleton.frac_bits,
+            &self.masked,
+            material,
+            &mut *self.server,
+            x,
+            record,
+        );
         let (y1, traces) = walk(&self.skeleton, &mut on, batch)?;
         tr.recorded = std::mem::take(&mut on.recorded);
         drop(on);
         let y0 = recv_ring(self.server, y1.len())?;
-        let logits = y0.iter().zip(&y1.data).map(|(a, b)| fp.decode(a.wrapping_add(*b)) as f32).collect();
+        let logits =
+            y0.iter().zip(&y1.data).map(|(a, b)| fp.decode(a.wrapping_add(*b)) as f32).collect();
         tr.online = traces;
         tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
         Ok(ClientInference { logits, traces: tr })
@@ -312,7 +353,11 @@ impl Links {
 /// each `(input, batch)` of `inputs`, one session. `plan` is the full model.
 ///
 /// Errors: as the three roles; the first error of any role is returned.
-pub fn run_local(plan: &Plan, inputs: &[(Vec<f32>, usize)], opts: LocalOpts) -> Result<(SetupReport, Vec<LocalInference>)> {
+pub fn run_local(
+    plan: &Plan,
+    inputs: &[(Vec<f32>, usize)],
+    opts: LocalOpts,
+) -> Result<(SetupReport, Vec<LocalInference>)> {
     check_supported(plan)?;
     for (x, b) in inputs {
         check_input(plan, x, *b)?;
@@ -322,11 +367,20 @@ pub fn run_local(plan: &Plan, inputs: &[(Vec<f32>, usize)], opts: LocalOpts) -> 
         Transport::Mem => Links::mem(),
         Transport::Tcp => super::tcp_links()?,
     };
-    let Links { mut server_client, mut server_dealer, mut client_server, mut client_dealer, mut dealer_server, mut dealer_client } = links;
+    let Links {
+        mut server_client,
+        mut server_dealer,
+        mut client_server,
+        mut client_dealer,
+        mut dealer_server,
+        mut dealer_client,
+    } = links;
     let record = opts.check;
     std::thread::scope(|s| {
         let enc_ref = &enc;
-        let server = s.spawn(move || serve_session(plan, enc_ref, &mut *server_client, &mut *server_dealer, record));
+        let server = s.spawn(move || {
+            serve_session(plan, enc_ref, &mut *server_client, &mut *server_dealer, record)
+        });
         let dealer = s.spawn(move || deal_session(&mut *dealer_server, &mut *dealer_client));
         let client_result = (|| -> Result<(SetupReport, Vec<ClientInference>)> {
             let mut sess = ClientSession::connect(&mut *client_server, &mut *client_dealer)?;
@@ -338,7 +392,9 @@ pub fn run_local(plan: &Plan, inputs: &[(Vec<f32>, usize)], opts: LocalOpts) -> 
             sess.close()?;
             Ok((setup, outs))
         })();
-        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Vec<PartyTraces>>>, who: &str| -> Result<Vec<PartyTraces>> {
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Vec<PartyTraces>>>,
+                    who: &str|
+         -> Result<Vec<PartyTraces>> {
             h.join().map_err(|_| Error::Protocol(format!("{who} thread panicked")))?
         };
         // Drop nothing early: if the client failed, its channels are dropped when this closure
@@ -359,10 +415,25 @@ pub fn run_local(plan: &Plan, inputs: &[(Vec<f32>, usize)], opts: LocalOpts) -> 
         for (k, ci) in client_outs.into_iter().enumerate() {
             let batch = inputs[k].1;
             let (st, dt) = (&server_tr[k], &dealer_tr[k]);
-            let mut layers = merge(plan, batch, &st.offline, &ci.traces.offline, &dt.offline, &st.online, &ci.traces.online);
+            let mut layers = merge(
+                plan,
+                batch,
+                &st.offline,
+                &ci.traces.offline,
+                &dt.offline,
+                &st.online,
+                &ci.traces.online,
+            );
             let mut max_err = None;
             if record {
-                let errs = check_against_twin(plan, &enc, &inputs[k].0, batch, &st.recorded, &ci.traces.recorded)?;
+                let errs = check_against_twin(
+                    plan,
+                    &enc,
+                    &inputs[k].0,
+                    batch,
+                    &st.recorded,
+                    &ci.traces.recorded,
+                )?;
                 for (l, e) in layers.iter_mut().zip(&errs) {
                     l.max_abs_error = *e;
                 }
@@ -376,7 +447,14 @@ pub fn run_local(plan: &Plan, inputs: &[(Vec<f32>, usize)], opts: LocalOpts) -> 
                 rounds: 1,
                 ..Default::default()
             });
-            let mut report = InferenceReport { batch, layers, online_ms: ci.traces.online_ms, offline_ms: st.offline_ms.max(ci.traces.offline_ms).max(dt.offline_ms), max_abs_error: max_err, ..Default::default() };
+            let mut report = InferenceReport {
+                batch,
+                layers,
+                online_ms: ci.traces.online_ms,
+                offline_ms: st.offline_ms.max(ci.traces.offline_ms).max(dt.offline_ms),
+                max_abs_error: max_err,
+                ..Default::default()
+            };
             report.total();
             results.push(LocalInference { logits: ci.logits, report });
         }
@@ -385,15 +463,30 @@ pub fn run_local(plan: &Plan, inputs: &[(Vec<f32>, usize)], opts: LocalOpts) -> 
 }
 
 /// Per layer: max |decode(s0 + s1) - decode(twin)|.
-fn check_against_twin(plan: &Plan, enc: &EncodedPlan, input: &[f32], batch: usize, s0: &[Option<RingTensor>], s1: &[Option<RingTensor>]) -> Result<Vec<Option<f64>>> {
+fn check_against_twin(
+    plan: &Plan,
+    enc: &EncodedPlan,
+    input: &[f32],
+    batch: usize,
+    s0: &[Option<RingTensor>],
+    s1: &[Option<RingTensor>],
+) -> Result<Vec<Option<f64>>> {
     let fp = FixedPoint { frac_bits: plan.frac_bits };
     let x = fp.encode_slice(input)?;
     let mut twin = FixedBackend::new(enc, &x, plan.frac_bits, true);
     walk(plan, &mut twin, batch)?;
     Ok((0..plan.layers.len())
         .map(|i| {
-            let (a, b, t) = (s0.get(i)?.as_ref()?, s1.get(i)?.as_ref()?, twin.recorded.get(i)?.as_ref()?);
-            Some(a.data.iter().zip(&b.data).zip(&t.data).map(|((x, y), z)| (fp.decode(x.wrapping_add(*y)) - fp.decode(*z)).abs()).fold(0.0, f64::max))
+            let (a, b, t) =
+                (s0.get(i)?.as_ref()?, s1.get(i)?.as_ref()?, twin.recorded.get(i)?.as_ref()?);
+            Some(
+                a.data
+                    .iter()
+                    .zip(&b.data)
+                    .zip(&t.data)
+                    .map(|((x, y), z)| (fp.decode(x.wrapping_add(*y)) - fp.decode(*z)).abs())
+                    .fold(0.0, f64::max),
+            )
         })
         .collect())
 }

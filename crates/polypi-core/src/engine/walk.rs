@@ -19,23 +19,63 @@ pub trait Backend {
     /// The network input for a batch of `batch` samples.
     fn input(&mut self, idx: usize, layer: &Layer, batch: usize) -> Result<Self::Value>;
     /// Convolution (+ bias, + truncation in the ring).
-    fn conv2d(&mut self, idx: usize, layer: &Layer, conv: &ConvLayer, x: &Self::Value) -> Result<Self::Value>;
+    fn conv2d(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        conv: &ConvLayer,
+        x: &Self::Value,
+    ) -> Result<Self::Value>;
     /// Fully connected layer.
-    fn linear(&mut self, idx: usize, layer: &Layer, lin: &LinearLayer, x: &Self::Value) -> Result<Self::Value>;
+    fn linear(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        lin: &LinearLayer,
+        x: &Self::Value,
+    ) -> Result<Self::Value>;
     /// Polynomial activation.
-    fn poly(&mut self, idx: usize, layer: &Layer, poly: &PolyLayer, x: &Self::Value) -> Result<Self::Value>;
+    fn poly(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        poly: &PolyLayer,
+        x: &Self::Value,
+    ) -> Result<Self::Value>;
     /// ReLU.
     fn relu(&mut self, idx: usize, layer: &Layer, x: &Self::Value) -> Result<Self::Value>;
     /// Max pooling.
-    fn maxpool(&mut self, idx: usize, layer: &Layer, kernel: usize, stride: usize, padding: usize, x: &Self::Value) -> Result<Self::Value>;
+    fn maxpool(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        x: &Self::Value,
+    ) -> Result<Self::Value>;
     /// Average pooling.
-    fn avgpool(&mut self, idx: usize, layer: &Layer, kernel: usize, stride: usize, x: &Self::Value) -> Result<Self::Value>;
+    fn avgpool(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        kernel: usize,
+        stride: usize,
+        x: &Self::Value,
+    ) -> Result<Self::Value>;
     /// Global average pooling.
-    fn global_avgpool(&mut self, idx: usize, layer: &Layer, x: &Self::Value) -> Result<Self::Value>;
+    fn global_avgpool(&mut self, idx: usize, layer: &Layer, x: &Self::Value)
+        -> Result<Self::Value>;
     /// Flatten to `[N, F]`.
     fn flatten(&mut self, idx: usize, layer: &Layer, x: Self::Value) -> Result<Self::Value>;
     /// Elementwise sum.
-    fn add(&mut self, idx: usize, layer: &Layer, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    fn add(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        a: &Self::Value,
+        b: &Self::Value,
+    ) -> Result<Self::Value>;
     /// Communication counters of this backend so far (zero for local backends).
     fn counters(&self) -> ChannelStats {
         ChannelStats::default()
@@ -68,7 +108,11 @@ fn delta(a: ChannelStats, b: ChannelStats) -> ChannelStats {
 ///
 /// Errors: whatever the backend returns (shape, range, peer errors), or `Graph` for a plan whose
 /// inputs are out of order.
-pub fn walk<B: Backend>(plan: &Plan, backend: &mut B, batch: usize) -> Result<(B::Value, Vec<LayerTrace>)> {
+pub fn walk<B: Backend>(
+    plan: &Plan,
+    backend: &mut B,
+    batch: usize,
+) -> Result<(B::Value, Vec<LayerTrace>)> {
     let n = plan.layers.len();
     if n == 0 {
         return Err(Error::graph("plan", "empty plan"));
@@ -89,7 +133,8 @@ pub fn walk<B: Backend>(plan: &Plan, backend: &mut B, batch: usize) -> Result<(B
         let before = backend.counters();
         let t0 = Instant::now();
         let get = |values: &Vec<Option<B::Value>>, k: usize| -> Result<usize> {
-            let j = *layer.inputs.get(k).ok_or_else(|| Error::graph(&layer.name, "missing input"))?;
+            let j =
+                *layer.inputs.get(k).ok_or_else(|| Error::graph(&layer.name, "missing input"))?;
             if values[j].is_none() {
                 return Err(Error::graph(&layer.name, "input value not available"));
             }
@@ -115,7 +160,14 @@ pub fn walk<B: Backend>(plan: &Plan, backend: &mut B, batch: usize) -> Result<(B
             }
             LayerOp::MaxPool2d { kernel, stride, padding } => {
                 let j = get(&values, 0)?;
-                backend.maxpool(i, layer, *kernel, *stride, *padding, values[j].as_ref().unwrap())?
+                backend.maxpool(
+                    i,
+                    layer,
+                    *kernel,
+                    *stride,
+                    *padding,
+                    values[j].as_ref().unwrap(),
+                )?
             }
             LayerOp::AvgPool2d { kernel, stride } => {
                 let j = get(&values, 0)?;
@@ -133,7 +185,10 @@ pub fn walk<B: Backend>(plan: &Plan, backend: &mut B, batch: usize) -> Result<(B
                     let v = values[j].take().unwrap();
                     backend.flatten(i, layer, v)?
                 } else {
-                    return Err(Error::graph(&layer.name, "flatten input is used by another layer too"));
+                    return Err(Error::graph(
+                        &layer.name,
+                        "flatten input is used by another layer too",
+                    ));
                 }
             }
             LayerOp::Add => {
@@ -143,7 +198,10 @@ pub fn walk<B: Backend>(plan: &Plan, backend: &mut B, batch: usize) -> Result<(B
             }
         };
         backend.observe(i, &out);
-        traces.push(LayerTrace { ms: t0.elapsed().as_secs_f64() * 1e3, stats: delta(before, backend.counters()) });
+        traces.push(LayerTrace {
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+            stats: delta(before, backend.counters()),
+        });
         values[i] = Some(out);
         for &j in &layer.inputs {
             if last_use[j] == i {

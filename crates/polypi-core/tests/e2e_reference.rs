@@ -1,0 +1,95 @@
+//! End-to-end on the reference networks of reference.md, random weights, the "x^2" variant
+//! (square activations, average pooling) and X2act: server, client and dealer over in-memory
+//! channels and over TCP on loopback. Secure logits equal the fixed-point twin within 1e-3 and
+//! the argmax is identical.
+
+use polypi_core::engine::session::{run_local, LocalOpts, Transport};
+use polypi_core::engine::{run_fixed, EncodedPlan};
+use polypi_core::model::compile::compile;
+use polypi_core::model::zoo::{build, Act, Pool, RefNet};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+}
+
+fn check(net: RefNet, act: Act, batches: &[usize], transport: Transport) {
+    let plan = compile(&build(net, act, Pool::Avg, 1.0, 11).unwrap()).unwrap();
+    let enc = EncodedPlan::new(&plan).unwrap();
+    let per: usize = plan.input_shape().iter().product();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let inputs: Vec<(Vec<f32>, usize)> = batches
+        .iter()
+        .map(|&b| {
+            (
+                (0..b * per)
+                    .map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0)
+                    .collect(),
+                b,
+            )
+        })
+        .collect();
+    let (_, runs) = run_local(&plan, &inputs, LocalOpts { transport, check: false }).unwrap();
+    let k = plan.num_classes();
+    for ((x, b), run) in inputs.iter().zip(&runs) {
+        let twin = run_fixed(&plan, &enc, x, *b).unwrap();
+        let err = run.logits.iter().zip(&twin).map(|(a, t)| (a - t).abs()).fold(0.0, f32::max);
+        assert!(
+            err < 1e-3,
+            "{net:?} {act:?} batch {b}: max |secure - twin| = {err}\n{}",
+            run.report.table()
+        );
+        for i in 0..*b {
+            assert_eq!(argmax(&run.logits[i * k..(i + 1) * k]), argmax(&twin[i * k..(i + 1) * k]));
+        }
+        // Linear layers: one message each; activations: one exchange each; plus the reveal.
+        assert!(run.report.rounds > 0);
+    }
+}
+
+#[test]
+fn net_m_square_mem_and_tcp() {
+    check(RefNet::NetM, Act::Square, &[1, 4], Transport::Mem);
+    check(RefNet::NetM, Act::Square, &[1, 4], Transport::Tcp);
+}
+
+#[test]
+fn net_m_x2act_mem() {
+    check(RefNet::NetM, Act::X2Act, &[1, 4], Transport::Mem);
+}
+
+#[test]
+fn net_c_square_mem_and_tcp() {
+    check(RefNet::NetC, Act::Square, &[1, 4], Transport::Mem);
+    check(RefNet::NetC, Act::Square, &[1, 4], Transport::Tcp);
+}
+
+#[test]
+fn net_c_pillar_degree4_mem() {
+    check(RefNet::NetC, Act::Pillar, &[1], Transport::Mem);
+}
+
+#[test]
+fn net_c_pkn_mem() {
+    check(RefNet::NetC, Act::Pkn, &[1], Transport::Mem);
+}
+
+#[test]
+fn net_r18_square_mem_and_tcp() {
+    check(RefNet::NetR18, Act::Square, &[1], Transport::Mem);
+    check(RefNet::NetR18, Act::Square, &[1], Transport::Tcp);
+}
+
+#[test]
+fn net_r18_x2act_mem() {
+    check(RefNet::NetR18, Act::X2Act, &[1], Transport::Mem);
+}
+
+#[test]
+fn relu_network_is_refused_with_a_clear_error() {
+    let plan = compile(&build(RefNet::NetM, Act::Relu, Pool::Avg, 1.0, 1).unwrap()).unwrap();
+    let x = vec![0.5f32; 784];
+    let err = run_local(&plan, &[(x, 1)], LocalOpts::default()).unwrap_err();
+    assert!(err.to_string().contains("2PC"), "{err}");
+}
