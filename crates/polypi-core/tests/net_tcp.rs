@@ -554,3 +554,16 @@ fn net_exchange_ring_tcp_large() {
     assert_eq!(b.stats().send_phases, 1);
     assert_eq!(a.stats().bytes_received, 8 * n as u64);
 }
+
+/// The peer's role is untrusted text: control characters are neutralised, not a crash.
+#[test]
+fn net_peer_role_with_control_characters() {
+    let listener = bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = thread::spawn(move || TcpChannel::accept(&listener, "server", &opts()));
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.write_all(&hello(PROTOCOL_VERSION, "cli\0ent\n"))
+        .unwrap();
+    let ch = h.join().unwrap().unwrap();
+    assert_eq!(ch.peer_role(), "cli?ent?");
+}

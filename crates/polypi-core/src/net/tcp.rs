@@ -446,7 +446,11 @@ impl TcpChannel {
         rest(&mut len)?;
         let mut role_buf = vec![0u8; len[0] as usize];
         rest(&mut role_buf)?;
-        let peer_role = String::from_utf8_lossy(&role_buf).into_owned();
+        // Untrusted text: keep it printable (it goes into messages and a thread name).
+        let peer_role: String = String::from_utf8_lossy(&role_buf)
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         if let Some(exp) = &opts.expect_peer_role {
             if *exp != peer_role {
                 return Err(Error::Protocol(format!(
