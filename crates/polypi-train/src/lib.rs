@@ -1,1 +1,25 @@
-//! polypi-train (to be written).
+//! polypi-train: trains the networks the polypi engine runs and exports them as polypi model
+//! files (design.md §5).
+//!
+//! - [`data`]: IDX (MNIST, Fashion-MNIST) and CIFAR-10 binary loaders, normalisation, augmentation.
+//! - [`layers`]: ReLU, X2Act (PASNet / PolyMPCNet), PILLAR's fixed degree-4 polynomial, PolyKerv
+//!   (PolyKervNets / R-PKN).
+//! - [`nets`]: NET-M, NET-C, NET-R18 of reference.md in every activation variant, by width.
+//! - [`train`]: [`TrainConfig`] (defaults from the papers) and [`train()`], the training loop.
+//! - [`export`]: conversion to `polypi_core::model::file::ModelFile` with a model card.
+//! - [`report`]: metrics CSV and SVG plot.
+//!
+//! Built on burn 0.22 with its pure-Rust `flex` CPU backend; the crate feature `cuda` adds
+//! `--device cuda`.
+
+pub mod data;
+pub mod export;
+pub mod layers;
+pub mod nets;
+pub mod report;
+pub mod train;
+
+pub use data::DatasetKind;
+pub use layers::ActKind;
+pub use nets::{NetKind, PoolKind};
+pub use train::{train, DeviceKind, EpochMetrics, OptimKind, TrainConfig, TrainReport};

@@ -1,0 +1,300 @@
+//! Export of a trained [`Net`] to the polypi model file (design.md §5): the graph IR of
+//! `polypi_core::model::graph` plus the weights as named f32 tensors in PyTorch layout
+//! (conv `[c_out, c_in/groups, kh, kw]`, linear `[out, in]`, per-channel vectors `[C]`).
+//!
+//! The graph reproduces burn's inference-mode forward exactly: batch norm with running statistics
+//! (as a `BatchNorm2d` node, folded later by the compiler), flatten in C, H, W order, linear
+//! weights transposed from burn's `[in, out]`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::module::{Module, Param};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear};
+use burn::tensor::Tensor;
+use polypi_core::model::file::{ModelFile, TensorF32};
+use polypi_core::model::graph::{Graph, ModelCard, Node, Normalize, Op};
+
+use crate::layers::{ActKind, Activation, PILLAR_DEG4};
+use crate::nets::{Net, Unit, POOL_AVG, POOL_MAX};
+use crate::train::{TrainConfig, TrainReport};
+
+fn data<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
+    let shape = t.dims().to_vec();
+    (
+        shape,
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default(),
+    )
+}
+
+struct Builder {
+    nodes: Vec<Node>,
+    tensors: BTreeMap<String, TensorF32>,
+    count: BTreeMap<&'static str, usize>,
+}
+
+impl Builder {
+    fn name(&mut self, kind: &'static str) -> String {
+        let c = self.count.entry(kind).or_insert(0);
+        *c += 1;
+        format!("{kind}{c}")
+    }
+
+    fn tensor<const D: usize>(&mut self, name: String, t: Tensor<D>) -> String {
+        let (shape, data) = data(t);
+        self.tensors.insert(name.clone(), TensorF32 { shape, data });
+        name
+    }
+
+    fn param1(&mut self, name: String, p: &Param<Tensor<1>>) -> String {
+        self.tensor(name, p.val())
+    }
+
+    fn push(&mut self, name: String, input: &str, op: Op) -> String {
+        self.nodes.push(Node {
+            name: name.clone(),
+            inputs: vec![input.to_string()],
+            op,
+        });
+        name
+    }
+
+    fn conv(&mut self, c: &Conv2d, padding: usize, input: &str) -> String {
+        let n = self.name("conv");
+        let weight = self.tensor(format!("{n}.weight"), c.weight.val());
+        let bias = c.bias.as_ref().map(|b| self.param1(format!("{n}.bias"), b));
+        self.push(
+            n,
+            input,
+            Op::Conv2d {
+                weight,
+                bias,
+                stride: c.stride[0],
+                padding,
+                groups: c.groups,
+            },
+        )
+    }
+
+    fn bn(&mut self, b: &BatchNorm, input: &str) -> String {
+        let n = self.name("bn");
+        let weight = self.param1(format!("{n}.weight"), &b.gamma);
+        let bias = self.param1(format!("{n}.bias"), &b.beta);
+        let running_mean = self.tensor(format!("{n}.running_mean"), b.running_mean.value());
+        let running_var = self.tensor(format!("{n}.running_var"), b.running_var.value());
+        self.push(
+            n,
+            input,
+            Op::BatchNorm2d {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                eps: b.epsilon as f32,
+            },
+        )
+    }
+
+    fn linear(&mut self, l: &Linear, input: &str) -> String {
+        let n = self.name("fc");
+        // burn stores [in, out]; the file wants PyTorch's [out, in].
+        let weight = self.tensor(format!("{n}.weight"), l.weight.val().transpose());
+        let bias = l.bias.as_ref().map(|b| self.param1(format!("{n}.bias"), b));
+        self.push(n, input, Op::Linear { weight, bias })
+    }
+
+    fn act(&mut self, a: &Activation, input: &str) -> String {
+        match a.act_kind() {
+            ActKind::Relu => {
+                let n = self.name("relu");
+                self.push(n, input, Op::Relu)
+            }
+            ActKind::X2act => {
+                let n = self.name("x2act");
+                match &a.x2 {
+                    Some(x2) => {
+                        let w0 = self.param1(format!("{n}.w0"), &x2.w0);
+                        let w1 = self.param1(format!("{n}.w1"), &x2.w1);
+                        let b = self.param1(format!("{n}.b"), &x2.b);
+                        self.push(n, input, Op::X2Act { s: x2.s, w0, w1, b })
+                    }
+                    None => self.push(n, input, Op::Identity),
+                }
+            }
+            ActKind::Poly => {
+                let n = self.name("poly");
+                self.push(
+                    n,
+                    input,
+                    Op::Poly {
+                        coefficients: PILLAR_DEG4.to_vec(),
+                        coefficients_tensor: None,
+                    },
+                )
+            }
+            ActKind::Pkn | ActKind::Rpkn => {
+                let n = self.name("polykerv");
+                match &a.kerv {
+                    Some(k) => {
+                        let c_p = data(k.c_p.val()).1.first().copied().unwrap_or(0.0);
+                        let a_p = data(k.a_p.val()).1.first().copied().unwrap_or(1.0);
+                        self.push(
+                            n,
+                            input,
+                            Op::PolyKerv {
+                                c_p,
+                                d_p: k.d_p,
+                                a_p,
+                            },
+                        )
+                    }
+                    None => self.push(n, input, Op::Identity),
+                }
+            }
+        }
+    }
+
+    fn unit(&mut self, u: &Unit, mut cur: String) -> String {
+        if let Some(c) = &u.conv {
+            cur = self.conv(c, u.padding, &cur);
+        }
+        if let Some(l) = &u.linear {
+            cur = self.linear(l, &cur);
+        }
+        if let Some(b) = &u.bn {
+            cur = self.bn(b, &cur);
+        }
+        if let Some(a) = &u.act {
+            cur = self.act(a, &cur);
+        }
+        if u.pool == POOL_AVG {
+            let n = self.name("avgpool");
+            cur = self.push(
+                n,
+                &cur,
+                Op::AvgPool2d {
+                    kernel: 2,
+                    stride: 2,
+                },
+            );
+        } else if u.pool == POOL_MAX {
+            let n = self.name("maxpool");
+            cur = self.push(
+                n,
+                &cur,
+                Op::MaxPool2d {
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                },
+            );
+        }
+        if u.gap {
+            let n = self.name("gap");
+            cur = self.push(n, &cur, Op::GlobalAvgPool);
+        }
+        if u.flatten {
+            let n = self.name("flatten");
+            cur = self.push(n, &cur, Op::Flatten);
+        }
+        cur
+    }
+}
+
+/// Converts `model` (put in inference mode) to a polypi [`ModelFile`] for inputs of `cfg.data`.
+pub fn to_model_file(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>) -> ModelFile {
+    let model = model.valid();
+    let mut b = Builder {
+        nodes: vec![],
+        tensors: BTreeMap::new(),
+        count: BTreeMap::new(),
+    };
+    b.nodes.push(Node {
+        name: "input".into(),
+        inputs: vec![],
+        op: Op::Input,
+    });
+    let mut cur = "input".to_string();
+    for u in &model.pre {
+        cur = b.unit(u, cur);
+    }
+    for blk in &model.blocks {
+        let x = cur.clone();
+        let mut y = b.conv(&blk.conv1, 1, &x);
+        y = b.bn(&blk.bn1, &y);
+        y = b.act(&blk.act1, &y);
+        y = b.conv(&blk.conv2, 1, &y);
+        y = b.bn(&blk.bn2, &y);
+        let mut s = x;
+        if let Some(c) = &blk.short_conv {
+            s = b.conv(c, 0, &s);
+        }
+        if let Some(bn) = &blk.short_bn {
+            s = b.bn(bn, &s);
+        }
+        let n = b.name("add");
+        b.nodes.push(Node {
+            name: n.clone(),
+            inputs: vec![y, s],
+            op: Op::Add,
+        });
+        cur = b.act(&blk.act2, &n);
+    }
+    for u in &model.post {
+        cur = b.unit(u, cur);
+    }
+    let _ = cur;
+    let (mean, std) = cfg.data.normalization();
+    let graph = Graph {
+        input_shape: cfg.data.input_shape().to_vec(),
+        frac_bits: 16,
+        normalize: Some(Normalize { mean, std }),
+        nodes: b.nodes,
+        labels: cfg.data.labels(),
+    };
+    ModelFile {
+        graph,
+        card,
+        tensors: b.tensors,
+    }
+}
+
+/// The model card of a finished run.
+pub fn card_for(cfg: &TrainConfig, report: &TrainReport) -> ModelCard {
+    let split = if cfg.data == crate::data::DatasetKind::Cifar10 && report.train_size == 4660 {
+        "4660/932 (real CIFAR-10 subset: first 932 images of each official batch)".to_string()
+    } else {
+        format!("{}/{}", report.train_size, report.test_size)
+    };
+    ModelCard {
+        name: format!("{} {}", cfg.net.display_name(), cfg.act.name()),
+        dataset: cfg.data.display_name().to_string(),
+        split,
+        test_accuracy: Some(report.test_accuracy as f32),
+        recipe: format!(
+            "{}{}",
+            cfg.recipe(),
+            if cfg.command.is_empty() {
+                String::new()
+            } else {
+                format!("; command: {}", cfg.command)
+            }
+        ),
+    }
+}
+
+/// Writes `model` as a polypi model file at `path`.
+///
+/// # Errors
+/// Whatever `ModelFile::save` reports (I/O, validation).
+pub fn export(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>, path: &Path) -> Result<()> {
+    let mf = to_model_file(model, cfg, card);
+    mf.save(path)
+        .with_context(|| format!("writing model file {}", path.display()))?;
+    Ok(())
+}

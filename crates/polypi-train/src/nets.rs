@@ -1,0 +1,384 @@
+//! The reference networks of reference.md (NET-M, NET-C, NET-R18), built from generic units so that
+//! training, evaluation and export walk the same structure.
+//!
+//! Every tensor between units is NCHW `[N, C, H, W]`; after a flatten or a fully connected layer
+//! it is `[N, F, 1, 1]`. Batch norm (when enabled) sits between a conv and its activation; it is
+//! folded into the conv for private inference, so it costs nothing online.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::layers::{ActKind, Activation, Ctx};
+
+/// Which reference network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetKind {
+    /// MiniONN's MNIST net (input 1x28x28): conv5x5 1->16, ACT, avgpool, conv5x5 16->16, ACT,
+    /// avgpool, fc 256->100, ACT, fc 100->10.
+    #[default]
+    NetM,
+    /// MiniONN / Delphi CIFAR-10 net (input 3x32x32): 7 convs of 64 (last 1x1 to 16), 2 avgpools,
+    /// fc 1024->10.
+    NetC,
+    /// CIFAR ResNet-18: stem conv 64, four stages of two BasicBlocks, global average pool, fc 512->10.
+    NetR18,
+}
+
+impl NetKind {
+    /// Display name ("NET-M").
+    pub fn display_name(self) -> &'static str {
+        match self {
+            NetKind::NetM => "NET-M",
+            NetKind::NetC => "NET-C",
+            NetKind::NetR18 => "NET-R18",
+        }
+    }
+    /// Short name for file names ("netm").
+    pub fn short(self) -> &'static str {
+        match self {
+            NetKind::NetM => "netm",
+            NetKind::NetC => "netc",
+            NetKind::NetR18 => "netr18",
+        }
+    }
+}
+
+/// Pooling used at the pooling sites of NET-M / NET-C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolKind {
+    /// 2x2 average pooling, stride 2 (local in 2PC).
+    #[default]
+    Avg,
+    /// 2x2 max pooling, stride 2 (needs comparisons in 2PC; baseline only).
+    Max,
+}
+
+/// Architecture hyper-parameters of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NetSpec {
+    /// Which network.
+    pub net: NetKind,
+    /// Activation at every ACT site.
+    pub act: ActKind,
+    /// Width multiplier on all hidden channel counts (1.0 = reference.md).
+    pub width: f32,
+    /// Batch norm after every conv (folded away for inference).
+    pub batch_norm: bool,
+    /// Pooling kind at NET-M / NET-C pooling sites.
+    pub pool: PoolKind,
+    /// X2Act weight scale `s`.
+    pub x2_scale: f32,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+/// Pool code stored in [`Unit::pool`].
+pub const POOL_NONE: u8 = 0;
+/// 2x2/2 average pooling.
+pub const POOL_AVG: u8 = 1;
+/// 2x2/2 max pooling.
+pub const POOL_MAX: u8 = 2;
+
+/// One layer group: `[conv | linear] -> [bn] -> [act] -> [pool] -> [global avg pool] -> [flatten]`.
+#[derive(Module, Debug)]
+pub struct Unit {
+    /// Convolution (NCHW in, NCHW out).
+    pub conv: Option<Conv2d>,
+    /// Fully connected layer on `[N, F]` (input taken from `[N, F, 1, 1]`).
+    pub linear: Option<Linear>,
+    /// Batch norm after the conv.
+    pub bn: Option<BatchNorm>,
+    /// Activation site.
+    pub act: Option<Activation>,
+    /// Pooling after the activation: [`POOL_NONE`], [`POOL_AVG`] or [`POOL_MAX`] (2x2, stride 2).
+    pub pool: u8,
+    /// Global average pooling `[N, C, H, W] -> [N, C, 1, 1]` after the pool.
+    pub gap: bool,
+    /// Flatten `[N, C, H, W] -> [N, C*H*W, 1, 1]` (row-major C, H, W) at the end.
+    pub flatten: bool,
+    /// Conv padding (kept for export).
+    pub padding: usize,
+}
+
+impl Unit {
+    fn empty() -> Self {
+        Unit {
+            conv: None,
+            linear: None,
+            bn: None,
+            act: None,
+            pool: POOL_NONE,
+            gap: false,
+            flatten: false,
+            padding: 0,
+        }
+    }
+
+    /// Runs the unit on `[N, C, H, W]`.
+    pub fn forward(&self, mut x: Tensor<4>, ctx: &mut Ctx) -> Tensor<4> {
+        if let Some(c) = &self.conv {
+            x = c.forward(x);
+        }
+        if let Some(l) = &self.linear {
+            let [n, f, _, _] = x.dims();
+            let y = l.forward(x.reshape([n, f]));
+            let o = y.dims()[1];
+            x = y.reshape([n, o, 1, 1]);
+        }
+        if let Some(b) = &self.bn {
+            x = b.forward(x);
+        }
+        if let Some(a) = &self.act {
+            x = a.forward(x, ctx);
+        }
+        x = match self.pool {
+            POOL_AVG => AvgPool2dConfig::new([2, 2]).init().forward(x),
+            POOL_MAX => MaxPool2dConfig::new([2, 2])
+                .with_strides([2, 2])
+                .init()
+                .forward(x),
+            _ => x,
+        };
+        if self.gap {
+            x = x.mean_dim(3).mean_dim(2);
+        }
+        if self.flatten {
+            let [n, c, h, w] = x.dims();
+            x = x.reshape([n, c * h * w, 1, 1]);
+        }
+        x
+    }
+}
+
+/// CIFAR ResNet BasicBlock: `act2(bn2(conv2(act1(bn1(conv1(x))))) + shortcut(x))`, where the
+/// shortcut is a 1x1 projection conv + BN when the stride or width changes, else identity.
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    /// First 3x3 conv (stride `stride`, padding 1, no bias).
+    pub conv1: Conv2d,
+    /// BN after conv1.
+    pub bn1: BatchNorm,
+    /// First activation.
+    pub act1: Activation,
+    /// Second 3x3 conv (stride 1, padding 1, no bias).
+    pub conv2: Conv2d,
+    /// BN after conv2.
+    pub bn2: BatchNorm,
+    /// 1x1 projection conv of the shortcut.
+    pub short_conv: Option<Conv2d>,
+    /// BN of the projection shortcut.
+    pub short_bn: Option<BatchNorm>,
+    /// Activation after the residual add.
+    pub act2: Activation,
+    /// Stride of conv1 and of the projection.
+    pub stride: usize,
+}
+
+impl ResBlock {
+    /// Runs the block on `[N, C, H, W]`.
+    pub fn forward(&self, x: Tensor<4>, ctx: &mut Ctx) -> Tensor<4> {
+        let y = self
+            .act1
+            .forward(self.bn1.forward(self.conv1.forward(x.clone())), ctx);
+        let y = self.bn2.forward(self.conv2.forward(y));
+        let s = match (&self.short_conv, &self.short_bn) {
+            (Some(c), Some(b)) => b.forward(c.forward(x)),
+            (Some(c), None) => c.forward(x),
+            _ => x,
+        };
+        self.act2.forward(y.add(s), ctx)
+    }
+}
+
+/// A network: units, then residual blocks, then units; the output is `[N, classes]` logits.
+#[derive(Module, Debug)]
+pub struct Net {
+    /// Units before the residual blocks (the whole net for NET-M / NET-C; the stem for NET-R18).
+    pub pre: Vec<Unit>,
+    /// Residual blocks (NET-R18 only).
+    pub blocks: Vec<ResBlock>,
+    /// Units after the blocks (NET-R18: global average pool + fc).
+    pub post: Vec<Unit>,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Net {
+    /// Logits `[N, classes]` for the NCHW input `x`.
+    pub fn forward(&self, x: Tensor<4>, ctx: &mut Ctx) -> Tensor<2> {
+        let mut x = x;
+        for u in &self.pre {
+            x = u.forward(x, ctx);
+        }
+        for b in &self.blocks {
+            x = b.forward(x, ctx);
+        }
+        for u in &self.post {
+            x = u.forward(x, ctx);
+        }
+        let [n, f, h, w] = x.dims();
+        x.reshape([n, f * h * w])
+    }
+}
+
+fn ch(base: usize, width: f32) -> usize {
+    ((base as f32 * width).round() as usize).max(1)
+}
+
+fn conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    bias: bool,
+    device: &Device,
+) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(bias)
+        .init(device)
+}
+
+fn bn(c: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(c).init(device)
+}
+
+/// conv [+bn] + act unit.
+fn conv_unit(
+    spec: &NetSpec,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    pad: usize,
+    device: &Device,
+) -> Unit {
+    Unit {
+        conv: Some(conv(cin, cout, k, 1, pad, !spec.batch_norm, device)),
+        bn: spec.batch_norm.then(|| bn(cout, device)),
+        act: Some(Activation::new(spec.act, cout, spec.x2_scale, device)),
+        padding: pad,
+        ..Unit::empty()
+    }
+}
+
+fn pool_code(p: PoolKind) -> u8 {
+    match p {
+        PoolKind::Avg => POOL_AVG,
+        PoolKind::Max => POOL_MAX,
+    }
+}
+
+fn fc_unit(fin: usize, fout: usize, act: Option<(&NetSpec, usize)>, device: &Device) -> Unit {
+    Unit {
+        linear: Some(LinearConfig::new(fin, fout).init(device)),
+        act: act.map(|(s, c)| Activation::new(s.act, c, s.x2_scale, device)),
+        ..Unit::empty()
+    }
+}
+
+/// Builds the network described by `spec` on `device` (fresh random init).
+pub fn build(spec: &NetSpec, device: &Device) -> Net {
+    let w = spec.width;
+    let cin = spec.in_channels;
+    match spec.net {
+        NetKind::NetM => {
+            let c1 = ch(16, w);
+            let c2 = ch(16, w);
+            let h = ch(100, w);
+            let mut u1 = conv_unit(spec, cin, c1, 5, 0, device);
+            u1.pool = pool_code(spec.pool);
+            let mut u2 = conv_unit(spec, c1, c2, 5, 0, device);
+            u2.pool = pool_code(spec.pool);
+            u2.flatten = true;
+            Net {
+                pre: vec![
+                    u1,
+                    u2,
+                    fc_unit(c2 * 16, h, Some((spec, h)), device),
+                    fc_unit(h, spec.classes, None, device),
+                ],
+                blocks: vec![],
+                post: vec![],
+                classes: spec.classes,
+            }
+        }
+        NetKind::NetC => {
+            let c = ch(64, w);
+            let c7 = ch(16, w);
+            let mut us = vec![
+                conv_unit(spec, cin, c, 3, 1, device),
+                conv_unit(spec, c, c, 3, 1, device),
+            ];
+            us[1].pool = pool_code(spec.pool);
+            us.push(conv_unit(spec, c, c, 3, 1, device));
+            let mut u4 = conv_unit(spec, c, c, 3, 1, device);
+            u4.pool = pool_code(spec.pool);
+            us.push(u4);
+            us.push(conv_unit(spec, c, c, 3, 1, device));
+            us.push(conv_unit(spec, c, c, 1, 0, device));
+            let mut u7 = conv_unit(spec, c, c7, 1, 0, device);
+            u7.flatten = true;
+            us.push(u7);
+            us.push(fc_unit(c7 * 64, spec.classes, None, device));
+            Net {
+                pre: us,
+                blocks: vec![],
+                post: vec![],
+                classes: spec.classes,
+            }
+        }
+        NetKind::NetR18 => {
+            let c0 = ch(64, w);
+            // The ResNet always has BN (the projection shortcuts need it).
+            let stem = Unit {
+                conv: Some(conv(cin, c0, 3, 1, 1, false, device)),
+                bn: Some(bn(c0, device)),
+                act: Some(Activation::new(spec.act, c0, spec.x2_scale, device)),
+                padding: 1,
+                ..Unit::empty()
+            };
+            let mut blocks = Vec::new();
+            let mut cprev = c0;
+            for (i, base) in [64usize, 128, 256, 512].iter().enumerate() {
+                let cout = ch(*base, w);
+                for j in 0..2 {
+                    let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                    let proj = stride != 1 || cprev != cout;
+                    blocks.push(ResBlock {
+                        conv1: conv(cprev, cout, 3, stride, 1, false, device),
+                        bn1: bn(cout, device),
+                        act1: Activation::new(spec.act, cout, spec.x2_scale, device),
+                        conv2: conv(cout, cout, 3, 1, 1, false, device),
+                        bn2: bn(cout, device),
+                        short_conv: proj.then(|| conv(cprev, cout, 1, stride, 0, false, device)),
+                        short_bn: proj.then(|| bn(cout, device)),
+                        act2: Activation::new(spec.act, cout, spec.x2_scale, device),
+                        stride,
+                    });
+                    cprev = cout;
+                }
+            }
+            let head = Unit {
+                gap: true,
+                flatten: true,
+                ..Unit::empty()
+            };
+            Net {
+                pre: vec![stem],
+                blocks,
+                post: vec![head, fc_unit(cprev, spec.classes, None, device)],
+                classes: spec.classes,
+            }
+        }
+    }
+}

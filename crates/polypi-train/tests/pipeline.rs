@@ -1,0 +1,290 @@
+//! End-to-end tests on tiny generated fixtures: loaders, a few training steps, export, and the
+//! exported file's f32 logits (polypi-core's plaintext executor) against burn's.
+
+use std::path::PathBuf;
+
+use polypi_core::model::compile::compile;
+use polypi_core::model::file::ModelFile;
+use polypi_train::data::{self, Dataset, DatasetKind};
+use polypi_train::nets::NetKind;
+use polypi_train::train::{self, TrainConfig};
+use polypi_train::ActKind;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("polypi-train-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes a synthetic IDX dataset (train 200, test 100) in `<dir>/fashion-mnist/`.
+fn idx_fixture(dir: &PathBuf, gz: bool) {
+    let sub = dir.join("fashion-mnist");
+    std::fs::create_dir_all(&sub).unwrap();
+    data::write_idx(&sub, "train", &data::synthetic(200, [1, 28, 28], 1), gz).unwrap();
+    data::write_idx(&sub, "t10k", &data::synthetic(100, [1, 28, 28], 2), gz).unwrap();
+}
+
+fn cifar_fixture(dir: &PathBuf) {
+    for (name, n, seed) in [
+        ("train_subset_4660.bin", 120, 3),
+        ("test_batch_first932.bin", 60, 4),
+    ] {
+        let ds = data::synthetic(n, [3, 32, 32], seed);
+        let mut raw = Vec::new();
+        for i in 0..ds.len() {
+            raw.push(ds.labels[i]);
+            raw.extend_from_slice(ds.image(i));
+        }
+        std::fs::write(dir.join(name), raw).unwrap();
+    }
+}
+
+#[test]
+fn idx_roundtrip_plain_and_gz() {
+    for gz in [false, true] {
+        let d = tmpdir(&format!("idx{gz}"));
+        idx_fixture(&d, gz);
+        let (tr, te) = data::load(DatasetKind::FashionMnist, &d).unwrap();
+        let want = data::synthetic(200, [1, 28, 28], 1);
+        assert_eq!(tr.images, want.images);
+        assert_eq!(tr.labels, want.labels);
+        assert_eq!(te.len(), 100);
+        assert_eq!(tr.shape, [1, 28, 28]);
+    }
+}
+
+#[test]
+fn cifar_loader_reads_records() {
+    let d = tmpdir("cifar");
+    cifar_fixture(&d);
+    let (tr, te) = data::load(DatasetKind::Cifar10, &d).unwrap();
+    assert_eq!((tr.len(), te.len()), (120, 60));
+    assert_eq!(tr.image(5), data::synthetic(120, [3, 32, 32], 3).image(5));
+}
+
+#[test]
+fn missing_and_bad_files_give_clear_errors() {
+    let d = tmpdir("missing");
+    let e = data::load(DatasetKind::Mnist, &d).unwrap_err().to_string();
+    assert!(e.contains("scripts/fetch-data.sh"), "{e}");
+    std::fs::write(d.join("train_subset_4660.bin"), [1u8, 2, 3]).unwrap();
+    std::fs::write(d.join("test_batch_first932.bin"), [1u8, 2, 3]).unwrap();
+    let e = data::load(DatasetKind::Cifar10, &d)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiple"), "{e}");
+    let sub = d.join("mnist");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("train-images-idx3-ubyte"), [0u8; 20]).unwrap();
+    std::fs::write(sub.join("train-labels-idx1-ubyte"), [0u8; 20]).unwrap();
+    let e = data::load(DatasetKind::Mnist, &d).unwrap_err().to_string();
+    assert!(e.contains("IDX"), "{e}");
+}
+
+#[test]
+fn augmentation_keeps_shape_and_normalises() {
+    use rand::SeedableRng;
+    let ds: Dataset = data::synthetic(4, [3, 32, 32], 9);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let (m, s) = DatasetKind::Cifar10.normalization();
+    let (plain, lab) = data::make_batch(&ds, &[0, 1], &m, &s, false, &mut rng);
+    assert_eq!(plain.len(), 2 * 3 * 32 * 32);
+    assert_eq!(lab, vec![0, 1]);
+    let v = (ds.image(0)[0] as f32 / 255.0 - m[0]) / s[0];
+    assert!((plain[0] - v).abs() < 1e-6);
+    let (aug, _) = data::make_batch(&ds, &[0, 1], &m, &s, true, &mut rng);
+    assert_eq!(aug.len(), plain.len());
+}
+
+#[test]
+fn schedule_and_penalty_warmup() {
+    let cfg = TrainConfig {
+        epochs: 20,
+        warmup_epochs: 5,
+        lr: 0.1,
+        ..TrainConfig::default()
+    };
+    assert!(cfg.lr_at(0.0) < 0.01);
+    assert!((cfg.lr_at(5.0) - 0.1).abs() < 1e-9);
+    assert!(cfg.lr_at(19.99) < 1e-3);
+    let poly = TrainConfig {
+        act: ActKind::Poly,
+        ..TrainConfig::default()
+    };
+    let (p0, ce0) = poly.penalty_at(0);
+    assert_eq!(ce0, 0.0);
+    assert!((p0.unwrap().gamma - 4.0).abs() < 1e-9);
+    let (p9, ce9) = poly.penalty_at(9);
+    assert_eq!(ce9, 1.0);
+    assert!((p9.unwrap().coef - 5e-5).abs() < 1e-12);
+    assert!(TrainConfig::default().penalty_at(0).0.is_none());
+}
+
+/// Trains a few steps, exports, reloads the file, and compares polypi-core's f32 executor with burn.
+fn train_export_check(
+    net: NetKind,
+    act: ActKind,
+    kind: DatasetKind,
+    width: f32,
+    extra: impl Fn(&mut TrainConfig),
+) {
+    let d = tmpdir(&format!("{}-{}", net.short(), act.name()));
+    let data_dir = if kind == DatasetKind::Cifar10 {
+        cifar_fixture(&d);
+        d.clone()
+    } else {
+        idx_fixture(&d, true);
+        d.clone()
+    };
+    let out = d.join("m.safetensors");
+    let mut cfg = TrainConfig {
+        net,
+        act,
+        width,
+        data: kind,
+        data_dir,
+        epochs: 2,
+        batch_size: 16,
+        lr: 0.02,
+        warmup_epochs: 0,
+        max_steps_per_epoch: Some(3),
+        out: Some(out.clone()),
+        progress: false,
+        ..TrainConfig::default()
+    };
+    extra(&mut cfg);
+    let report = train::train(&cfg).unwrap();
+    assert_eq!(report.epochs.len(), 2);
+    assert!(report.metrics_csv.as_ref().unwrap().exists());
+    assert!(report.plot.as_ref().unwrap().exists());
+    let ckpt = report.checkpoint.clone().unwrap();
+
+    // Reload the burn model from its checkpoint, and the exported file.
+    let device = burn::tensor::Device::flex();
+    let mut model = polypi_train::nets::build(&cfg.spec(), &device);
+    train::load_checkpoint(&mut model, &ckpt).unwrap();
+    let mf = ModelFile::load(&out).unwrap();
+    let card = mf.card.clone().unwrap();
+    assert!(card.test_accuracy.is_some());
+    let plan = compile(&mf).unwrap();
+
+    let (_, test) = train::load_data(&cfg).unwrap();
+    let n = 8;
+    let idx: Vec<usize> = (0..n).collect();
+    let (m, s) = kind.normalization();
+    use rand::SeedableRng;
+    let (x, _) = data::make_batch(
+        &test,
+        &idx,
+        &m,
+        &s,
+        false,
+        &mut rand::rngs::StdRng::seed_from_u64(0),
+    );
+    let burn_logits = train::infer(&model, &x, n, kind.input_shape(), &device);
+    let ours = polypi_core::engine::plain::run_f32(&plan, &x, n).unwrap();
+    assert_eq!(burn_logits.len(), ours.len());
+    let scale = burn_logits.iter().fold(1f32, |a, v| a.max(v.abs()));
+    let mut maxerr = 0f32;
+    for (a, b) in burn_logits.iter().zip(&ours) {
+        maxerr = maxerr.max((a - b).abs());
+    }
+    assert!(
+        maxerr <= 1e-4 * scale,
+        "max |burn - polypi| = {maxerr} (logit scale {scale})"
+    );
+    for i in 0..n {
+        let am = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (j, &x)| if x > b.1 { (j, x) } else { b })
+                .0
+        };
+        assert_eq!(
+            am(&burn_logits[i * 10..(i + 1) * 10]),
+            am(&ours[i * 10..(i + 1) * 10]),
+            "image {i}"
+        );
+    }
+}
+
+#[test]
+fn netm_x2act_export_matches_burn() {
+    train_export_check(
+        NetKind::NetM,
+        ActKind::X2act,
+        DatasetKind::FashionMnist,
+        0.5,
+        |_| {},
+    );
+}
+
+#[test]
+fn netm_poly_and_pkn_export_match_burn() {
+    train_export_check(
+        NetKind::NetM,
+        ActKind::Poly,
+        DatasetKind::FashionMnist,
+        0.5,
+        |c| c.penalty_warmup = false,
+    );
+    train_export_check(
+        NetKind::NetM,
+        ActKind::Rpkn,
+        DatasetKind::FashionMnist,
+        0.5,
+        |c| c.optimizer = polypi_train::OptimKind::Adam,
+    );
+    train_export_check(
+        NetKind::NetM,
+        ActKind::Relu,
+        DatasetKind::FashionMnist,
+        0.5,
+        |c| c.pool = polypi_train::PoolKind::Max,
+    );
+}
+
+#[test]
+fn netc_and_r18_export_match_burn() {
+    train_export_check(
+        NetKind::NetC,
+        ActKind::X2act,
+        DatasetKind::Cifar10,
+        0.125,
+        |_| {},
+    );
+    train_export_check(
+        NetKind::NetR18,
+        ActKind::X2act,
+        DatasetKind::Cifar10,
+        0.0625,
+        |c| c.max_steps_per_epoch = Some(1),
+    );
+}
+
+#[test]
+fn kd_from_relu_teacher_runs() {
+    let d = tmpdir("kd");
+    idx_fixture(&d, false);
+    let base = TrainConfig {
+        act: ActKind::Relu,
+        width: 0.5,
+        data_dir: d.clone(),
+        epochs: 1,
+        batch_size: 16,
+        max_steps_per_epoch: Some(2),
+        out: Some(d.join("teacher.safetensors")),
+        progress: false,
+        ..TrainConfig::default()
+    };
+    let r = train::train(&base).unwrap();
+    let student = TrainConfig {
+        act: ActKind::X2act,
+        teacher: r.checkpoint.clone(),
+        out: Some(d.join("student.safetensors")),
+        ..base
+    };
+    let r2 = train::train(&student).unwrap();
+    assert!(r2.epochs[0].train_loss.is_finite());
+}
