@@ -57,8 +57,9 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// Packs a row-major `k x n` matrix. Panics never; `b.len()` must be `k*n` (debug-asserted
-    /// by callers, which validate shapes first).
+    /// Packs a row-major `k x n` matrix (layout in the type's docs). `b.len()` must be at least
+    /// `k*n` (callers validate shapes first); a shorter `b` panics (slice index out of range).
+    /// Cost: one pass over `b`, `ceil(n/8)*8*k` values allocated.
     pub fn pack(b: &[u64], k: usize, n: usize) -> Self {
         let strips = n.div_ceil(NR);
         let mut data = vec![0u64; strips * k * NR];
