@@ -2,6 +2,7 @@
 //! parties ([`party`]) — the session protocol between server, client and dealer ([`session`]),
 //! and reports ([`report`]).
 
+pub mod bench;
 pub mod party;
 pub mod plain;
 pub mod report;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::model::Plan;
 use crate::mpc::prg::Seed;
 use crate::mpc::{CLIENT, SERVER};
-use crate::net::{mem_pair, recv_ring, send_ring, Channel};
+use crate::net::{emulated_pair, LinkModel, mem_pair, recv_ring, send_ring, Channel};
 use crate::ring::{FixedPoint, RingTensor};
 use std::time::Instant;
 
@@ -131,6 +131,11 @@ pub fn serve_session(
         let (_, traces) = walk(plan, &mut off, batch)?;
         tr.offline = traces;
         tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // The client says when its offline phase is done: the online phase starts now.
+        let go = client.recv()?;
+        if !go.is_empty() {
+            return Err(Error::Protocol("expected the online-start message".into()));
+        }
         let t1 = Instant::now();
         let material = std::mem::take(&mut off.material);
         let mut on = Online::new(SERVER, plan.frac_bits, enc, material, client, Vec::new(), record);
@@ -255,6 +260,7 @@ impl<'a> ClientSession<'a> {
         let material: Vec<Option<Material>> = std::mem::take(&mut off.material);
         tr.offline = traces;
         tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.server.send(&[])?;
         let t1 = Instant::now();
         let mut on = Online::new(
             CLIENT,
@@ -358,6 +364,18 @@ pub fn run_local(
     inputs: &[(Vec<f32>, usize)],
     opts: LocalOpts,
 ) -> Result<(SetupReport, Vec<LocalInference>)> {
+    run_local_with_link(plan, inputs, opts, LinkModel::none())
+}
+
+/// [`run_local`] with the server-client link emulated by `link` (bandwidth and RTT applied to
+/// every message, see [`crate::net::LinkModel`]; presets `lan`, `wan`). The dealer's links are not
+/// emulated (offline phase).
+pub fn run_local_with_link(
+    plan: &Plan,
+    inputs: &[(Vec<f32>, usize)],
+    opts: LocalOpts,
+    link: LinkModel,
+) -> Result<(SetupReport, Vec<LocalInference>)> {
     check_supported(plan)?;
     for (x, b) in inputs {
         check_input(plan, x, *b)?;
@@ -367,6 +385,12 @@ pub fn run_local(
         Transport::Mem => Links::mem(),
         Transport::Tcp => super::tcp_links()?,
     };
+    let mut links = links;
+    if !link.is_none() {
+        let (a, b) = emulated_pair(links.server_client, links.client_server, link);
+        links.server_client = Box::new(a);
+        links.client_server = Box::new(b);
+    }
     let Links {
         mut server_client,
         mut server_dealer,

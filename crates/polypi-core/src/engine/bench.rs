@@ -1,0 +1,106 @@
+//! Benchmark driver behind `polypi bench` and the criterion benches: runs one session of `runs`
+//! private inferences of a plan in this process and summarises online and offline time, bytes,
+//! rounds and peak memory.
+
+use super::report::InferenceReport;
+use super::session::{run_local_with_link, LocalOpts, Transport};
+use crate::error::Result;
+use crate::model::Plan;
+use crate::net::LinkModel;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+/// Median, minimum and maximum of a series, in the series' unit.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Spread {
+    /// Median.
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Spread {
+    /// Spread of `xs` (all zero when empty).
+    pub fn of(xs: &[f64]) -> Spread {
+        if xs.is_empty() {
+            return Spread::default();
+        }
+        let mut v = xs.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        Spread { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+    }
+}
+
+/// What `polypi bench` reports for one configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchSummary {
+    /// Samples per inference.
+    pub batch: usize,
+    /// Inferences measured (one session).
+    pub runs: usize,
+    /// Link between server and client ("none", "lan", "wan", custom).
+    pub link: String,
+    /// Online phase, ms (client wall time per inference).
+    pub online_ms: Spread,
+    /// Offline phase, ms.
+    pub offline_ms: Spread,
+    /// Online bytes client -> server per inference.
+    pub bytes_client_to_server: u64,
+    /// Online bytes server -> client per inference.
+    pub bytes_server_to_client: u64,
+    /// Offline bytes dealer -> client per inference.
+    pub dealer_bytes: u64,
+    /// Online rounds per inference.
+    pub rounds: u64,
+    /// Session setup (masked weights `F = W - B`), ms and bytes.
+    pub setup_ms: f64,
+    /// Session setup bytes server -> client.
+    pub setup_bytes: u64,
+    /// Peak resident memory of this process (all three roles), bytes; None off Linux.
+    pub peak_rss_bytes: Option<u64>,
+    /// The report of the median-online run (per-layer breakdown).
+    pub median_report: InferenceReport,
+}
+
+/// Peak resident set size of this process (`VmHWM`), bytes. None where /proc is unavailable.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs `runs` private inferences of `batch` random inputs (uniform in [-1, 1], seeded) in one
+/// session over `transport`, with the server-client link emulated by `link`.
+/// Errors: those of [`run_local_with_link`].
+pub fn bench_local(plan: &Plan, batch: usize, runs: usize, transport: Transport, link: LinkModel, seed: u64) -> Result<BenchSummary> {
+    let per: usize = plan.input_shape().iter().product();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let inputs: Vec<(Vec<f32>, usize)> = (0..runs.max(1))
+        .map(|_| ((0..batch * per).map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0).collect(), batch))
+        .collect();
+    let (setup, results) = run_local_with_link(plan, &inputs, LocalOpts { transport, check: false }, link)?;
+    let online: Vec<f64> = results.iter().map(|r| r.report.online_ms).collect();
+    let offline: Vec<f64> = results.iter().map(|r| r.report.offline_ms).collect();
+    let med = Spread::of(&online).median;
+    let median_report = results.iter().find(|r| r.report.online_ms == med).map(|r| r.report.clone()).unwrap_or_default();
+    let r0 = &results[0].report;
+    Ok(BenchSummary {
+        batch,
+        runs: results.len(),
+        link: link.to_string(),
+        online_ms: Spread::of(&online),
+        offline_ms: Spread::of(&offline),
+        bytes_client_to_server: r0.layers.iter().map(|l| l.bytes_client_to_server).sum(),
+        bytes_server_to_client: r0.layers.iter().map(|l| l.bytes_server_to_client).sum(),
+        dealer_bytes: r0.offline_bytes,
+        rounds: r0.rounds,
+        setup_ms: setup.ms,
+        setup_bytes: setup.bytes,
+        peak_rss_bytes: peak_rss_bytes(),
+        median_report,
+    })
+}
