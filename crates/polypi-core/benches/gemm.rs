@@ -11,12 +11,14 @@
 //! printed first. `B` is packed once outside the timed loop (weights are packed once per
 //! session). Throughput is `Elements(m*k*n)`, so criterion's "elem/s" are multiply-accumulates
 //! per second (MAC/s). `im2col/64x32x32_k3p1` unfolds one 64-channel 32x32 input for a 3x3,
-//! padding-1 convolution (elements = entries of the column matrix).
+//! padding-1 convolution (elements = entries of the column matrix); `im2col/packed_...` writes
+//! the same matrix directly in the packed GEMM layout (`im2col_packed`).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use polypi_core::model::ConvGeom;
 use polypi_core::ring::gemm::{gemm_packed_with, GemmKernel, PackedB};
 use polypi_core::ring::im2col;
+use polypi_core::ring::im2col::im2col_packed;
 
 fn rand_vec(len: usize, seed: u64) -> Vec<u64> {
     let mut s = seed | 1;
@@ -80,6 +82,9 @@ fn bench_im2col(c: &mut Criterion) {
     group.throughput(Throughput::Elements(elems as u64));
     group.bench_function("64x32x32_k3p1", |bch| {
         bch.iter(|| black_box(im2col(black_box(&x), 1, &geom, 0)))
+    });
+    group.bench_function("packed_64x32x32_k3p1", |bch| {
+        bch.iter(|| black_box(im2col_packed(black_box(&x), 1, &geom, 0)))
     });
     group.finish();
 }

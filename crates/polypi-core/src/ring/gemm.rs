@@ -47,7 +47,7 @@ const MAX_MR: usize = 8;
 ///
 /// Layout: `ceil(n / NR)` strips; strip `s` is `k * NR` values, `data[s*k*NR + p*NR + j] =
 /// B[p][s*NR + j]` for `s*NR + j < n`, and 0 past the last column.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedB {
     /// Rows of B (the shared dimension).
     pub k: usize,
@@ -72,6 +72,17 @@ impl PackedB {
                 }
             }
         }
+        PackedB { k, n, data }
+    }
+
+    /// Wraps data already in the packed layout (see the type's docs), e.g. written directly by
+    /// [`crate::ring::im2col::im2col_packed`]. Panics if `data.len() != ceil(n/NR) * k * NR`.
+    pub(crate) fn from_packed_data(k: usize, n: usize, data: Vec<u64>) -> Self {
+        assert_eq!(
+            data.len(),
+            n.div_ceil(NR) * k * NR,
+            "packed B of {k} x {n}: wrong length"
+        );
         PackedB { k, n, data }
     }
 

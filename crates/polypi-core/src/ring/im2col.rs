@@ -12,9 +12,13 @@
 use rayon::prelude::*;
 
 use crate::model::ConvGeom;
+use crate::ring::gemm::{PackedB, NR};
 
 /// Column matrices with more elements than this are filled by rayon threads.
 const PAR_THRESHOLD_ELEMS: usize = 1 << 18;
+
+/// Columns one task of [`im2col_packed`] fills (a multiple of `NR`).
+const PACK_TASK_COLS: usize = 2048;
 
 /// Unfolds a batch `x` of shape `[n, c_in, h, w]` (NCHW) for group `g` into a column matrix of
 /// shape `[(c_in/groups)*kh*kw, n*out_h*out_w]` (row-major), zero padding outside the image.
@@ -24,69 +28,152 @@ const PAR_THRESHOLD_ELEMS: usize = 1 << 18;
 /// `[c_out, c_in/groups, kh, kw]` (PyTorch order) read as a `[c_out, (c_in/groups)*kh*kw]` matrix.
 /// Panics if `g >= groups` or `x.len() < n*c_in*h*w`.
 pub fn im2col(x: &[u64], n: usize, geom: &ConvGeom, g: usize) -> Vec<u64> {
-    let ConvGeom {
-        c_in,
-        h,
-        w,
-        kh,
-        kw,
-        stride,
-        padding,
-        groups,
-        ..
-    } = *geom;
-    assert!(g < groups, "im2col: group {g} out of {groups}");
-    assert!(
-        x.len() >= n * c_in * h * w,
-        "im2col: x has {} elements, need {}",
-        x.len(),
-        n * c_in * h * w
-    );
-    let cg = c_in / groups;
-    let (oh, ow) = (geom.out_h(), geom.out_w());
-    let ohw = oh * ow;
-    let rows = cg * kh * kw;
-    let cols = n * ohw;
-    let mut out = vec![0u64; rows * cols];
+    let u = Unfold::new(x, n, geom, g);
+    let mut out = vec![0u64; u.rows * u.cols];
     if out.is_empty() {
         return out;
     }
-    let fill_row = |r: usize, dst: &mut [u64]| {
+    let cols = u.cols;
+    if out.len() > PAR_THRESHOLD_ELEMS && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, d)| u.fill(r, 0, cols, d));
+    } else {
+        out.chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, d)| u.fill(r, 0, cols, d));
+    }
+    out
+}
+
+/// [`im2col`] written directly in the packed GEMM layout: equal to
+/// `PackedB::pack(&im2col(x, n, geom, g), rows, cols)` without the intermediate matrix, ready for
+/// [`crate::ring::gemm::gemm_packed`] as the `B` of `W_g * cols`. Same panics as [`im2col`].
+pub fn im2col_packed(x: &[u64], n: usize, geom: &ConvGeom, g: usize) -> PackedB {
+    let u = Unfold::new(x, n, geom, g);
+    let (rows, cols) = (u.rows, u.cols);
+    let mut data = vec![0u64; cols.div_ceil(NR) * rows * NR];
+    if !data.is_empty() {
+        // Task `t` fills the strips of columns `t*PACK_TASK_COLS ..`, a contiguous run of `data`.
+        let task_len = PACK_TASK_COLS / NR * rows * NR;
+        let fill_task = |(t, chunk): (usize, &mut [u64])| {
+            let j0 = t * PACK_TASK_COLS;
+            let j1 = (j0 + PACK_TASK_COLS).min(cols);
+            let mut buf = vec![0u64; j1 - j0];
+            for r in 0..rows {
+                buf.fill(0);
+                u.fill(r, j0, j1, &mut buf);
+                for (si, vals) in buf.chunks(NR).enumerate() {
+                    chunk[si * rows * NR + r * NR..][..vals.len()].copy_from_slice(vals);
+                }
+            }
+        };
+        if data.len() > PAR_THRESHOLD_ELEMS && rayon::current_num_threads() > 1 {
+            data.par_chunks_mut(task_len)
+                .enumerate()
+                .for_each(fill_task);
+        } else {
+            data.chunks_mut(task_len).enumerate().for_each(fill_task);
+        }
+    }
+    PackedB::from_packed_data(rows, cols, data)
+}
+
+/// One im2col problem: the input, its geometry and the group.
+struct Unfold<'a> {
+    x: &'a [u64],
+    geom: ConvGeom,
+    g: usize,
+    /// Input channels per group.
+    cg: usize,
+    oh: usize,
+    ow: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Unfold<'a> {
+    fn new(x: &'a [u64], n: usize, geom: &ConvGeom, g: usize) -> Self {
+        let ConvGeom {
+            c_in,
+            h,
+            w,
+            kh,
+            kw,
+            groups,
+            ..
+        } = *geom;
+        assert!(g < groups, "im2col: group {g} out of {groups}");
+        assert!(
+            x.len() >= n * c_in * h * w,
+            "im2col: x has {} elements, need {}",
+            x.len(),
+            n * c_in * h * w
+        );
+        let cg = c_in / groups;
+        let (oh, ow) = (geom.out_h(), geom.out_w());
+        Unfold {
+            x,
+            geom: *geom,
+            g,
+            cg,
+            oh,
+            ow,
+            rows: cg * kh * kw,
+            cols: n * oh * ow,
+        }
+    }
+
+    /// Writes columns `j0..j1` of row `r` of the column matrix into `dst[..j1-j0]`, touching only
+    /// the entries that read inside the image (`dst` must hold zeros elsewhere).
+    fn fill(&self, r: usize, j0: usize, j1: usize, dst: &mut [u64]) {
+        let ConvGeom {
+            c_in,
+            h,
+            w,
+            kh,
+            kw,
+            stride,
+            padding,
+            ..
+        } = self.geom;
+        let (oh, ow) = (self.oh, self.ow);
+        let ohw = oh * ow;
         let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
-        let c = g * cg + ci;
+        let c = self.g * self.cg + ci;
         let (oy_lo, oy_hi) = valid_range(ky, padding, stride, h, oh);
         let (ox_lo, ox_hi) = valid_range(kx, padding, stride, w, ow);
-        if ox_lo == ox_hi {
+        if ox_lo == ox_hi || oy_lo == oy_hi || j0 >= j1 {
             return;
         }
-        let len = ox_hi - ox_lo;
-        let ix0 = ox_lo * stride + kx - padding;
-        for (img, dimg) in dst.chunks_exact_mut(ohw).enumerate() {
-            let plane = &x[(img * c_in + c) * h * w..][..h * w];
-            for oy in oy_lo..oy_hi {
+        for img in j0 / ohw..=(j1 - 1) / ohw {
+            let plane = &self.x[(img * c_in + c) * h * w..][..h * w];
+            let base = img * ohw;
+            // Output rows of this image that meet the column window, intersected with the rows
+            // that read inside the image.
+            let first = (j0.max(base) - base) / ow;
+            let last = (j1.min(base + ohw) - 1 - base) / ow;
+            for oy in first.max(oy_lo)..(last + 1).min(oy_hi) {
+                let row0 = base + oy * ow;
+                let c_lo = (row0 + ox_lo).max(j0);
+                let c_hi = (row0 + ox_hi).min(j1);
+                if c_lo >= c_hi {
+                    continue;
+                }
                 let iy = oy * stride + ky - padding;
+                let ix0 = (c_lo - row0) * stride + kx - padding;
                 let src = &plane[iy * w + ix0..(iy + 1) * w];
-                let drow = &mut dimg[oy * ow + ox_lo..oy * ow + ox_hi];
+                let d = &mut dst[c_lo - j0..c_hi - j0];
                 if stride == 1 {
-                    drow.copy_from_slice(&src[..len]);
+                    d.copy_from_slice(&src[..d.len()]);
                 } else {
-                    for (d, &v) in drow.iter_mut().zip(src.iter().step_by(stride)) {
-                        *d = v;
+                    for (dv, &v) in d.iter_mut().zip(src.iter().step_by(stride)) {
+                        *dv = v;
                     }
                 }
             }
         }
-    };
-    if out.len() > PAR_THRESHOLD_ELEMS && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, d)| fill_row(r, d));
-    } else {
-        out.chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, d)| fill_row(r, d));
     }
-    out
 }
 
 /// Output positions `o in lo..hi` (`hi <= out_size`) whose input coordinate
@@ -134,7 +221,7 @@ pub fn col2out(y: &[u64], out: &mut [u64], n: usize, geom: &ConvGeom, g: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::gemm::gemm;
+    use crate::ring::gemm::{gemm, gemm_packed};
     use proptest::prelude::*;
 
     /// The original per-element im2col: the reference for the fast one.
@@ -226,14 +313,17 @@ mod tests {
         for g in 0..geom.groups {
             let cols = im2col(x, n, geom, g);
             assert_eq!(cols, im2col_naive(x, n, geom, g), "im2col {geom:?} g={g}");
-            gemm(
-                &wt[g * cog * k..(g + 1) * cog * k],
-                &cols,
-                &mut y,
-                cog,
-                k,
-                cols_n,
+            let packed = im2col_packed(x, n, geom, g);
+            assert_eq!(
+                packed,
+                PackedB::pack(&cols, k, cols_n),
+                "im2col_packed {geom:?} g={g}"
             );
+            let wg = &wt[g * cog * k..(g + 1) * cog * k];
+            let mut y2 = vec![0u64; cog * cols_n];
+            gemm_packed(wg, &packed, &mut y2, cog);
+            gemm(wg, &cols, &mut y, cog, k, cols_n);
+            assert_eq!(y, y2);
             col2out(&y, &mut out, n, geom, g);
         }
         out
@@ -313,6 +403,15 @@ mod tests {
         let fast = pool.install(|| im2col(&x, 1, &g, 0));
         assert!(fast.len() > PAR_THRESHOLD_ELEMS);
         assert_eq!(fast, im2col_naive(&x, 1, &g, 0));
+        let packed = pool.install(|| im2col_packed(&x, 1, &g, 0));
+        assert_eq!(packed, PackedB::pack(&fast, 64 * 9, 32 * 32));
+        // Several images and more than one packing task per image boundary.
+        let x3 = rand_vec(3 * 64 * 32 * 32, 10);
+        let packed = pool.install(|| im2col_packed(&x3, 3, &g, 0));
+        assert_eq!(
+            packed,
+            PackedB::pack(&im2col_naive(&x3, 3, &g, 0), 64 * 9, 3 * 32 * 32)
+        );
     }
 
     #[test]
