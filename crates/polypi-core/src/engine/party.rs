@@ -36,6 +36,10 @@ pub enum Material {
     Linear { mask: Option<Vec<u64>>, share: Vec<u64> },
     /// Polynomial: per power group, this party's shares of `r^1..r^m`.
     Poly { r_pows: Vec<Vec<Vec<u64>>> },
+    /// Input: this party's share of a dealer-made sharing of zero (server: `R0`, client: `-R0`),
+    /// added to the trivial sharing `(0, x)` of the client's input so that both shares are
+    /// uniform (SecureML local truncation is only correct on uniformly random shares).
+    Input { zero_share: Vec<u64> },
 }
 
 fn numel(shape: &[usize]) -> usize {
@@ -177,8 +181,15 @@ fn poly_mask(seed: &Seed, inference: u64, idx: usize, g: usize, n: usize) -> Vec
 
 impl Backend for Offline<'_> {
     type Value = Vec<usize>;
-    fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, batch))
+    fn input(&mut self, idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
+        let shape = with_batch(layer, batch);
+        let zero_share = if self.party == SERVER {
+            self.seed.ring(self.inference, idx, Purpose::InputMask, numel(&shape))
+        } else {
+            recv_ring(self.dealer()?, numel(&shape))?
+        };
+        self.put(idx, Material::Input { zero_share });
+        Ok(shape)
     }
     fn conv2d(
         &mut self,
@@ -352,8 +363,13 @@ impl<'a> Dealer<'a> {
 
 impl Backend for Dealer<'_> {
     type Value = Vec<usize>;
-    fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, batch))
+    fn input(&mut self, idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
+        let shape = with_batch(layer, batch);
+        let r0 = self.server_seed.ring(self.inference, idx, Purpose::InputMask, numel(&shape));
+        let neg: Vec<u64> = r0.iter().map(|v| v.wrapping_neg()).collect();
+        send_ring(self.client, &neg)?;
+        self.client.flush()?;
+        Ok(shape)
     }
     fn conv2d(
         &mut self,
@@ -560,13 +576,20 @@ impl<'a> Online<'a> {
 
 impl Backend for Online<'_> {
     type Value = RingTensor;
-    fn input(&mut self, _idx: usize, layer: &Layer, batch: usize) -> Result<RingTensor> {
+    fn input(&mut self, idx: usize, layer: &Layer, batch: usize) -> Result<RingTensor> {
         let shape = with_batch(layer, batch);
-        if self.party == SERVER {
-            Ok(RingTensor::zeros(&shape))
+        let Material::Input { zero_share } = self.take(idx, layer)? else {
+            return Err(Error::graph(&layer.name, "wrong offline material"));
+        };
+        let mut x = if self.party == SERVER {
+            RingTensor::zeros(&shape)
         } else {
-            RingTensor::from_vec(&shape, std::mem::take(&mut self.input))
+            RingTensor::from_vec(&shape, std::mem::take(&mut self.input))?
+        };
+        for (v, z) in x.data.iter_mut().zip(&zero_share) {
+            *v = v.wrapping_add(*z);
         }
+        Ok(x)
     }
     fn conv2d(
         &mut self,
