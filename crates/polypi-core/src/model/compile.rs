@@ -121,8 +121,7 @@ pub fn compile(file: &ModelFile) -> Result<Plan> {
                                 *w = (*w as f64 * k) as f32;
                             }
                             let b = conv.bias[co] as f64;
-                            conv.bias[co] =
-                                ((b - mean[co] as f64) * k + beta[co] as f64) as f32;
+                            conv.bias[co] = ((b - mean[co] as f64) * k + beta[co] as f64) as f32;
                         }
                         layer_of[i] = l;
                         continue;
@@ -131,9 +130,7 @@ pub fn compile(file: &ModelFile) -> Result<Plan> {
                 let rows = scale
                     .iter()
                     .enumerate()
-                    .map(|(c, k)| {
-                        vec![(beta[c] as f64 - mean[c] as f64 * k) as f32, *k as f32]
-                    })
+                    .map(|(c, k)| vec![(beta[c] as f64 - mean[c] as f64 * k) as f32, *k as f32])
                     .collect();
                 LayerOp::Poly(poly_layer(rows))
             }
@@ -165,9 +162,9 @@ pub fn compile(file: &ModelFile) -> Result<Plan> {
                     .collect();
                 LayerOp::Poly(poly_layer(rows))
             }
-            Op::PolyKerv { c_p, d_p, a_p } => LayerOp::Poly(poly_layer(vec![polykerv_coeffs(
-                *c_p, *d_p, *a_p,
-            )])),
+            Op::PolyKerv { c_p, d_p, a_p } => {
+                LayerOp::Poly(poly_layer(vec![polykerv_coeffs(*c_p, *d_p, *a_p)]))
+            }
         };
         layer_of[i] = layers.len();
         layers.push(Layer { name: nd.name.clone(), op, inputs: ins, out_shape: shapes[i].clone() });
@@ -342,5 +339,267 @@ pub(crate) mod naive {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::file::TensorF32;
+    use crate::model::graph::{Graph, Node};
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn f(&mut self) -> f32 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn v(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.f()).collect()
+        }
+    }
+
+    fn node(name: &str, inputs: &[&str], op: Op) -> Node {
+        Node { name: name.into(), inputs: inputs.iter().map(|s| s.to_string()).collect(), op }
+    }
+
+    fn file(
+        input_shape: Vec<usize>,
+        nodes: Vec<Node>,
+        t: Vec<(&str, Vec<usize>, Vec<f32>)>,
+    ) -> ModelFile {
+        let tensors: BTreeMap<String, TensorF32> =
+            t.into_iter().map(|(n, s, d)| (n.to_string(), TensorF32::new(s, d).unwrap())).collect();
+        let graph =
+            Graph { input_shape, frac_bits: 16, normalize: None, nodes, labels: Vec::new() };
+        ModelFile { graph, card: None, tensors }
+    }
+
+    fn conv_op(w: &str, b: Option<&str>, stride: usize, padding: usize) -> Op {
+        Op::Conv2d { weight: w.into(), bias: b.map(Into::into), stride, padding, groups: 1 }
+    }
+
+    fn bn_op(p: &str) -> Op {
+        Op::BatchNorm2d {
+            weight: format!("{p}.g"),
+            bias: format!("{p}.b"),
+            running_mean: format!("{p}.m"),
+            running_var: format!("{p}.v"),
+            eps: 1e-3,
+        }
+    }
+
+    fn bn_tensors(p: &str, c: usize, r: &mut Lcg) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        vec![
+            (format!("{p}.g"), vec![c], r.v(c).iter().map(|v| 1.0 + 0.5 * v).collect()),
+            (format!("{p}.b"), vec![c], r.v(c)),
+            (format!("{p}.m"), vec![c], r.v(c)),
+            (format!("{p}.v"), vec![c], r.v(c).iter().map(|v| 1.0 + 0.9 * v).collect()),
+        ]
+    }
+
+    /// conv(3->4, 3x3, stride 2, pad 1) + BN on a 3x7x7 input, plus, when `second_use`, an Add
+    /// that also reads the conv output (which forbids folding).
+    fn conv_bn(second_use: bool) -> (ModelFile, Vec<f32>) {
+        let mut r = Lcg(42);
+        let mut t: Vec<(String, Vec<usize>, Vec<f32>)> =
+            vec![("w".into(), vec![4, 3, 3, 3], r.v(108)), ("b".into(), vec![4], r.v(4))];
+        t.extend(bn_tensors("bn", 4, &mut r));
+        let mut nodes = vec![
+            node("input", &[], Op::Input),
+            node("conv", &["input"], conv_op("w", Some("b"), 2, 1)),
+            node("bn", &["conv"], bn_op("bn")),
+        ];
+        if second_use {
+            nodes.push(node("sum", &["bn", "conv"], Op::Add));
+        }
+        let t = t.iter().map(|(n, s, d)| (n.as_str(), s.clone(), d.clone())).collect();
+        (file(vec![3, 7, 7], nodes, t), r.v(147))
+    }
+
+    /// Un-folded f32 reference: conv then BN.
+    fn conv_then_bn(f: &ModelFile, x: &[f32]) -> Vec<f32> {
+        let t = |n: &str| f.tensors[n].data.clone();
+        let geom = ConvGeom {
+            c_in: 3,
+            h: 7,
+            w: 7,
+            c_out: 4,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            padding: 1,
+            groups: 1,
+        };
+        let y = naive::conv2d(x, &ConvLayer { geom, weight: t("w"), bias: t("b") });
+        let hw = geom.out_h() * geom.out_w();
+        let (g, b, m, v) = (t("bn.g"), t("bn.b"), t("bn.m"), t("bn.v"));
+        y.iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let c = i / hw;
+                (y - m[c]) / (v[c] + 1e-3).sqrt() * g[c] + b[c]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batchnorm_is_folded_into_the_conv() {
+        let (f, x) = conv_bn(false);
+        let plan = compile(&f).unwrap();
+        let kinds: Vec<&str> = plan.layers.iter().map(|l| l.op.kind()).collect();
+        assert_eq!(kinds, ["Input", "Conv2d"]);
+        assert_eq!(plan.layers[1].out_shape, vec![4, 4, 4]);
+        let got = naive::forward(&plan, &x).pop().unwrap();
+        let want = conv_then_bn(&f, &x);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn batchnorm_not_after_a_private_conv_becomes_a_degree_1_poly() {
+        let (f, x) = conv_bn(true);
+        let plan = compile(&f).unwrap();
+        let kinds: Vec<&str> = plan.layers.iter().map(|l| l.op.kind()).collect();
+        assert_eq!(kinds, ["Input", "Conv2d", "Poly", "Add"]);
+        let LayerOp::Poly(p) = &plan.layers[2].op else { unreachable!() };
+        assert_eq!(p.degree, 1);
+        assert_eq!(p.coeffs.len(), 4);
+        let outs = naive::forward(&plan, &x);
+        let want = conv_then_bn(&f, &x);
+        for (a, b) in outs[2].iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert_eq!(plan.layers[3].inputs, vec![2, 1]);
+    }
+
+    #[test]
+    fn x2act_lowering() {
+        let nodes = vec![
+            node("input", &[], Op::Input),
+            node(
+                "x2",
+                &["input"],
+                Op::X2Act { s: 0.1, w0: "w0".into(), w1: "w1".into(), b: "b".into() },
+            ),
+        ];
+        let f = file(
+            vec![2, 1, 1],
+            nodes,
+            vec![
+                ("w0", vec![2], vec![0.5, 0.25]),
+                ("w1", vec![2], vec![1.0, 0.9]),
+                ("b", vec![2], vec![0.01, -0.02]),
+            ],
+        );
+        let plan = compile(&f).unwrap();
+        let LayerOp::Poly(p) = &plan.layers[1].op else { panic!() };
+        assert_eq!(p.degree, 2);
+        assert_eq!(p.coeffs, vec![vec![0.01, 1.0, 0.05], vec![-0.02, 0.9, 0.025]]);
+
+        // All w0 = 0: degree 1.
+        let mut f0 = f.clone();
+        f0.tensors.get_mut("w0").unwrap().data = vec![0.0, 0.0];
+        let plan = compile(&f0).unwrap();
+        let LayerOp::Poly(p) = &plan.layers[1].op else { panic!() };
+        assert_eq!(p.degree, 1);
+        assert_eq!(p.coeffs, vec![vec![0.01, 1.0], vec![-0.02, 0.9]]);
+    }
+
+    #[test]
+    fn polykerv_lowering() {
+        assert_eq!(polykerv_coeffs(1.0, 2, 1.0), vec![1.0, 2.0, 1.0]);
+        assert_eq!(polykerv_coeffs(0.5, 3, 2.0), vec![0.25, 1.5, 3.0, 2.0]);
+        assert_eq!(polykerv_coeffs(0.0, 2, 0.009), vec![0.0, 0.0, 0.009]);
+        let nodes = vec![
+            node("input", &[], Op::Input),
+            node("pk", &["input"], Op::PolyKerv { c_p: 0.47, d_p: 2, a_p: 0.009 }),
+        ];
+        let plan = compile(&file(vec![3], nodes, vec![])).unwrap();
+        let LayerOp::Poly(p) = &plan.layers[1].op else { panic!() };
+        assert_eq!(p.degree, 2);
+        assert_eq!(p.coeffs.len(), 1);
+        let want = [0.009 * 0.47 * 0.47, 0.009 * 2.0 * 0.47, 0.009];
+        for (a, b) in p.coeffs[0].iter().zip(want) {
+            assert!((a - b).abs() < 1e-7);
+        }
+    }
+
+    #[test]
+    fn poly_rows_are_trimmed_and_padded() {
+        let mk = |op: Op, t: Vec<(&str, Vec<usize>, Vec<f32>)>| {
+            let nodes = vec![node("input", &[], Op::Input), node("p", &["input"], op)];
+            let plan = compile(&file(vec![2, 2, 2], nodes, t)).unwrap();
+            let LayerOp::Poly(p) = &plan.layers[1].op else { panic!() };
+            p.clone()
+        };
+        let shared = |c: Vec<f32>| Op::Poly { coefficients: c, coefficients_tensor: None };
+        let p = mk(shared(vec![1.0, 2.0, 0.0, 0.0]), vec![]);
+        assert_eq!((p.degree, p.coeffs), (1, vec![vec![1.0, 2.0]]));
+        let p = mk(shared(vec![3.0]), vec![]);
+        assert_eq!((p.degree, p.coeffs), (1, vec![vec![3.0, 0.0]]));
+        let p = mk(shared(vec![0.0, 0.0, 1.0]), vec![]);
+        assert_eq!((p.degree, p.coeffs), (2, vec![vec![0.0, 0.0, 1.0]]));
+        let per = Op::Poly { coefficients: vec![], coefficients_tensor: Some("c".into()) };
+        let p = mk(per, vec![("c", vec![2, 4], vec![1.0, 2.0, 0.0, 0.0, 0.5, 0.0, 3.0, 0.0])]);
+        assert_eq!((p.degree, p.coeffs), (2, vec![vec![1.0, 2.0, 0.0], vec![0.5, 0.0, 3.0]]));
+    }
+
+    #[test]
+    fn identity_is_removed_and_dead_layers_dropped() {
+        let mut r = Lcg(1);
+        let nodes = vec![
+            node("input", &[], Op::Input),
+            node("id0", &["input"], Op::Identity),
+            node("conv", &["id0"], conv_op("w", None, 1, 0)),
+            node("id1", &["conv"], Op::Identity),
+            node("id2", &["id1"], Op::Identity),
+            node("bn", &["id2"], bn_op("bn")),
+            node("dead", &["bn"], Op::Relu),
+            node("relu", &["bn"], Op::Relu),
+            node("add", &["relu", "id1"], Op::Add),
+            node("out", &["add"], Op::Identity),
+        ];
+        let mut t = vec![("w".to_string(), vec![2, 2, 1, 1], r.v(4))];
+        t.extend(bn_tensors("bn", 2, &mut r));
+        let t = t.iter().map(|(n, s, d)| (n.as_str(), s.clone(), d.clone())).collect();
+        let f = file(vec![2, 3, 3], nodes, t);
+        let plan = compile(&f).unwrap();
+        let names: Vec<&str> = plan.layers.iter().map(|l| l.name.as_str()).collect();
+        // conv has two readers (bn via id2, add via id1): BN stays as a Poly.
+        assert_eq!(names, ["input", "conv", "bn", "relu", "add"]);
+        let ins: Vec<Vec<usize>> = plan.layers.iter().map(|l| l.inputs.clone()).collect();
+        assert_eq!(ins, vec![vec![], vec![0], vec![1], vec![2], vec![3, 1]]);
+        assert_eq!(plan.num_classes(), 18);
+
+        // Without the second reader, BN folds into the conv even through Identity nodes.
+        let mut f2 = f.clone();
+        f2.graph.nodes[8] = node("add", &["relu", "relu"], Op::Add);
+        let plan = compile(&f2).unwrap();
+        let names: Vec<&str> = plan.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["input", "conv", "relu", "add"]);
+    }
+
+    #[test]
+    fn conv_that_is_the_output_is_not_folded_away() {
+        let mut r = Lcg(3);
+        let nodes = vec![
+            node("input", &[], Op::Input),
+            node("conv", &["input"], conv_op("w", None, 1, 0)),
+            node("bn", &["conv"], bn_op("bn")),
+            node("out", &["conv"], Op::Identity),
+        ];
+        let mut t = vec![("w".to_string(), vec![2, 2, 1, 1], r.v(4))];
+        t.extend(bn_tensors("bn", 2, &mut r));
+        let t = t.iter().map(|(n, s, d)| (n.as_str(), s.clone(), d.clone())).collect();
+        let f = file(vec![2, 3, 3], nodes, t);
+        let plan = compile(&f).unwrap();
+        let names: Vec<&str> = plan.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["input", "conv"]);
+        let LayerOp::Conv2d(c) = &plan.layers[1].op else { panic!() };
+        assert_eq!(c.weight, f.tensors["w"].data);
     }
 }

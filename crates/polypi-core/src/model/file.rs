@@ -127,7 +127,9 @@ impl ModelFile {
         let kv = meta.metadata().as_ref().unwrap_or(&empty);
 
         let version = kv.get(KEY_VERSION).ok_or_else(|| {
-            bad(format!("no '{KEY_VERSION}' in the safetensors metadata (not a polypi model file?)"))
+            bad(format!(
+                "no '{KEY_VERSION}' in the safetensors metadata (not a polypi model file?)"
+            ))
         })?;
         if version != FORMAT_VERSION {
             return Err(bad(format!(
@@ -156,10 +158,8 @@ impl ModelFile {
                 )));
             }
             let raw = view.data();
-            let data: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let data: Vec<f32> =
+                raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             let shape = view.shape().to_vec();
             if data.len() != shape.iter().product::<usize>() {
                 return Err(bad(format!("tensor '{tname}': data does not match shape {shape:?}")));
@@ -195,7 +195,9 @@ impl ModelFile {
         let mut offset = 0usize;
         for (name, t) in &self.tensors {
             if name == "__metadata__" {
-                return Err(Error::InvalidArgument("a tensor may not be named __metadata__".into()));
+                return Err(Error::InvalidArgument(
+                    "a tensor may not be named __metadata__".into(),
+                ));
             }
             if t.data.len() != t.numel() {
                 return Err(Error::InvalidArgument(format!(
@@ -243,11 +245,7 @@ impl ModelFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            file_name.to_string_lossy(),
-            std::process::id()
-        ));
+        let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
@@ -329,7 +327,9 @@ impl ModelFile {
                     Some(&j) => ins.push(&shapes[j]),
                     None => {
                         let reason = match all.get(inp.as_str()) {
-                            Some(&j) if j == i => format!("input '{inp}' refers to the node itself"),
+                            Some(&j) if j == i => {
+                                format!("input '{inp}' refers to the node itself")
+                            }
                             Some(&j) => format!(
                                 "input '{inp}' refers to a later node (#{j}); nodes must be in \
                                  topological order"
@@ -349,7 +349,10 @@ impl ModelFile {
         if !g.labels.is_empty() && g.labels.len() != n_out {
             return Err(Error::graph(
                 last,
-                format!("the graph has {} labels but the output has {n_out} values", g.labels.len()),
+                format!(
+                    "the graph has {} labels but the output has {n_out} values",
+                    g.labels.len()
+                ),
             ));
         }
         Ok(shapes)
@@ -363,10 +366,7 @@ impl ModelFile {
             if s.len() == 3 {
                 Ok((s[0], s[1], s[2]))
             } else {
-                Err(gerr(format!(
-                    "op {} needs a [C, H, W] input, got shape {s:?}",
-                    node.op.kind()
-                )))
+                Err(gerr(format!("op {} needs a [C, H, W] input, got shape {s:?}", node.op.kind())))
             }
         };
         let pos = |what: &str, v: usize| -> Result<()> {
@@ -607,7 +607,11 @@ impl ModelFile {
         if t.data.len() != t.numel() {
             return Err(Error::graph(
                 node,
-                format!("{role} tensor '{tname}' has {} values for shape {:?}", t.data.len(), t.shape),
+                format!(
+                    "{role} tensor '{tname}' has {} values for shape {:?}",
+                    t.data.len(),
+                    t.shape
+                ),
             ));
         }
         if let Some((i, v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
@@ -758,16 +762,16 @@ mod tests {
                     r as u8
                 })
                 .collect();
-            assert!(matches!(
-                ModelFile::from_bytes(&garbage, "g"),
-                Err(Error::ModelFile { .. })
-            ));
+            assert!(matches!(ModelFile::from_bytes(&garbage, "g"), Err(Error::ModelFile { .. })));
         }
         // A plausible header length pointing past the end.
         let mut b = (1u64 << 40).to_le_bytes().to_vec();
         b.extend_from_slice(b"{}");
         assert!(matches!(ModelFile::from_bytes(&b, "g"), Err(Error::ModelFile { .. })));
-        assert!(matches!(ModelFile::load("/nonexistent/x.safetensors"), Err(Error::ModelFile { .. })));
+        assert!(matches!(
+            ModelFile::load("/nonexistent/x.safetensors"),
+            Err(Error::ModelFile { .. })
+        ));
     }
 
     fn with_graph_json(f: &ModelFile, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
@@ -961,8 +965,10 @@ mod tests {
         assert_eq!(graph_err(f.validate().unwrap_err()).0, "act1");
 
         let mut f = small();
-        node_mut(&mut f, "act1").op =
-            Op::Poly { coefficients: vec![0.0; 10].into_iter().chain([1.0]).collect(), coefficients_tensor: None };
+        node_mut(&mut f, "act1").op = Op::Poly {
+            coefficients: vec![0.0; 10].into_iter().chain([1.0]).collect(),
+            coefficients_tensor: None,
+        };
         assert_eq!(graph_err(f.validate().unwrap_err()).0, "act1");
 
         let mut f = small();
