@@ -39,7 +39,12 @@ fn shape_err(node: &str, expected: Vec<usize>, got: &[usize]) -> Error {
 /// Convolution `[N, c_in, h, w] -> [N, c_out, oh, ow]` with per-group weight matrices
 /// (`weight[g]`: `[c_out/groups, (c_in/groups)*kh*kw]`), no bias, no truncation.
 /// Errors: `ShapeMismatch` if `x` is not `[N, c_in, h, w]`.
-pub fn conv_ring(x: &RingTensor, weight: &[Vec<u64>], geom: &ConvGeom, node: &str) -> Result<RingTensor> {
+pub fn conv_ring(
+    x: &RingTensor,
+    weight: &[Vec<u64>],
+    geom: &ConvGeom,
+    node: &str,
+) -> Result<RingTensor> {
     if x.shape.len() != 4 || x.shape[1..] != [geom.c_in, geom.h, geom.w] {
         return Err(shape_err(node, vec![0, geom.c_in, geom.h, geom.w], &x.shape));
     }
@@ -60,7 +65,13 @@ pub fn conv_ring(x: &RingTensor, weight: &[Vec<u64>], geom: &ConvGeom, node: &st
 
 /// Fully connected `[N, in] -> [N, out]` with a transposed weight `[in, out]`, no bias.
 /// Errors: `ShapeMismatch` if `x` is not `[N, in]`.
-pub fn linear_ring(x: &RingTensor, weight_t: &[u64], in_f: usize, out_f: usize, node: &str) -> Result<RingTensor> {
+pub fn linear_ring(
+    x: &RingTensor,
+    weight_t: &[u64],
+    in_f: usize,
+    out_f: usize,
+    node: &str,
+) -> Result<RingTensor> {
     if x.shape.len() != 2 || x.shape[1] != in_f {
         return Err(shape_err(node, vec![0, in_f], &x.shape));
     }
@@ -87,7 +98,13 @@ pub fn add_channel_bias(y: &mut RingTensor, bias: &[u64]) {
 
 /// Full conv layer on one party's share (or the twin's value): conv, bias (by the party that adds
 /// constants), truncation by `frac_bits`.
-pub fn conv_layer(x: &RingTensor, w: &EncodedConv, frac_bits: u32, t: Trunc, node: &str) -> Result<RingTensor> {
+pub fn conv_layer(
+    x: &RingTensor,
+    w: &EncodedConv,
+    frac_bits: u32,
+    t: Trunc,
+    node: &str,
+) -> Result<RingTensor> {
     let mut y = conv_ring(x, &w.weight, &w.geom, node)?;
     if t.adds_constants() {
         add_channel_bias(&mut y, &w.bias);
@@ -97,7 +114,13 @@ pub fn conv_layer(x: &RingTensor, w: &EncodedConv, frac_bits: u32, t: Trunc, nod
 }
 
 /// Full linear layer: GEMM, bias, truncation by `frac_bits`.
-pub fn linear_layer(x: &RingTensor, w: &EncodedLinear, frac_bits: u32, t: Trunc, node: &str) -> Result<RingTensor> {
+pub fn linear_layer(
+    x: &RingTensor,
+    w: &EncodedLinear,
+    frac_bits: u32,
+    t: Trunc,
+    node: &str,
+) -> Result<RingTensor> {
     let mut y = linear_ring(x, &w.weight_t, w.in_features, w.out_features, node)?;
     if t.adds_constants() {
         add_channel_bias(&mut y, &w.bias);
@@ -122,7 +145,14 @@ pub fn div_by_count(x: &mut [u64], count: usize, frac_bits: u32, t: Trunc) {
 
 /// Average pooling `[N, C, H, W] -> [N, C, (H-k)/s+1, (W-k)/s+1]` (sum, then [`div_by_count`]).
 /// Errors: `ShapeMismatch` for a non-4-D input or a window larger than the image.
-pub fn avgpool(x: &RingTensor, k: usize, s: usize, frac_bits: u32, t: Trunc, node: &str) -> Result<RingTensor> {
+pub fn avgpool(
+    x: &RingTensor,
+    k: usize,
+    s: usize,
+    frac_bits: u32,
+    t: Trunc,
+    node: &str,
+) -> Result<RingTensor> {
     if x.shape.len() != 4 || x.shape[2] < k || x.shape[3] < k || k == 0 || s == 0 {
         return Err(shape_err(node, vec![0, 0, k, k], &x.shape));
     }
@@ -175,7 +205,12 @@ pub fn flatten(x: RingTensor) -> RingTensor {
 /// party's shares of `r^1..r^m` (`r_pows[i-1]` = share of `r^i`):
 /// `x^k = sum_i C(k,i) e^(k-i) r^i`, where the `i = 0` term is added by the party that adds
 /// constants (HoneyBadger-style dealer powers; one round for any degree).
-pub fn powers_from_opening(e: &[u64], r_pows: &[Vec<u64>], powers: &[usize], t: Trunc) -> Vec<Vec<u64>> {
+pub fn powers_from_opening(
+    e: &[u64],
+    r_pows: &[Vec<u64>],
+    powers: &[usize],
+    t: Trunc,
+) -> Vec<Vec<u64>> {
     let n = e.len();
     let mut out = Vec::with_capacity(powers.len());
     for &k in powers {
@@ -208,7 +243,14 @@ pub fn powers_from_opening(e: &[u64], r_pows: &[Vec<u64>], powers: &[usize], t: 
 /// Final step of a polynomial: `acc = c_0 + c_1 x + sum_k c_k x^k` per channel, truncated by f.
 /// `x` is the input at scale f, `pows[k]` the value/share of `x^k` at scale f (index = power; 0
 /// and 1 unused). `sample_shape` gives the channel layout (dim 1 of NCHW or `[N, F]`).
-pub fn poly_combine(x: &RingTensor, pows: &[Vec<u64>], plan: &PolyPlan, frac_bits: u32, t: Trunc) -> RingTensor {
+#[allow(clippy::needless_range_loop)] // j indexes x, y and every power alike
+pub fn poly_combine(
+    x: &RingTensor,
+    pows: &[Vec<u64>],
+    plan: &PolyPlan,
+    frac_bits: u32,
+    t: Trunc,
+) -> RingTensor {
     let n = x.shape[0];
     let c = x.shape.get(1).copied().unwrap_or(1);
     let inner = x.data.len() / (n * c).max(1);

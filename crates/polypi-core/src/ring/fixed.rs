@@ -80,7 +80,7 @@ impl FixedPoint {
 /// `|x| * 2^frac_bits >= 2^63`.
 pub fn encode_at(x: f64, frac_bits: u32) -> Result<u64> {
     let scaled = (x * (frac_bits as f64).exp2()).round();
-    if !scaled.is_finite() || scaled.abs() >= 9.223_372_036_854_775_807e18 {
+    if !scaled.is_finite() || scaled.abs() >= i64::MAX as f64 {
         return Err(Error::RangeExceeded {
             location: "fixed-point encode".into(),
             value: x,
