@@ -1,1 +1,84 @@
-fn main() {}
+//! `polypi`: the command-line tool of polypi — private inference of polynomial networks between a
+//! server (the model), a client (the input) and a dealer (correlated randomness).
+//!
+//! Exit codes: 0 success, 1 runtime error (including private/plaintext disagreement in `infer`),
+//! 2 usage error (clap). Every error ends with a hint saying what to do.
+
+mod common;
+mod eval;
+mod infer;
+mod inspect;
+mod net;
+mod zoo;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Private inference (2PC) of neural networks with polynomial activations.
+#[derive(Parser, Debug)]
+#[command(name = "polypi", version, about, long_about = None)]
+struct Cli {
+    /// More log output on stderr (-v: info, -vv: debug, -vvv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Private inference with server, client and dealer in this process (TCP on loopback).
+    Infer(infer::InferArgs),
+    /// Server: holds the model, serves clients one after another.
+    Serve(net::ServeArgs),
+    /// Dealer: streams correlated randomness to one server and one client per session.
+    Dealer(net::DealerArgs),
+    /// Client: private inference of images against a running server and dealer.
+    Query(net::QueryArgs),
+    /// Plaintext accuracy on a test set, and private inference on its first images.
+    Eval(eval::EvalArgs),
+    /// Shows a model's graph, shapes, parameters, MACs, activations and model card.
+    Inspect(inspect::InspectArgs),
+    /// Writes a reference network with random weights (for tests and benchmarks).
+    Zoo(zoo::ZooArgs),
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.cmd {
+        Command::Infer(a) => infer::run(a),
+        Command::Serve(a) => net::serve(a),
+        Command::Dealer(a) => net::dealer(a),
+        Command::Query(a) => net::query(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Zoo(a) => zoo::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if let Some(h) = common::hint(&e) {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Helpers shared by the commands: default paths, model and image loading, class names, softmax,
+//! TCP options and the "what to do" hints printed after an error.
+
+use anyhow::{bail, Context, Result};
+use polypi_core::model::{compile, file::ModelFile, Plan};
+use polypi_core::net::TcpOptions;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The model shipped with the repository, used by `polypi infer` without `--model`.
+pub const DEFAULT_MODEL: &str = "models/netm-x2act-fmnist.safetensors";
+/// The folder of the shipped sample images, used by `polypi infer` without `--input`.
+pub const DEFAULT_SAMPLES: &str = "data/samples";
+
+/// Resolves a repository-relative path: first against the current directory, then against the
+/// repository this binary was built from. `None` if neither exists.
+pub fn resolve_repo_path(rel: &str) -> Option<PathBuf> {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return Some(here);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    repo.exists().then_some(repo)
+}
+
+/// The model path given on the command line, or the shipped model.
+pub fn model_path(arg: Option<&Path>) -> Result<PathBuf> {
+    match arg {
+        Some(p) => Ok(p.to_path_buf()),
+        None => resolve_repo_path(DEFAULT_MODEL).with_context(|| {
+            format!(
+                "the shipped model {DEFAULT_MODEL} is not there (not trained yet?): pass \
+                 --model FILE, e.g. a random-weight one written by `polypi zoo --net NET-M --act x2 \
+                 --out netm.safetensors`"
+            )
+        }),
+    }
+}
+
+/// A loaded model: the file (graph, tensors, card) and its compiled plan.
+pub struct Model {
+    /// The file as loaded (validated).
+    pub file: ModelFile,
+    /// The compiled plan (weights included).
+    pub plan: Plan,
+}
+
+/// Loads and compiles a model file, with errors naming the file and saying what to do.
+pub fn load_model(path: &Path) -> Result<Model> {
+    if !path.exists() {
+        bail!(
+            "model file {} not found: check the path, or write a random-weight model with \
+             `polypi zoo --net NET-M --act x2 --out {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    let file = ModelFile::load(path).with_context(|| {
+        format!(
+            "cannot load model {} (is it a polypi .safetensors model written by polypi-train or \
+             `polypi zoo`?)",
+            path.display()
+        )
+    })?;
+    let plan = compile::compile(&file)
+        .with_context(|| format!("cannot compile model {}", path.display()))?;
+    Ok(Model { file, plan })
+}
+
+/// The sample images shipped with the repository (`data/samples/*.png`, sorted by name).
+pub fn default_inputs() -> Result<Vec<PathBuf>> {
+    let dir = resolve_repo_path(DEFAULT_SAMPLES).with_context(|| {
+        format!("no --input given and the sample folder {DEFAULT_SAMPLES} is missing: pass --input IMG")
+    })?;
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")))
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        bail!("no PNG images in {}: pass --input IMG", dir.display());
+    }
+    Ok(v)
+}
+
+/// Loads an image file (PNG, PGM/PPM) as one normalised NCHW sample of `plan`'s input shape:
+/// grayscale or RGB by the input's channel count, `x/255`, then the plan's per-channel
+/// `(x - mean) / std`. Errors when the size differs from the model's input (no resizing).
+pub fn load_image(path: &Path, plan: &Plan) -> Result<Vec<f32>> {
+    let shape = plan.input_shape();
+    let (c, h, w) = match shape {
+        [c, h, w] => (*c, *h, *w),
+        _ => bail!("the model's input shape {shape:?} is not an image [C, H, W]"),
+    };
+    let img = image::open(path).with_context(|| {
+        format!("cannot read image {} (supported: PNG, PGM/PPM; check the path)", path.display())
+    })?;
+    if img.width() as usize != w || img.height() as usize != h {
+        bail!(
+            "image {} is {}x{} pixels but the model expects {w}x{h} (width x height): resize it \
+             to {w}x{h} first (polypi does not resize)",
+            path.display(),
+            img.width(),
+            img.height()
+        );
+    }
+    let pixels: Vec<u8> = match c {
+        1 => img.to_luma8().into_raw(),
+        3 => img.to_rgb8().into_raw(),
+        _ => bail!("the model expects {c} input channels; only 1 (grayscale) and 3 (RGB) images are supported"),
+    };
+    Ok(pixels_to_input(&pixels, c, h, w, true, plan))
+}
+
+/// Converts `u8` pixels to a normalised NCHW sample: `x/255`, then the plan's normalisation.
+/// `interleaved`: pixels are HWC (as from an image file); otherwise CHW (as in datasets).
+pub fn pixels_to_input(
+    px: &[u8],
+    c: usize,
+    h: usize,
+    w: usize,
+    interleaved: bool,
+    plan: &Plan,
+) -> Vec<f32> {
+    let mut out = vec![0f32; c * h * w];
+    for ch in 0..c {
+        let (mean, std) = match &plan.normalize {
+            Some(n) => (
+                n.mean.get(ch).copied().unwrap_or(0.0),
+                n.std.get(ch).copied().filter(|s| *s != 0.0).unwrap_or(1.0),
+            ),
+            None => (0.0, 1.0),
+        };
+        for i in 0..h * w {
+            let p = if interleaved { px[i * c + ch] } else { px[ch * h * w + i] };
+            out[ch * h * w + i] = (p as f32 / 255.0 - mean) / std;
+        }
+    }
+    out
+}
+
+/// Name of class `i`: the plan's label, or the index.
+pub fn class_name(plan: &Plan, i: usize) -> String {
+    plan.labels.get(i).cloned().unwrap_or_else(|| i.to_string())
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in xs.iter().enumerate() {
+        if *x > xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Numerically stable softmax.
+pub fn softmax(xs: &[f32]) -> Vec<f32> {
+    let m = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = xs.iter().map(|x| (x - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+/// One class with its probability.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassProb {
+    /// Class index.
+    pub class: usize,
+    /// Class name.
+    pub label: String,
+    /// Softmax probability.
+    pub prob: f32,
+}
+
+/// The `k` most probable classes of `logits`.
+pub fn top_k(plan: &Plan, logits: &[f32], k: usize) -> Vec<ClassProb> {
+    let p = softmax(logits);
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|a, b| p[*b].total_cmp(&p[*a]).then(a.cmp(b)));
+    idx.into_iter()
+        .take(k)
+        .map(|i| ClassProb { class: i, label: class_name(plan, i), prob: p[i] })
+        .collect()
+}
+
+/// Formats the top classes as `name 97.1%, name 2.0%, ...`.
+pub fn fmt_top(top: &[ClassProb]) -> String {
+    top.iter().map(|c| format!("{} {:.1}%", c.label, c.prob * 100.0)).collect::<Vec<_>>().join(", ")
+}
+
+/// TCP options with the given read/write timeout in seconds (0 = wait forever).
+pub fn tcp_options(timeout_s: f64) -> Result<TcpOptions> {
+    if !(timeout_s.is_finite() && timeout_s >= 0.0) {
+        bail!("--timeout-s must be a number >= 0 (0 = wait forever), got {timeout_s}");
+    }
+    let t = (timeout_s > 0.0).then(|| Duration::from_secs_f64(timeout_s));
+    Ok(TcpOptions { read_timeout: t, write_timeout: t, ..Default::default() })
+}
+
+/// What to do about an error, when its cause is a known polypi-core error.
+pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    use polypi_core::Error as E;
+    for cause in e.chain() {
+        if let Some(pe) = cause.downcast_ref::<E>() {
+            return Some(match pe {
+                E::ModelFile { .. } => {
+                    "pass --model FILE with a polypi model (.safetensors written by polypi-train \
+                     or `polypi zoo`); `polypi inspect --model FILE` shows what is wrong"
+                }
+                E::Graph { .. } => {
+                    "the model's graph is invalid at the named node: re-export the model with \
+                     polypi-train, or check it with `polypi inspect`"
+                }
+                E::ShapeMismatch { .. } => {
+                    "the input or a tensor has the wrong shape: `polypi inspect --model FILE` \
+                     shows the expected input shape"
+                }
+                E::RangeExceeded { .. } => {
+                    "values left the fixed-point range: normalise the input as the model expects \
+                     or use a model with smaller activations / fewer frac bits"
+                }
+                E::PeerDisconnected { .. } => {
+                    "the peer stopped or the link failed: check that `polypi serve` and `polypi \
+                     dealer` are running and reachable, then retry (raise --timeout-s on slow links)"
+                }
+                E::VersionMismatch { .. } => {
+                    "run the same polypi version for server, client and dealer, and check that the \
+                     addresses point at polypi processes"
+                }
+                E::Protocol(_) => {
+                    "the peer sent something unexpected: check that --connect and --dealer point \
+                     at a polypi server and a polypi dealer of the same version"
+                }
+                E::InvalidArgument(_) => "check the arguments (`polypi help`)",
+                E::Io(io) => match io.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "choose another port for --listen, or stop the program listening there"
+                    }
+                    std::io::ErrorKind::NotFound => "check the path",
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut => {
+                        "start the peer first (polypi serve / polypi dealer) and check the address"
+                    }
+                    _ => "check the path, address or permissions named above",
+                },
+            });
+        }
+    }
+    None
+}

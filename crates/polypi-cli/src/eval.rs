@@ -1,0 +1,296 @@
+//! `polypi eval`: plaintext f32 accuracy of a model on a test split, and private inference of its
+//! first N images (in-process, TCP on loopback) with the agreement rate against the plaintext
+//! predictions, mean online latency and bytes per image.
+//!
+//! TODO(polypi-train): switch to `polypi_train::data::load` once that crate builds in CI; the
+//! readers here are the minimal IDX / CIFAR-10 binary readers needed for the test split only
+//! (they avoid pulling burn into the CLI's build).
+
+use crate::common;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use polypi_core::engine::run_f32;
+use polypi_core::engine::session::{run_local, LocalOpts, Transport};
+use serde::Serialize;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Test sets `polypi eval` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatasetArg {
+    /// Fashion-MNIST (IDX files `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`).
+    FashionMnist,
+    /// MNIST (IDX files as Fashion-MNIST).
+    Mnist,
+    /// CIFAR-10 binary (`test_batch.bin`, or the subset `test_batch_first932.bin`).
+    Cifar10,
+}
+
+/// Arguments of `polypi eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Model file (.safetensors). Default: the shipped models/netm-x2act-fmnist.safetensors.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Data folder: for (Fashion-)MNIST the fetch folder (`data/fetched`, holding
+    /// `fashion-mnist/`, `mnist/`) or the folder of the IDX files; for CIFAR-10 the folder of the
+    /// binary batches.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which test set.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    pub dataset: DatasetArg,
+    /// Evaluate only the first N test images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Run private inference on the first N test images (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub private: usize,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A test split: `u8` pixels NCHW (image-major) and labels.
+struct TestSet {
+    images: Vec<u8>,
+    labels: Vec<u8>,
+    shape: [usize; 3],
+}
+
+impl TestSet {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn image(&self, i: usize) -> &[u8] {
+        let n = self.shape.iter().product::<usize>();
+        &self.images[i * n..(i + 1) * n]
+    }
+}
+
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .with_context(|| format!("{} is not a valid gzip file", path.display()))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [dir.join(stem), dir.join(format!("{stem}.gz"))].into_iter().find(|p| p.exists())
+}
+
+fn be32(b: &[u8], at: usize) -> usize {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
+}
+
+fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
+    match kind {
+        DatasetArg::Mnist | DatasetArg::FashionMnist => {
+            let sub = if kind == DatasetArg::Mnist { "mnist" } else { "fashion-mnist" };
+            let d = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
+            let missing = || {
+                format!(
+                    "no {sub} test set (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) \
+                     in {}: run scripts/fetch-data.sh and pass --data data/fetched",
+                    d.display()
+                )
+            };
+            let ip = find(&d, "t10k-images-idx3-ubyte").with_context(missing)?;
+            let lp = find(&d, "t10k-labels-idx1-ubyte").with_context(missing)?;
+            let img = read_maybe_gz(&ip)?;
+            let lab = read_maybe_gz(&lp)?;
+            if img.len() < 16 || be32(&img, 0) != 0x803 {
+                bail!("{} is not an IDX image file: re-run scripts/fetch-data.sh", ip.display());
+            }
+            if lab.len() < 8 || be32(&lab, 0) != 0x801 {
+                bail!("{} is not an IDX label file: re-run scripts/fetch-data.sh", lp.display());
+            }
+            let (n, h, w) = (be32(&img, 4), be32(&img, 8), be32(&img, 12));
+            if img.len() != 16 + n * h * w || be32(&lab, 4) != n || lab.len() != 8 + n {
+                bail!(
+                    "{} / {} are truncated or do not match: re-run scripts/fetch-data.sh",
+                    ip.display(),
+                    lp.display()
+                );
+            }
+            Ok(TestSet { images: img[16..].to_vec(), labels: lab[8..].to_vec(), shape: [1, h, w] })
+        }
+        DatasetArg::Cifar10 => {
+            const REC: usize = 1 + 3 * 32 * 32;
+            let p = ["test_batch.bin", "test_batch_first932.bin"]
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|p| p.exists())
+                .with_context(|| {
+                    format!(
+                        "no CIFAR-10 test batch (test_batch.bin or test_batch_first932.bin) in {}: \
+                         pass --data with the folder of the CIFAR-10 binary files",
+                        dir.display()
+                    )
+                })?;
+            let raw = read_maybe_gz(&p)?;
+            if raw.is_empty() || raw.len() % REC != 0 {
+                bail!("{} is not a CIFAR-10 binary batch ({REC}-byte records)", p.display());
+            }
+            let mut images = Vec::with_capacity(raw.len());
+            let mut labels = Vec::new();
+            for r in raw.chunks_exact(REC) {
+                labels.push(r[0]);
+                images.extend_from_slice(&r[1..]);
+            }
+            Ok(TestSet { images, labels, shape: [3, 32, 32] })
+        }
+    }
+}
+
+#[derive(Serialize, Default)]
+struct PrivateStats {
+    images: usize,
+    agree: usize,
+    agreement: f64,
+    accuracy: f64,
+    mean_online_ms: f64,
+    mean_online_bytes: f64,
+    mean_offline_bytes: f64,
+    rounds: u64,
+    mean_setup_ms: f64,
+}
+
+#[derive(Serialize)]
+struct EvalOutput {
+    model: String,
+    dataset: String,
+    images: usize,
+    plaintext_accuracy: f64,
+    private: Option<PrivateStats>,
+}
+
+fn bar(n: usize, msg: &str, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n as u64);
+    if let Ok(s) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})") {
+        pb.set_style(s.progress_chars("=> "));
+    }
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Runs `polypi eval`.
+pub fn run(a: EvalArgs) -> Result<ExitCode> {
+    let path = common::model_path(a.model.as_deref())?;
+    let m = common::load_model(&path)?;
+    let plan = &m.plan;
+    let ds = load_test(a.dataset, &a.data)?;
+    if plan.input_shape() != ds.shape {
+        bail!(
+            "the model expects inputs {:?} but the {:?} test set has {:?}: pass the --dataset the \
+             model was trained on",
+            plan.input_shape(),
+            a.dataset,
+            ds.shape
+        );
+    }
+    let n = a.limit.map_or(ds.len(), |l| l.min(ds.len()));
+    if n == 0 {
+        bail!("no test images to evaluate (--limit 0 or an empty test set)");
+    }
+    let [c, h, w] = ds.shape;
+    let input = |i: usize| common::pixels_to_input(ds.image(i), c, h, w, false, plan);
+
+    // Plaintext, batched.
+    const BATCH: usize = 100;
+    let pb = bar(n, "plaintext", a.json);
+    let mut plain_pred = Vec::with_capacity(n);
+    for start in (0..n).step_by(BATCH) {
+        let end = (start + BATCH).min(n);
+        let x: Vec<f32> = (start..end).flat_map(input).collect();
+        let logits = run_f32(plan, &x, end - start).context("plaintext inference failed")?;
+        let k = plan.num_classes();
+        plain_pred.extend(logits.chunks(k).map(common::argmax));
+        pb.set_position(end as u64);
+    }
+    pb.finish_and_clear();
+    let correct = (0..n).filter(|&i| plain_pred[i] == ds.labels[i] as usize).count();
+    let plaintext_accuracy = correct as f64 / n as f64;
+
+    // Private, batch 1 per image, sessions of CHUNK inferences.
+    let np = a.private.min(n);
+    let private = if np > 0 {
+        const CHUNK: usize = 16;
+        let pb = bar(np, "private", a.json);
+        let mut st = PrivateStats { images: np, ..Default::default() };
+        let (mut right, mut sessions) = (0usize, 0usize);
+        for start in (0..np).step_by(CHUNK) {
+            let end = (start + CHUNK).min(np);
+            let inputs: Vec<(Vec<f32>, usize)> = (start..end).map(|i| (input(i), 1)).collect();
+            let (setup, res) =
+                run_local(plan, &inputs, LocalOpts { transport: Transport::Tcp, check: false })
+                    .context("private inference failed")?;
+            sessions += 1;
+            st.mean_setup_ms += setup.ms;
+            for (k, r) in res.iter().enumerate() {
+                let i = start + k;
+                let p = common::argmax(&r.logits);
+                st.agree += usize::from(p == plain_pred[i]);
+                right += usize::from(p == ds.labels[i] as usize);
+                st.mean_online_ms += r.report.online_ms;
+                st.mean_online_bytes += r.report.online_bytes as f64;
+                st.mean_offline_bytes += r.report.offline_bytes as f64;
+                st.rounds = r.report.rounds;
+            }
+            pb.set_position(end as u64);
+        }
+        pb.finish_and_clear();
+        st.agreement = st.agree as f64 / np as f64;
+        st.accuracy = right as f64 / np as f64;
+        st.mean_online_ms /= np as f64;
+        st.mean_online_bytes /= np as f64;
+        st.mean_offline_bytes /= np as f64;
+        st.mean_setup_ms /= sessions as f64;
+        Some(st)
+    } else {
+        None
+    };
+    let doc = EvalOutput {
+        model: path.display().to_string(),
+        dataset: format!("{:?}", a.dataset),
+        images: n,
+        plaintext_accuracy,
+        private,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("model {} on {} ({} test images)", doc.model, doc.dataset, n);
+        println!("plaintext f32 accuracy: {:.2}% ({correct}/{n})", plaintext_accuracy * 100.0);
+        if let Some(p) = &doc.private {
+            println!(
+                "private (first {}): agreement with plaintext {:.2}% ({}/{}), accuracy {:.2}%",
+                p.images,
+                p.agreement * 100.0,
+                p.agree,
+                p.images,
+                p.accuracy * 100.0
+            );
+            println!(
+                "  mean online latency {:.2} ms, online {:.3} MB/image, offline (dealer) {:.3} MB/image, {} rounds, setup {:.2} ms/session",
+                p.mean_online_ms,
+                p.mean_online_bytes / 1e6,
+                p.mean_offline_bytes / 1e6,
+                p.rounds,
+                p.mean_setup_ms
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,199 @@
+//! `polypi infer`: server, client and dealer in one process, one session over loopback TCP (or
+//! in-memory channels), one private inference per input image, compared with the plaintext f32
+//! prediction.
+
+use crate::common::{self, ClassProb};
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use polypi_core::engine::report::{InferenceReport, SetupReport};
+use polypi_core::engine::run_f32;
+use polypi_core::engine::session::{run_local, LocalOpts, Transport};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Channels between the three in-process roles.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TransportArg {
+    /// TCP on 127.0.0.1 (as on a network, without latency).
+    Tcp,
+    /// In-memory channels.
+    Mem,
+}
+
+/// Arguments of `polypi infer`.
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    /// Model file (.safetensors). Default: the shipped models/netm-x2act-fmnist.safetensors.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Input images (PNG, PGM/PPM), exactly the model's input size. Default: data/samples/*.png.
+    #[arg(long, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Compare every layer with the fixed-point twin and report the max |error|.
+    #[arg(long)]
+    pub check: bool,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Channels between server, client and dealer.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: TransportArg,
+}
+
+/// A prediction (private or plaintext).
+#[derive(Debug, Serialize)]
+pub struct Prediction {
+    /// Predicted class index.
+    pub class: usize,
+    /// Its name.
+    pub label: String,
+    /// Three most probable classes (softmax of the logits).
+    pub top3: Vec<ClassProb>,
+    /// The logits.
+    pub logits: Vec<f32>,
+}
+
+impl Prediction {
+    /// Builds the prediction of `logits`.
+    pub fn new(plan: &polypi_core::model::Plan, logits: Vec<f32>) -> Self {
+        let class = common::argmax(&logits);
+        Prediction {
+            class,
+            label: common::class_name(plan, class),
+            top3: common::top_k(plan, &logits, 3),
+            logits,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct InputResult {
+    file: String,
+    private: Prediction,
+    plaintext: Prediction,
+    agree: bool,
+    report: InferenceReport,
+}
+
+#[derive(Serialize)]
+struct InferOutput {
+    model: String,
+    transport: String,
+    setup: SetupReport,
+    inputs: Vec<InputResult>,
+    all_agree: bool,
+    mean_online_ms: f64,
+    wall_ms: f64,
+}
+
+/// Runs `polypi infer`.
+pub fn run(a: InferArgs) -> Result<ExitCode> {
+    let path = common::model_path(a.model.as_deref())?;
+    let model = common::load_model(&path)?;
+    let plan = &model.plan;
+    let files = if a.input.is_empty() { common::default_inputs()? } else { a.input.clone() };
+    let mut inputs = Vec::with_capacity(files.len());
+    for f in &files {
+        inputs.push((common::load_image(f, plan)?, 1usize));
+    }
+    let transport = match a.transport {
+        TransportArg::Tcp => Transport::Tcp,
+        TransportArg::Mem => Transport::Mem,
+    };
+    tracing::info!(model = %path.display(), inputs = files.len(), "private inference");
+    let spinner = (!a.json).then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(format!("private inference of {} input(s)...", files.len()));
+        pb.enable_steady_tick(std::time::Duration::from_millis(100));
+        pb
+    });
+    let t0 = Instant::now();
+    let res = run_local(plan, &inputs, LocalOpts { transport, check: a.check });
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    let (setup, results) = res.context("private inference failed")?;
+    let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+    let mut out = Vec::new();
+    for ((f, (x, _)), r) in files.iter().zip(&inputs).zip(results) {
+        let plain = run_f32(plan, x, 1).context("plaintext inference failed")?;
+        let private = Prediction::new(plan, r.logits);
+        let plaintext = Prediction::new(plan, plain);
+        out.push(InputResult {
+            file: f.display().to_string(),
+            agree: private.class == plaintext.class,
+            private,
+            plaintext,
+            report: r.report,
+        });
+    }
+    let all_agree = out.iter().all(|r| r.agree);
+    let mean_online_ms =
+        out.iter().map(|r| r.report.online_ms).sum::<f64>() / out.len().max(1) as f64;
+    let doc = InferOutput {
+        model: path.display().to_string(),
+        transport: format!("{:?}", a.transport).to_lowercase(),
+        setup,
+        inputs: out,
+        all_agree,
+        mean_online_ms,
+        wall_ms,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_text(&doc, &model);
+    }
+    if !all_agree {
+        eprintln!(
+            "error: the private prediction differs from the plaintext one for {} input(s); \
+             rerun with --check to see which layer loses precision",
+            doc.inputs.iter().filter(|r| !r.agree).count()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(d: &InferOutput, model: &common::Model) {
+    let name = model.file.card.as_ref().map(|c| c.name.as_str()).filter(|s| !s.is_empty());
+    println!(
+        "model {}{} — {} input(s), transport {}",
+        d.model,
+        name.map(|n| format!(" ({n})")).unwrap_or_default(),
+        d.inputs.len(),
+        d.transport
+    );
+    for r in &d.inputs {
+        println!(
+            "{}: private {} [{}] | plaintext {} | {} | online {:.2} ms, {:.3} MB, {} rounds",
+            r.file,
+            r.private.label,
+            common::fmt_top(&r.private.top3),
+            r.plaintext.label,
+            if r.agree { "agree" } else { "DISAGREE" },
+            r.report.online_ms,
+            r.report.online_bytes as f64 / 1e6,
+            r.report.rounds
+        );
+    }
+    if let Some(first) = d.inputs.first() {
+        println!("\nper layer (input 1: {}):", first.file);
+        print!("{}", first.report.table());
+    }
+    println!(
+        "setup (once per session): {:.2} ms, {:.3} MB server -> client",
+        d.setup.ms,
+        d.setup.bytes as f64 / 1e6
+    );
+    println!(
+        "mean online latency {:.2} ms over {} input(s); wall time {:.0} ms; private == plaintext: {}",
+        d.mean_online_ms,
+        d.inputs.len(),
+        d.wall_ms,
+        if d.all_agree { "yes" } else { "NO" }
+    );
+}

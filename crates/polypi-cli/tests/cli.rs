@@ -1,0 +1,350 @@
+//! End-to-end tests of the `polypi` binary: in-process inference, the three roles as separate
+//! processes on loopback, a server killed mid-query, and bad inputs. Only 127.0.0.1; every wait
+//! is bounded; children are killed when a test ends (also on failure).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_polypi");
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A fresh temporary folder for one test.
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("polypi-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the binary to completion (bounded by `WAIT`; killed past it).
+fn run(args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn polypi");
+    wait_output(child, WAIT)
+}
+
+fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let t0 = Instant::now();
+    // Drain the pipes on threads so a chatty child cannot block.
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let h1 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut so, &mut v).ok();
+        v
+    });
+    let h2 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut se, &mut v).ok();
+        v
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("polypi did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: h1.join().unwrap(), stderr: h2.join().unwrap() }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A long-running child, killed on drop; its stdout lines arrive on `lines`.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn spawn(args: &[&str]) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn polypi");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines: rx }
+    }
+
+    /// Next stdout line (bounded wait).
+    fn line(&self, limit: Duration) -> String {
+        self.lines.recv_timeout(limit).unwrap_or_else(|e| panic!("no output line in {limit:?}: {e}"))
+    }
+
+    /// Reads the "listening on ADDR" line and returns ADDR.
+    fn addr(&self) -> String {
+        let l = self.line(Duration::from_secs(60));
+        l.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {l:?}")).to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn zoo(dir: &Path, net: &str, act: &str) -> PathBuf {
+    let p = dir.join(format!("{net}-{act}.safetensors"));
+    let o = run(&["zoo", "--net", net, "--act", act, "--out", p.to_str().unwrap()]);
+    assert!(o.status.success(), "zoo failed: {}", text(&o.stderr));
+    p
+}
+
+fn gray_png(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
+    let p = dir.join(name);
+    image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x * 7 + y * 13) % 256) as u8]))
+        .save(&p)
+        .unwrap();
+    p
+}
+
+fn rgb_png(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
+    let p = dir.join(name);
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, ((x + y) * 4) as u8])
+    })
+    .save(&p)
+    .unwrap();
+    p
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", text(&o.stdout), text(&o.stderr)))
+}
+
+#[test]
+fn infer_zoo_model_private_equals_plaintext() {
+    let d = tmp("infer");
+    let m = zoo(&d, "NET-M", "x2");
+    let img = gray_png(&d, "img.png", 28, 28);
+    let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
+
+    let o = run(&["infer", "--model", m, "--input", img]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "infer failed: {out}\n{}", text(&o.stderr));
+    assert!(out.contains("private") && out.contains("agree"), "{out}");
+    assert!(out.contains("total: online"), "no layer table: {out}");
+
+    let o = run(&["infer", "--model", m, "--input", img, img, "--json", "--check"]);
+    assert!(o.status.success(), "infer --json failed: {}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["all_agree"], true);
+    let inputs = v["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 2);
+    for r in inputs {
+        assert_eq!(r["private"]["class"], r["plaintext"]["class"]);
+        assert!(r["report"]["online_bytes"].as_u64().unwrap() > 0);
+        assert!(r["report"]["max_abs_error"].as_f64().unwrap() < 0.05);
+    }
+}
+
+#[test]
+fn serve_dealer_query_three_processes() {
+    let d = tmp("three");
+    let m = zoo(&d, "NET-M", "square");
+    let img = gray_png(&d, "img.png", 28, 28);
+    let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
+
+    let plain = json(&run(&["infer", "--model", m, "--input", img, "--json"]));
+    let want = plain["inputs"][0]["plaintext"]["class"].as_u64().unwrap();
+
+    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
+    let daddr = dealer.addr();
+    let server = Daemon::spawn(&[
+        "serve", "--model", m, "--listen", "127.0.0.1:0", "--dealer", &daddr, "--timeout-s", "30",
+    ]);
+    let saddr = server.addr();
+    for round in 0..2 {
+        let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img, "--json"]);
+        assert!(o.status.success(), "query {round} failed: {}", text(&o.stderr));
+        let v = json(&o);
+        assert_eq!(v["results"][0]["class"].as_u64().unwrap(), want, "query {round}");
+        let line = server.line(Duration::from_secs(30));
+        assert!(line.contains("1 inference(s)"), "server: {line}");
+    }
+    // Text output of the client, too.
+    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("online"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn server_killed_mid_query_client_fails_fast() {
+    let d = tmp("kill");
+    let m = zoo(&d, "NET-C", "square");
+    let img = rgb_png(&d, "img.png", 32, 32);
+    let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
+
+    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
+    let daddr = dealer.addr();
+    let mut server = Daemon::spawn(&[
+        "serve", "--model", m, "--listen", "127.0.0.1:0", "--dealer", &daddr, "--timeout-s", "30",
+    ]);
+    let saddr = server.addr();
+    let mut args = vec!["query", "--connect", &saddr, "--dealer", &daddr, "--timeout-s", "30", "--input"];
+    args.extend(std::iter::repeat_n(img, 400));
+    let mut q = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first finished inference, then kill the server.
+    let mut qout = BufReader::new(q.stdout.take().unwrap());
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < 2 {
+        line.clear();
+        if qout.read_line(&mut line).unwrap() == 0 {
+            let _ = q.kill();
+            panic!("query ended before the server was killed");
+        }
+        seen += 1; // "connected ..." then the first inference
+    }
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    let t0 = Instant::now();
+    // Drain the rest of stdout so the child never blocks on it.
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut qout, &mut s);
+    });
+    q.stdout = None;
+    let o = wait_output_stderr(q, Duration::from_secs(20));
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "query succeeded after the server was killed");
+    assert!(t0.elapsed() < Duration::from_secs(10), "client took {:?} to notice", t0.elapsed());
+    assert!(err.contains("disconnected"), "unclear message: {err}");
+    assert!(err.contains("peer"), "unclear message: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    drop(dealer);
+}
+
+fn wait_output_stderr(mut child: Child, limit: Duration) -> Output {
+    let t0 = Instant::now();
+    let mut se = child.stderr.take().unwrap();
+    let h = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut se, &mut v).ok();
+        v
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("query did not exit within {limit:?} after the server was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: Vec::new(), stderr: h.join().unwrap() }
+}
+
+fn assert_fails(o: &Output, code: i32, needle: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let d = tmp("bad");
+    let m = zoo(&d, "NET-M", "x2");
+    let ms = m.to_str().unwrap();
+    let img = gray_png(&d, "img.png", 28, 28);
+    let imgs = img.to_str().unwrap();
+
+    // Missing model file.
+    let missing = d.join("nope.safetensors");
+    let o = run(&["infer", "--model", missing.to_str().unwrap(), "--input", imgs]);
+    assert_fails(&o, 1, "not found");
+
+    // Wrong image size.
+    let big = gray_png(&d, "big.png", 32, 32);
+    let o = run(&["infer", "--model", ms, "--input", big.to_str().unwrap()]);
+    assert_fails(&o, 1, "expects 28x28");
+
+    // Missing image.
+    let o = run(&["infer", "--model", ms, "--input", d.join("none.png").to_str().unwrap()]);
+    assert_fails(&o, 1, "cannot read image");
+
+    // Garbage model file.
+    let garbage = d.join("garbage.safetensors");
+    std::fs::write(&garbage, (0..4096u32).map(|i| (i * 2654435761u32 >> 24) as u8).collect::<Vec<_>>())
+        .unwrap();
+    let o = run(&["infer", "--model", garbage.to_str().unwrap(), "--input", imgs]);
+    assert_fails(&o, 1, "cannot load model");
+    assert!(text(&o.stderr).contains("hint:"), "{}", text(&o.stderr));
+    let o = run(&["inspect", "--model", garbage.to_str().unwrap()]);
+    assert_fails(&o, 1, "cannot load model");
+
+    // Port in use.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let o = run(&["serve", "--model", ms, "--listen", &addr, "--dealer", "127.0.0.1:9"]);
+    assert_fails(&o, 1, "already in use");
+    let o = run(&["dealer", "--listen", &addr]);
+    assert_fails(&o, 1, "already in use");
+    drop(held);
+
+    // Nobody listening: the client gives up after its retry window.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let faddr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let o = run(&["query", "--connect", &faddr, "--dealer", &faddr, "--input", imgs, "--connect-retry-s", "0.5"]);
+    assert_fails(&o, 1, "cannot connect to the server");
+
+    // Usage errors exit with 2.
+    let o = run(&["zoo", "--net", "NET-X", "--act", "x2", "--out", "x.safetensors"]);
+    assert_fails(&o, 2, "NET-M");
+    let o = run(&["infer", "--transport", "carrier-pigeon"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_and_zoo() {
+    let d = tmp("inspect");
+    let m = zoo(&d, "NET-M", "pillar");
+    let o = run(&["inspect", "--model", m.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["input_shape"], serde_json::json!([1, 28, 28]));
+    assert!(v["macs"].as_u64().unwrap() > 0);
+    // NET-M: 16x24x24 + 16x8x8 + 100 polynomial activations per sample.
+    assert_eq!(v["poly_activations"].as_u64().unwrap(), 16 * 24 * 24 + 16 * 8 * 8 + 100);
+    let o = run(&["inspect", "--model", m.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(text(&o.stdout).contains("MACs"));
+}
