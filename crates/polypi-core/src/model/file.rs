@@ -51,6 +51,9 @@ pub const KNOWN_OPS: &[&str] = &[
     "Identity",
 ];
 
+/// Largest number of values of one per-sample input (and largest padding) a graph may declare.
+pub const MAX_DIM: usize = 1 << 32;
+
 /// Pseudo node name used in errors about graph-wide attributes (`input_shape`, `frac_bits`, ...).
 pub const GRAPH_NODE: &str = "(graph)";
 
@@ -386,9 +389,14 @@ impl ModelFile {
         match &node.op {
             Op::Input => {
                 let s = &self.graph.input_shape;
-                if !(s.len() == 3 || s.len() == 1) || s.contains(&0) {
+                let total = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                if !(s.len() == 3 || s.len() == 1)
+                    || s.contains(&0)
+                    || total.is_none_or(|t| t > MAX_DIM)
+                {
                     return Err(gerr(format!(
-                        "input_shape must be [C, H, W] (or [F]) with non-zero sizes, got {s:?}"
+                        "input_shape must be [C, H, W] (or [F]) with non-zero sizes and at most \
+                         {MAX_DIM} values, got {s:?}"
                     )));
                 }
                 if let Some(nm) = &self.graph.normalize {
@@ -413,6 +421,9 @@ impl ModelFile {
             Op::Conv2d { weight, bias, stride, padding, groups } => {
                 let (c, h, w) = chw(ins[0])?;
                 pos("stride", *stride)?;
+                if *padding > MAX_DIM {
+                    return Err(gerr(format!("padding {padding} is absurdly large")));
+                }
                 pos("groups", *groups)?;
                 let wt = self.tensor(name, "weight", weight)?;
                 if wt.shape.len() != 4 {
@@ -512,7 +523,7 @@ impl ModelFile {
                 let (c, h, w) = chw(ins[0])?;
                 pos("kernel", *kernel)?;
                 pos("stride", *stride)?;
-                if 2 * padding > *kernel {
+                if *padding > *kernel / 2 {
                     return Err(gerr(format!(
                         "padding {padding} must be at most half the kernel {kernel}"
                     )));
@@ -974,6 +985,19 @@ mod tests {
         let mut f = small();
         node_mut(&mut f, "act1").op = Op::Poly { coefficients: vec![], coefficients_tensor: None };
         assert_eq!(graph_err(f.validate().unwrap_err()).0, "act1");
+
+        // Absurd sizes give errors, not overflow panics.
+        let mut f = small();
+        if let Op::Conv2d { padding, .. } = &mut node_mut(&mut f, "conv1").op {
+            *padding = usize::MAX;
+        }
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "conv1");
+        let mut f = small();
+        f.graph.input_shape = vec![usize::MAX, 2, 2];
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "input");
+        let mut f = small();
+        node_mut(&mut f, "pool1").op = Op::MaxPool2d { kernel: 2, stride: 2, padding: usize::MAX };
+        assert_eq!(graph_err(f.validate().unwrap_err()).0, "pool1");
 
         // Linear right after a conv output (no Flatten).
         let mut f = small();

@@ -4,19 +4,27 @@
 //! Weights come from `ChaCha8Rng::seed_from_u64(seed)` (model initialisation, not cryptography):
 //! the same `(net, act, pool, width, seed)` always gives the same file, byte for byte.
 //!
-//! The weight scales are chosen so that, for inputs in `[0, 1]` (or normalised CIFAR inputs),
-//! every layer's values stay O(1) (well below 64 in magnitude), also for the polynomial variants,
-//! which would otherwise blow up (or vanish) doubly exponentially with depth:
-//! - `Relu`, `Pillar`, `X2Act`: variance-preserving fan-in scaling (He init for ReLU).
-//! - `Square` (`x^2`) and `Pkn` (`(x + 1)^2`): a smaller weight scale plus a per-channel
-//!   pre-activation bias chosen so that the layer-to-layer map of the second moment has an
-//!   *attracting* fixed point near 1: deviations shrink from layer to layer instead of being
-//!   squared. In NET-R18 the residual sum feeds the activation with the shortcut at gain 1, so
-//!   the bias after the residual add is negative (the `BatchNorm` shift), which makes
-//!   `y -> (y + b)^2` contract.
+//! The weight scales are chosen so that, for inputs in `[0, 1]` (and for normalised CIFAR
+//! inputs, roughly `[-2, 2]`), every layer's values stay O(1) (max |value| below ~10, far below
+//! the 64 the fixed-point tests need), also for the polynomial variants, which would otherwise
+//! blow up (or vanish) doubly exponentially with depth. Weights are uniform with
+//! `Var(w) = gain2 / fan_in`:
+//! - `Relu` (gain2 2, He), `Pillar` and `X2Act` (gain2 1): variance preserving.
+//! - `Square` (`x^2`): gain2 0.15 plus a per-channel pre-activation bias of ±0.78, so that the
+//!   layer-to-layer map of the second moment, `e' = b^4 + 6 b^2 a e + 3 a^2 e^2`, has an
+//!   *attracting* fixed point at 1 (slope ~0.7): deviations shrink from layer to layer instead of
+//!   being squared (with no bias, `e = 1` is a repelling fixed point and 7 squarings turn a 5%
+//!   deviation into a factor 500).
+//! - `Pkn` (`(x + 1)^2`): gain2 0.08 (its `c_p = 1` is the bias; attracting fixed point ~2).
+//! - NET-R18: the activation after a residual add sees the shortcut at gain 1, so the
+//!   contraction comes from a negative shift before it (`BatchNorm` beta -0.5 for `Square`,
+//!   -1.5 for `Pkn`: `y -> (y - 0.5)^2` has an attracting fixed point at 0.13), with a small
+//!   residual branch (gain2 0.04 / 0.02) and stem (gain2 0.03); the other variants use a branch
+//!   gain2 of 0.25..0.5 so that the sum does not grow block by block.
 //!
-//! NET-R18's BatchNorm parameters are random near identity (gamma ~ 1, running_mean ~ 0,
-//! running_var ~ 1); its beta carries the pre-activation bias described above.
+//! NET-R18's BatchNorm parameters are random near identity (gamma ~ U(0.9, 1.1), running_mean
+//! ~ U(-0.05, 0.05), running_var ~ U(0.9, 1.1)); beta carries the pre-activation bias above
+//! (±0.02 jitter, else 0). Its convs have no bias (as in torchvision); NET-M/NET-C convs do.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -161,6 +169,22 @@ pub enum Pool {
     Avg,
     /// `MaxPool2d(2, 2)` (the "ReLU + maxpool" variant).
     Max,
+}
+
+impl Pool {
+    /// Short name ("avg", "max").
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Avg => "avg",
+            Pool::Max => "max",
+        }
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl FromStr for Pool {
