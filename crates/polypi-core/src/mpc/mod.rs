@@ -7,8 +7,10 @@
 //! inputs or weights.
 
 pub mod encode;
+pub mod fss;
 pub mod ops;
 pub mod prg;
+pub mod relu;
 
 /// Party 0: the model owner.
 pub const SERVER: usize = 0;

@@ -1,0 +1,329 @@
+//! Function secret sharing: a distributed comparison function (DCF) over `n`-bit unsigned inputs
+//! (`1 <= n <= 63`) with one output bit, `f_alpha(x) = [x < alpha]`, shared by XOR.
+//!
+//! Construction: the DCF of Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee, "Function Secret
+//! Sharing for Mixed-Mode and Fixed-Point Secure Computation", Eurocrypt 2021, §3.2 (Fig. 1), with
+//! output group `Z_2` (so every `(-1)^t` sign of the paper disappears) and payload `beta = 1`.
+//! The GGM tree has one level per input bit (most significant first); along the path of `alpha`
+//! the two parties' seeds differ and their control bits `t0 ^ t1 = 1`; off the path they are equal,
+//! so everything cancels. The value correction `V_CW` of level `i` makes the outputs of the side
+//! that leaves the path sum to `[x < alpha]` (1 when `alpha_i = 1` and `x_i = 0`).
+//!
+//! PRG: fixed-key AES-128 in Matyas-Meyer-Oseas style, `G_side(s) = AES_K(s | side) ^ (s | side)`
+//! (Guo, Katz, Wang, Yu, "Efficient and Secure Multiparty Computation from Fixed-Key Block
+//! Ciphers", S&P 2020: a correlation-robust hash of a uniform input), from the `aes` crate (AES-NI
+//! where the CPU has it, detected at run time). A 128-bit block splits into a 126-bit seed (bits
+//! 2..127), the control bit `t` (bit 0) and the value bit `v` (bit 1); the two sides differ in bit
+//! 0 of the AES input. Evaluation follows one path, so it needs **one AES call per level**:
+//! `n` calls per evaluation (63 for the DReLU of a 64-bit ring element). Key generation needs
+//! `4n` calls per key pair. The leaf conversion is the identity on the seed (BGI16: for a
+//! `lambda`-bit group `Convert` may be the identity): its bit 2 is the leaf value.
+//!
+//! Keys: each party's key is its root seed (16 bytes, expanded by the party from its own dealer
+//! seed, never sent) plus the correction words, which are the **same for both parties**:
+//! per level one 128-bit word (seed correction in bits 2..127, `t_L` / `t_R` corrections in bits
+//! 0 / 1) and one bit `V_CW`; the `n` value bits and the final correction bit are packed in one
+//! u64. Wire size per key: `(2n + 1) * 8` bytes (1016 bytes for `n = 63`), see [`cw_words`].
+
+use crate::error::{Error, Result};
+use aes::cipher::{BlockEncrypt, KeyInit};
+use aes::{Aes128, Block};
+use std::sync::OnceLock;
+
+/// Largest supported input width in bits (the value corrections of all levels and the final
+/// correction fit one u64).
+pub const MAX_BITS: u32 = 63;
+
+/// The public fixed AES key of the PRG (the first 16 bytes of the fractional part of pi).
+const FIXED_KEY: [u8; 16] = [
+    0x24, 0x3f, 0x6a, 0x88, 0x85, 0xa3, 0x08, 0xd3, 0x13, 0x19, 0x8a, 0x2e, 0x03, 0x70, 0x73, 0x44,
+];
+
+/// Elements processed together (one `encrypt_blocks` call per level for the whole chunk, so the
+/// AES pipeline stays full).
+const CHUNK: usize = 64;
+
+const SEED_MASK: u128 = !3u128;
+
+fn cipher() -> &'static Aes128 {
+    static C: OnceLock<Aes128> = OnceLock::new();
+    C.get_or_init(|| Aes128::new(&FIXED_KEY.into()))
+}
+
+/// u64 words of the correction words of one key of width `bits`: `2 * bits + 1`.
+pub fn cw_words(bits: u32) -> usize {
+    2 * bits as usize + 1
+}
+
+/// Key bytes per element that travel from the dealer to each party: `8 * cw_words(bits)`.
+pub fn key_bytes(bits: u32) -> usize {
+    8 * cw_words(bits)
+}
+
+fn check_bits(bits: u32) -> Result<()> {
+    if bits == 0 || bits > MAX_BITS {
+        return Err(Error::InvalidArgument(format!("DCF width {bits} not in 1..={MAX_BITS}")));
+    }
+    Ok(())
+}
+
+/// Root seeds from 16-byte chunks of uniform bytes (bits 0 and 1 cleared: they carry `t` and `v`
+/// in an expanded block). `bytes.len()` must be a multiple of 16.
+pub fn roots_from_bytes(bytes: &[u8]) -> Vec<u128> {
+    bytes.chunks_exact(16).map(|c| u128::from_le_bytes(c.try_into().unwrap()) & SEED_MASK).collect()
+}
+
+#[inline]
+fn to_block(x: u128) -> Block {
+    Block::from(x.to_le_bytes())
+}
+
+#[inline]
+fn from_block(b: &Block) -> u128 {
+    u128::from_le_bytes((*b).into())
+}
+
+/// Dealer: the correction words of `alphas.len()` DCF key pairs for `f(x) = [x < alpha]` on
+/// `bits`-bit inputs, given the two parties' root seeds (one per element each, as from
+/// [`roots_from_bytes`]). Only the low `bits` bits of each alpha count.
+///
+/// Returns `cw_words(bits) * n` u64s (element-major), the same for both parties. Cost: `4 * bits`
+/// AES calls per element.
+///
+/// Errors: `InvalidArgument` for a width outside `1..=63` or slices of different lengths.
+pub fn gen(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128]) -> Result<Vec<u64>> {
+    check_bits(bits)?;
+    let n = alphas.len();
+    if roots0.len() != n || roots1.len() != n {
+        return Err(Error::InvalidArgument(
+            "DCF gen: root seeds and alphas differ in length".into(),
+        ));
+    }
+    let stride = cw_words(bits);
+    let mut out = vec![0u64; n * stride];
+    let aes = cipher();
+    let mut blocks = vec![Block::default(); 4 * CHUNK];
+    let mut ins = vec![0u128; 4 * CHUNK];
+    for start in (0..n).step_by(CHUNK) {
+        let m = CHUNK.min(n - start);
+        let mut s0: Vec<u128> = roots0[start..start + m].iter().map(|s| s & SEED_MASK).collect();
+        let mut s1: Vec<u128> = roots1[start..start + m].iter().map(|s| s & SEED_MASK).collect();
+        let mut t0 = vec![0u128; m];
+        let mut t1 = vec![1u128; m];
+        let mut va = vec![0u64; m];
+        let mut vbits = vec![0u64; m];
+        for i in 0..bits as usize {
+            let pos = bits as usize - 1 - i;
+            for j in 0..m {
+                ins[4 * j] = s0[j];
+                ins[4 * j + 1] = s0[j] | 1;
+                ins[4 * j + 2] = s1[j];
+                ins[4 * j + 3] = s1[j] | 1;
+            }
+            for (b, x) in blocks.iter_mut().zip(&ins[..4 * m]) {
+                *b = to_block(*x);
+            }
+            aes.encrypt_blocks(&mut blocks[..4 * m]);
+            for j in 0..m {
+                let g = |k: usize| from_block(&blocks[4 * j + k]) ^ ins[4 * j + k];
+                let (l0, r0, l1, r1) = (g(0), g(1), g(2), g(3));
+                let a = (alphas[start + j] >> pos) & 1;
+                let (keep0, keep1, lose0, lose1) =
+                    if a == 0 { (l0, l1, r0, r1) } else { (r0, r1, l0, l1) };
+                let s_cw = (lose0 ^ lose1) & SEED_MASK;
+                let v = |x: u128| ((x >> 1) & 1) as u64;
+                let t = |x: u128| x & 1;
+                // Leaving the path to the left (alpha_i = 1, x_i = 0) means x < alpha.
+                let v_cw = v(lose0) ^ v(lose1) ^ va[j] ^ a;
+                va[j] ^= v(keep0) ^ v(keep1) ^ v_cw;
+                let tl_cw = t(l0) ^ t(l1) ^ a as u128 ^ 1;
+                let tr_cw = t(r0) ^ t(r1) ^ a as u128;
+                let t_keep_cw = if a == 0 { tl_cw } else { tr_cw };
+                let w = s_cw | tl_cw | (tr_cw << 1);
+                let o = (start + j) * stride + 2 * i;
+                out[o] = w as u64;
+                out[o + 1] = (w >> 64) as u64;
+                vbits[j] |= v_cw << i;
+                let corr = s_cw | t_keep_cw;
+                let k0 = keep0 ^ if t0[j] == 1 { corr } else { 0 };
+                let k1 = keep1 ^ if t1[j] == 1 { corr } else { 0 };
+                s0[j] = k0 & SEED_MASK;
+                s1[j] = k1 & SEED_MASK;
+                t0[j] = k0 & 1;
+                t1[j] = k1 & 1;
+            }
+        }
+        for j in 0..m {
+            let conv = |s: u128| ((s >> 2) & 1) as u64;
+            let last = va[j] ^ conv(s0[j]) ^ conv(s1[j]);
+            out[(start + j) * stride + stride - 1] = vbits[j] | (last << 63);
+        }
+    }
+    Ok(out)
+}
+
+/// Party `party` (0 or 1): evaluates its DCF keys (root seeds `roots`, correction words `cws` as
+/// produced by [`gen`]) at the points `xs` (low `bits` bits). Returns the output bits packed
+/// 64 per u64 (bit `j % 64` of word `j / 64`); XOR with the other party's result gives
+/// `[x_j < alpha_j]`. Cost: `bits` AES calls per element.
+///
+/// Errors: `InvalidArgument` for a bad width or party, `Protocol` if `cws` does not hold
+/// `cw_words(bits) * xs.len()` words or `roots` has another length than `xs`.
+pub fn eval(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64]) -> Result<Vec<u64>> {
+    check_bits(bits)?;
+    if party > 1 {
+        return Err(Error::InvalidArgument(format!("DCF eval: party {party} is not 0 or 1")));
+    }
+    let n = xs.len();
+    let stride = cw_words(bits);
+    if roots.len() != n || cws.len() != n * stride {
+        return Err(Error::Protocol(format!(
+            "DCF eval: {} root seeds and {} correction words for {} points",
+            roots.len(),
+            cws.len(),
+            n
+        )));
+    }
+    let mut out = vec![0u64; n.div_ceil(64)];
+    let aes = cipher();
+    let mut blocks = [Block::default(); CHUNK];
+    let mut ins = [0u128; CHUNK];
+    let mut s = [0u128; CHUNK];
+    let mut t = [0u128; CHUNK];
+    let mut v = [0u64; CHUNK];
+    for start in (0..n).step_by(CHUNK) {
+        let m = CHUNK.min(n - start);
+        for j in 0..m {
+            s[j] = roots[start + j] & SEED_MASK;
+            t[j] = party as u128;
+            v[j] = 0;
+        }
+        for i in 0..bits as usize {
+            let pos = bits as usize - 1 - i;
+            for j in 0..m {
+                ins[j] = s[j] | ((xs[start + j] >> pos) & 1) as u128;
+                blocks[j] = to_block(ins[j]);
+            }
+            aes.encrypt_blocks(&mut blocks[..m]);
+            for j in 0..m {
+                let side = ins[j] & 1;
+                let mut g = from_block(&blocks[j]) ^ ins[j];
+                let o = (start + j) * stride;
+                let w = cws[o + 2 * i] as u128 | ((cws[o + 2 * i + 1] as u128) << 64);
+                let vc = ((cws[o + stride - 1] >> i) & 1) as u128;
+                let corr = (w & SEED_MASK) | ((w >> side) & 1) | (vc << 1);
+                g ^= corr & t[j].wrapping_neg();
+                t[j] = g & 1;
+                v[j] ^= ((g >> 1) & 1) as u64;
+                s[j] = g & SEED_MASK;
+            }
+        }
+        for j in 0..m {
+            let fin = cws[(start + j) * stride + stride - 1] >> 63;
+            let bit = v[j] ^ ((s[j] >> 2) & 1) as u64 ^ (fin & t[j] as u64);
+            out[(start + j) / 64] |= bit << ((start + j) % 64);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    fn roots(rng: &mut ChaCha20Rng, n: usize) -> Vec<u128> {
+        let mut b = vec![0u8; 16 * n];
+        rng.fill_bytes(&mut b);
+        roots_from_bytes(&b)
+    }
+
+    fn bit(v: &[u64], j: usize) -> u64 {
+        (v[j / 64] >> (j % 64)) & 1
+    }
+
+    fn check(bits: u32, alphas: &[u64], xs: &[u64], seed: u64) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let (r0, r1) = (roots(&mut rng, alphas.len()), roots(&mut rng, alphas.len()));
+        let cw = gen(bits, alphas, &r0, &r1).unwrap();
+        assert_eq!(cw.len(), alphas.len() * cw_words(bits));
+        let y0 = eval(0, bits, &r0, &cw, xs).unwrap();
+        let y1 = eval(1, bits, &r1, &cw, xs).unwrap();
+        let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        for j in 0..xs.len() {
+            let want = ((xs[j] & mask) < (alphas[j] & mask)) as u64;
+            assert_eq!(
+                bit(&y0, j) ^ bit(&y1, j),
+                want,
+                "bits {bits} x {} alpha {}",
+                xs[j],
+                alphas[j]
+            );
+        }
+    }
+
+    #[test]
+    fn fss_dcf_edges() {
+        let m = (1u64 << 63) - 1;
+        let a = [0, 1, 5, m, m, 0, 1 << 62, 1 << 62, 77, 77, 77];
+        let x = [0, 0, 5, m, m - 1, m, (1 << 62) - 1, 1 << 62, 76, 77, 78];
+        check(63, &a, &x, 1);
+        check(1, &[0, 1, 1, 0], &[0, 0, 1, 1], 2);
+        check(8, &[200, 3, 255], &[199, 3, 0], 3);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn fss_dcf_correct(
+            bits in 1u32..=63,
+            pairs in prop::collection::vec((any::<u64>(), any::<u64>(), any::<i8>()), 1..150),
+            seed in any::<u64>(),
+        ) {
+            // Mix uniform points with points next to alpha.
+            let alphas: Vec<u64> = pairs.iter().map(|p| p.0).collect();
+            let xs: Vec<u64> = pairs
+                .iter()
+                .map(|p| if p.2 % 2 == 0 { p.1 } else { p.0.wrapping_add((p.2 as i64 / 2) as u64) })
+                .collect();
+            check(bits, &alphas, &xs, seed);
+        }
+    }
+
+    #[test]
+    fn fss_dcf_keys_and_shares_look_uniform() {
+        // Same alpha for all keys: one party's output shares and the correction words must still
+        // look uniform (a key alone hides alpha and the output).
+        let n = 4096;
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let (r0, r1) = (roots(&mut rng, n), roots(&mut rng, n));
+        let alphas = vec![1u64 << 40; n];
+        let xs: Vec<u64> = (0..n as u64).collect(); // all below alpha: output 1 everywhere
+        let cw = gen(63, &alphas, &r0, &r1).unwrap();
+        let band = 1848..=2248; // 4096/2 +- 6.25 sd
+        for p in 0..2 {
+            let y = eval(p, 63, if p == 0 { &r0 } else { &r1 }, &cw, &xs).unwrap();
+            let ones: u32 = y.iter().map(|w| w.count_ones()).sum();
+            assert!(band.contains(&(ones as usize)), "party {p}: {ones} ones");
+        }
+        // Seed correction words: bit 20 of level 0 and level 40 words.
+        for lvl in [0usize, 40] {
+            let ones = (0..n).filter(|j| (cw[j * 127 + 2 * lvl] >> 20) & 1 == 1).count();
+            assert!(band.contains(&ones), "level {lvl}: {ones}");
+        }
+        // Root seeds of the two parties are independent: XOR looks uniform.
+        let ones = r0.iter().zip(&r1).filter(|(a, b)| ((*a ^ *b) >> 70) & 1 == 1).count();
+        assert!(band.contains(&ones));
+    }
+
+    #[test]
+    fn fss_dcf_rejects_bad_input() {
+        assert!(gen(0, &[1], &[0], &[0]).is_err());
+        assert!(gen(64, &[1], &[0], &[0]).is_err());
+        assert!(gen(8, &[1], &[0], &[]).is_err());
+        assert!(matches!(eval(0, 8, &[0], &[0; 3], &[1]), Err(Error::Protocol(_))));
+        assert!(eval(2, 8, &[0], &[0; 17], &[1]).is_err());
+    }
+}

@@ -1,0 +1,571 @@
+//! Secure DReLU, ReLU and MaxPool over `Z_2^64` with dealer-generated FSS keys (design.md §4),
+//! in the style of the dealer-model protocols of SIGMA (Gupta et al., PETS 2024, §4) / LLAMA
+//! (Gupta et al., PETS 2022), on the DCF of [`crate::mpc::fss`].
+//!
+//! **Correlated randomness (per element).** A mask `r = r0 + r1` (each `r_b` expanded by party `b`
+//! from its own seed); a random bit `rd = rd0 ^ rd1` (likewise); DCF keys for `alpha = r mod 2^63`
+//! (root seeds expanded by each party, correction words from the dealer to both); XOR shares
+//! `c0 ^ c1 = MSB(r) ^ rd`; arithmetic shares of `rd` and of `r * rd`. The server expands all its
+//! shares; the client receives `c1`, `rd - a0` and `r*rd - p0` from the dealer.
+//!
+//! **Online, 2 rounds.**
+//! 1. Both open `x^ = x + r` (one simultaneous exchange of one ring element each).
+//! 2. Sign (Boyle et al., Eurocrypt 2021, §4.1: MSB from a comparison of the low 63 bits):
+//!    `MSB(x) = MSB(x^) ^ MSB(r) ^ [x^ mod 2^63 < r mod 2^63]`, so each party evaluates its DCF key
+//!    at `x^ mod 2^63` and gets an XOR share of `d^ = DReLU(x) ^ rd` (DReLU = 1 - MSB). Both open
+//!    `d^` (one bit each, packed 64 per word).
+//! 3. Select: with `d = d^ + (1 - 2 d^) rd`, `ReLU(x) = (x^ - r) d` is linear in the shares of `r`,
+//!    `rd`, `r*rd` given the public `x^, d^`: no truncation, exact.
+//!
+//! Online bytes per element: 8 + 1/8 each way (16.25 both ways); 2 rounds. Dealer: `key_bytes(63)`
+//! = 1016 bytes to each party + 16 bytes + 1 bit more to the client (2048.1 bytes per element).
+//! DCF work: 63 AES calls per element and party online; 252 at the dealer.
+//!
+//! **DReLU alone** ([`drelu`]): 1 round (step 1), XOR shares `d^_b ^ rd_b`.
+//!
+//! **MaxPool** ([`maxpool`]): a tree of `max(a, b) = b + ReLU(a - b)` over the valid elements of
+//! each window (padding is -inf: left out), one ReLU batch per level, `ceil(log2(k*k))` levels
+//! (2 for 2x2, 4 for 3x3): 2 rounds per level. Exact as long as `a - b` does not overflow,
+//! i.e. for values in `[-2^62, 2^62)`.
+
+use super::fss;
+use crate::error::{Error, Result};
+use crate::net::{exchange_ring, recv_ring, send_ring, Channel};
+use rand_chacha::rand_core::RngCore;
+use rand_chacha::ChaCha20Rng;
+
+/// Width of the comparison (the low 63 bits of a ring element).
+const BITS: u32 = 63;
+const LOW: u64 = (1u64 << 63) - 1;
+
+fn words(n: usize) -> usize {
+    n.div_ceil(64)
+}
+
+fn ring(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
+    let mut v = vec![0u64; n];
+    rng.fill_bytes(bytemuck::cast_slice_mut(&mut v));
+    v
+}
+
+/// Clears the unused high bits of the last word of a packed bit vector of `n` bits.
+fn clear_tail(v: &mut [u64], n: usize) {
+    if n % 64 != 0 {
+        if let Some(last) = v.last_mut() {
+            *last &= (1u64 << (n % 64)) - 1;
+        }
+    }
+}
+
+fn get_bit(v: &[u64], j: usize) -> u64 {
+    (v[j / 64] >> (j % 64)) & 1
+}
+
+/// What a party expands from its own seed for one comparison level of `n` elements, in this
+/// order from one ChaCha20 stream: `r_b` (n words), root seeds (n x 16 bytes), `rd_b` (packed);
+/// the server then also `c0` (packed), `a0` (n), `p0` (n).
+struct Drawn {
+    r: Vec<u64>,
+    roots: Vec<u128>,
+    rd: Vec<u64>,
+    c: Vec<u64>,
+    a: Vec<u64>,
+    p: Vec<u64>,
+}
+
+fn draw(rng: &mut ChaCha20Rng, party: usize, n: usize) -> Drawn {
+    let r = ring(rng, n);
+    let mut rb = vec![0u8; 16 * n];
+    rng.fill_bytes(&mut rb);
+    let roots = fss::roots_from_bytes(&rb);
+    let mut rd = ring(rng, words(n));
+    clear_tail(&mut rd, n);
+    let (c, a, p) = if party == 0 {
+        let mut c = ring(rng, words(n));
+        clear_tail(&mut c, n);
+        (c, ring(rng, n), ring(rng, n))
+    } else {
+        (Vec::new(), Vec::new(), Vec::new())
+    };
+    Drawn { r, roots, rd, c, a, p }
+}
+
+/// One party's correlated randomness for one batch of `n` secure comparisons (one ReLU layer,
+/// or one level of a max-pool tree). Memory: about `1016 + 40` bytes per element.
+#[derive(Clone)]
+pub struct ReluMaterial {
+    n: usize,
+    r: Vec<u64>,
+    roots: Vec<u128>,
+    cws: Vec<u64>,
+    rd: Vec<u64>,
+    c: Vec<u64>,
+    a: Vec<u64>,
+    p: Vec<u64>,
+}
+
+impl std::fmt::Debug for ReluMaterial {
+    /// Never prints the secret shares.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReluMaterial {{ n: {}, .. }}", self.n)
+    }
+}
+
+impl ReluMaterial {
+    /// Number of elements this material serves.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True when it serves no element.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+/// Words the dealer sends to the server for `n` comparisons: the DCF correction words.
+pub fn server_words(n: usize) -> usize {
+    n * fss::cw_words(BITS)
+}
+
+/// Words the dealer sends to the client for `n` comparisons: `c1` (packed), `a1`, `p1`, then
+/// the DCF correction words.
+pub fn client_words(n: usize) -> usize {
+    words(n) + 2 * n + server_words(n)
+}
+
+/// Dealer: the material of one level of `n` comparisons. `rng0` / `rng1` are the server's and
+/// the client's stream (the same streams the parties pass to [`receive`]); returns the message
+/// for the server and the message for the client (send each with `send_ring`). Sizes:
+/// [`server_words`], [`client_words`].
+///
+/// Errors: none in practice (propagates [`fss::gen`]'s argument checks).
+pub fn deal(
+    rng0: &mut ChaCha20Rng,
+    rng1: &mut ChaCha20Rng,
+    n: usize,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let d0 = draw(rng0, 0, n);
+    let d1 = draw(rng1, 1, n);
+    let r: Vec<u64> = d0.r.iter().zip(&d1.r).map(|(a, b)| a.wrapping_add(*b)).collect();
+    let alphas: Vec<u64> = r.iter().map(|v| v & LOW).collect();
+    let cws = fss::gen(BITS, &alphas, &d0.roots, &d1.roots)?;
+    let rd: Vec<u64> = d0.rd.iter().zip(&d1.rd).map(|(a, b)| a ^ b).collect();
+    let mut msb = vec![0u64; words(n)];
+    for (j, v) in r.iter().enumerate() {
+        msb[j / 64] |= (v >> 63) << (j % 64);
+    }
+    let mut client = Vec::with_capacity(client_words(n));
+    client.extend(d0.c.iter().zip(&msb).zip(&rd).map(|((c, m), d)| c ^ m ^ d));
+    for j in 0..n {
+        let b = get_bit(&rd, j);
+        client.push(b.wrapping_sub(d0.a[j]));
+    }
+    for j in 0..n {
+        let b = get_bit(&rd, j);
+        client.push(r[j].wrapping_mul(b).wrapping_sub(d0.p[j]));
+    }
+    client.extend_from_slice(&cws);
+    Ok((cws, client))
+}
+
+/// Party `party` (0 = server, 1 = client), offline: expands its share of one level of `n`
+/// comparisons from `rng` (its seed's stream, drawn in the same order as the dealer) and receives
+/// the dealer's message from `dealer` ([`server_words`] or [`client_words`] ring elements).
+///
+/// Errors: `Protocol` if the dealer's message has another length; peer errors.
+pub fn receive(
+    party: usize,
+    rng: &mut ChaCha20Rng,
+    n: usize,
+    dealer: &mut dyn Channel,
+) -> Result<ReluMaterial> {
+    let d = draw(rng, party, n);
+    if party == 0 {
+        let cws = recv_ring(dealer, server_words(n))?;
+        return Ok(ReluMaterial {
+            n,
+            r: d.r,
+            roots: d.roots,
+            cws,
+            rd: d.rd,
+            c: d.c,
+            a: d.a,
+            p: d.p,
+        });
+    }
+    let mut msg = recv_ring(dealer, client_words(n))?;
+    let w = words(n);
+    let cws = msg.split_off(w + 2 * n);
+    let p = msg.split_off(w + n);
+    let a = msg.split_off(w);
+    let mut c = msg;
+    clear_tail(&mut c, n);
+    Ok(ReluMaterial { n, r: d.r, roots: d.roots, cws, rd: d.rd, c, a, p })
+}
+
+fn check_len(m: &ReluMaterial, x: &[u64]) -> Result<()> {
+    if m.n != x.len() {
+        return Err(Error::InvalidArgument(format!(
+            "secure comparison: material for {} elements, input has {}",
+            m.n,
+            x.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Round 1 and the local DCF evaluation: returns the opened `x^ = x + r` and this party's XOR
+/// share of `d^ = DReLU(x) ^ rd` (packed).
+fn open_and_compare(
+    party: usize,
+    m: &ReluMaterial,
+    x: &[u64],
+    peer: &mut dyn Channel,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    check_len(m, x)?;
+    let mine: Vec<u64> = x.iter().zip(&m.r).map(|(a, b)| a.wrapping_add(*b)).collect();
+    let theirs = exchange_ring(peer, &mine)?;
+    let xh: Vec<u64> = mine.iter().zip(&theirs).map(|(a, b)| a.wrapping_add(*b)).collect();
+    let lows: Vec<u64> = xh.iter().map(|v| v & LOW).collect();
+    let mut d = fss::eval(party, BITS, &m.roots, &m.cws, &lows)?;
+    for (w, c) in d.iter_mut().zip(&m.c) {
+        *w ^= c;
+    }
+    if party == 0 {
+        // 1 ^ MSB(x^), public: added by the server only.
+        for (j, v) in xh.iter().enumerate() {
+            d[j / 64] ^= (!v >> 63) << (j % 64);
+        }
+    }
+    clear_tail(&mut d, m.n);
+    Ok((xh, d))
+}
+
+/// Online DReLU: XOR shares (packed 64 per word, bit `j % 64` of word `j / 64`) of
+/// `DReLU(x_j) = [x_j >= 0]` (signed), from this party's shares `x`. 1 round: one ring element
+/// each way per element. Consumes `m` (one-time material).
+///
+/// Errors: `InvalidArgument` if `m` does not fit `x`; `Protocol` for a peer message of the wrong
+/// length; peer errors.
+pub fn drelu(
+    party: usize,
+    m: &ReluMaterial,
+    x: &[u64],
+    peer: &mut dyn Channel,
+) -> Result<Vec<u64>> {
+    let (_, mut d) = open_and_compare(party, m, x, peer)?;
+    for (w, r) in d.iter_mut().zip(&m.rd) {
+        *w ^= r;
+    }
+    Ok(d)
+}
+
+/// Online ReLU: this party's additive shares of `max(x_j, 0)` (signed), exact. 2 rounds; per
+/// element 8 + 1/8 bytes each way. `m` must serve `x.len()` elements and is used once.
+///
+/// Errors: `InvalidArgument` if `m` does not fit `x`; `Protocol` for a peer message of the wrong
+/// length; peer errors.
+pub fn relu(party: usize, m: &ReluMaterial, x: &[u64], peer: &mut dyn Channel) -> Result<Vec<u64>> {
+    let (xh, d) = open_and_compare(party, m, x, peer)?;
+    let theirs = exchange_ring(peer, &d)?;
+    let mut dh: Vec<u64> = d.iter().zip(&theirs).map(|(a, b)| a ^ b).collect();
+    clear_tail(&mut dh, m.n);
+    let server = party == 0;
+    Ok((0..m.n)
+        .map(|j| {
+            let t = xh[j].wrapping_mul(m.a[j]).wrapping_sub(m.p[j]);
+            if get_bit(&dh, j) == 1 {
+                let base = if server { xh[j] } else { 0 };
+                base.wrapping_sub(t).wrapping_sub(m.r[j])
+            } else {
+                t
+            }
+        })
+        .collect())
+}
+
+/// The windows of a max-pool over `[n, c, h, w]` (kernel `k`, stride `s`, padding `p`, padding
+/// left out): output shape `[n, c, oh, ow]` and, per output, the flat input indices of its valid
+/// elements in row-major window order. Errors: `InvalidArgument` for `k == 0`, `s == 0`, or a
+/// window larger than the padded input.
+pub fn pool_windows(
+    shape: &[usize],
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Result<(Vec<usize>, Vec<Vec<u32>>)> {
+    if shape.len() != 4 || k == 0 || s == 0 || shape[2] + 2 * p < k || shape[3] + 2 * p < k {
+        return Err(Error::InvalidArgument(format!(
+            "max-pool: kernel {k} stride {s} padding {p} on input {shape:?}"
+        )));
+    }
+    let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let mut win = Vec::with_capacity(n * c * oh * ow);
+    for nc in 0..n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut v = Vec::with_capacity(k * k);
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let iy = (oy * s + ky) as isize - p as isize;
+                        let ix = (ox * s + kx) as isize - p as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            v.push((nc * h * w + iy as usize * w + ix as usize) as u32);
+                        }
+                    }
+                }
+                win.push(v);
+            }
+        }
+    }
+    Ok((vec![n, c, oh, ow], win))
+}
+
+/// Comparisons per level of the max-pool tree over windows of the given sizes (pairs of each
+/// level; an odd element passes to the next level). Empty when every window has <= 1 element.
+pub fn pool_levels(sizes: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut cnt: Vec<usize> = sizes.collect();
+    let mut levels = Vec::new();
+    while cnt.iter().any(|&c| c > 1) {
+        levels.push(cnt.iter().map(|c| c / 2).sum());
+        for c in cnt.iter_mut() {
+            *c = c.div_ceil(2);
+        }
+    }
+    levels
+}
+
+/// Online max-pool on this party's shares `x` (`[n, c, h, w]` flattened, `shape` its shape;
+/// window `(kernel, stride, padding)`):
+/// returns the shares of the output (`[n, c, oh, ow]`, as [`pool_windows`]). `levels` is the
+/// material of each tree level (sizes [`pool_levels`]). A window with no valid element gives
+/// `i64::MIN` (as the plaintext twin). 2 rounds per level.
+///
+/// Errors: `InvalidArgument` for a bad geometry or material that does not fit; peer errors.
+pub fn maxpool(
+    party: usize,
+    levels: &[ReluMaterial],
+    x: &[u64],
+    shape: &[usize],
+    (k, s, p): (usize, usize, usize),
+    peer: &mut dyn Channel,
+) -> Result<(Vec<usize>, Vec<u64>)> {
+    if shape.iter().product::<usize>() != x.len() {
+        return Err(Error::InvalidArgument(format!(
+            "max-pool: input of {} elements for shape {shape:?}",
+            x.len()
+        )));
+    }
+    let (out_shape, win) = pool_windows(shape, k, s, p)?;
+    // Current candidates per window, flat, with offsets.
+    let mut vals: Vec<u64> = Vec::with_capacity(win.iter().map(|v| v.len()).sum());
+    let mut cnt: Vec<usize> = Vec::with_capacity(win.len());
+    for v in &win {
+        vals.extend(v.iter().map(|&i| x[i as usize]));
+        cnt.push(v.len());
+    }
+    drop(win);
+    let want = pool_levels(cnt.iter().copied());
+    if want.len() != levels.len() || want.iter().zip(levels).any(|(a, m)| *a != m.n) {
+        return Err(Error::InvalidArgument("max-pool: material does not fit the windows".into()));
+    }
+    for m in levels {
+        // Differences a - b of every pair, in window order.
+        let mut diff = Vec::with_capacity(m.n);
+        let mut off = 0;
+        for &c in &cnt {
+            for q in 0..c / 2 {
+                let (a, b) = (vals[off + 2 * q], vals[off + 2 * q + 1]);
+                diff.push(a.wrapping_sub(b));
+            }
+            off += c;
+        }
+        let rl = relu(party, m, &diff, peer)?;
+        let mut next = Vec::with_capacity(vals.len() - m.n);
+        let (mut off, mut k2) = (0, 0);
+        for c in cnt.iter_mut() {
+            for q in 0..*c / 2 {
+                next.push(vals[off + 2 * q + 1].wrapping_add(rl[k2]));
+                k2 += 1;
+            }
+            if *c % 2 == 1 {
+                next.push(vals[off + *c - 1]);
+            }
+            off += *c;
+            *c = c.div_ceil(2);
+        }
+        vals = next;
+    }
+    // Every count is now 0 or 1.
+    let mut out = Vec::with_capacity(cnt.len());
+    let mut off = 0;
+    for &c in &cnt {
+        if c == 1 {
+            out.push(vals[off]);
+            off += 1;
+        } else {
+            out.push(if party == 0 { i64::MIN as u64 } else { 0 });
+        }
+    }
+    Ok((out_shape, out))
+}
+
+/// Dealer helper: deals and sends the material of every level (`sizes`, e.g. `[n]` for a ReLU
+/// layer or [`pool_levels`] for a max-pool) to the server and the client, flushing both.
+///
+/// Errors: peer errors.
+pub fn deal_and_send(
+    rng0: &mut ChaCha20Rng,
+    rng1: &mut ChaCha20Rng,
+    sizes: &[usize],
+    server: &mut dyn Channel,
+    client: &mut dyn Channel,
+) -> Result<()> {
+    for &n in sizes {
+        let (m0, m1) = deal(rng0, rng1, n)?;
+        send_ring(server, &m0)?;
+        send_ring(client, &m1)?;
+    }
+    server.flush()?;
+    client.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::mem_pair;
+    use proptest::prelude::*;
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+    fn signed(v: u64) -> i64 {
+        v as i64
+    }
+
+    /// Runs `f(party, material, shares, channel)` for both parties on secret `xs`; the dealer
+    /// sends over in-memory channels. Returns both parties' outputs.
+    fn run2<T: Send>(
+        sizes: &[usize],
+        xs: &[u64],
+        seed: u64,
+        f: impl Fn(usize, Vec<ReluMaterial>, Vec<u64>, &mut dyn Channel) -> T + Sync,
+    ) -> (T, T) {
+        let mut g = ChaCha20Rng::seed_from_u64(seed);
+        let (s0, s1) = (g.next_u64(), g.next_u64());
+        let share0: Vec<u64> = (0..xs.len()).map(|_| g.next_u64()).collect();
+        let share1: Vec<u64> = xs.iter().zip(&share0).map(|(x, a)| x.wrapping_sub(*a)).collect();
+        let (mut ds, mut sd) = mem_pair();
+        let (mut dc, mut cd) = mem_pair();
+        deal_and_send(
+            &mut ChaCha20Rng::seed_from_u64(s0),
+            &mut ChaCha20Rng::seed_from_u64(s1),
+            sizes,
+            &mut ds,
+            &mut dc,
+        )
+        .unwrap();
+        let mut r0 = ChaCha20Rng::seed_from_u64(s0);
+        let mut r1 = ChaCha20Rng::seed_from_u64(s1);
+        let m0: Vec<_> = sizes.iter().map(|&n| receive(0, &mut r0, n, &mut sd).unwrap()).collect();
+        let m1: Vec<_> = sizes.iter().map(|&n| receive(1, &mut r1, n, &mut cd).unwrap()).collect();
+        let (mut a, mut b) = mem_pair();
+        std::thread::scope(|s| {
+            let f = &f;
+            let h = s.spawn(move || f(0, m0, share0, &mut a));
+            let y1 = f(1, m1, share1, &mut b);
+            (h.join().unwrap(), y1)
+        })
+    }
+
+    fn interesting() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            any::<u64>(),
+            (-1000i64..1000).prop_map(|v| v as u64),
+            (-(1i64 << 40)..(1i64 << 40)).prop_map(|v| v as u64),
+            prop_oneof![Just(1i64 << 40), Just(-(1i64 << 40)), Just(i64::MIN), Just(i64::MAX)]
+                .prop_map(|v| v as u64),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn relu_matches_twin(xs in prop::collection::vec(interesting(), 1..300), seed in any::<u64>()) {
+            let (y0, y1) = run2(&[xs.len()], &xs, seed, |p, m, x, ch| relu(p, &m[0], &x, ch).unwrap());
+            for (j, x) in xs.iter().enumerate() {
+                let want = if signed(*x) < 0 { 0 } else { *x };
+                prop_assert_eq!(y0[j].wrapping_add(y1[j]), want, "x = {}", signed(*x));
+            }
+        }
+
+        #[test]
+        fn relu_drelu_matches_twin(xs in prop::collection::vec(interesting(), 1..200), seed in any::<u64>()) {
+            let (d0, d1) = run2(&[xs.len()], &xs, seed, |p, m, x, ch| drelu(p, &m[0], &x, ch).unwrap());
+            for (j, x) in xs.iter().enumerate() {
+                prop_assert_eq!(get_bit(&d0, j) ^ get_bit(&d1, j), (signed(*x) >= 0) as u64);
+            }
+        }
+
+        #[test]
+        fn relu_maxpool_matches_twin(
+            n in 1usize..3, c in 1usize..3, h in 1usize..8, w in 1usize..8,
+            cfg in 0usize..3, seed in any::<u64>(),
+            vals in prop::collection::vec(-(1i64 << 61)..(1i64 << 61), 3 * 2 * 8 * 8),
+        ) {
+            let (k, s, p) = [(2, 2, 0), (3, 2, 1), (3, 1, 1)][cfg];
+            prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
+            let shape = [n, c, h, w];
+            let xs: Vec<u64> = vals[..n * c * h * w].iter().map(|v| *v as u64).collect();
+            let (_, win) = pool_windows(&shape, k, s, p).unwrap();
+            let sizes = pool_levels(win.iter().map(|v| v.len()));
+            let (y0, y1) = run2(&sizes, &xs, seed, |pa, m, x, ch| {
+                maxpool(pa, &m, &x, &shape, (k, s, p), ch).unwrap().1
+            });
+            for (o, v) in win.iter().enumerate() {
+                let want = v.iter().map(|&i| signed(xs[i as usize])).max().unwrap_or(i64::MIN);
+                prop_assert_eq!(signed(y0[o].wrapping_add(y1[o])), want);
+            }
+        }
+    }
+
+    #[test]
+    fn relu_edges_and_costs() {
+        let xs: Vec<u64> = [0i64, 1, -1, 65536, -65536, 1 << 40, -(1 << 40), i64::MAX, i64::MIN]
+            .iter()
+            .map(|v| *v as u64)
+            .collect();
+        let (y0, y1) = run2(&[xs.len()], &xs, 3, |p, m, x, ch| {
+            let y = relu(p, &m[0], &x, ch).unwrap();
+            (y, ch.stats())
+        });
+        for (j, x) in xs.iter().enumerate() {
+            let want = if signed(*x) < 0 { 0 } else { *x };
+            assert_eq!(y0.0[j].wrapping_add(y1.0[j]), want);
+        }
+        // 2 rounds; 9 ring elements + 1 packed word each way.
+        assert_eq!(y0.1.send_phases, 2);
+        assert_eq!(y0.1.bytes_sent, 8 * 9 + 8);
+        assert_eq!(client_words(9), 1 + 18 + 9 * 127);
+    }
+
+    #[test]
+    fn relu_rejects_bad_messages() {
+        let (mut a, mut b) = mem_pair();
+        send_ring(&mut a, &[1, 2, 3]).unwrap();
+        let mut r = ChaCha20Rng::seed_from_u64(1);
+        assert!(matches!(receive(1, &mut r, 2, &mut b), Err(Error::Protocol(_))));
+        let m = {
+            let (mut ds, mut sd) = mem_pair();
+            let (mut dc, _cd) = mem_pair();
+            let mut g0 = ChaCha20Rng::seed_from_u64(1);
+            let mut g1 = ChaCha20Rng::seed_from_u64(2);
+            deal_and_send(&mut g0, &mut g1, &[2], &mut ds, &mut dc).unwrap();
+            receive(0, &mut ChaCha20Rng::seed_from_u64(1), 2, &mut sd).unwrap()
+        };
+        assert!(matches!(relu(0, &m, &[1, 2, 3], &mut a), Err(Error::InvalidArgument(_))));
+        // The peer answers the opening with one element too few.
+        send_ring(&mut b, &[5]).unwrap();
+        assert!(matches!(relu(0, &m, &[1, 2], &mut a), Err(Error::Protocol(_))));
+    }
+}
