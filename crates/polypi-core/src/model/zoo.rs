@@ -9,7 +9,8 @@
 //! the 64 the fixed-point tests need), also for the polynomial variants, which would otherwise
 //! blow up (or vanish) doubly exponentially with depth. Weights are uniform with
 //! `Var(w) = gain2 / fan_in`:
-//! - `Relu` (gain2 2, He), `Pillar` and `X2Act` (gain2 1): variance preserving.
+//! - `Relu` (gain2 2, He), `Pillar` and `X2Act` (gain2 1): variance preserving (NET-R18 X2Act:
+//!   stem 0.5, branch 0.15, shortcut 0.6, which keeps its slowly growing quadratic term small).
 //! - `Square` (`x^2`): gain2 0.15 plus a per-channel pre-activation bias of ±0.78, so that the
 //!   layer-to-layer map of the second moment, `e' = b^4 + 6 b^2 a e + 3 a^2 e^2`, has an
 //!   *attracting* fixed point at 1 (slope ~0.7): deviations shrink from layer to layer instead of
@@ -327,9 +328,9 @@ impl Init {
             Act::X2Act => Init {
                 gain2: 1.0,
                 bias: 0.0,
-                stem_gain2: 1.0,
-                branch_gain2: 0.25,
-                shortcut_gain2: 0.8,
+                stem_gain2: 0.5,
+                branch_gain2: 0.15,
+                shortcut_gain2: 0.6,
                 post_bias: 0.0,
                 fc_gain2: 1.0,
             },
@@ -617,13 +618,14 @@ mod tests {
         (maxes, outs.last().unwrap().clone())
     }
 
-    /// The deep polynomial networks stay in range for other weight seeds, and for inputs in
-    /// [-2, 2] (normalised CIFAR images) too.
+    /// The deep networks stay in range for another weight seed, and for inputs in [-2, 2]
+    /// (normalised CIFAR images) too.
     #[test]
-    fn polynomial_zoo_is_stable_across_seeds_and_inputs() {
+    fn zoo_is_stable_across_seeds_and_inputs() {
         for net in [RefNet::NetC, RefNet::NetR18] {
-            for act in [Act::Square, Act::Pkn] {
-                for (build_seed, scale) in [(0u64, 1.0f32), (42, 1.0), (7, 4.0)] {
+            for act in Act::ALL {
+                // Seed 11 is the one the engine's end-to-end tests use.
+                for (build_seed, scale) in [(11u64, 1.0f32), (7, 4.0)] {
                     let f = build(net, act, Pool::Avg, 1.0, build_seed).unwrap();
                     let plan = compile(&f).unwrap();
                     let n: usize = plan.input_shape().iter().product();
