@@ -85,11 +85,3 @@ fn net_r18_square_mem_and_tcp() {
 fn net_r18_x2act_mem() {
     check(RefNet::NetR18, Act::X2Act, &[1], Transport::Mem);
 }
-
-#[test]
-fn relu_network_is_refused_with_a_clear_error() {
-    let plan = compile(&build(RefNet::NetM, Act::Relu, Pool::Avg, 1.0, 1).unwrap()).unwrap();
-    let x = vec![0.5f32; 784];
-    let err = run_local(&plan, &[(x, 1)], LocalOpts::default()).unwrap_err();
-    assert!(err.to_string().contains("2PC"), "{err}");
-}

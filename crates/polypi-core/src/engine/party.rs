@@ -14,6 +14,11 @@
 //!   for each power group (see [`crate::mpc::encode`]) the dealer provides shares of `r, r^2..r^m`;
 //!   both parties open `e = x_g - r` in one simultaneous exchange; `x^k = sum_i C(k,i) e^(k-i) r^i`
 //!   locally; coefficients are public.
+//! - **ReLU / MaxPool** ([`crate::mpc::relu`]): dealer FSS keys (a DCF on the low 63 bits of
+//!   the opened `x + r`), 2 online rounds per ReLU layer (open `x + r`, then the masked DReLU
+//!   bit), 8 + 1/8 bytes each way per element; max-pool is a tree of `b + ReLU(a - b)`, 2 rounds
+//!   per level. The dealer sends the DCF correction words to both parties (1016 bytes per
+//!   comparison each) and 16 bytes + 1 bit more per comparison to the client. Exact.
 //! - Average pooling, residual add, flatten: local. Output: the server sends its share of the
 //!   logits; only the client reconstructs.
 
@@ -24,6 +29,7 @@ use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
 use crate::mpc::encode::PolyPlan;
 use crate::mpc::ops::{self, Trunc};
 use crate::mpc::prg::{Purpose, Seed};
+use crate::mpc::relu::{self, ReluMaterial};
 use crate::mpc::{CLIENT, SERVER};
 use crate::net::{exchange_ring, recv_ring, send_ring, Channel, ChannelStats};
 use crate::ring::RingTensor;
@@ -40,6 +46,8 @@ pub enum Material {
     /// added to the trivial sharing `(0, x)` of the client's input so that both shares are
     /// uniform (SecureML local truncation is only correct on uniformly random shares).
     Input { zero_share: Vec<u64> },
+    /// ReLU (one level) or max-pool (one per tree level): this party's comparison material.
+    Compare { levels: Vec<ReluMaterial> },
 }
 
 fn numel(shape: &[usize]) -> usize {
@@ -52,19 +60,25 @@ fn with_batch(layer: &Layer, batch: usize) -> Vec<usize> {
     s
 }
 
-/// Checks that every layer of `plan` has a secure protocol. Errors: `InvalidArgument` naming the
-/// first layer without one.
+/// Checks that every layer of `plan` has a secure protocol. Every op of this build has one
+/// (ReLU and MaxPool through [`crate::mpc::relu`]), so this only rejects an empty plan.
+/// Errors: `InvalidArgument` for a plan without layers.
 pub fn check_supported(plan: &Plan) -> Result<()> {
-    for l in &plan.layers {
-        if matches!(l.op, LayerOp::Relu | LayerOp::MaxPool2d { .. }) {
-            return Err(Error::InvalidArgument(format!(
-                "layer '{}' ({}) has no 2PC protocol in this build; use a polynomial network",
-                l.name,
-                l.op.kind()
-            )));
-        }
+    if plan.layers.is_empty() {
+        return Err(Error::InvalidArgument("the plan has no layers".into()));
     }
     Ok(())
+}
+
+/// Comparisons per tree level of a max-pool layer on input shape `x` (`[N, C, H, W]`), checked
+/// against the layer's output shape. Errors: `Graph` for a bad geometry.
+fn pool_geometry(layer: &Layer, x: &[usize], win: (usize, usize, usize)) -> Result<Vec<usize>> {
+    let (out, levels) =
+        relu::pool_sizes(x, win).map_err(|e| Error::graph(&layer.name, e.to_string()))?;
+    if out[1..] != layer.out_shape[..] {
+        return Err(Error::graph(&layer.name, "max-pool output shape differs from the plan"));
+    }
+    Ok(levels)
 }
 
 /// The weight masks `B` of every linear layer, expanded from the server's seed (session stream),
@@ -101,7 +115,7 @@ pub struct Offline<'a> {
     inference: u64,
     /// Client only: `F = W - B` per linear layer.
     masked_weights: &'a EncodedPlan,
-    /// Client only: channel from the dealer.
+    /// Channel from the dealer (client: always; server: for ReLU / MaxPool layers).
     dealer: Option<&'a mut dyn Channel>,
     /// Material per layer (index = layer).
     pub material: Vec<Option<Material>>,
@@ -129,7 +143,7 @@ impl<'a> Offline<'a> {
 
     fn dealer(&mut self) -> Result<&mut (dyn Channel + 'a)> {
         self.dealer.as_deref_mut().ok_or_else(|| {
-            Error::InvalidArgument("client offline phase needs the dealer channel".into())
+            Error::InvalidArgument("this offline phase needs the dealer channel".into())
         })
     }
 
@@ -170,6 +184,21 @@ impl<'a> Offline<'a> {
         let c1 = recv_ring(self.dealer()?, numel(out))?;
         let share = af.data.iter().zip(&c1).map(|(u, c)| u.wrapping_add(*c)).collect();
         self.put(idx, Material::Linear { mask: Some(a.data), share });
+        Ok(())
+    }
+}
+
+impl Offline<'_> {
+    /// Comparison material of layer `idx`, one batch per level of `sizes` comparisons: expanded
+    /// from the seed's `Compare(0)` stream of the layer, plus the dealer's keys.
+    fn compare_material(&mut self, idx: usize, sizes: &[usize]) -> Result<()> {
+        let mut rng = self.seed.stream(self.inference, idx, Purpose::Compare(0));
+        let party = self.party;
+        let mut levels = Vec::with_capacity(sizes.len());
+        for &n in sizes {
+            levels.push(relu::receive(party, &mut rng, n, self.dealer()?)?);
+        }
+        self.put(idx, Material::Compare { levels });
         Ok(())
     }
 }
@@ -253,25 +282,22 @@ impl Backend for Offline<'_> {
         self.put(idx, Material::Poly { r_pows });
         Ok(x.clone())
     }
-    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
-        Err(Error::InvalidArgument(format!(
-            "layer '{}': ReLU has no 2PC protocol in this build",
-            layer.name
-        )))
+    fn relu(&mut self, idx: usize, _layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        self.compare_material(idx, &[numel(x)])?;
+        Ok(x.clone())
     }
     fn maxpool(
         &mut self,
-        _idx: usize,
+        idx: usize,
         layer: &Layer,
-        _k: usize,
-        _s: usize,
-        _p: usize,
-        _x: &Vec<usize>,
+        k: usize,
+        s: usize,
+        p: usize,
+        x: &Vec<usize>,
     ) -> Result<Vec<usize>> {
-        Err(Error::InvalidArgument(format!(
-            "layer '{}': MaxPool has no 2PC protocol in this build",
-            layer.name
-        )))
+        let levels = pool_geometry(layer, x, (k, s, p))?;
+        self.compare_material(idx, &levels)?;
+        Ok(with_batch(layer, x[0]))
     }
     fn avgpool(
         &mut self,
@@ -303,13 +329,15 @@ impl Backend for Offline<'_> {
     }
 }
 
-/// The dealer's offline phase for one inference: computes and streams the client's corrections.
+/// The dealer's offline phase for one inference: computes and streams the client's corrections
+/// (and, for ReLU / MaxPool layers, the server's DCF keys: see [`Dealer::with_server`]).
 pub struct Dealer<'a> {
     server_seed: &'a Seed,
     client_seed: &'a Seed,
     inference: u64,
     masks: &'a EncodedPlan,
     client: &'a mut dyn Channel,
+    server: Option<&'a mut dyn Channel>,
 }
 
 impl<'a> Dealer<'a> {
@@ -322,7 +350,26 @@ impl<'a> Dealer<'a> {
         masks: &'a EncodedPlan,
         client: &'a mut dyn Channel,
     ) -> Self {
-        Dealer { server_seed, client_seed, inference, masks, client }
+        Dealer { server_seed, client_seed, inference, masks, client, server: None }
+    }
+
+    /// Adds the channel to the server, needed by plans with ReLU / MaxPool layers (the server
+    /// receives its DCF correction words on it). Its bytes count in [`Backend::counters`].
+    pub fn with_server(mut self, server: &'a mut dyn Channel) -> Self {
+        self.server = Some(server);
+        self
+    }
+
+    fn compare_keys(&mut self, idx: usize, layer: &Layer, sizes: &[usize]) -> Result<()> {
+        let server = self.server.as_deref_mut().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "layer '{}': the dealer needs the server channel for comparisons",
+                layer.name
+            ))
+        })?;
+        let mut r0 = self.server_seed.stream(self.inference, idx, Purpose::Compare(0));
+        let mut r1 = self.client_seed.stream(self.inference, idx, Purpose::Compare(0));
+        relu::deal_and_send(&mut r0, &mut r1, sizes, server, self.client)
     }
 
     fn linear_correction(
@@ -433,25 +480,22 @@ impl Backend for Dealer<'_> {
         }
         Ok(x.clone())
     }
-    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
-        Err(Error::InvalidArgument(format!(
-            "layer '{}': ReLU has no 2PC protocol in this build",
-            layer.name
-        )))
+    fn relu(&mut self, idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        self.compare_keys(idx, layer, &[numel(x)])?;
+        Ok(x.clone())
     }
     fn maxpool(
         &mut self,
-        _idx: usize,
+        idx: usize,
         layer: &Layer,
-        _k: usize,
-        _s: usize,
-        _p: usize,
-        _x: &Vec<usize>,
+        k: usize,
+        s: usize,
+        p: usize,
+        x: &Vec<usize>,
     ) -> Result<Vec<usize>> {
-        Err(Error::InvalidArgument(format!(
-            "layer '{}': MaxPool has no 2PC protocol in this build",
-            layer.name
-        )))
+        let levels = pool_geometry(layer, x, (k, s, p))?;
+        self.compare_keys(idx, layer, &levels)?;
+        Ok(with_batch(layer, x[0]))
     }
     fn avgpool(
         &mut self,
@@ -478,8 +522,26 @@ impl Backend for Dealer<'_> {
     ) -> Result<Vec<usize>> {
         Ok(a.clone())
     }
+    /// Both of the dealer's channels, summed (client + server).
     fn counters(&self) -> ChannelStats {
-        self.client.stats()
+        let mut c = self.client.stats();
+        if let Some(s) = &self.server {
+            let t = s.stats();
+            c.bytes_sent += t.bytes_sent;
+            c.bytes_received += t.bytes_received;
+            c.messages_sent += t.messages_sent;
+            c.messages_received += t.messages_received;
+            c.send_phases += t.send_phases;
+        }
+        c
+    }
+}
+
+/// Names the layer in an argument error of a comparison protocol (peer errors pass unchanged).
+fn in_layer(e: Error, name: &str) -> Error {
+    match e {
+        Error::InvalidArgument(r) => Error::graph(name, r),
+        e => e,
     }
 }
 
@@ -654,25 +716,34 @@ impl Backend for Online<'_> {
         }
         Ok(ops::poly_combine(x, &pows, plan, f, t))
     }
-    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &RingTensor) -> Result<RingTensor> {
-        Err(Error::InvalidArgument(format!(
-            "layer '{}': ReLU has no 2PC protocol in this build",
-            layer.name
-        )))
+    fn relu(&mut self, idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
+        let Material::Compare { levels } = self.take(idx, layer)? else {
+            return Err(Error::graph(&layer.name, "wrong offline material"));
+        };
+        let [m] = levels.as_slice() else {
+            return Err(Error::graph(&layer.name, "wrong offline material"));
+        };
+        let data =
+            relu::relu(self.party, m, &x.data, self.peer).map_err(|e| in_layer(e, &layer.name))?;
+        Ok(RingTensor { shape: x.shape.clone(), data })
     }
     fn maxpool(
         &mut self,
-        _idx: usize,
+        idx: usize,
         layer: &Layer,
-        _k: usize,
-        _s: usize,
-        _p: usize,
-        _x: &RingTensor,
+        k: usize,
+        s: usize,
+        p: usize,
+        x: &RingTensor,
     ) -> Result<RingTensor> {
-        Err(Error::InvalidArgument(format!(
-            "layer '{}': MaxPool has no 2PC protocol in this build",
-            layer.name
-        )))
+        let Material::Compare { levels } = self.take(idx, layer)? else {
+            return Err(Error::graph(&layer.name, "wrong offline material"));
+        };
+        pool_geometry(layer, &x.shape, (k, s, p))?;
+        let (shape, data) =
+            relu::maxpool(self.party, &levels, &x.data, &x.shape, (k, s, p), self.peer)
+                .map_err(|e| in_layer(e, &layer.name))?;
+        Ok(RingTensor { shape, data })
     }
     fn avgpool(
         &mut self,

@@ -127,7 +127,7 @@ pub fn serve_session(
         inference += 1;
         let mut tr = PartyTraces::default();
         let t0 = Instant::now();
-        let mut off = Offline::new(SERVER, &seed, inference, enc, None);
+        let mut off = Offline::new(SERVER, &seed, inference, enc, Some(&mut *dealer));
         let (_, traces) = walk(plan, &mut off, batch)?;
         tr.offline = traces;
         tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -177,7 +177,7 @@ pub fn deal_session(
         }
         inference += 1;
         let t0 = Instant::now();
-        let mut d = Dealer::new(&seed_s, &seed_c, inference, &masks, client);
+        let mut d = Dealer::new(&seed_s, &seed_c, inference, &masks, client).with_server(server);
         let (_, traces) = walk(&skeleton, &mut d, batch)?;
         out.push(PartyTraces {
             offline: traces,

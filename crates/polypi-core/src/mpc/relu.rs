@@ -323,6 +323,29 @@ pub fn pool_windows(
     Ok((vec![n, c, oh, ow], win))
 }
 
+/// Output shape `[n, c, oh, ow]` and comparisons per tree level ([`pool_levels`]) of a max-pool
+/// over `shape = [n, c, h, w]` with window `(kernel, stride, padding)`, without listing the windows
+/// (what the dealer and the offline phase need). Errors: as [`pool_windows`].
+pub fn pool_sizes(
+    shape: &[usize],
+    (k, s, p): (usize, usize, usize),
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    if shape.len() != 4 || k == 0 || s == 0 || shape[2] + 2 * p < k || shape[3] + 2 * p < k {
+        return Err(Error::InvalidArgument(format!(
+            "max-pool: kernel {k} stride {s} padding {p} on input {shape:?}"
+        )));
+    }
+    let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let valid = |o: usize, len: usize| {
+        (0..k).filter(|&q| (o * s + q) >= p && (o * s + q - p) < len).count()
+    };
+    let vy: Vec<usize> = (0..oh).map(|o| valid(o, h)).collect();
+    let vx: Vec<usize> = (0..ow).map(|o| valid(o, w)).collect();
+    let sizes = (0..n * c).flat_map(|_| vy.iter().flat_map(|a| vx.iter().map(move |b| a * b)));
+    Ok((vec![n, c, oh, ow], pool_levels(sizes)))
+}
+
 /// Comparisons per level of the max-pool tree over windows of the given sizes (pairs of each
 /// level; an odd element passes to the next level). Empty when every window has <= 1 element.
 pub fn pool_levels(sizes: impl Iterator<Item = usize>) -> Vec<usize> {
@@ -519,6 +542,7 @@ mod tests {
             let xs: Vec<u64> = vals[..n * c * h * w].iter().map(|v| *v as u64).collect();
             let (_, win) = pool_windows(&shape, k, s, p).unwrap();
             let sizes = pool_levels(win.iter().map(|v| v.len()));
+            prop_assert_eq!(&pool_sizes(&shape, (k, s, p)).unwrap().1, &sizes);
             let (y0, y1) = run2(&sizes, &xs, seed, |pa, m, x, ch| {
                 maxpool(pa, &m, &x, &shape, (k, s, p), ch).unwrap().1
             });
