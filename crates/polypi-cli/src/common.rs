@@ -20,7 +20,9 @@ pub fn resolve_repo_path(rel: &str) -> Option<PathBuf> {
     if here.exists() {
         return Some(here);
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
     repo.exists().then_some(repo)
 }
 
@@ -71,7 +73,9 @@ pub fn load_model(path: &Path) -> Result<Model> {
 /// The sample images shipped with the repository (`data/samples/*.png`, sorted by name).
 pub fn default_inputs() -> Result<Vec<PathBuf>> {
     let dir = resolve_repo_path(DEFAULT_SAMPLES).with_context(|| {
-        format!("no --input given and the sample folder {DEFAULT_SAMPLES} is missing: pass --input IMG")
+        format!(
+            "no --input given and the sample folder {DEFAULT_SAMPLES} is missing: pass --input IMG"
+        )
     })?;
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
@@ -95,7 +99,10 @@ pub fn load_image(path: &Path, plan: &Plan) -> Result<Vec<f32>> {
         _ => bail!("the model's input shape {shape:?} is not an image [C, H, W]"),
     };
     let img = image::open(path).with_context(|| {
-        format!("cannot read image {} (supported: PNG, PGM/PPM; check the path)", path.display())
+        format!(
+            "cannot read image {} (supported: PNG, PGM/PPM; check the path)",
+            path.display()
+        )
     })?;
     if img.width() as usize != w || img.height() as usize != h {
         bail!(
@@ -134,7 +141,11 @@ pub fn pixels_to_input(
             None => (0.0, 1.0),
         };
         for i in 0..h * w {
-            let p = if interleaved { px[i * c + ch] } else { px[ch * h * w + i] };
+            let p = if interleaved {
+                px[i * c + ch]
+            } else {
+                px[ch * h * w + i]
+            };
             out[ch * h * w + i] = (p as f32 / 255.0 - mean) / std;
         }
     }
@@ -183,13 +194,20 @@ pub fn top_k(plan: &Plan, logits: &[f32], k: usize) -> Vec<ClassProb> {
     idx.sort_by(|a, b| p[*b].total_cmp(&p[*a]).then(a.cmp(b)));
     idx.into_iter()
         .take(k)
-        .map(|i| ClassProb { class: i, label: class_name(plan, i), prob: p[i] })
+        .map(|i| ClassProb {
+            class: i,
+            label: class_name(plan, i),
+            prob: p[i],
+        })
         .collect()
 }
 
 /// Formats the top classes as `name 97.1%, name 2.0%, ...`.
 pub fn fmt_top(top: &[ClassProb]) -> String {
-    top.iter().map(|c| format!("{} {:.1}%", c.label, c.prob * 100.0)).collect::<Vec<_>>().join(", ")
+    top.iter()
+        .map(|c| format!("{} {:.1}%", c.label, c.prob * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// TCP options with the given read/write timeout in seconds (0 = wait forever).
@@ -198,7 +216,11 @@ pub fn tcp_options(timeout_s: f64) -> Result<TcpOptions> {
         bail!("--timeout-s must be a number >= 0 (0 = wait forever), got {timeout_s}");
     }
     let t = (timeout_s > 0.0).then(|| Duration::from_secs_f64(timeout_s));
-    Ok(TcpOptions { read_timeout: t, write_timeout: t, ..Default::default() })
+    Ok(TcpOptions {
+        read_timeout: t,
+        write_timeout: t,
+        ..Default::default()
+    })
 }
 
 /// What to do about an error, when its cause is a known polypi-core error.

@@ -63,7 +63,10 @@ struct InspectOutput {
 pub fn run(a: InspectArgs) -> Result<ExitCode> {
     let path = common::model_path(a.model.as_deref())?;
     let m = common::load_model(&path)?;
-    let shapes = m.file.infer_shapes().context("cannot infer the graph's shapes")?;
+    let shapes = m
+        .file
+        .infer_shapes()
+        .context("cannot infer the graph's shapes")?;
     let nodes: Vec<NodeInfo> = m
         .file
         .graph
@@ -115,7 +118,13 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
             }
         })
         .collect();
-    let count = |k: &str| -> u64 { layers.iter().filter(|l| l.op == k).map(|l| l.activations).sum() };
+    let count = |k: &str| -> u64 {
+        layers
+            .iter()
+            .filter(|l| l.op == k)
+            .map(|l| l.activations)
+            .sum()
+    };
     let doc = InspectOutput {
         model: path.display().to_string(),
         card: m.file.card.clone(),
@@ -142,7 +151,10 @@ fn print_text(d: &InspectOutput) {
     println!("model {}", d.model);
     match &d.card {
         Some(c) => {
-            println!("card: name {:?}, dataset {:?}, split {:?}", c.name, c.dataset, c.split);
+            println!(
+                "card: name {:?}, dataset {:?}, split {:?}",
+                c.name, c.dataset, c.split
+            );
             if let Some(acc) = c.test_accuracy {
                 println!("      test accuracy {acc:.2}%");
             }
@@ -160,7 +172,10 @@ fn print_text(d: &InspectOutput) {
         println!("labels: {}", d.labels.join(", "));
     }
     println!("\ngraph ({} nodes):", d.nodes.len());
-    println!("{:<20} {:<12} {:<22} {:<16} {:>10}", "node", "op", "inputs", "out shape", "params");
+    println!(
+        "{:<20} {:<12} {:<22} {:<16} {:>10}",
+        "node", "op", "inputs", "out shape", "params"
+    );
     for n in &d.nodes {
         println!(
             "{:<20} {:<12} {:<22} {:<16} {:>10}",
@@ -171,8 +186,14 @@ fn print_text(d: &InspectOutput) {
             n.params
         );
     }
-    println!("\ncompiled ({} layers; BatchNorm folded, activations as polynomials):", d.layers.len());
-    println!("{:<20} {:<13} {:<16} {:>12} {:>12} {:>6}", "layer", "op", "out shape", "MACs", "act elems", "degree");
+    println!(
+        "\ncompiled ({} layers; BatchNorm folded, activations as polynomials):",
+        d.layers.len()
+    );
+    println!(
+        "{:<20} {:<13} {:<16} {:>12} {:>12} {:>6}",
+        "layer", "op", "out shape", "MACs", "act elems", "degree"
+    );
     for l in &d.layers {
         println!(
             "{:<20} {:<13} {:<16} {:>12} {:>12} {:>6}",
@@ -181,7 +202,9 @@ fn print_text(d: &InspectOutput) {
             format!("{:?}", l.out_shape),
             l.macs,
             l.activations,
-            l.degree.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+            l.degree
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "-".into())
         );
     }
     println!(

@@ -59,6 +59,23 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// The error and its causes joined by ": ", leaving out a cause whose text the message before it
+/// already ends with (core errors wrapping an I/O error repeat its text).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.ends_with(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out += ": ";
+        }
+        out += &msg;
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -74,7 +91,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             if let Some(h) = common::hint(&e) {
                 eprintln!("hint: {h}");
             }

@@ -57,7 +57,11 @@ fn wait_output(mut child: Child, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: h1.join().unwrap(), stderr: h2.join().unwrap() }
+    Output {
+        status,
+        stdout: h1.join().unwrap(),
+        stderr: h2.join().unwrap(),
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -93,13 +97,17 @@ impl Daemon {
 
     /// Next stdout line (bounded wait).
     fn line(&self, limit: Duration) -> String {
-        self.lines.recv_timeout(limit).unwrap_or_else(|e| panic!("no output line in {limit:?}: {e}"))
+        self.lines
+            .recv_timeout(limit)
+            .unwrap_or_else(|e| panic!("no output line in {limit:?}: {e}"))
     }
 
     /// Reads the "listening on ADDR" line and returns ADDR.
     fn addr(&self) -> String {
         let l = self.line(Duration::from_secs(60));
-        l.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {l:?}")).to_string()
+        l.strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {l:?}"))
+            .to_string()
     }
 }
 
@@ -112,7 +120,15 @@ impl Drop for Daemon {
 
 fn zoo(dir: &Path, net: &str, act: &str) -> PathBuf {
     let p = dir.join(format!("{net}-{act}.safetensors"));
-    let o = run(&["zoo", "--net", net, "--act", act, "--out", p.to_str().unwrap()]);
+    let o = run(&[
+        "zoo",
+        "--net",
+        net,
+        "--act",
+        act,
+        "--out",
+        p.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "zoo failed: {}", text(&o.stderr));
     p
 }
@@ -136,8 +152,13 @@ fn rgb_png(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
 }
 
 fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", text(&o.stdout), text(&o.stderr)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON ({e}): {}\nstderr: {}",
+            text(&o.stdout),
+            text(&o.stderr)
+        )
+    })
 }
 
 #[test]
@@ -149,12 +170,22 @@ fn infer_zoo_model_private_equals_plaintext() {
 
     let o = run(&["infer", "--model", m, "--input", img]);
     let out = text(&o.stdout);
-    assert!(o.status.success(), "infer failed: {out}\n{}", text(&o.stderr));
+    assert!(
+        o.status.success(),
+        "infer failed: {out}\n{}",
+        text(&o.stderr)
+    );
     assert!(out.contains("private") && out.contains("agree"), "{out}");
     assert!(out.contains("total: online"), "no layer table: {out}");
 
-    let o = run(&["infer", "--model", m, "--input", img, img, "--json", "--check"]);
-    assert!(o.status.success(), "infer --json failed: {}", text(&o.stderr));
+    let o = run(&[
+        "infer", "--model", m, "--input", img, img, "--json", "--check",
+    ]);
+    assert!(
+        o.status.success(),
+        "infer --json failed: {}",
+        text(&o.stderr)
+    );
     let v = json(&o);
     assert_eq!(v["all_agree"], true);
     let inputs = v["inputs"].as_array().unwrap();
@@ -179,19 +210,52 @@ fn serve_dealer_query_three_processes() {
     let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
     let daddr = dealer.addr();
     let server = Daemon::spawn(&[
-        "serve", "--model", m, "--listen", "127.0.0.1:0", "--dealer", &daddr, "--timeout-s", "30",
+        "serve",
+        "--model",
+        m,
+        "--listen",
+        "127.0.0.1:0",
+        "--dealer",
+        &daddr,
+        "--timeout-s",
+        "30",
     ]);
     let saddr = server.addr();
     for round in 0..2 {
-        let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img, "--json"]);
-        assert!(o.status.success(), "query {round} failed: {}", text(&o.stderr));
+        let o = run(&[
+            "query",
+            "--connect",
+            &saddr,
+            "--dealer",
+            &daddr,
+            "--input",
+            img,
+            "--json",
+        ]);
+        assert!(
+            o.status.success(),
+            "query {round} failed: {}",
+            text(&o.stderr)
+        );
         let v = json(&o);
-        assert_eq!(v["results"][0]["class"].as_u64().unwrap(), want, "query {round}");
+        assert_eq!(
+            v["results"][0]["class"].as_u64().unwrap(),
+            want,
+            "query {round}"
+        );
         let line = server.line(Duration::from_secs(30));
         assert!(line.contains("1 inference(s)"), "server: {line}");
     }
     // Text output of the client, too.
-    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img]);
+    let o = run(&[
+        "query",
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--input",
+        img,
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("online"), "{}", text(&o.stdout));
 }
@@ -206,10 +270,27 @@ fn server_killed_mid_query_client_fails_fast() {
     let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
     let daddr = dealer.addr();
     let mut server = Daemon::spawn(&[
-        "serve", "--model", m, "--listen", "127.0.0.1:0", "--dealer", &daddr, "--timeout-s", "30",
+        "serve",
+        "--model",
+        m,
+        "--listen",
+        "127.0.0.1:0",
+        "--dealer",
+        &daddr,
+        "--timeout-s",
+        "30",
     ]);
     let saddr = server.addr();
-    let mut args = vec!["query", "--connect", &saddr, "--dealer", &daddr, "--timeout-s", "30", "--input"];
+    let mut args = vec![
+        "query",
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--timeout-s",
+        "30",
+        "--input",
+    ];
     args.extend(std::iter::repeat_n(img, 400));
     let mut q = Command::new(BIN)
         .args(&args)
@@ -241,8 +322,15 @@ fn server_killed_mid_query_client_fails_fast() {
     q.stdout = None;
     let o = wait_output_stderr(q, Duration::from_secs(20));
     let err = text(&o.stderr);
-    assert!(!o.status.success(), "query succeeded after the server was killed");
-    assert!(t0.elapsed() < Duration::from_secs(10), "client took {:?} to notice", t0.elapsed());
+    assert!(
+        !o.status.success(),
+        "query succeeded after the server was killed"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "client took {:?} to notice",
+        t0.elapsed()
+    );
     assert!(err.contains("disconnected"), "unclear message: {err}");
     assert!(err.contains("peer"), "unclear message: {err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -268,7 +356,11 @@ fn wait_output_stderr(mut child: Child, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: Vec::new(), stderr: h.join().unwrap() }
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: h.join().unwrap(),
+    }
 }
 
 fn assert_fails(o: &Output, code: i32, needle: &str) {
@@ -288,7 +380,13 @@ fn bad_inputs_give_clear_errors() {
 
     // Missing model file.
     let missing = d.join("nope.safetensors");
-    let o = run(&["infer", "--model", missing.to_str().unwrap(), "--input", imgs]);
+    let o = run(&[
+        "infer",
+        "--model",
+        missing.to_str().unwrap(),
+        "--input",
+        imgs,
+    ]);
     assert_fails(&o, 1, "not found");
 
     // Wrong image size.
@@ -297,14 +395,31 @@ fn bad_inputs_give_clear_errors() {
     assert_fails(&o, 1, "expects 28x28");
 
     // Missing image.
-    let o = run(&["infer", "--model", ms, "--input", d.join("none.png").to_str().unwrap()]);
+    let o = run(&[
+        "infer",
+        "--model",
+        ms,
+        "--input",
+        d.join("none.png").to_str().unwrap(),
+    ]);
     assert_fails(&o, 1, "cannot read image");
 
     // Garbage model file.
     let garbage = d.join("garbage.safetensors");
-    std::fs::write(&garbage, (0..4096u32).map(|i| (i * 2654435761u32 >> 24) as u8).collect::<Vec<_>>())
-        .unwrap();
-    let o = run(&["infer", "--model", garbage.to_str().unwrap(), "--input", imgs]);
+    std::fs::write(
+        &garbage,
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let o = run(&[
+        "infer",
+        "--model",
+        garbage.to_str().unwrap(),
+        "--input",
+        imgs,
+    ]);
     assert_fails(&o, 1, "cannot load model");
     assert!(text(&o.stderr).contains("hint:"), "{}", text(&o.stderr));
     let o = run(&["inspect", "--model", garbage.to_str().unwrap()]);
@@ -313,7 +428,15 @@ fn bad_inputs_give_clear_errors() {
     // Port in use.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
-    let o = run(&["serve", "--model", ms, "--listen", &addr, "--dealer", "127.0.0.1:9"]);
+    let o = run(&[
+        "serve",
+        "--model",
+        ms,
+        "--listen",
+        &addr,
+        "--dealer",
+        "127.0.0.1:9",
+    ]);
     assert_fails(&o, 1, "already in use");
     let o = run(&["dealer", "--listen", &addr]);
     assert_fails(&o, 1, "already in use");
@@ -323,11 +446,29 @@ fn bad_inputs_give_clear_errors() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let faddr = free.local_addr().unwrap().to_string();
     drop(free);
-    let o = run(&["query", "--connect", &faddr, "--dealer", &faddr, "--input", imgs, "--connect-retry-s", "0.5"]);
+    let o = run(&[
+        "query",
+        "--connect",
+        &faddr,
+        "--dealer",
+        &faddr,
+        "--input",
+        imgs,
+        "--connect-retry-s",
+        "0.5",
+    ]);
     assert_fails(&o, 1, "cannot connect to the server");
 
     // Usage errors exit with 2.
-    let o = run(&["zoo", "--net", "NET-X", "--act", "x2", "--out", "x.safetensors"]);
+    let o = run(&[
+        "zoo",
+        "--net",
+        "NET-X",
+        "--act",
+        "x2",
+        "--out",
+        "x.safetensors",
+    ]);
     assert_fails(&o, 2, "NET-M");
     let o = run(&["infer", "--transport", "carrier-pigeon"]);
     assert_eq!(o.status.code(), Some(2));
@@ -343,7 +484,10 @@ fn inspect_and_zoo() {
     assert_eq!(v["input_shape"], serde_json::json!([1, 28, 28]));
     assert!(v["macs"].as_u64().unwrap() > 0);
     // NET-M: 16x24x24 + 16x8x8 + 100 polynomial activations per sample.
-    assert_eq!(v["poly_activations"].as_u64().unwrap(), 16 * 24 * 24 + 16 * 8 * 8 + 100);
+    assert_eq!(
+        v["poly_activations"].as_u64().unwrap(),
+        16 * 24 * 24 + 16 * 8 * 8 + 100
+    );
     let o = run(&["inspect", "--model", m.to_str().unwrap()]);
     assert!(o.status.success());
     assert!(text(&o.stdout).contains("MACs"));
