@@ -20,9 +20,7 @@ pub fn resolve_repo_path(rel: &str) -> Option<PathBuf> {
     if here.exists() {
         return Some(here);
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
     repo.exists().then_some(repo)
 }
 
@@ -99,10 +97,7 @@ pub fn load_image(path: &Path, plan: &Plan) -> Result<Vec<f32>> {
         _ => bail!("the model's input shape {shape:?} is not an image [C, H, W]"),
     };
     let img = image::open(path).with_context(|| {
-        format!(
-            "cannot read image {} (supported: PNG, PGM/PPM; check the path)",
-            path.display()
-        )
+        format!("cannot read image {} (supported: PNG, PGM/PPM; check the path)", path.display())
     })?;
     if img.width() as usize != w || img.height() as usize != h {
         bail!(
@@ -141,11 +136,7 @@ pub fn pixels_to_input(
             None => (0.0, 1.0),
         };
         for i in 0..h * w {
-            let p = if interleaved {
-                px[i * c + ch]
-            } else {
-                px[ch * h * w + i]
-            };
+            let p = if interleaved { px[i * c + ch] } else { px[ch * h * w + i] };
             out[ch * h * w + i] = (p as f32 / 255.0 - mean) / std;
         }
     }
@@ -194,20 +185,13 @@ pub fn top_k(plan: &Plan, logits: &[f32], k: usize) -> Vec<ClassProb> {
     idx.sort_by(|a, b| p[*b].total_cmp(&p[*a]).then(a.cmp(b)));
     idx.into_iter()
         .take(k)
-        .map(|i| ClassProb {
-            class: i,
-            label: class_name(plan, i),
-            prob: p[i],
-        })
+        .map(|i| ClassProb { class: i, label: class_name(plan, i), prob: p[i] })
         .collect()
 }
 
 /// Formats the top classes as `name 97.1%, name 2.0%, ...`.
 pub fn fmt_top(top: &[ClassProb]) -> String {
-    top.iter()
-        .map(|c| format!("{} {:.1}%", c.label, c.prob * 100.0))
-        .collect::<Vec<_>>()
-        .join(", ")
+    top.iter().map(|c| format!("{} {:.1}%", c.label, c.prob * 100.0)).collect::<Vec<_>>().join(", ")
 }
 
 /// TCP options with the given read/write timeout in seconds (0 = wait forever).
@@ -216,11 +200,7 @@ pub fn tcp_options(timeout_s: f64) -> Result<TcpOptions> {
         bail!("--timeout-s must be a number >= 0 (0 = wait forever), got {timeout_s}");
     }
     let t = (timeout_s > 0.0).then(|| Duration::from_secs_f64(timeout_s));
-    Ok(TcpOptions {
-        read_timeout: t,
-        write_timeout: t,
-        ..Default::default()
-    })
+    Ok(TcpOptions { read_timeout: t, write_timeout: t, ..Default::default() })
 }
 
 /// What to do about an error, when its cause is a known polypi-core error.

@@ -84,9 +84,7 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [dir.join(stem), dir.join(format!("{stem}.gz"))]
-        .into_iter()
-        .find(|p| p.exists())
+    [dir.join(stem), dir.join(format!("{stem}.gz"))].into_iter().find(|p| p.exists())
 }
 
 fn be32(b: &[u8], at: usize) -> usize {
@@ -96,16 +94,8 @@ fn be32(b: &[u8], at: usize) -> usize {
 fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
     match kind {
         DatasetArg::Mnist | DatasetArg::FashionMnist => {
-            let sub = if kind == DatasetArg::Mnist {
-                "mnist"
-            } else {
-                "fashion-mnist"
-            };
-            let d = if dir.join(sub).is_dir() {
-                dir.join(sub)
-            } else {
-                dir.to_path_buf()
-            };
+            let sub = if kind == DatasetArg::Mnist { "mnist" } else { "fashion-mnist" };
+            let d = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
             let missing = || {
                 format!(
                     "no {sub} test set (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) \
@@ -118,16 +108,10 @@ fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
             let img = read_maybe_gz(&ip)?;
             let lab = read_maybe_gz(&lp)?;
             if img.len() < 16 || be32(&img, 0) != 0x803 {
-                bail!(
-                    "{} is not an IDX image file: re-run scripts/fetch-data.sh",
-                    ip.display()
-                );
+                bail!("{} is not an IDX image file: re-run scripts/fetch-data.sh", ip.display());
             }
             if lab.len() < 8 || be32(&lab, 0) != 0x801 {
-                bail!(
-                    "{} is not an IDX label file: re-run scripts/fetch-data.sh",
-                    lp.display()
-                );
+                bail!("{} is not an IDX label file: re-run scripts/fetch-data.sh", lp.display());
             }
             let (n, h, w) = (be32(&img, 4), be32(&img, 8), be32(&img, 12));
             if img.len() != 16 + n * h * w || be32(&lab, 4) != n || lab.len() != 8 + n {
@@ -137,11 +121,7 @@ fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
                     lp.display()
                 );
             }
-            Ok(TestSet {
-                images: img[16..].to_vec(),
-                labels: lab[8..].to_vec(),
-                shape: [1, h, w],
-            })
+            Ok(TestSet { images: img[16..].to_vec(), labels: lab[8..].to_vec(), shape: [1, h, w] })
         }
         DatasetArg::Cifar10 => {
             const REC: usize = 1 + 3 * 32 * 32;
@@ -158,10 +138,7 @@ fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
                 })?;
             let raw = read_maybe_gz(&p)?;
             if raw.is_empty() || raw.len() % REC != 0 {
-                bail!(
-                    "{} is not a CIFAR-10 binary batch ({REC}-byte records)",
-                    p.display()
-                );
+                bail!("{} is not a CIFAR-10 binary batch ({REC}-byte records)", p.display());
             }
             let mut images = Vec::with_capacity(raw.len());
             let mut labels = Vec::new();
@@ -169,11 +146,7 @@ fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
                 labels.push(r[0]);
                 images.extend_from_slice(&r[1..]);
             }
-            Ok(TestSet {
-                images,
-                labels,
-                shape: [3, 32, 32],
-            })
+            Ok(TestSet { images, labels, shape: [3, 32, 32] })
         }
     }
 }
@@ -247,9 +220,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         pb.set_position(end as u64);
     }
     pb.finish_and_clear();
-    let correct = (0..n)
-        .filter(|&i| plain_pred[i] == ds.labels[i] as usize)
-        .count();
+    let correct = (0..n).filter(|&i| plain_pred[i] == ds.labels[i] as usize).count();
     let plaintext_accuracy = correct as f64 / n as f64;
 
     // Private, batch 1 per image, sessions of CHUNK inferences.
@@ -257,23 +228,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let private = if np > 0 {
         const CHUNK: usize = 16;
         let pb = bar(np, "private", a.json);
-        let mut st = PrivateStats {
-            images: np,
-            ..Default::default()
-        };
+        let mut st = PrivateStats { images: np, ..Default::default() };
         let (mut right, mut sessions) = (0usize, 0usize);
         for start in (0..np).step_by(CHUNK) {
             let end = (start + CHUNK).min(np);
             let inputs: Vec<(Vec<f32>, usize)> = (start..end).map(|i| (input(i), 1)).collect();
-            let (setup, res) = run_local(
-                plan,
-                &inputs,
-                LocalOpts {
-                    transport: Transport::Tcp,
-                    check: false,
-                },
-            )
-            .context("private inference failed")?;
+            let (setup, res) =
+                run_local(plan, &inputs, LocalOpts { transport: Transport::Tcp, check: false })
+                    .context("private inference failed")?;
             sessions += 1;
             st.mean_setup_ms += setup.ms;
             for (k, r) in res.iter().enumerate() {
@@ -310,10 +272,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("model {} on {} ({} test images)", doc.model, doc.dataset, n);
-        println!(
-            "plaintext f32 accuracy: {:.2}% ({correct}/{n})",
-            plaintext_accuracy * 100.0
-        );
+        println!("plaintext f32 accuracy: {:.2}% ({correct}/{n})", plaintext_accuracy * 100.0);
         if let Some(p) = &doc.private {
             println!(
                 "private (first {}): agreement with plaintext {:.2}% ({}/{}), accuracy {:.2}%",

@@ -93,11 +93,7 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
     let path = common::model_path(a.model.as_deref())?;
     let model = common::load_model(&path)?;
     let plan = &model.plan;
-    let files = if a.input.is_empty() {
-        common::default_inputs()?
-    } else {
-        a.input.clone()
-    };
+    let files = if a.input.is_empty() { common::default_inputs()? } else { a.input.clone() };
     let mut inputs = Vec::with_capacity(files.len());
     for f in &files {
         inputs.push((common::load_image(f, plan)?, 1usize));
@@ -114,14 +110,7 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
         pb
     });
     let t0 = Instant::now();
-    let res = run_local(
-        plan,
-        &inputs,
-        LocalOpts {
-            transport,
-            check: a.check,
-        },
-    );
+    let res = run_local(plan, &inputs, LocalOpts { transport, check: a.check });
     if let Some(pb) = spinner {
         pb.finish_and_clear();
     }
@@ -170,12 +159,7 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
 }
 
 fn print_text(d: &InferOutput, model: &common::Model) {
-    let name = model
-        .file
-        .card
-        .as_ref()
-        .map(|c| c.name.as_str())
-        .filter(|s| !s.is_empty());
+    let name = model.file.card.as_ref().map(|c| c.name.as_str()).filter(|s| !s.is_empty());
     println!(
         "model {}{} — {} input(s), transport {}",
         d.model,

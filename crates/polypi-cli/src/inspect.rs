@@ -63,10 +63,7 @@ struct InspectOutput {
 pub fn run(a: InspectArgs) -> Result<ExitCode> {
     let path = common::model_path(a.model.as_deref())?;
     let m = common::load_model(&path)?;
-    let shapes = m
-        .file
-        .infer_shapes()
-        .context("cannot infer the graph's shapes")?;
+    let shapes = m.file.infer_shapes().context("cannot infer the graph's shapes")?;
     let nodes: Vec<NodeInfo> = m
         .file
         .graph
@@ -118,13 +115,8 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
             }
         })
         .collect();
-    let count = |k: &str| -> u64 {
-        layers
-            .iter()
-            .filter(|l| l.op == k)
-            .map(|l| l.activations)
-            .sum()
-    };
+    let count =
+        |k: &str| -> u64 { layers.iter().filter(|l| l.op == k).map(|l| l.activations).sum() };
     let doc = InspectOutput {
         model: path.display().to_string(),
         card: m.file.card.clone(),
@@ -151,10 +143,7 @@ fn print_text(d: &InspectOutput) {
     println!("model {}", d.model);
     match &d.card {
         Some(c) => {
-            println!(
-                "card: name {:?}, dataset {:?}, split {:?}",
-                c.name, c.dataset, c.split
-            );
+            println!("card: name {:?}, dataset {:?}, split {:?}", c.name, c.dataset, c.split);
             if let Some(acc) = c.test_accuracy {
                 println!("      test accuracy {acc:.2}%");
             }
@@ -172,10 +161,7 @@ fn print_text(d: &InspectOutput) {
         println!("labels: {}", d.labels.join(", "));
     }
     println!("\ngraph ({} nodes):", d.nodes.len());
-    println!(
-        "{:<20} {:<12} {:<22} {:<16} {:>10}",
-        "node", "op", "inputs", "out shape", "params"
-    );
+    println!("{:<20} {:<12} {:<22} {:<16} {:>10}", "node", "op", "inputs", "out shape", "params");
     for n in &d.nodes {
         println!(
             "{:<20} {:<12} {:<22} {:<16} {:>10}",
@@ -202,9 +188,7 @@ fn print_text(d: &InspectOutput) {
             format!("{:?}", l.out_shape),
             l.macs,
             l.activations,
-            l.degree
-                .map(|x| x.to_string())
-                .unwrap_or_else(|| "-".into())
+            l.degree.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
         );
     }
     println!(

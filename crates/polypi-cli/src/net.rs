@@ -87,10 +87,7 @@ fn listen(addr: &str) -> Result<TcpListener> {
 }
 
 fn with_role(opts: &TcpOptions, role: &str) -> TcpOptions {
-    TcpOptions {
-        expect_peer_role: Some(role.to_string()),
-        ..opts.clone()
-    }
+    TcpOptions { expect_peer_role: Some(role.to_string()), ..opts.clone() }
 }
 
 /// Runs `polypi serve`.
@@ -241,10 +238,7 @@ struct QueryOutput {
 pub fn query(a: QueryArgs) -> Result<ExitCode> {
     let mut opts = common::tcp_options(a.timeout_s)?;
     if !(a.connect_retry_s.is_finite() && a.connect_retry_s >= 0.0) {
-        bail!(
-            "--connect-retry-s must be a number >= 0, got {}",
-            a.connect_retry_s
-        );
+        bail!("--connect-retry-s must be a number >= 0, got {}", a.connect_retry_s);
     }
     opts.connect_retry_for = Duration::from_secs_f64(a.connect_retry_s);
     for f in &a.input {
@@ -285,19 +279,9 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
             .with_context(|| format!("private inference of {} failed", f.display()))?;
         let sent: u64 = r.traces.online.iter().map(|t| t.stats.bytes_sent).sum();
         // The output reveal (server's logit shares) is received after the last layer.
-        let received: u64 = r
-            .traces
-            .online
-            .iter()
-            .map(|t| t.stats.bytes_received)
-            .sum::<u64>()
+        let received: u64 = r.traces.online.iter().map(|t| t.stats.bytes_received).sum::<u64>()
             + 8 * r.logits.len() as u64;
-        let offline: u64 = r
-            .traces
-            .offline
-            .iter()
-            .map(|t| t.stats.bytes_received)
-            .sum();
+        let offline: u64 = r.traces.offline.iter().map(|t| t.stats.bytes_received).sum();
         let class = common::argmax(&r.logits);
         let q = QueryResult {
             file: f.display().to_string(),

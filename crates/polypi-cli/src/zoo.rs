@@ -36,10 +36,7 @@ pub fn run(a: ZooArgs) -> Result<ExitCode> {
     let file = zoo::build(net, act, pool, a.width, a.seed)
         .with_context(|| format!("cannot build {net} with {act}"))?;
     file.save(&a.out).with_context(|| {
-        format!(
-            "cannot write {} (does its folder exist and is it writable?)",
-            a.out.display()
-        )
+        format!("cannot write {} (does its folder exist and is it writable?)", a.out.display())
     })?;
     println!(
         "wrote {} ({net}, {act}, {} values, seed {})",

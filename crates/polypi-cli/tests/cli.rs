@@ -57,11 +57,7 @@ fn wait_output(mut child: Child, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output {
-        status,
-        stdout: h1.join().unwrap(),
-        stderr: h2.join().unwrap(),
-    }
+    Output { status, stdout: h1.join().unwrap(), stderr: h2.join().unwrap() }
 }
 
 fn text(b: &[u8]) -> String {
@@ -120,15 +116,7 @@ impl Drop for Daemon {
 
 fn zoo(dir: &Path, net: &str, act: &str) -> PathBuf {
     let p = dir.join(format!("{net}-{act}.safetensors"));
-    let o = run(&[
-        "zoo",
-        "--net",
-        net,
-        "--act",
-        act,
-        "--out",
-        p.to_str().unwrap(),
-    ]);
+    let o = run(&["zoo", "--net", net, "--act", act, "--out", p.to_str().unwrap()]);
     assert!(o.status.success(), "zoo failed: {}", text(&o.stderr));
     p
 }
@@ -153,11 +141,7 @@ fn rgb_png(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): {}\nstderr: {}",
-            text(&o.stdout),
-            text(&o.stderr)
-        )
+        panic!("bad JSON ({e}): {}\nstderr: {}", text(&o.stdout), text(&o.stderr))
     })
 }
 
@@ -170,22 +154,12 @@ fn infer_zoo_model_private_equals_plaintext() {
 
     let o = run(&["infer", "--model", m, "--input", img]);
     let out = text(&o.stdout);
-    assert!(
-        o.status.success(),
-        "infer failed: {out}\n{}",
-        text(&o.stderr)
-    );
+    assert!(o.status.success(), "infer failed: {out}\n{}", text(&o.stderr));
     assert!(out.contains("private") && out.contains("agree"), "{out}");
     assert!(out.contains("total: online"), "no layer table: {out}");
 
-    let o = run(&[
-        "infer", "--model", m, "--input", img, img, "--json", "--check",
-    ]);
-    assert!(
-        o.status.success(),
-        "infer --json failed: {}",
-        text(&o.stderr)
-    );
+    let o = run(&["infer", "--model", m, "--input", img, img, "--json", "--check"]);
+    assert!(o.status.success(), "infer --json failed: {}", text(&o.stderr));
     let v = json(&o);
     assert_eq!(v["all_agree"], true);
     let inputs = v["inputs"].as_array().unwrap();
@@ -222,40 +196,15 @@ fn serve_dealer_query_three_processes() {
     ]);
     let saddr = server.addr();
     for round in 0..2 {
-        let o = run(&[
-            "query",
-            "--connect",
-            &saddr,
-            "--dealer",
-            &daddr,
-            "--input",
-            img,
-            "--json",
-        ]);
-        assert!(
-            o.status.success(),
-            "query {round} failed: {}",
-            text(&o.stderr)
-        );
+        let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img, "--json"]);
+        assert!(o.status.success(), "query {round} failed: {}", text(&o.stderr));
         let v = json(&o);
-        assert_eq!(
-            v["results"][0]["class"].as_u64().unwrap(),
-            want,
-            "query {round}"
-        );
+        assert_eq!(v["results"][0]["class"].as_u64().unwrap(), want, "query {round}");
         let line = server.line(Duration::from_secs(30));
         assert!(line.contains("1 inference(s)"), "server: {line}");
     }
     // Text output of the client, too.
-    let o = run(&[
-        "query",
-        "--connect",
-        &saddr,
-        "--dealer",
-        &daddr,
-        "--input",
-        img,
-    ]);
+    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("online"), "{}", text(&o.stdout));
 }
@@ -281,16 +230,8 @@ fn server_killed_mid_query_client_fails_fast() {
         "30",
     ]);
     let saddr = server.addr();
-    let mut args = vec![
-        "query",
-        "--connect",
-        &saddr,
-        "--dealer",
-        &daddr,
-        "--timeout-s",
-        "30",
-        "--input",
-    ];
+    let mut args =
+        vec!["query", "--connect", &saddr, "--dealer", &daddr, "--timeout-s", "30", "--input"];
     args.extend(std::iter::repeat_n(img, 400));
     let mut q = Command::new(BIN)
         .args(&args)
@@ -322,15 +263,8 @@ fn server_killed_mid_query_client_fails_fast() {
     q.stdout = None;
     let o = wait_output_stderr(q, Duration::from_secs(20));
     let err = text(&o.stderr);
-    assert!(
-        !o.status.success(),
-        "query succeeded after the server was killed"
-    );
-    assert!(
-        t0.elapsed() < Duration::from_secs(10),
-        "client took {:?} to notice",
-        t0.elapsed()
-    );
+    assert!(!o.status.success(), "query succeeded after the server was killed");
+    assert!(t0.elapsed() < Duration::from_secs(10), "client took {:?} to notice", t0.elapsed());
     assert!(err.contains("disconnected"), "unclear message: {err}");
     assert!(err.contains("peer"), "unclear message: {err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -356,11 +290,7 @@ fn wait_output_stderr(mut child: Child, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output {
-        status,
-        stdout: Vec::new(),
-        stderr: h.join().unwrap(),
-    }
+    Output { status, stdout: Vec::new(), stderr: h.join().unwrap() }
 }
 
 fn assert_fails(o: &Output, code: i32, needle: &str) {
@@ -380,13 +310,7 @@ fn bad_inputs_give_clear_errors() {
 
     // Missing model file.
     let missing = d.join("nope.safetensors");
-    let o = run(&[
-        "infer",
-        "--model",
-        missing.to_str().unwrap(),
-        "--input",
-        imgs,
-    ]);
+    let o = run(&["infer", "--model", missing.to_str().unwrap(), "--input", imgs]);
     assert_fails(&o, 1, "not found");
 
     // Wrong image size.
@@ -395,31 +319,17 @@ fn bad_inputs_give_clear_errors() {
     assert_fails(&o, 1, "expects 28x28");
 
     // Missing image.
-    let o = run(&[
-        "infer",
-        "--model",
-        ms,
-        "--input",
-        d.join("none.png").to_str().unwrap(),
-    ]);
+    let o = run(&["infer", "--model", ms, "--input", d.join("none.png").to_str().unwrap()]);
     assert_fails(&o, 1, "cannot read image");
 
     // Garbage model file.
     let garbage = d.join("garbage.safetensors");
     std::fs::write(
         &garbage,
-        (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8)
-            .collect::<Vec<_>>(),
+        (0..4096u32).map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8).collect::<Vec<_>>(),
     )
     .unwrap();
-    let o = run(&[
-        "infer",
-        "--model",
-        garbage.to_str().unwrap(),
-        "--input",
-        imgs,
-    ]);
+    let o = run(&["infer", "--model", garbage.to_str().unwrap(), "--input", imgs]);
     assert_fails(&o, 1, "cannot load model");
     assert!(text(&o.stderr).contains("hint:"), "{}", text(&o.stderr));
     let o = run(&["inspect", "--model", garbage.to_str().unwrap()]);
@@ -428,15 +338,7 @@ fn bad_inputs_give_clear_errors() {
     // Port in use.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
-    let o = run(&[
-        "serve",
-        "--model",
-        ms,
-        "--listen",
-        &addr,
-        "--dealer",
-        "127.0.0.1:9",
-    ]);
+    let o = run(&["serve", "--model", ms, "--listen", &addr, "--dealer", "127.0.0.1:9"]);
     assert_fails(&o, 1, "already in use");
     let o = run(&["dealer", "--listen", &addr]);
     assert_fails(&o, 1, "already in use");
@@ -460,15 +362,7 @@ fn bad_inputs_give_clear_errors() {
     assert_fails(&o, 1, "cannot connect to the server");
 
     // Usage errors exit with 2.
-    let o = run(&[
-        "zoo",
-        "--net",
-        "NET-X",
-        "--act",
-        "x2",
-        "--out",
-        "x.safetensors",
-    ]);
+    let o = run(&["zoo", "--net", "NET-X", "--act", "x2", "--out", "x.safetensors"]);
     assert_fails(&o, 2, "NET-M");
     let o = run(&["infer", "--transport", "carrier-pigeon"]);
     assert_eq!(o.status.code(), Some(2));
@@ -484,11 +378,75 @@ fn inspect_and_zoo() {
     assert_eq!(v["input_shape"], serde_json::json!([1, 28, 28]));
     assert!(v["macs"].as_u64().unwrap() > 0);
     // NET-M: 16x24x24 + 16x8x8 + 100 polynomial activations per sample.
-    assert_eq!(
-        v["poly_activations"].as_u64().unwrap(),
-        16 * 24 * 24 + 16 * 8 * 8 + 100
-    );
+    assert_eq!(v["poly_activations"].as_u64().unwrap(), 16 * 24 * 24 + 16 * 8 * 8 + 100);
     let o = run(&["inspect", "--model", m.to_str().unwrap()]);
     assert!(o.status.success());
     assert!(text(&o.stdout).contains("MACs"));
+}
+
+#[test]
+fn eval_on_idx_test_set_private_agrees() {
+    let d = tmp("eval");
+    let m = zoo(&d, "NET-M", "x2");
+    let n = 12u32;
+    let data = d.join("fashion-mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut img = Vec::new();
+    for v in [0x803u32, n, 28, 28] {
+        img.extend_from_slice(&v.to_be_bytes());
+    }
+    img.extend((0..n * 28 * 28).map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8));
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), img).unwrap();
+    let mut lab = Vec::new();
+    for v in [0x801u32, n] {
+        lab.extend_from_slice(&v.to_be_bytes());
+    }
+    lab.extend((0..n).map(|i| (i % 10) as u8));
+    std::fs::write(data.join("t10k-labels-idx1-ubyte"), lab).unwrap();
+
+    let o = run(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--dataset",
+        "fashion-mnist",
+        "--private",
+        "5",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["images"], 12);
+    assert_eq!(v["private"]["images"], 5);
+    assert_eq!(v["private"]["agreement"].as_f64().unwrap(), 1.0);
+    assert!(v["private"]["mean_online_bytes"].as_f64().unwrap() > 0.0);
+
+    // Wrong dataset for the model: clear error.
+    let o = run(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--dataset",
+        "cifar10",
+    ]);
+    assert_fails(&o, 1, "CIFAR-10");
+
+    // In-memory transport of infer.
+    let png = gray_png(&d, "x.png", 28, 28);
+    let o = run(&[
+        "infer",
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        png.to_str().unwrap(),
+        "--transport",
+        "mem",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(json(&o)["transport"], "mem");
 }
