@@ -450,3 +450,50 @@ fn eval_on_idx_test_set_private_agrees() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(json(&o)["transport"], "mem");
 }
+
+#[test]
+fn server_and_dealer_survive_a_client_killed_mid_query() {
+    let d = tmp("clientkill");
+    let m = zoo(&d, "NET-C", "square");
+    let img = rgb_png(&d, "img.png", 32, 32);
+    let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
+
+    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
+    let daddr = dealer.addr();
+    let server = Daemon::spawn(&[
+        "serve",
+        "--model",
+        m,
+        "--listen",
+        "127.0.0.1:0",
+        "--dealer",
+        &daddr,
+        "--timeout-s",
+        "30",
+    ]);
+    let saddr = server.addr();
+    let mut args = vec!["query", "--connect", &saddr, "--dealer", &daddr, "--input"];
+    args.extend(std::iter::repeat_n(img, 400));
+    let mut q = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut qout = BufReader::new(q.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        assert!(qout.read_line(&mut line).unwrap() > 0, "query ended early");
+    }
+    q.kill().unwrap();
+    let _ = q.wait();
+    let l = server.line(Duration::from_secs(30));
+    assert!(l.contains("failed"), "server: {l}");
+
+    // The next client is served normally.
+    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img, "--json"]);
+    assert!(o.status.success(), "query after a killed client failed: {}", text(&o.stderr));
+    assert_eq!(json(&o)["results"].as_array().unwrap().len(), 1);
+}
