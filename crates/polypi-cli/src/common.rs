@@ -237,7 +237,9 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
                     "the peer sent something unexpected: check that --connect and --dealer point \
                      at a polypi server and a polypi dealer of the same version"
                 }
-                E::InvalidArgument(_) => "check the arguments (`polypi help`)",
+                E::InvalidArgument(_) => {
+                    "see the message above; `polypi help <command>` lists the options"
+                }
                 E::Io(io) => match io.kind() {
                     std::io::ErrorKind::AddrInUse => {
                         "choose another port for --listen, or stop the program listening there"

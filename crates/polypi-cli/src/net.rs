@@ -188,25 +188,20 @@ pub fn dealer(a: DealerArgs) -> Result<ExitCode> {
                 continue;
             }
         };
-        {
-            sessions += 1;
-            let (sa, ca) = (s.peer_addr(), c.peer_addr());
-            match deal_session(&mut s, &mut c) {
-                Ok(tr) => {
-                    println!(
-                        "session {sessions}: server {sa}, client {ca}, {} inference(s)",
-                        tr.len()
-                    );
-                    let _ = s.close();
-                    let _ = c.close();
-                }
-                Err(e) => {
-                    tracing::warn!("session {sessions} failed: {e}; still dealing");
-                    println!("session {sessions}: server {sa}, client {ca}, failed: {e}");
-                }
+        sessions += 1;
+        let (sa, ca) = (s.peer_addr(), c.peer_addr());
+        match deal_session(&mut s, &mut c) {
+            Ok(tr) => {
+                println!("session {sessions}: server {sa}, client {ca}, {} inference(s)", tr.len());
+                let _ = s.close();
+                let _ = c.close();
             }
-            std::io::stdout().flush().ok();
+            Err(e) => {
+                tracing::warn!("session {sessions} failed: {e}; still dealing");
+                println!("session {sessions}: server {sa}, client {ca}, failed: {e}");
+            }
         }
+        std::io::stdout().flush().ok();
     }
     Ok(ExitCode::SUCCESS)
 }
