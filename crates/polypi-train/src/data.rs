@@ -158,21 +158,13 @@ impl Dataset {
 
 fn read_file(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
     if !path.exists() {
-        return Err(DataError::Missing {
-            path: path.to_path_buf(),
-            hint: hint.to_string(),
-        });
+        return Err(DataError::Missing { path: path.to_path_buf(), hint: hint.to_string() });
     }
-    let io = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| DataError::Io { path: path.to_path_buf(), source };
     let raw = std::fs::read(path).map_err(io)?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(io)?;
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
         Ok(out)
     } else {
         Ok(raw)
@@ -198,53 +190,29 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 pub fn load_idx(images: &Path, labels: &Path, hint: &str) -> Result<Dataset, DataError> {
     let img = read_file(images, hint)?;
     let lab = read_file(labels, hint)?;
-    let fmt = |p: &Path, msg: String| DataError::Format {
-        path: p.to_path_buf(),
-        msg,
-    };
+    let fmt = |p: &Path, msg: String| DataError::Format { path: p.to_path_buf(), msg };
     if img.len() < 16 || be_u32(&img, 0) != 0x803 {
-        return Err(fmt(
-            images,
-            "not an IDX image file (magic 0x00000803)".into(),
-        ));
+        return Err(fmt(images, "not an IDX image file (magic 0x00000803)".into()));
     }
     if lab.len() < 8 || be_u32(&lab, 0) != 0x801 {
-        return Err(fmt(
-            labels,
-            "not an IDX label file (magic 0x00000801)".into(),
-        ));
+        return Err(fmt(labels, "not an IDX label file (magic 0x00000801)".into()));
     }
-    let (n, h, w) = (
-        be_u32(&img, 4) as usize,
-        be_u32(&img, 8) as usize,
-        be_u32(&img, 12) as usize,
-    );
+    let (n, h, w) = (be_u32(&img, 4) as usize, be_u32(&img, 8) as usize, be_u32(&img, 12) as usize);
     if img.len() != 16 + n * h * w {
         return Err(fmt(
             images,
-            format!(
-                "expected {} bytes for {n}x{h}x{w}, found {}",
-                16 + n * h * w,
-                img.len()
-            ),
+            format!("expected {} bytes for {n}x{h}x{w}, found {}", 16 + n * h * w, img.len()),
         ));
     }
     let nl = be_u32(&lab, 4) as usize;
     if nl != n || lab.len() != 8 + n {
-        return Err(fmt(
-            labels,
-            format!("{nl} labels / {} bytes for {n} images", lab.len()),
-        ));
+        return Err(fmt(labels, format!("{nl} labels / {} bytes for {n} images", lab.len())));
     }
     let label_bytes = lab[8..].to_vec();
     if let Some(bad) = label_bytes.iter().find(|&&l| l > 9) {
         return Err(fmt(labels, format!("label {bad} out of 0..=9")));
     }
-    Ok(Dataset {
-        images: img[16..].to_vec(),
-        labels: label_bytes,
-        shape: [1, h, w],
-    })
+    Ok(Dataset { images: img[16..].to_vec(), labels: label_bytes, shape: [1, h, w] })
 }
 
 /// Loads CIFAR-10 binary records (`<1 label byte><3072 pixel bytes, R then G then B planes, 32x32>`)
@@ -275,11 +243,7 @@ pub fn load_cifar_bin(files: &[PathBuf], hint: &str) -> Result<Dataset, DataErro
             images.extend_from_slice(&rec[1..]);
         }
     }
-    Ok(Dataset {
-        images,
-        labels,
-        shape: [3, 32, 32],
-    })
+    Ok(Dataset { images, labels, shape: [3, 32, 32] })
 }
 
 /// Default folder of the CIFAR-10 subset: `../shared/data/cifar10-subset` relative to the current
@@ -304,11 +268,7 @@ pub fn default_cifar_dir() -> PathBuf {
 pub fn load(kind: DatasetKind, data_dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     match kind {
         DatasetKind::Mnist | DatasetKind::FashionMnist => {
-            let sub = if kind == DatasetKind::Mnist {
-                "mnist"
-            } else {
-                "fashion-mnist"
-            };
+            let sub = if kind == DatasetKind::Mnist { "mnist" } else { "fashion-mnist" };
             let dir = if data_dir.join(sub).is_dir() {
                 data_dir.join(sub)
             } else {
@@ -332,9 +292,8 @@ pub fn load(kind: DatasetKind, data_dir: &Path) -> Result<(Dataset, Dataset), Da
         DatasetKind::Cifar10 => {
             let hint = "the CIFAR-10 subset is in ../shared/data/cifar10-subset/ (pass --data-dir there), \
                         or point --data-dir at the official data_batch_*.bin / test_batch.bin";
-            let official: Vec<PathBuf> = (1..=5)
-                .map(|i| data_dir.join(format!("data_batch_{i}.bin")))
-                .collect();
+            let official: Vec<PathBuf> =
+                (1..=5).map(|i| data_dir.join(format!("data_batch_{i}.bin"))).collect();
             if official.iter().all(|p| p.exists()) {
                 Ok((
                     load_cifar_bin(&official, hint)?,
@@ -371,11 +330,7 @@ pub fn make_batch(
         labels.push(ds.labels[i] as i64);
         let dst = &mut out[bi * per..(bi + 1) * per];
         let (dy, dx, flip) = if augment {
-            (
-                rng.random_range(-4i64..=4),
-                rng.random_range(-4i64..=4),
-                rng.random_bool(0.5),
-            )
+            (rng.random_range(-4i64..=4), rng.random_range(-4i64..=4), rng.random_bool(0.5))
         } else {
             (0, 0, false)
         };
@@ -413,10 +368,9 @@ pub fn write_idx(dir: &Path, prefix: &str, ds: &Dataset, gz: bool) -> std::io::R
     lab.extend_from_slice(&0x801u32.to_be_bytes());
     lab.extend_from_slice(&(ds.len() as u32).to_be_bytes());
     lab.extend_from_slice(&ds.labels);
-    for (stem, bytes) in [
-        (format!("{prefix}-images-idx3-ubyte"), img),
-        (format!("{prefix}-labels-idx1-ubyte"), lab),
-    ] {
+    for (stem, bytes) in
+        [(format!("{prefix}-images-idx3-ubyte"), img), (format!("{prefix}-labels-idx1-ubyte"), lab)]
+    {
         if gz {
             let f = std::fs::File::create(dir.join(format!("{stem}.gz")))?;
             let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
@@ -452,9 +406,5 @@ pub fn synthetic(n: usize, shape: [usize; 3], seed: u64) -> Dataset {
             }
         }
     }
-    Dataset {
-        images,
-        labels,
-        shape,
-    }
+    Dataset { images, labels, shape }
 }

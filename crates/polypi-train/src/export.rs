@@ -23,13 +23,7 @@ use crate::train::{TrainConfig, TrainReport};
 
 fn data<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
     let shape = t.dims().to_vec();
-    (
-        shape,
-        t.into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default(),
-    )
+    (shape, t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default())
 }
 
 struct Builder {
@@ -56,11 +50,7 @@ impl Builder {
     }
 
     fn push(&mut self, name: String, input: &str, op: Op) -> String {
-        self.nodes.push(Node {
-            name: name.clone(),
-            inputs: vec![input.to_string()],
-            op,
-        });
+        self.nodes.push(Node { name: name.clone(), inputs: vec![input.to_string()], op });
         name
     }
 
@@ -71,13 +61,7 @@ impl Builder {
         self.push(
             n,
             input,
-            Op::Conv2d {
-                weight,
-                bias,
-                stride: c.stride[0],
-                padding,
-                groups: c.groups,
-            },
+            Op::Conv2d { weight, bias, stride: c.stride[0], padding, groups: c.groups },
         )
     }
 
@@ -90,13 +74,7 @@ impl Builder {
         self.push(
             n,
             input,
-            Op::BatchNorm2d {
-                weight,
-                bias,
-                running_mean,
-                running_var,
-                eps: b.epsilon as f32,
-            },
+            Op::BatchNorm2d { weight, bias, running_mean, running_var, eps: b.epsilon as f32 },
         )
     }
 
@@ -131,10 +109,7 @@ impl Builder {
                 self.push(
                     n,
                     input,
-                    Op::Poly {
-                        coefficients: PILLAR_DEG4.to_vec(),
-                        coefficients_tensor: None,
-                    },
+                    Op::Poly { coefficients: PILLAR_DEG4.to_vec(), coefficients_tensor: None },
                 )
             }
             ActKind::Pkn | ActKind::Rpkn => {
@@ -143,15 +118,7 @@ impl Builder {
                     Some(k) => {
                         let c_p = data(k.c_p.val()).1.first().copied().unwrap_or(0.0);
                         let a_p = data(k.a_p.val()).1.first().copied().unwrap_or(1.0);
-                        self.push(
-                            n,
-                            input,
-                            Op::PolyKerv {
-                                c_p,
-                                d_p: k.d_p,
-                                a_p,
-                            },
-                        )
+                        self.push(n, input, Op::PolyKerv { c_p, d_p: k.d_p, a_p })
                     }
                     None => self.push(n, input, Op::Identity),
                 }
@@ -174,25 +141,10 @@ impl Builder {
         }
         if u.pool == POOL_AVG {
             let n = self.name("avgpool");
-            cur = self.push(
-                n,
-                &cur,
-                Op::AvgPool2d {
-                    kernel: 2,
-                    stride: 2,
-                },
-            );
+            cur = self.push(n, &cur, Op::AvgPool2d { kernel: 2, stride: 2 });
         } else if u.pool == POOL_MAX {
             let n = self.name("maxpool");
-            cur = self.push(
-                n,
-                &cur,
-                Op::MaxPool2d {
-                    kernel: 2,
-                    stride: 2,
-                    padding: 0,
-                },
-            );
+            cur = self.push(n, &cur, Op::MaxPool2d { kernel: 2, stride: 2, padding: 0 });
         }
         if u.gap {
             let n = self.name("gap");
@@ -209,16 +161,8 @@ impl Builder {
 /// Converts `model` (put in inference mode) to a polypi [`ModelFile`] for inputs of `cfg.data`.
 pub fn to_model_file(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>) -> ModelFile {
     let model = model.valid();
-    let mut b = Builder {
-        nodes: vec![],
-        tensors: BTreeMap::new(),
-        count: BTreeMap::new(),
-    };
-    b.nodes.push(Node {
-        name: "input".into(),
-        inputs: vec![],
-        op: Op::Input,
-    });
+    let mut b = Builder { nodes: vec![], tensors: BTreeMap::new(), count: BTreeMap::new() };
+    b.nodes.push(Node { name: "input".into(), inputs: vec![], op: Op::Input });
     let mut cur = "input".to_string();
     for u in &model.pre {
         cur = b.unit(u, cur);
@@ -238,11 +182,7 @@ pub fn to_model_file(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>) ->
             s = b.bn(bn, &s);
         }
         let n = b.name("add");
-        b.nodes.push(Node {
-            name: n.clone(),
-            inputs: vec![y, s],
-            op: Op::Add,
-        });
+        b.nodes.push(Node { name: n.clone(), inputs: vec![y, s], op: Op::Add });
         cur = b.act(&blk.act2, &n);
     }
     for u in &model.post {
@@ -257,11 +197,7 @@ pub fn to_model_file(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>) ->
         nodes: b.nodes,
         labels: cfg.data.labels(),
     };
-    ModelFile {
-        graph,
-        card,
-        tensors: b.tensors,
-    }
+    ModelFile { graph, card, tensors: b.tensors }
 }
 
 /// The model card of a finished run.
@@ -294,7 +230,6 @@ pub fn card_for(cfg: &TrainConfig, report: &TrainReport) -> ModelCard {
 /// Whatever `ModelFile::save` reports (I/O, validation).
 pub fn export(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>, path: &Path) -> Result<()> {
     let mf = to_model_file(model, cfg, card);
-    mf.save(path)
-        .with_context(|| format!("writing model file {}", path.display()))?;
+    mf.save(path).with_context(|| format!("writing model file {}", path.display()))?;
     Ok(())
 }

@@ -11,13 +11,8 @@ use serde::{Deserialize, Serialize};
 /// PILLAR's degree-4 polynomial approximation of ReLU on [-5, 5] (Diaa et al., PILLAR-ESPN,
 /// `CrypTen-ESPN/configs/espn*.yaml`, crypto precision p = 10): ascending coefficients
 /// `[322, 512, 160, 0, -3] / 1024`.
-pub const PILLAR_DEG4: [f32; 5] = [
-    322.0 / 1024.0,
-    512.0 / 1024.0,
-    160.0 / 1024.0,
-    0.0,
-    -3.0 / 1024.0,
-];
+pub const PILLAR_DEG4: [f32; 5] =
+    [322.0 / 1024.0, 512.0 / 1024.0, 160.0 / 1024.0, 0.0, -3.0 / 1024.0];
 
 /// The activation used at every ACT site of a network (reference.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -107,19 +102,12 @@ impl Ctx {
 
     /// A training context.
     pub fn train(clip: Option<f32>, penalty: Option<Penalty>) -> Self {
-        Ctx {
-            train: true,
-            clip,
-            penalty,
-            ..Ctx::eval(None)
-        }
+        Ctx { train: true, clip, penalty, ..Ctx::eval(None) }
     }
 
     /// The mean penalty over sites (None if no site contributed).
     pub fn penalty_mean(&self) -> Option<Tensor<1>> {
-        self.pen_sum
-            .clone()
-            .map(|p| p.div_scalar(self.sites.max(1) as f64))
+        self.pen_sum.clone().map(|p| p.div_scalar(self.sites.max(1) as f64))
     }
 
     fn observe(&mut self, x: &Tensor<4>, polynomial: bool) {
@@ -183,11 +171,7 @@ impl X2Act {
     /// Applies the activation to `[N, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let w0 = per_channel(&self.w0).mul_scalar(self.s);
-        x.clone()
-            .square()
-            .mul(w0)
-            .add(x.mul(per_channel(&self.w1)))
-            .add(per_channel(&self.b))
+        x.clone().square().mul(w0).add(x.mul(per_channel(&self.w1))).add(per_channel(&self.b))
     }
 }
 
@@ -208,11 +192,7 @@ impl PolyKerv {
         let a = Param::from_tensor(Tensor::full([1], a_p, device));
         PolyKerv {
             c_p: Param::from_tensor(Tensor::full([1], c_p, device)),
-            a_p: if train_a {
-                a
-            } else {
-                a.set_require_grad(false)
-            },
+            a_p: if train_a { a } else { a.set_require_grad(false) },
             d_p: 2,
         }
     }
@@ -247,11 +227,7 @@ impl Activation {
             ActKind::Rpkn => (None, Some(PolyKerv::new(0.47, 0.009, true, device))),
             _ => (None, None),
         };
-        Activation {
-            kind: kind_to_u8(kind),
-            x2,
-            kerv,
-        }
+        Activation { kind: kind_to_u8(kind), x2, kerv }
     }
 
     /// The site's kind.

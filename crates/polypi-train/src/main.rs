@@ -168,10 +168,7 @@ fn main() -> Result<()> {
         r.train_size,
         r.test_size,
         r.secs_per_epoch,
-        r.model_file
-            .as_ref()
-            .map(|p| format!(", model {}", p.display()))
-            .unwrap_or_default()
+        r.model_file.as_ref().map(|p| format!(", model {}", p.display())).unwrap_or_default()
     );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -141,10 +141,7 @@ impl Unit {
         }
         x = match self.pool {
             POOL_AVG => AvgPool2dConfig::new([2, 2]).init().forward(x),
-            POOL_MAX => MaxPool2dConfig::new([2, 2])
-                .with_strides([2, 2])
-                .init()
-                .forward(x),
+            POOL_MAX => MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init().forward(x),
             _ => x,
         };
         if self.gap {
@@ -185,9 +182,7 @@ pub struct ResBlock {
 impl ResBlock {
     /// Runs the block on `[N, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>, ctx: &mut Ctx) -> Tensor<4> {
-        let y = self
-            .act1
-            .forward(self.bn1.forward(self.conv1.forward(x.clone())), ctx);
+        let y = self.act1.forward(self.bn1.forward(self.conv1.forward(x.clone())), ctx);
         let y = self.bn2.forward(self.conv2.forward(y));
         let s = match (&self.short_conv, &self.short_bn) {
             (Some(c), Some(b)) => b.forward(c.forward(x)),
@@ -315,10 +310,8 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
         NetKind::NetC => {
             let c = ch(64, w);
             let c7 = ch(16, w);
-            let mut us = vec![
-                conv_unit(spec, cin, c, 3, 1, device),
-                conv_unit(spec, c, c, 3, 1, device),
-            ];
+            let mut us =
+                vec![conv_unit(spec, cin, c, 3, 1, device), conv_unit(spec, c, c, 3, 1, device)];
             us[1].pool = pool_code(spec.pool);
             us.push(conv_unit(spec, c, c, 3, 1, device));
             let mut u4 = conv_unit(spec, c, c, 3, 1, device);
@@ -330,12 +323,7 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
             u7.flatten = true;
             us.push(u7);
             us.push(fc_unit(c7 * 64, spec.classes, None, device));
-            Net {
-                pre: us,
-                blocks: vec![],
-                post: vec![],
-                classes: spec.classes,
-            }
+            Net { pre: us, blocks: vec![], post: vec![], classes: spec.classes }
         }
         NetKind::NetR18 => {
             let c0 = ch(64, w);
@@ -368,11 +356,7 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
                     cprev = cout;
                 }
             }
-            let head = Unit {
-                gap: true,
-                flatten: true,
-                ..Unit::empty()
-            };
+            let head = Unit { gap: true, flatten: true, ..Unit::empty() };
             Net {
                 pre: vec![stem],
                 blocks,

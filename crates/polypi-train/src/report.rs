@@ -64,14 +64,8 @@ pub fn write_svg(epochs: &[EpochMetrics], path: &Path, title: &str) -> Result<()
         ))?
         .label("test")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], RED));
-        c.configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE)
-            .draw()?;
-        let min_acc = epochs
-            .iter()
-            .flat_map(|m| [m.train_acc, m.test_acc])
-            .fold(100f64, f64::min);
+        c.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+        let min_acc = epochs.iter().flat_map(|m| [m.train_acc, m.test_acc]).fold(100f64, f64::min);
         let mut a = ChartBuilder::on(&right)
             .caption("accuracy %", ("sans-serif", 14))
             .margin(10)
@@ -85,16 +79,10 @@ pub fn write_svg(epochs: &[EpochMetrics], path: &Path, title: &str) -> Result<()
         ))?
         .label("train")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
-        a.draw_series(LineSeries::new(
-            xs.iter().zip(epochs).map(|(x, m)| (*x, m.test_acc)),
-            &RED,
-        ))?
-        .label("test")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], RED));
-        a.configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE)
-            .draw()?;
+        a.draw_series(LineSeries::new(xs.iter().zip(epochs).map(|(x, m)| (*x, m.test_acc)), &RED))?
+            .label("test")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], RED));
+        a.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
         root.present()?;
         Ok(())
     };

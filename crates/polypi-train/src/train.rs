@@ -186,14 +186,12 @@ impl TrainConfig {
 
     /// PILLAR clipping in effect (defaults to 5 for `poly`).
     pub fn effective_clip(&self) -> Option<f32> {
-        self.poly_clip
-            .or((self.act == ActKind::Poly).then_some(5.0))
+        self.poly_clip.or((self.act == ActKind::Poly).then_some(5.0))
     }
 
     /// PILLAR penalty coefficient in effect (defaults to 5e-5 for `poly`).
     pub fn effective_penalty(&self) -> Option<f64> {
-        self.penalty_coef
-            .or((self.act == ActKind::Poly).then_some(5e-5))
+        self.penalty_coef.or((self.act == ActKind::Poly).then_some(5e-5))
     }
 
     /// Penalty for `epoch` and the cross-entropy weight (PILLAR warm-up, seeds-digest §3):
@@ -215,14 +213,7 @@ impl TrainConfig {
                 _ => (g, coef, 1.0),
             }
         };
-        (
-            Some(Penalty {
-                coef: c,
-                gamma,
-                range: self.penalty_range,
-            }),
-            ce,
-        )
+        (Some(Penalty { coef: c, gamma, range: self.penalty_range }), ce)
     }
 
     /// Learning rate at fractional epoch `t` (linear warm-up, then cosine to 0).
@@ -415,12 +406,7 @@ pub fn infer(model: &Net, input: &[f32], n: usize, shape: [usize; 3], device: &D
     let [c, h, w] = shape;
     let x = Tensor::<4>::from_data(TensorData::new(input.to_vec(), [n, c, h, w]), device);
     let mut ctx = Ctx::eval(None);
-    model
-        .valid()
-        .forward(x, &mut ctx)
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap_or_default()
+    model.valid().forward(x, &mut ctx).into_data().try_to_vec::<f32>().unwrap_or_default()
 }
 
 /// Builds `cfg`'s network, loading `resume` weights if set.
@@ -446,7 +432,7 @@ pub fn load_checkpoint(model: &mut Net, path: &Path) -> Result<()> {
 
 /// Saves `model` as a burn checkpoint.
 pub fn save_checkpoint(model: &Net, path: &Path) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(path);
+    let mut store = SafetensorsStore::from_file(path).overwrite(true);
     model
         .save_into(&mut store)
         .map_err(|e| anyhow::anyhow!("saving checkpoint {}: {e}", path.display()))?;
@@ -475,11 +461,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     let mut model = build_model(cfg, &ad)?;
     let teacher = match &cfg.teacher {
         Some(p) => {
-            let tcfg = TrainConfig {
-                act: ActKind::Relu,
-                resume: None,
-                ..cfg.clone()
-            };
+            let tcfg = TrainConfig { act: ActKind::Relu, resume: None, ..cfg.clone() };
             let mut t = nets::build(&tcfg.spec(), &base);
             load_checkpoint(&mut t, p)
                 .context("loading the KD teacher (a ReLU net of the same --net/--width)")?;
@@ -573,18 +555,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
             let logits = model.forward(x.clone(), &mut ctx);
             let mut loss = ce.forward(logits.clone(), y.clone()).mul_scalar(ce_w);
             if let Some(t) = &teacher {
-                let tl = t
-                    .forward(x.inner(), &mut Ctx::eval(None))
-                    .to_device(&ad)
-                    .detach();
+                let tl = t.forward(x.inner(), &mut Ctx::eval(None)).to_device(&ad).detach();
                 let temp = cfg.kd_temperature;
                 let p_t = softmax(tl.div_scalar(temp), 1);
                 let logp_s = log_softmax(logits.clone().div_scalar(temp), 1);
-                let kl = p_t
-                    .clone()
-                    .mul(p_t.add_scalar(1e-12).log().sub(logp_s))
-                    .sum_dim(1)
-                    .mean();
+                let kl = p_t.clone().mul(p_t.add_scalar(1e-12).log().sub(logp_s)).sum_dim(1).mean();
                 loss = loss
                     .mul_scalar(1.0 - cfg.kd_alpha)
                     .add(kl.mul_scalar(cfg.kd_alpha * temp * temp));

@@ -26,10 +26,7 @@ fn idx_fixture(dir: &PathBuf, gz: bool) {
 }
 
 fn cifar_fixture(dir: &PathBuf) {
-    for (name, n, seed) in [
-        ("train_subset_4660.bin", 120, 3),
-        ("test_batch_first932.bin", 60, 4),
-    ] {
+    for (name, n, seed) in [("train_subset_4660.bin", 120, 3), ("test_batch_first932.bin", 60, 4)] {
         let ds = data::synthetic(n, [3, 32, 32], seed);
         let mut raw = Vec::new();
         for i in 0..ds.len() {
@@ -70,9 +67,7 @@ fn missing_and_bad_files_give_clear_errors() {
     assert!(e.contains("scripts/fetch-data.sh"), "{e}");
     std::fs::write(d.join("train_subset_4660.bin"), [1u8, 2, 3]).unwrap();
     std::fs::write(d.join("test_batch_first932.bin"), [1u8, 2, 3]).unwrap();
-    let e = data::load(DatasetKind::Cifar10, &d)
-        .unwrap_err()
-        .to_string();
+    let e = data::load(DatasetKind::Cifar10, &d).unwrap_err().to_string();
     assert!(e.contains("multiple"), "{e}");
     let sub = d.join("mnist");
     std::fs::create_dir_all(&sub).unwrap();
@@ -99,19 +94,11 @@ fn augmentation_keeps_shape_and_normalises() {
 
 #[test]
 fn schedule_and_penalty_warmup() {
-    let cfg = TrainConfig {
-        epochs: 20,
-        warmup_epochs: 5,
-        lr: 0.1,
-        ..TrainConfig::default()
-    };
+    let cfg = TrainConfig { epochs: 20, warmup_epochs: 5, lr: 0.1, ..TrainConfig::default() };
     assert!(cfg.lr_at(0.0) < 0.01);
     assert!((cfg.lr_at(5.0) - 0.1).abs() < 1e-9);
     assert!(cfg.lr_at(19.99) < 1e-3);
-    let poly = TrainConfig {
-        act: ActKind::Poly,
-        ..TrainConfig::default()
-    };
+    let poly = TrainConfig { act: ActKind::Poly, ..TrainConfig::default() };
     let (p0, ce0) = poly.penalty_at(0);
     assert_eq!(ce0, 0.0);
     assert!((p0.unwrap().gamma - 4.0).abs() < 1e-9);
@@ -174,14 +161,8 @@ fn train_export_check(
     let idx: Vec<usize> = (0..n).collect();
     let (m, s) = kind.normalization();
     use rand::SeedableRng;
-    let (x, _) = data::make_batch(
-        &test,
-        &idx,
-        &m,
-        &s,
-        false,
-        &mut rand::rngs::StdRng::seed_from_u64(0),
-    );
+    let (x, _) =
+        data::make_batch(&test, &idx, &m, &s, false, &mut rand::rngs::StdRng::seed_from_u64(0));
     let burn_logits = train::infer(&model, &x, n, kind.input_shape(), &device);
     let ours = polypi_core::engine::plain::run_f32(&plan, &x, n).unwrap();
     assert_eq!(burn_logits.len(), ours.len());
@@ -190,10 +171,7 @@ fn train_export_check(
     for (a, b) in burn_logits.iter().zip(&ours) {
         maxerr = maxerr.max((a - b).abs());
     }
-    assert!(
-        maxerr <= 1e-4 * scale,
-        "max |burn - polypi| = {maxerr} (logit scale {scale})"
-    );
+    assert!(maxerr <= 1e-4 * scale, "max |burn - polypi| = {maxerr} (logit scale {scale})");
     for i in 0..n {
         let am = |v: &[f32]| {
             v.iter()
@@ -211,56 +189,28 @@ fn train_export_check(
 
 #[test]
 fn netm_x2act_export_matches_burn() {
-    train_export_check(
-        NetKind::NetM,
-        ActKind::X2act,
-        DatasetKind::FashionMnist,
-        0.5,
-        |_| {},
-    );
+    train_export_check(NetKind::NetM, ActKind::X2act, DatasetKind::FashionMnist, 0.5, |_| {});
 }
 
 #[test]
 fn netm_poly_and_pkn_export_match_burn() {
-    train_export_check(
-        NetKind::NetM,
-        ActKind::Poly,
-        DatasetKind::FashionMnist,
-        0.5,
-        |c| c.penalty_warmup = false,
-    );
-    train_export_check(
-        NetKind::NetM,
-        ActKind::Rpkn,
-        DatasetKind::FashionMnist,
-        0.5,
-        |c| c.optimizer = polypi_train::OptimKind::Adam,
-    );
-    train_export_check(
-        NetKind::NetM,
-        ActKind::Relu,
-        DatasetKind::FashionMnist,
-        0.5,
-        |c| c.pool = polypi_train::PoolKind::Max,
-    );
+    train_export_check(NetKind::NetM, ActKind::Poly, DatasetKind::FashionMnist, 0.5, |c| {
+        c.penalty_warmup = false
+    });
+    train_export_check(NetKind::NetM, ActKind::Rpkn, DatasetKind::FashionMnist, 0.5, |c| {
+        c.optimizer = polypi_train::OptimKind::Adam
+    });
+    train_export_check(NetKind::NetM, ActKind::Relu, DatasetKind::FashionMnist, 0.5, |c| {
+        c.pool = polypi_train::PoolKind::Max
+    });
 }
 
 #[test]
 fn netc_and_r18_export_match_burn() {
-    train_export_check(
-        NetKind::NetC,
-        ActKind::X2act,
-        DatasetKind::Cifar10,
-        0.125,
-        |_| {},
-    );
-    train_export_check(
-        NetKind::NetR18,
-        ActKind::X2act,
-        DatasetKind::Cifar10,
-        0.0625,
-        |c| c.max_steps_per_epoch = Some(1),
-    );
+    train_export_check(NetKind::NetC, ActKind::X2act, DatasetKind::Cifar10, 0.125, |_| {});
+    train_export_check(NetKind::NetR18, ActKind::X2act, DatasetKind::Cifar10, 0.0625, |c| {
+        c.max_steps_per_epoch = Some(1)
+    });
 }
 
 #[test]
