@@ -1,0 +1,576 @@
+//! The cost-counting backend of the one walk (design.md §3): [`CostCounter`] visits a plan like
+//! the secure backends do, with `Value = Vec<usize>` (shapes, batch first), and records for every
+//! layer exactly what the engine's protocols ([`crate::engine::party`],
+//! [`crate::engine::session`]) send, expand and compute — without running them.
+//!
+//! Per layer (n = elements of the layer's input, batch included; |X|, |Y| input/output elements):
+//!
+//! | layer | client -> server | server -> client | dealer -> client | rounds |
+//! |---|---|---|---|---|
+//! | Input | 0 | 0 | 8n (zero-sharing `-R0`) | 0 |
+//! | Conv2d / Linear | 8\|X\| (`X1 - A`) | 0 | 8\|Y\| (`c1`) | 1 |
+//! | Poly, G power groups | 8nG | 8nG (one exchange) | 8n·Σ_g (m_g - 1) | 1 if G > 0 |
+//! | AvgPool / GAP / Add / Flatten | 0 | 0 | 0 | 0 |
+//! | output reveal | 0 | 8\|logits\| | 0 | 1 |
+//!
+//! G and m_g come from [`crate::mpc::encode::encode_poly`] (powers sharing a pre-truncation scale
+//! share one mask). Not in any layer row, as in the engine's reports: per inference the client
+//! sends the batch size (8 bytes) to the server and to the dealer and an empty "online-start"
+//! message to the server; per session the seeds (32 bytes from the dealer to each party), the
+//! plan skeleton (JSON, server -> client and server -> dealer) and `F = W - B` (8 bytes per
+//! weight, server -> client). See [`SessionCost`].
+//!
+//! ReLU and MaxPool: the engine has no secure protocol for them in this build (see
+//! [`crate::engine::party::check_supported`]); counting a plan with them is an
+//! `InvalidArgument` error ("not modelled").
+
+use crate::engine::walk::{walk, Backend};
+use crate::error::{Error, Result};
+use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
+use crate::mpc::encode::encode_poly;
+use crate::ring::gemm::PAR_THRESHOLD_MACS;
+use serde::{Deserialize, Serialize};
+
+/// Who does a piece of online work or sends a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Party {
+    /// Party 0, the model owner.
+    Server,
+    /// Party 1, the input owner.
+    Client,
+}
+
+/// Local work of one party, in the units the profiles price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Work {
+    /// Multiply-accumulates of u64 GEMM calls large enough to run on all cores
+    /// (`m*k*n > 2^22`, [`PAR_THRESHOLD_MACS`]).
+    pub gemm_macs_parallel: u64,
+    /// Multiply-accumulates of GEMM calls that run on one thread.
+    pub gemm_macs_single: u64,
+    /// Elementwise ring operations (one pass of one element: add, shift, copy, one term of a
+    /// binomial sum).
+    pub elementwise: u64,
+    /// Bytes expanded from a ChaCha20 seed.
+    pub prg_bytes: u64,
+}
+
+impl Work {
+    fn add(&mut self, o: &Work) {
+        self.gemm_macs_parallel += o.gemm_macs_parallel;
+        self.gemm_macs_single += o.gemm_macs_single;
+        self.elementwise += o.elementwise;
+        self.prg_bytes += o.prg_bytes;
+    }
+    fn elem(n: usize) -> Work {
+        Work { elementwise: n as u64, ..Default::default() }
+    }
+    /// Total multiply-accumulates.
+    pub fn macs(&self) -> u64 {
+        self.gemm_macs_parallel + self.gemm_macs_single
+    }
+}
+
+/// One step of a layer's online schedule, in protocol order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    /// Local work of one party.
+    Compute {
+        /// Who computes.
+        party: Party,
+        /// What.
+        work: Work,
+    },
+    /// A one-way message of `bytes` payload bytes from `from` to the other party.
+    Send {
+        /// Sender.
+        from: Party,
+        /// Payload bytes.
+        bytes: u64,
+    },
+    /// A simultaneous exchange: each party sends `bytes` payload bytes, then receives the other's.
+    Exchange {
+        /// Payload bytes each way.
+        bytes: u64,
+    },
+}
+
+/// What one layer costs for one inference of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerCost {
+    /// Layer name (from the graph; "output" for the reveal).
+    pub name: String,
+    /// Op kind as in the engine's reports ("Conv2d", "Poly", ..., "Reveal").
+    pub kind: String,
+    /// Per-sample output shape.
+    pub out_shape: Vec<usize>,
+    /// Elements of the layer's (first) input, batch included.
+    pub in_elements: u64,
+    /// Elements of the output, batch included.
+    pub out_elements: u64,
+    /// Online multiply-accumulates (server GEMMs; equals the engine's `LayerReport::macs`).
+    pub macs: u64,
+    /// Online payload bytes client -> server.
+    pub bytes_client_to_server: u64,
+    /// Online payload bytes server -> client.
+    pub bytes_server_to_client: u64,
+    /// Offline payload bytes dealer -> client.
+    pub bytes_dealer_to_client: u64,
+    /// Offline payload bytes dealer -> server (0 for every protocol of this build).
+    pub bytes_dealer_to_server: u64,
+    /// Online messages client -> server.
+    pub messages_client_to_server: u64,
+    /// Online messages server -> client.
+    pub messages_server_to_client: u64,
+    /// Offline messages dealer -> client.
+    pub messages_dealer_to_client: u64,
+    /// Online rounds, as the engine's reports count them.
+    pub rounds: u64,
+    /// Bytes the server expands from its seed for this layer (offline).
+    pub prg_bytes_server: u64,
+    /// Bytes the client expands from its seed (offline).
+    pub prg_bytes_client: u64,
+    /// Bytes the dealer expands from both seeds (offline).
+    pub prg_bytes_dealer: u64,
+    /// Elements that go through a non-linear activation protocol (Poly; ReLU when modelled).
+    pub activation_elements: u64,
+    /// Weights of a conv or linear layer (0 otherwise).
+    pub weights: u64,
+    /// Online schedule (input to the timing models; not serialised).
+    #[serde(skip)]
+    pub online: Vec<Step>,
+    /// Offline work of the server (not serialised).
+    #[serde(skip)]
+    pub offline_server: Work,
+    /// Offline work of the client: mask expansion, `A*F` (not serialised).
+    #[serde(skip)]
+    pub offline_client: Work,
+    /// Offline work of the dealer: `A*B`, powers of `r` (not serialised).
+    #[serde(skip)]
+    pub offline_dealer: Work,
+}
+
+impl LayerCost {
+    fn new(layer: &Layer, in_elements: usize, out_elements: usize) -> Self {
+        LayerCost {
+            name: layer.name.clone(),
+            kind: layer.op.kind().to_string(),
+            out_shape: layer.out_shape.clone(),
+            in_elements: in_elements as u64,
+            out_elements: out_elements as u64,
+            ..Default::default()
+        }
+    }
+    fn compute(&mut self, party: Party, work: Work) {
+        if work != Work::default() {
+            self.online.push(Step::Compute { party, work });
+        }
+    }
+    /// Online work of `party` summed over the schedule.
+    pub fn online_work(&self, party: Party) -> Work {
+        let mut w = Work::default();
+        for s in &self.online {
+            if let Step::Compute { party: p, work } = s {
+                if *p == party {
+                    w.add(work);
+                }
+            }
+        }
+        w
+    }
+}
+
+/// Per-session and per-inference messages outside the layer rows (the engine's reports leave
+/// them out too; its channel counters include them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionCost {
+    /// Bytes of the public plan skeleton (JSON), sent server -> client and server -> dealer.
+    pub skeleton_bytes: u64,
+    /// Bytes of `F = W - B` (8 per weight of every conv and linear layer), server -> client.
+    pub masked_weight_bytes: u64,
+    /// Messages of `F` (one per linear layer).
+    pub masked_weight_messages: u64,
+    /// Seed bytes, dealer -> each party (32).
+    pub seed_bytes: u64,
+    /// Server-side and dealer-side expansion of the weight masks `B`, bytes (each).
+    pub weight_mask_prg_bytes: u64,
+    /// What the client's setup report counts: skeleton + `F`, bytes server -> client.
+    pub setup_bytes_server_to_client: u64,
+    /// Per inference, client -> server: batch size (8 bytes) + empty online-start (0 bytes).
+    pub control_bytes_client_to_server: u64,
+    /// Per inference, client -> server control messages (2).
+    pub control_messages_client_to_server: u64,
+    /// Per inference, client -> dealer: batch size (8 bytes, 1 message).
+    pub control_bytes_client_to_dealer: u64,
+    /// Once per session, to end it: batch size 0 to server and dealer (8 bytes each).
+    pub close_bytes: u64,
+}
+
+/// The counting backend. Build with [`CostCounter::new`], run [`walk`] (or use [`count`]).
+#[derive(Debug, Clone)]
+pub struct CostCounter {
+    frac_bits: u32,
+    /// One entry per layer visited (index = layer).
+    pub layers: Vec<LayerCost>,
+}
+
+fn numel(s: &[usize]) -> usize {
+    s.iter().product()
+}
+
+fn with_batch(layer: &Layer, batch: usize) -> Vec<usize> {
+    let mut s = vec![batch];
+    s.extend_from_slice(&layer.out_shape);
+    s
+}
+
+fn not_modelled(layer: &Layer) -> Error {
+    Error::InvalidArgument(format!(
+        "layer '{}' ({}): not modelled by the cost model (the engine has no 2PC protocol for it \
+         in this build)",
+        layer.name,
+        layer.op.kind()
+    ))
+}
+
+impl CostCounter {
+    /// A counter for a plan at `frac_bits` fractional bits (`plan.frac_bits`).
+    pub fn new(frac_bits: u32) -> Self {
+        CostCounter { frac_bits, layers: Vec::new() }
+    }
+
+    fn put(&mut self, idx: usize, c: LayerCost) {
+        if self.layers.len() <= idx {
+            self.layers.resize(idx + 1, LayerCost::default());
+        }
+        self.layers[idx] = c;
+    }
+
+    /// Conv or linear: weight-masked protocol (module docs). `gemms` = (calls, m, k, n) of the
+    /// server's GEMMs; `copies` = elements the server copies around them (im2col, packing,
+    /// col2out).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_cost(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        x: &[usize],
+        out: &[usize],
+        macs: u64,
+        gemm: (usize, usize, usize, usize),
+        copies: usize,
+        weights: usize,
+    ) {
+        let (nx, ny) = (numel(x), numel(out));
+        let mut c = LayerCost::new(layer, nx, ny);
+        c.macs = macs;
+        c.weights = weights as u64;
+        c.bytes_client_to_server = 8 * nx as u64;
+        c.messages_client_to_server = 1;
+        c.bytes_dealer_to_client = 8 * ny as u64;
+        c.messages_dealer_to_client = 1;
+        c.rounds = 1;
+        c.prg_bytes_server = 8 * ny as u64; // c0
+        c.prg_bytes_client = 8 * nx as u64; // A
+        c.prg_bytes_dealer = 8 * (nx + ny) as u64; // A, c0
+        let (calls, m, k, n) = gemm;
+        let g = if m * k * n > PAR_THRESHOLD_MACS {
+            Work { gemm_macs_parallel: macs, ..Default::default() }
+        } else {
+            Work { gemm_macs_single: macs, ..Default::default() }
+        };
+        let _ = calls;
+        // Offline: client A (PRG), A*F (GEMM + copies), + c1; dealer A, c0 (PRG), A*B, - c0.
+        c.offline_server = Work { prg_bytes: c.prg_bytes_server, ..Default::default() };
+        let mut cl = g;
+        cl.elementwise = (copies + ny) as u64;
+        cl.prg_bytes = c.prg_bytes_client;
+        c.offline_client = cl;
+        let mut de = g;
+        de.elementwise = (copies + ny) as u64;
+        de.prg_bytes = c.prg_bytes_dealer;
+        c.offline_dealer = de;
+        // Online: client X1 - A, send, truncate its share; server adds, GEMM, bias, c0, truncates.
+        c.compute(Party::Client, Work::elem(nx));
+        c.online.push(Step::Send { from: Party::Client, bytes: c.bytes_client_to_server });
+        c.compute(Party::Client, Work::elem(ny));
+        let mut sw = g;
+        sw.elementwise = (nx + copies + 3 * ny) as u64;
+        c.compute(Party::Server, sw);
+        self.put(idx, c);
+    }
+}
+
+impl Backend for CostCounter {
+    type Value = Vec<usize>;
+
+    fn input(&mut self, idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
+        let shape = with_batch(layer, batch);
+        let n = numel(&shape);
+        let mut c = LayerCost::new(layer, n, n);
+        c.bytes_dealer_to_client = 8 * n as u64;
+        c.messages_dealer_to_client = 1;
+        c.prg_bytes_server = 8 * n as u64;
+        c.prg_bytes_dealer = 8 * n as u64;
+        c.offline_server = Work { prg_bytes: 8 * n as u64, ..Default::default() };
+        c.offline_dealer =
+            Work { prg_bytes: 8 * n as u64, elementwise: n as u64, ..Default::default() };
+        c.compute(Party::Server, Work::elem(n));
+        c.compute(Party::Client, Work::elem(2 * n));
+        self.put(idx, c);
+        Ok(shape)
+    }
+
+    fn conv2d(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        conv: &ConvLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        let g = conv.geom;
+        let batch = x[0];
+        let cols = batch * g.out_h() * g.out_w();
+        let k = (g.c_in / g.groups) * g.kh * g.kw;
+        let cog = g.c_out / g.groups;
+        // im2col writes k*cols, packing copies k*cols, col2out copies cog*cols, per group.
+        let copies = g.groups * (2 * k * cols + cog * cols);
+        self.linear_cost(
+            idx,
+            layer,
+            x,
+            &out,
+            g.macs() * batch as u64,
+            (g.groups, cog, k, cols),
+            copies,
+            g.c_out * k,
+        );
+        Ok(out)
+    }
+
+    fn linear(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        l: &LinearLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        let batch = x[0];
+        let macs = (l.in_features * l.out_features * batch) as u64;
+        self.linear_cost(
+            idx,
+            layer,
+            x,
+            &out,
+            macs,
+            (1, batch, l.in_features, l.out_features),
+            l.in_features * l.out_features,
+            l.in_features * l.out_features,
+        );
+        Ok(out)
+    }
+
+    fn poly(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        p: &PolyLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        let plan = encode_poly(p, self.frac_bits, &layer.name)?;
+        let n = numel(x);
+        let groups = plan.groups.len();
+        let mut c = LayerCost::new(layer, n, n);
+        c.activation_elements = n as u64;
+        let extra: usize = plan.groups.iter().map(|g| g.max_power() - 1).sum();
+        if groups > 0 {
+            let b = 8 * (n * groups) as u64;
+            c.bytes_client_to_server = b;
+            c.bytes_server_to_client = b;
+            c.messages_client_to_server = 1;
+            c.messages_server_to_client = 1;
+            c.rounds = 1;
+        }
+        if extra > 0 {
+            c.bytes_dealer_to_client = 8 * (n * extra) as u64;
+            c.messages_dealer_to_client = 1;
+        }
+        // Server: r (per group) and its shares of r^2..r^m; client: r; dealer: both r, server's
+        // powers.
+        c.prg_bytes_server = 8 * (n * (groups + extra)) as u64;
+        c.prg_bytes_client = 8 * (n * groups) as u64;
+        c.prg_bytes_dealer = 8 * (n * (2 * groups + extra)) as u64;
+        c.offline_server = Work { prg_bytes: c.prg_bytes_server, ..Default::default() };
+        c.offline_client = Work {
+            prg_bytes: c.prg_bytes_client,
+            elementwise: (n * extra) as u64,
+            ..Default::default()
+        };
+        c.offline_dealer = Work {
+            prg_bytes: c.prg_bytes_dealer,
+            elementwise: (n * (groups + 2 * extra)) as u64,
+            ..Default::default()
+        };
+        // Online, both parties alike: per group clone + truncate + subtract the mask; exchange;
+        // per group the opening, per power k a binomial sum of k+1 terms and a truncation; then
+        // the per-channel combination (degree + 1 terms) and a truncation.
+        let pre = 3 * n * groups;
+        let terms: usize = plan.groups.iter().flat_map(|g| g.powers.iter().map(|k| k + 2)).sum();
+        let post = n * (groups + terms + plan.degree + 2);
+        for party in [Party::Server, Party::Client] {
+            c.compute(party, Work::elem(pre));
+        }
+        if groups > 0 {
+            c.online.push(Step::Exchange { bytes: 8 * (n * groups) as u64 });
+        }
+        for party in [Party::Server, Party::Client] {
+            c.compute(party, Work::elem(post));
+        }
+        self.put(idx, c);
+        Ok(x.clone())
+    }
+
+    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
+        Err(not_modelled(layer))
+    }
+
+    fn maxpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _kernel: usize,
+        _stride: usize,
+        _padding: usize,
+        _x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        Err(not_modelled(layer))
+    }
+
+    fn avgpool(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _kernel: usize,
+        _stride: usize,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        let (n, m) = (numel(x), numel(&out));
+        let mut c = LayerCost::new(layer, n, m);
+        for party in [Party::Server, Party::Client] {
+            c.compute(party, Work::elem(n + 2 * m));
+        }
+        self.put(idx, c);
+        Ok(out)
+    }
+
+    fn global_avgpool(&mut self, idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        let (n, m) = (numel(x), numel(&out));
+        let mut c = LayerCost::new(layer, n, m);
+        for party in [Party::Server, Party::Client] {
+            c.compute(party, Work::elem(n + 2 * m));
+        }
+        self.put(idx, c);
+        Ok(out)
+    }
+
+    fn flatten(&mut self, idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
+        let out = with_batch(layer, x[0]);
+        let n = numel(&x);
+        self.put(idx, LayerCost::new(layer, n, n));
+        Ok(out)
+    }
+
+    fn add(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        a: &Vec<usize>,
+        _b: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        let n = numel(a);
+        let mut c = LayerCost::new(layer, n, n);
+        for party in [Party::Server, Party::Client] {
+            c.compute(party, Work::elem(n));
+        }
+        self.put(idx, c);
+        Ok(a.clone())
+    }
+}
+
+/// The output reveal: the server sends its share of the logits (8 bytes each), the client adds
+/// and decodes. One round.
+pub fn reveal_cost(plan: &Plan, batch: usize) -> LayerCost {
+    let k = plan.num_classes();
+    let n = batch * k;
+    let mut c = LayerCost {
+        name: "output".into(),
+        kind: "Reveal".into(),
+        out_shape: vec![k],
+        in_elements: n as u64,
+        out_elements: n as u64,
+        bytes_server_to_client: 8 * n as u64,
+        messages_server_to_client: 1,
+        rounds: 1,
+        ..Default::default()
+    };
+    c.online.push(Step::Send { from: Party::Server, bytes: 8 * n as u64 });
+    c.compute(Party::Client, Work::elem(2 * n));
+    c
+}
+
+/// Session and per-inference messages outside the layer rows (see [`SessionCost`]).
+/// Errors: `Protocol` if the skeleton cannot be serialised (never for a valid plan).
+pub fn session_cost(plan: &Plan) -> Result<SessionCost> {
+    let skel = serde_json::to_vec(&plan.public_skeleton())
+        .map_err(|e| Error::Protocol(format!("plan skeleton: {e}")))?;
+    let mut weights = 0u64;
+    let mut msgs = 0u64;
+    for l in &plan.layers {
+        match &l.op {
+            LayerOp::Conv2d(c) => {
+                let g = c.geom;
+                weights += (g.c_out * (g.c_in / g.groups) * g.kh * g.kw) as u64;
+                msgs += 1;
+            }
+            LayerOp::Linear(c) => {
+                weights += (c.in_features * c.out_features) as u64;
+                msgs += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(SessionCost {
+        skeleton_bytes: skel.len() as u64,
+        masked_weight_bytes: 8 * weights,
+        masked_weight_messages: msgs,
+        seed_bytes: 32,
+        weight_mask_prg_bytes: 8 * weights,
+        setup_bytes_server_to_client: skel.len() as u64 + 8 * weights,
+        control_bytes_client_to_server: 8,
+        control_messages_client_to_server: 2,
+        control_bytes_client_to_dealer: 8,
+        close_bytes: 8,
+    })
+}
+
+/// Counts one inference of `batch` samples: one [`LayerCost`] per plan layer, plus the output
+/// reveal as the last row (the same rows, in the same order, as the engine's
+/// `InferenceReport::layers`).
+///
+/// Errors: `InvalidArgument` for batch 0 or a layer the model does not cover (ReLU, MaxPool in
+/// this build); `Graph` for a malformed plan; `InvalidArgument` for a polynomial degree outside
+/// 1..=8.
+pub fn count(plan: &Plan, batch: usize) -> Result<Vec<LayerCost>> {
+    if batch == 0 {
+        return Err(Error::InvalidArgument("batch must be at least 1".into()));
+    }
+    let mut cc = CostCounter::new(plan.frac_bits);
+    walk(plan, &mut cc, batch)?;
+    let mut layers = cc.layers;
+    layers.push(reveal_cost(plan, batch));
+    Ok(layers)
+}

@@ -1,0 +1,320 @@
+//! Hardware profiles that turn counts into milliseconds: a calibrated CPU ([`CpuProfile`],
+//! [`calibrate`]), an analytic FPGA accelerator ([`FpgaProfile`]) and PASNet's published per-site
+//! latency table ([`Profile::Pasnet`]).
+
+use crate::error::{Error, Result};
+use crate::mpc::prg::{Purpose, Seed};
+use crate::net::{recv_ring, send_ring, tcp_loopback_pair, Channel, TcpOptions};
+use crate::ring::gemm::{gemm, gemm_packed_st, PackedB};
+use crate::ring::trunc_local;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// Throughputs of one machine running all three roles in one process (as `polypi bench` does),
+/// measured by [`calibrate`] or loaded from JSON ([`CpuProfile::load`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuProfile {
+    /// What was measured (CPU model name, cores).
+    pub description: String,
+    /// Threads of rayon's pool (the parallel GEMM's width).
+    pub threads: usize,
+    /// u64 wrapping GEMM on all threads (products above 2^22 MACs), GMAC/s.
+    pub gemm_gmacs: f64,
+    /// u64 wrapping GEMM on one thread (small products), GMAC/s.
+    pub gemm_gmacs_single: f64,
+    /// ChaCha20 expansion ([`Seed::ring`]), GB/s (10^9 bytes).
+    pub prg_gbytes_per_s: f64,
+    /// Elementwise ring operations (add, shift, copy passes over large vectors), G elements/s.
+    pub elementwise_gops: f64,
+    /// Fixed cost of one message (loopback TCP, framing, writer thread, wake-up), µs, from half a
+    /// ping-pong of 8-byte messages.
+    pub per_message_us: f64,
+    /// Loopback message throughput including ring (de)serialisation, GB/s (10^9 bytes), from a
+    /// ping-pong of 4 MB ring messages.
+    pub loopback_gbytes_per_s: f64,
+    /// The roles share the cores (in-process runs): the offline phase of the client and the
+    /// dealer is summed rather than overlapped.
+    pub shared_cores: bool,
+}
+
+/// An analytic FPGA accelerator for the same operators (u64 wrapping MACs, elementwise ring ops,
+/// PRG), with the host's network link.
+///
+/// Assumptions (no public source gives PolyMPCNet's or PASNet's FPGA design: board, DSP count,
+/// clock, bandwidth and performance-model equations are NOT FOUND, see
+/// `shared/research/seeds-digest.md` §1-2; these defaults are ours):
+/// - default device: a Zynq UltraScale+ ZCU104-class part (XCZU7EV: 1728 DSP48E2, 300 MHz,
+///   ~4.75 MiB BRAM+URAM, one DDR4-2400 x64 channel ~19.2 GB/s);
+/// - one 64-bit wrapping MAC takes `dsp_per_mac64` DSPs: with 17-bit limbs, the low 64 bits of a
+///   64x64 product need the 10 limb products (i, j) with i + j <= 3; one MAC per DSP group per
+///   cycle (fully pipelined), so MACs/cycle = dsp_count / dsp_per_mac64;
+/// - elementwise ops (adds, shifts, binomial terms) and ChaCha20 run in LUT fabric at
+///   `elementwise_per_cycle` elements per cycle and `prg_bytes_per_cycle`;
+/// - weights and activations stream from off-chip memory unless the layer's weights + input +
+///   output fit in `onchip_mib`;
+/// - layers are pipelined and communication is overlapped with compute: a layer takes
+///   max(compute, off-chip traffic, network), where network = its bytes on the link + its rounds
+///   x RTT/2 + `per_message_us` per message (the host's NIC/driver).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FpgaProfile {
+    /// Name of the modelled device.
+    pub name: String,
+    /// DSP slices available to the GEMM engine.
+    pub dsp_count: u64,
+    /// Clock, MHz.
+    pub clock_mhz: f64,
+    /// DSP slices per pipelined 64-bit wrapping multiply-accumulate.
+    pub dsp_per_mac64: f64,
+    /// Elementwise ring operations per cycle (LUT adders/shifters).
+    pub elementwise_per_cycle: f64,
+    /// ChaCha20 output bytes per cycle.
+    pub prg_bytes_per_cycle: f64,
+    /// On-chip memory (BRAM + URAM), MiB (2^20 bytes).
+    pub onchip_mib: f64,
+    /// Off-chip memory bandwidth, GB/s (10^9 bytes).
+    pub offchip_gbytes_per_s: f64,
+    /// Host network stack cost per message, µs.
+    pub per_message_us: f64,
+}
+
+impl Default for FpgaProfile {
+    fn default() -> Self {
+        FpgaProfile {
+            name: "ZCU104-class (XCZU7EV), assumed".into(),
+            dsp_count: 1728,
+            clock_mhz: 300.0,
+            dsp_per_mac64: 10.0,
+            elementwise_per_cycle: 64.0,
+            prg_bytes_per_cycle: 64.0,
+            onchip_mib: 4.75,
+            offchip_gbytes_per_s: 19.2,
+            per_message_us: 10.0,
+        }
+    }
+}
+
+impl FpgaProfile {
+    /// Peak multiply-accumulates per second.
+    pub fn macs_per_s(&self) -> f64 {
+        self.dsp_count as f64 / self.dsp_per_mac64 * self.clock_mhz * 1e6
+    }
+}
+
+/// A hardware profile for [`super::predict`] and [`super::site_latency`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Profile {
+    /// A CPU running the engine as implemented (calibrated).
+    Cpu(CpuProfile),
+    /// An analytic FPGA accelerator.
+    Fpga(FpgaProfile),
+    /// PASNet's per-site latency table (Peng et al., DAC 2023, code `models/gate_tmp.py`; see
+    /// seeds-digest §2), `n` = elements per sample of the site's input: ReLU `13.6n + 0.4`,
+    /// X2act/polynomial `0.03n + 0.2`, MaxPool `0.75 x ReLU`, AvgPool `0.01n`. Units are not
+    /// stated in the source: reported as published (not ms). Linear layers are not in the table
+    /// (cost 0), nor are bytes or rounds.
+    Pasnet,
+}
+
+impl Profile {
+    /// Parses `cpu` (calibrate now, a few hundred ms), `cpu:FILE` (a [`CpuProfile`] JSON file),
+    /// `fpga` (the default [`FpgaProfile`]), `fpga:FILE` (an [`FpgaProfile`] JSON file) or
+    /// `pasnet`. Errors: `InvalidArgument` for anything else; `Io`/`InvalidArgument` for an
+    /// unreadable or malformed file.
+    pub fn parse(text: &str) -> Result<Profile> {
+        let t = text.trim();
+        let (kind, file) = match t.split_once(':') {
+            Some((k, f)) => (k.trim().to_ascii_lowercase(), Some(f.trim())),
+            None => (t.to_ascii_lowercase(), None),
+        };
+        match (kind.as_str(), file) {
+            ("cpu", None) => Ok(Profile::Cpu(calibrate())),
+            ("cpu", Some(f)) => Ok(Profile::Cpu(CpuProfile::load(f)?)),
+            ("fpga", None) => Ok(Profile::Fpga(FpgaProfile::default())),
+            ("fpga", Some(f)) => Ok(Profile::Fpga(load_json(f)?)),
+            ("pasnet", None) => Ok(Profile::Pasnet),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown profile '{text}': expected cpu, cpu:FILE, fpga, fpga:FILE or pasnet"
+            ))),
+        }
+    }
+
+    /// Short name: "cpu", "fpga" or "pasnet".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Profile::Cpu(_) => "cpu",
+            Profile::Fpga(_) => "fpga",
+            Profile::Pasnet => "pasnet",
+        }
+    }
+
+    /// Unit of the predicted times: "ms", or "PASNet units" for [`Profile::Pasnet`].
+    pub fn time_unit(&self) -> &'static str {
+        match self {
+            Profile::Pasnet => "PASNet units",
+            _ => "ms",
+        }
+    }
+}
+
+fn load_json<T: for<'de> Deserialize<'de>>(path: impl AsRef<Path>) -> Result<T> {
+    let p = path.as_ref();
+    let s = std::fs::read_to_string(p)?;
+    serde_json::from_str(&s)
+        .map_err(|e| Error::InvalidArgument(format!("profile file {}: {e}", p.display())))
+}
+
+impl CpuProfile {
+    /// Loads a profile saved by [`CpuProfile::save`]. Errors: `Io` (unreadable),
+    /// `InvalidArgument` (not a CPU profile).
+    pub fn load(path: impl AsRef<Path>) -> Result<CpuProfile> {
+        load_json(path)
+    }
+
+    /// Saves the profile as pretty JSON. Errors: `Io`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let s = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::InvalidArgument(format!("profile: {e}")))?;
+        std::fs::write(path, s + "\n")?;
+        Ok(())
+    }
+}
+
+/// CPU model name (`/proc/cpuinfo`, else "unknown CPU") and logical cores.
+pub fn machine_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{model}, {cores} logical cores")
+}
+
+/// Best (smallest) time of `reps` runs of `f`, seconds.
+fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best.max(1e-9)
+}
+
+/// Median of `reps` runs of `f`, seconds.
+fn median_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2].max(1e-9)
+}
+
+/// Measures this machine (a few hundred ms): the ring GEMM 128x576x1024 via [`gemm`] (all
+/// threads) and one-thread [`gemm_packed_st`], [`Seed::ring`] expansion of 8 MB, elementwise
+/// passes (subtract into a fresh vector, local truncation) over 1M elements, and a TCP loopback
+/// ping-pong ([`tcp_loopback_pair`]) of 8-byte and 4 MB ring messages.
+///
+/// Timings take the median of a few repetitions (robust to other load on the machine); if the
+/// loopback pair cannot be set up, the message costs fall back to 30 µs and 2 GB/s.
+pub fn calibrate() -> CpuProfile {
+    let (m, k, n) = (128usize, 576usize, 1024usize);
+    let seed = Seed([3u8; 32]);
+    let a = seed.ring(0, 0, Purpose::InputMask, m * k);
+    let b = seed.ring(0, 1, Purpose::InputMask, k * n);
+    let mut c = vec![0u64; m * n];
+    let macs = (m * k * n) as f64;
+    gemm(&a, &b, &mut c, m, k, n); // warm-up (thread pool, pages)
+    let t_mt = median_of(5, || gemm(&a, &b, &mut c, m, k, n));
+    let pb = PackedB::pack(&b, k, n);
+    let t_st = best_of(2, || gemm_packed_st(&a, &pb, &mut c, m));
+    // Packing is part of every engine GEMM call: price it in the single-thread rate.
+    let t_pack = best_of(2, || {
+        std::hint::black_box(PackedB::pack(&b, k, n));
+    });
+
+    let prg_n = 1 << 20;
+    let t_prg = median_of(3, || {
+        std::hint::black_box(seed.ring(1, 2, Purpose::PolyMask(0), prg_n));
+    });
+
+    let en = 1 << 20;
+    let x = seed.ring(1, 3, Purpose::InputMask, en);
+    let r = seed.ring(1, 4, Purpose::InputMask, en);
+    let t_el = median_of(5, || {
+        let mut y: Vec<u64> = x.iter().zip(&r).map(|(p, q)| p.wrapping_sub(*q)).collect();
+        trunc_local(&mut y, 16, 1);
+        std::hint::black_box(&y);
+    });
+
+    let (per_message_us, loopback) = loopback().unwrap_or((30.0, 2.0));
+    CpuProfile {
+        description: machine_description(),
+        threads: rayon::current_num_threads(),
+        gemm_gmacs: macs / t_mt / 1e9,
+        gemm_gmacs_single: macs / (t_st + t_pack) / 1e9,
+        prg_gbytes_per_s: (8 * prg_n) as f64 / t_prg / 1e9,
+        elementwise_gops: (2 * en) as f64 / t_el / 1e9,
+        per_message_us,
+        loopback_gbytes_per_s: loopback,
+        shared_cores: true,
+    }
+}
+
+/// Ping-pong over TCP loopback: (µs per small message one way, GB/s for large ring messages).
+fn loopback() -> Result<(f64, f64)> {
+    let (mut a, mut b) = tcp_loopback_pair("server", "client", &TcpOptions::default())?;
+    let small = 200usize;
+    let big_n = 1usize << 19; // 4 MiB of ring elements
+    let big_reps = 4usize;
+    let echo = std::thread::spawn(move || -> Result<()> {
+        for _ in 0..small + 10 {
+            let m = b.recv()?;
+            b.send(&m)?;
+            b.flush()?;
+        }
+        for _ in 0..big_reps + 1 {
+            let m = recv_ring(&mut b, big_n)?;
+            send_ring(&mut b, &m)?;
+            b.flush()?;
+        }
+        Ok(())
+    });
+    let msg = [0u8; 8];
+    for _ in 0..10 {
+        a.send(&msg)?;
+        a.flush()?;
+        a.recv()?;
+    }
+    let t = Instant::now();
+    for _ in 0..small {
+        a.send(&msg)?;
+        a.flush()?;
+        a.recv()?;
+    }
+    let per_msg = t.elapsed().as_secs_f64() / (2 * small) as f64;
+    let data = vec![7u64; big_n];
+    let mut times = Vec::new();
+    for i in 0..big_reps + 1 {
+        let t = Instant::now();
+        send_ring(&mut a, &data)?;
+        a.flush()?;
+        recv_ring(&mut a, big_n)?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64() / 2.0);
+        }
+    }
+    echo.join().map_err(|_| Error::Protocol("calibration echo thread panicked".into()))??;
+    times.sort_by(|x, y| x.total_cmp(y));
+    let one_way = (times[times.len() / 2] - per_msg).max(1e-9);
+    Ok((per_msg * 1e6, (8 * big_n) as f64 / one_way / 1e9))
+}

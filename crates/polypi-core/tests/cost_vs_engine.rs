@@ -1,0 +1,98 @@
+//! The cost model's counts equal the engine's: for the reference networks (NET-M, NET-C, NET-R18;
+//! x^2, X2act, PILLAR degree 4; average pooling) at batch 1 and 2, the predicted per-layer bytes
+//! (client -> server, server -> client, dealer -> client), rounds and MACs are exactly those of
+//! the engine's `InferenceReport` from an in-memory run, and the setup bytes are the client's
+//! `SetupReport::bytes`.
+
+use polypi_core::cost::{count, predict, session_cost, CpuProfile, FpgaProfile, Profile};
+use polypi_core::engine::session::{run_local, LocalOpts, Transport};
+use polypi_core::model::compile::compile;
+use polypi_core::model::zoo::{build, Act, Pool, RefNet};
+use polypi_core::net::LinkModel;
+
+fn inputs(per: usize, batches: &[usize]) -> Vec<(Vec<f32>, usize)> {
+    batches
+        .iter()
+        .map(|&b| ((0..b * per).map(|i| ((i % 17) as f32 / 17.0) - 0.5).collect(), b))
+        .collect()
+}
+
+fn check(net: RefNet, act: Act) {
+    let plan = compile(&build(net, act, Pool::Avg, 1.0, 7).unwrap()).unwrap();
+    let per: usize = plan.input_shape().iter().product();
+    let batches = [1usize, 2];
+    let (setup, runs) = run_local(
+        &plan,
+        &inputs(per, &batches),
+        LocalOpts { transport: Transport::Mem, check: false },
+    )
+    .unwrap();
+    let session = session_cost(&plan).unwrap();
+    assert_eq!(session.setup_bytes_server_to_client, setup.bytes, "{net} {act}: setup bytes");
+    for (run, &b) in runs.iter().zip(&batches) {
+        let pred = count(&plan, b).unwrap();
+        let eng = &run.report.layers;
+        assert_eq!(pred.len(), eng.len(), "{net} {act} batch {b}: number of rows");
+        for (p, e) in pred.iter().zip(eng) {
+            let what = format!("{net} {act} batch {b} layer {} ({})", e.name, e.kind);
+            assert_eq!(p.name, e.name, "{what}: name");
+            assert_eq!(p.kind, e.kind, "{what}: kind");
+            assert_eq!(p.out_shape, e.out_shape, "{what}: shape");
+            assert_eq!(p.bytes_client_to_server, e.bytes_client_to_server, "{what}: c->s");
+            assert_eq!(p.bytes_server_to_client, e.bytes_server_to_client, "{what}: s->c");
+            assert_eq!(p.bytes_dealer_to_client, e.bytes_dealer_to_client, "{what}: dealer");
+            assert_eq!(p.rounds, e.rounds, "{what}: rounds");
+            assert_eq!(p.macs, e.macs, "{what}: MACs");
+        }
+        let rep =
+            predict(&plan, b, &Profile::Fpga(FpgaProfile::default()), &LinkModel::wan()).unwrap();
+        assert_eq!(rep.online_bytes(), run.report.online_bytes, "{net} {act} batch {b}");
+        assert_eq!(rep.bytes_dealer_to_client, run.report.offline_bytes);
+        assert_eq!(rep.rounds, run.report.rounds);
+    }
+}
+
+#[test]
+fn cost_net_m_counts_equal_engine() {
+    for act in [Act::Square, Act::X2Act, Act::Pillar] {
+        check(RefNet::NetM, act);
+    }
+}
+
+#[test]
+fn cost_net_c_counts_equal_engine() {
+    for act in [Act::Square, Act::X2Act, Act::Pillar] {
+        check(RefNet::NetC, act);
+    }
+}
+
+#[test]
+fn cost_net_r18_counts_equal_engine() {
+    for act in [Act::Square, Act::X2Act, Act::Pillar] {
+        check(RefNet::NetR18, act);
+    }
+}
+
+#[test]
+fn cost_relu_and_maxpool_are_not_modelled_but_pasnet_is() {
+    let plan = compile(&build(RefNet::NetM, Act::Relu, Pool::Max, 1.0, 7).unwrap()).unwrap();
+    let cpu = Profile::Cpu(CpuProfile {
+        description: "toy".into(),
+        threads: 1,
+        gemm_gmacs: 1.0,
+        gemm_gmacs_single: 1.0,
+        prg_gbytes_per_s: 1.0,
+        elementwise_gops: 1.0,
+        per_message_us: 10.0,
+        loopback_gbytes_per_s: 1.0,
+        shared_cores: true,
+    });
+    let err = predict(&plan, 1, &cpu, &LinkModel::none()).unwrap_err().to_string();
+    assert!(err.contains("not modelled"), "{err}");
+    let pas = predict(&plan, 1, &Profile::Pasnet, &LinkModel::none()).unwrap();
+    // NET-M: ReLU sites of 16*24*24, 16*8*8, 100 elements; max-pools of 16*24*24, 16*8*8.
+    let relu = |n: f64| 13.6 * n + 0.4;
+    let want = relu(9216.0) + relu(1024.0) + relu(100.0) + 0.75 * (relu(9216.0) + relu(1024.0));
+    assert!((pas.online_ms - want).abs() < 1e-6 * want, "{} vs {want}", pas.online_ms);
+    assert!(pas.table().contains("PASNet units"));
+}
