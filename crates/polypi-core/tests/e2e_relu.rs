@@ -68,3 +68,52 @@ fn e2e_relu_net_c_max_pool() {
 fn e2e_relu_net_c_max_pool_tcp() {
     check(RefNet::NetC, Pool::Max, &[1], Transport::Tcp);
 }
+
+/// Measurement (release, `--ignored --nocapture`): NET-C and NET-R18 with ReLU, batch 1, over
+/// in-memory channels: online ms, online MB, rounds, dealer MB and the slowest layers.
+#[test]
+#[ignore]
+fn e2e_relu_measure() {
+    for (net, pool) in
+        [(RefNet::NetC, Pool::Max), (RefNet::NetC, Pool::Avg), (RefNet::NetR18, Pool::Avg)]
+    {
+        let plan = compile(&build(net, Act::Relu, pool, 1.0, 11).unwrap()).unwrap();
+        let per: usize = plan.input_shape().iter().product();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let x: Vec<f32> =
+            (0..per).map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0).collect();
+        let inputs = vec![(x.clone(), 1), (x, 1)];
+        let (_, runs) = run_local(&plan, &inputs, LocalOpts::default()).unwrap();
+        for r in &runs {
+            let rep = &r.report;
+            let relus: usize = plan
+                .layers
+                .iter()
+                .filter(|l| matches!(l.op, LayerOp::Relu))
+                .map(|l| l.out_shape.iter().product::<usize>())
+                .sum();
+            println!(
+                "{net:?} {pool:?}: relus {relus} online {:.1} ms, {:.2} MB, {} rounds; offline {:.1} ms, dealer {:.1} MB",
+                rep.online_ms,
+                rep.online_bytes as f64 / 1e6,
+                rep.rounds,
+                rep.offline_ms,
+                rep.offline_bytes as f64 / 1e6
+            );
+        }
+        let rep = &runs[1].report;
+        let mut kinds: std::collections::BTreeMap<String, (f64, f64, u64)> = Default::default();
+        for l in &rep.layers {
+            let e = kinds.entry(l.kind.clone()).or_default();
+            e.0 += l.online_ms;
+            e.1 += l.offline_ms;
+            e.2 += l.bytes_server_to_client + l.bytes_client_to_server;
+        }
+        for (k, (on, off, b)) in kinds {
+            println!(
+                "   {k:10} online {on:8.1} ms  offline {off:8.1} ms  {:.2} MB",
+                b as f64 / 1e6
+            );
+        }
+    }
+}

@@ -24,10 +24,14 @@
 //! per level one 128-bit word (seed correction in bits 2..127, `t_L` / `t_R` corrections in bits
 //! 0 / 1) and one bit `V_CW`; the `n` value bits and the final correction bit are packed in one
 //! u64. Wire size per key: `(2n + 1) * 8` bytes (1016 bytes for `n = 63`), see [`cw_words`].
+//! Layout of a batch: blocks of 64 consecutive keys (the last one shorter), level-major inside a
+//! block (level `i`, key `j`: words `2 (i m + j)`, `+1`; then the `m` packed value words), so
+//! that batched evaluation reads the correction words of one level contiguously.
 
 use crate::error::{Error, Result};
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::{Aes128, Block};
+use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Largest supported input width in bits (the value corrections of all levels and the final
@@ -42,6 +46,9 @@ const FIXED_KEY: [u8; 16] = [
 /// Elements processed together (one `encrypt_blocks` call per level for the whole chunk, so the
 /// AES pipeline stays full).
 const CHUNK: usize = 64;
+
+/// Elements per parallel task (rayon) of [`gen`] and [`eval`]: a multiple of 64 and of `CHUNK`.
+const TASK: usize = 4096;
 
 const SEED_MASK: u128 = !3u128;
 
@@ -87,7 +94,7 @@ fn from_block(b: &Block) -> u128 {
 /// `bits`-bit inputs, given the two parties' root seeds (one per element each, as from
 /// [`roots_from_bytes`]). Only the low `bits` bits of each alpha count.
 ///
-/// Returns `cw_words(bits) * n` u64s (element-major), the same for both parties. Cost: `4 * bits`
+/// Returns `cw_words(bits) * n` u64s (layout in the module docs), the same for both parties. Cost: `4 * bits`
 /// AES calls per element.
 ///
 /// Errors: `InvalidArgument` for a width outside `1..=63` or slices of different lengths.
@@ -101,6 +108,16 @@ pub fn gen(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128]) -> Resul
     }
     let stride = cw_words(bits);
     let mut out = vec![0u64; n * stride];
+    out.par_chunks_mut(TASK * stride).enumerate().for_each(|(t, o)| {
+        let r = t * TASK..(t * TASK + TASK).min(n);
+        gen_seg(bits, &alphas[r.clone()], &roots0[r.clone()], &roots1[r], o)
+    });
+    Ok(out)
+}
+
+fn gen_seg(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128], out: &mut [u64]) {
+    let n = alphas.len();
+    let stride = cw_words(bits);
     let aes = cipher();
     let mut blocks = vec![Block::default(); 4 * CHUNK];
     let mut ins = vec![0u128; 4 * CHUNK];
@@ -140,7 +157,7 @@ pub fn gen(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128]) -> Resul
                 let tr_cw = t(r0) ^ t(r1) ^ a as u128;
                 let t_keep_cw = if a == 0 { tl_cw } else { tr_cw };
                 let w = s_cw | tl_cw | (tr_cw << 1);
-                let o = (start + j) * stride + 2 * i;
+                let o = start * stride + 2 * (i * m + j);
                 out[o] = w as u64;
                 out[o + 1] = (w >> 64) as u64;
                 vbits[j] |= v_cw << i;
@@ -156,10 +173,9 @@ pub fn gen(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128]) -> Resul
         for j in 0..m {
             let conv = |s: u128| ((s >> 2) & 1) as u64;
             let last = va[j] ^ conv(s0[j]) ^ conv(s1[j]);
-            out[(start + j) * stride + stride - 1] = vbits[j] | (last << 63);
+            out[start * stride + 2 * bits as usize * m + j] = vbits[j] | (last << 63);
         }
     }
-    Ok(out)
 }
 
 /// Party `party` (0 or 1): evaluates its DCF keys (root seeds `roots`, correction words `cws` as
@@ -185,18 +201,32 @@ pub fn eval(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64]) ->
         )));
     }
     let mut out = vec![0u64; n.div_ceil(64)];
+    out.par_chunks_mut(TASK / 64).enumerate().for_each(|(t, o)| {
+        let r = t * TASK..(t * TASK + TASK).min(n);
+        let c = r.start * stride..r.end * stride;
+        eval_seg(party, bits, &roots[r.clone()], &cws[c], &xs[r], o)
+    });
+    Ok(out)
+}
+
+/// [`eval`] on one segment (its first element starts word 0 of `out`).
+fn eval_seg(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64], out: &mut [u64]) {
+    let n = xs.len();
+    let stride = cw_words(bits);
     let aes = cipher();
     let mut blocks = [Block::default(); CHUNK];
     let mut ins = [0u128; CHUNK];
     let mut s = [0u128; CHUNK];
     let mut t = [0u128; CHUNK];
     let mut v = [0u64; CHUNK];
+    let mut vc = [0u64; CHUNK];
     for start in (0..n).step_by(CHUNK) {
         let m = CHUNK.min(n - start);
         for j in 0..m {
             s[j] = roots[start + j] & SEED_MASK;
             t[j] = party as u128;
             v[j] = 0;
+            vc[j] = cws[start * stride + 2 * bits as usize * m + j];
         }
         for i in 0..bits as usize {
             let pos = bits as usize - 1 - i;
@@ -208,10 +238,10 @@ pub fn eval(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64]) ->
             for j in 0..m {
                 let side = ins[j] & 1;
                 let mut g = from_block(&blocks[j]) ^ ins[j];
-                let o = (start + j) * stride;
-                let w = cws[o + 2 * i] as u128 | ((cws[o + 2 * i + 1] as u128) << 64);
-                let vc = ((cws[o + stride - 1] >> i) & 1) as u128;
-                let corr = (w & SEED_MASK) | ((w >> side) & 1) | (vc << 1);
+                let o = start * stride + 2 * (i * m + j);
+                let w = cws[o] as u128 | ((cws[o + 1] as u128) << 64);
+                let vb = ((vc[j] >> i) & 1) as u128;
+                let corr = (w & SEED_MASK) | ((w >> side) & 1) | (vb << 1);
                 g ^= corr & t[j].wrapping_neg();
                 t[j] = g & 1;
                 v[j] ^= ((g >> 1) & 1) as u64;
@@ -219,12 +249,11 @@ pub fn eval(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64]) ->
             }
         }
         for j in 0..m {
-            let fin = cws[(start + j) * stride + stride - 1] >> 63;
+            let fin = vc[j] >> 63;
             let bit = v[j] ^ ((s[j] >> 2) & 1) as u64 ^ (fin & t[j] as u64);
             out[(start + j) / 64] |= bit << ((start + j) % 64);
         }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -308,9 +337,10 @@ mod tests {
             let ones: u32 = y.iter().map(|w| w.count_ones()).sum();
             assert!(band.contains(&(ones as usize)), "party {p}: {ones} ones");
         }
-        // Seed correction words: bit 20 of level 0 and level 40 words.
+        // Seed correction words: bit 20 of the level-0 and level-40 words (low halves).
+        let layout = |j: usize, lvl: usize| (j / 64) * 64 * 127 + 2 * (lvl * 64 + j % 64);
         for lvl in [0usize, 40] {
-            let ones = (0..n).filter(|j| (cw[j * 127 + 2 * lvl] >> 20) & 1 == 1).count();
+            let ones = (0..n).filter(|j| (cw[layout(*j, lvl)] >> 20) & 1 == 1).count();
             assert!(band.contains(&ones), "level {lvl}: {ones}");
         }
         // Root seeds of the two parties are independent: XOR looks uniform.
@@ -325,5 +355,41 @@ mod tests {
         assert!(gen(8, &[1], &[0], &[]).is_err());
         assert!(matches!(eval(0, 8, &[0], &[0; 3], &[1]), Err(Error::Protocol(_))));
         assert!(eval(2, 8, &[0], &[0; 17], &[1]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// `cargo test --release -p polypi-core fss_bench -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn fss_bench() {
+        let n = 1 << 17;
+        let r0: Vec<u128> = (0..n as u128).map(|i| (i * 0x9e3779b97f4a7c15) << 2).collect();
+        let r1: Vec<u128> = (0..n as u128).map(|i| (i * 0x7f4a7c159e3779b9 + 5) << 2).collect();
+        let a: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) >> 1).collect();
+        let t = std::time::Instant::now();
+        let cw = gen(63, &a, &r0, &r1).unwrap();
+        let g = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let y = eval(0, 63, &r0, &cw, &a).unwrap();
+        let e = t.elapsed().as_secs_f64();
+        let aes = cipher();
+        let mut blocks = vec![Block::default(); n];
+        let t = std::time::Instant::now();
+        for _ in 0..8 {
+            aes.encrypt_blocks(&mut blocks);
+        }
+        let raw = t.elapsed().as_secs_f64() / (8.0 * n as f64);
+        println!(
+            "n {n}: gen {:.1} ns/elem, eval {:.1} ns/elem ({:.2} ns/level), raw AES {:.2} ns/block [{}]",
+            g * 1e9 / n as f64,
+            e * 1e9 / n as f64,
+            e * 1e9 / n as f64 / 63.0,
+            raw * 1e9,
+            y[0] & 1
+        );
     }
 }
