@@ -77,7 +77,18 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// Dies quietly on a closed stdout (`polypi inspect | head`) like other Unix tools, instead of
+/// panicking in `println!`.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.cmd {
