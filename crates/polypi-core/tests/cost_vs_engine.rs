@@ -85,6 +85,9 @@ fn cost_relu_and_maxpool_are_not_modelled_but_pasnet_is() {
         elementwise_gops: 1.0,
         per_message_us: 10.0,
         loopback_gbytes_per_s: 1.0,
+        exchange_gbytes_per_s: 1.0,
+        poly_power_ns: vec![1.0; 9],
+        poly_combine_ns: 1.0,
         shared_cores: true,
     });
     let err = predict(&plan, 1, &cpu, &LinkModel::none()).unwrap_err().to_string();

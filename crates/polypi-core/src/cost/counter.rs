@@ -53,6 +53,12 @@ pub struct Work {
     pub elementwise: u64,
     /// Bytes expanded from a ChaCha20 seed.
     pub prg_bytes: u64,
+    /// `binomial[k]`: elements whose k-th power is rebuilt from an opening
+    /// (`x^k = sum_i C(k,i) e^(k-i) r^i`, [`crate::mpc::ops::powers_from_opening`]), k <= 8.
+    pub binomial: [u64; 9],
+    /// Coefficient terms of the final per-channel polynomial sums (elements x (degree + 1),
+    /// [`crate::mpc::ops::poly_combine`]).
+    pub combine_terms: u64,
 }
 
 impl Work {
@@ -61,6 +67,10 @@ impl Work {
         self.gemm_macs_single += o.gemm_macs_single;
         self.elementwise += o.elementwise;
         self.prg_bytes += o.prg_bytes;
+        for (a, b) in self.binomial.iter_mut().zip(&o.binomial) {
+            *a += b;
+        }
+        self.combine_terms += o.combine_terms;
     }
     fn elem(n: usize) -> Work {
         Work { elementwise: n as u64, ..Default::default() }
@@ -414,11 +424,17 @@ impl Backend for CostCounter {
             ..Default::default()
         };
         // Online, both parties alike: per group clone + truncate + subtract the mask; exchange;
-        // per group the opening, per power k a binomial sum of k+1 terms and a truncation; then
-        // the per-channel combination (degree + 1 terms) and a truncation.
+        // per group the opening (one add), per power k a binomial sum and a truncation; then the
+        // per-channel combination (degree + 1 terms) and a truncation.
         let pre = 3 * n * groups;
-        let terms: usize = plan.groups.iter().flat_map(|g| g.powers.iter().map(|k| k + 2)).sum();
-        let post = n * (groups + terms + plan.degree + 2);
+        let powers: usize = plan.groups.iter().map(|g| g.powers.len()).sum();
+        let mut post = Work::elem(n * (groups + powers + 1));
+        for g in &plan.groups {
+            for &k in &g.powers {
+                post.binomial[k.min(8)] += n as u64;
+            }
+        }
+        post.combine_terms = (n * (plan.degree + 1)) as u64;
         for party in [Party::Server, Party::Client] {
             c.compute(party, Work::elem(pre));
         }
@@ -426,7 +442,7 @@ impl Backend for CostCounter {
             c.online.push(Step::Exchange { bytes: 8 * (n * groups) as u64 });
         }
         for party in [Party::Server, Party::Client] {
-            c.compute(party, Work::elem(post));
+            c.compute(party, post);
         }
         self.put(idx, c);
         Ok(x.clone())

@@ -174,7 +174,14 @@ pub fn cpu_work_ms(w: &Work, p: &CpuProfile) -> f64 {
         + w.gemm_macs_single as f64 / (p.gemm_gmacs_single * 1e9)
         + w.elementwise as f64 / (p.elementwise_gops * 1e9)
         + w.prg_bytes as f64 / (p.prg_gbytes_per_s * 1e9);
-    s * 1e3
+    let poly_ns: f64 = w
+        .binomial
+        .iter()
+        .enumerate()
+        .map(|(k, &cnt)| cnt as f64 * p.poly_power_ns.get(k).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        + w.combine_terms as f64 * p.poly_combine_ns;
+    s * 1e3 + poly_ns / 1e6
 }
 
 /// Milliseconds of local work on an FPGA profile (MACs on the DSP array, elementwise and PRG in
@@ -184,7 +191,9 @@ pub fn fpga_work_ms(w: &Work, p: &FpgaProfile) -> f64 {
     let s = w.macs() as f64 / p.macs_per_s()
         + w.elementwise as f64 / (p.elementwise_per_cycle * clk)
         + w.prg_bytes as f64 / (p.prg_bytes_per_cycle * clk);
-    s * 1e3
+    let terms: u64 = w.binomial.iter().enumerate().map(|(k, &c)| c * (k as u64 + 1)).sum::<u64>()
+        + w.combine_terms;
+    (s + terms as f64 / (p.poly_terms_per_cycle * clk)) * 1e3
 }
 
 /// The two-timeline simulation of the online phase (see the module docs).
@@ -199,6 +208,10 @@ struct Sim<'a> {
 
 impl Sim<'_> {
     fn deliver(&mut self, dir: usize, t: f64, bytes: u64) -> f64 {
+        self.deliver_at(dir, t, bytes, self.p.loopback_gbytes_per_s)
+    }
+
+    fn deliver_at(&mut self, dir: usize, t: f64, bytes: u64, local_gbytes_per_s: f64) -> f64 {
         let wire = if self.link.bandwidth_bits_per_s.is_finite() {
             bytes as f64 * 8.0 / self.link.bandwidth_bits_per_s * 1e3
         } else {
@@ -210,7 +223,7 @@ impl Sim<'_> {
             + wire
             + self.link.rtt_ms / 2.0
             + self.p.per_message_us / 1e3
-            + bytes as f64 / (self.p.loopback_gbytes_per_s * 1e9) * 1e3
+            + bytes as f64 / (local_gbytes_per_s * 1e9) * 1e3
     }
 
     fn step(&mut self, s: &Step) {
@@ -226,8 +239,9 @@ impl Sim<'_> {
                 self.tc = self.tc.max(d);
             }
             Step::Exchange { bytes } => {
-                let dc = self.deliver(0, self.tc, *bytes);
-                let ds = self.deliver(1, self.ts, *bytes);
+                let r = self.p.exchange_gbytes_per_s;
+                let dc = self.deliver_at(0, self.tc, *bytes, r);
+                let ds = self.deliver_at(1, self.ts, *bytes, r);
                 self.ts = self.ts.max(dc);
                 self.tc = self.tc.max(ds);
             }
@@ -396,14 +410,15 @@ pub fn predict(
             p.description.clone(),
             vec![format!(
                 "cpu: GEMM {:.2} GMAC/s ({} threads), {:.2} GMAC/s single, elementwise {:.2} G/s, \
-                 PRG {:.2} GB/s, {:.1} us/message, loopback {:.2} GB/s",
+                 PRG {:.2} GB/s, {:.1} us/message, loopback {:.2} GB/s ({:.2} GB/s each way in exchanges)",
                 p.gemm_gmacs,
                 p.threads,
                 p.gemm_gmacs_single,
                 p.elementwise_gops,
                 p.prg_gbytes_per_s,
                 p.per_message_us,
-                p.loopback_gbytes_per_s
+                p.loopback_gbytes_per_s,
+                p.exchange_gbytes_per_s
             )],
         ),
         Profile::Fpga(p) => (
@@ -526,6 +541,9 @@ mod tests {
             elementwise_gops: 1.0,
             per_message_us: 0.0,
             loopback_gbytes_per_s: 1e12,
+            exchange_gbytes_per_s: 1e12,
+            poly_power_ns: vec![0.0; 9],
+            poly_combine_ns: 0.0,
             shared_cores: true,
         }
     }

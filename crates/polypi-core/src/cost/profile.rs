@@ -3,10 +3,13 @@
 //! latency table ([`Profile::Pasnet`]).
 
 use crate::error::{Error, Result};
+use crate::model::PolyLayer;
+use crate::mpc::encode::encode_poly;
+use crate::mpc::ops::{poly_combine, powers_from_opening, Trunc};
 use crate::mpc::prg::{Purpose, Seed};
-use crate::net::{recv_ring, send_ring, tcp_loopback_pair, Channel, TcpOptions};
+use crate::net::{exchange_ring, recv_ring, send_ring, tcp_loopback_pair, Channel, TcpOptions};
 use crate::ring::gemm::{gemm, gemm_packed_st, PackedB};
-use crate::ring::trunc_local;
+use crate::ring::{trunc_local, RingTensor};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -27,12 +30,20 @@ pub struct CpuProfile {
     pub prg_gbytes_per_s: f64,
     /// Elementwise ring operations (add, shift, copy passes over large vectors), G elements/s.
     pub elementwise_gops: f64,
+    /// `poly_power_ns[k]`: ns per element to rebuild a share of `x^k` from an opening
+    /// ([`crate::mpc::ops::powers_from_opening`], k = 2..=8; entries 0 and 1 unused).
+    pub poly_power_ns: Vec<f64>,
+    /// ns per coefficient term of [`crate::mpc::ops::poly_combine`] (per element and power).
+    pub poly_combine_ns: f64,
     /// Fixed cost of one message (loopback TCP, framing, writer thread, wake-up), µs, from half a
     /// ping-pong of 8-byte messages.
     pub per_message_us: f64,
     /// Loopback message throughput including ring (de)serialisation, GB/s (10^9 bytes), from a
     /// ping-pong of 4 MB ring messages.
     pub loopback_gbytes_per_s: f64,
+    /// Loopback throughput per direction while both parties send at once (a simultaneous
+    /// exchange, as in a polynomial layer), GB/s, from exchanges of 4 MB ring messages.
+    pub exchange_gbytes_per_s: f64,
     /// The roles share the cores (in-process runs): the offline phase of the client and the
     /// dealer is summed rather than overlapped.
     pub shared_cores: bool,
@@ -70,6 +81,10 @@ pub struct FpgaProfile {
     pub elementwise_per_cycle: f64,
     /// ChaCha20 output bytes per cycle.
     pub prg_bytes_per_cycle: f64,
+    /// 64-bit multipliers for the elementwise polynomial evaluation (binomial sums, coefficient
+    /// terms), taken from the same DSP budget when the GEMM engine is idle: terms per cycle =
+    /// `dsp_count / dsp_per_mac64`.
+    pub poly_terms_per_cycle: f64,
     /// On-chip memory (BRAM + URAM), MiB (2^20 bytes).
     pub onchip_mib: f64,
     /// Off-chip memory bandwidth, GB/s (10^9 bytes).
@@ -87,6 +102,7 @@ impl Default for FpgaProfile {
             dsp_per_mac64: 10.0,
             elementwise_per_cycle: 64.0,
             prg_bytes_per_cycle: 64.0,
+            poly_terms_per_cycle: 172.0,
             onchip_mib: 4.75,
             offchip_gbytes_per_s: 19.2,
             per_message_us: 10.0,
@@ -256,7 +272,8 @@ pub fn calibrate() -> CpuProfile {
         std::hint::black_box(&y);
     });
 
-    let (per_message_us, loopback) = loopback().unwrap_or((30.0, 2.0));
+    let (poly_power_ns, poly_combine_ns) = calibrate_poly(&seed);
+    let (per_message_us, loopback, exchange) = loopback().unwrap_or((30.0, 2.0, 1.0));
     CpuProfile {
         description: machine_description(),
         threads: rayon::current_num_threads(),
@@ -264,14 +281,46 @@ pub fn calibrate() -> CpuProfile {
         gemm_gmacs_single: macs / (t_st + t_pack) / 1e9,
         prg_gbytes_per_s: (8 * prg_n) as f64 / t_prg / 1e9,
         elementwise_gops: (2 * en) as f64 / t_el / 1e9,
+        poly_power_ns,
+        poly_combine_ns,
         per_message_us,
         loopback_gbytes_per_s: loopback,
+        exchange_gbytes_per_s: exchange,
         shared_cores: true,
     }
 }
 
-/// Ping-pong over TCP loopback: (µs per small message one way, GB/s for large ring messages).
-fn loopback() -> Result<(f64, f64)> {
+/// ns per element of each power k = 2..=8 of the binomial opening, and ns per coefficient term
+/// of the final combination (degree 4, per-channel coefficients), on 8192 elements.
+fn calibrate_poly(seed: &Seed) -> (Vec<f64>, f64) {
+    let n = 8192usize;
+    let e = seed.ring(2, 0, Purpose::InputMask, n);
+    let r_pows: Vec<Vec<u64>> =
+        (0..8).map(|i| seed.ring(2, 1 + i, Purpose::InputMask, n)).collect();
+    let mut ns = vec![0.0; 9];
+    for (k, v) in ns.iter_mut().enumerate().skip(2) {
+        let t = median_of(3, || {
+            std::hint::black_box(powers_from_opening(&e, &r_pows[..k], &[k], Trunc::Share(1)));
+        });
+        *v = t / n as f64 * 1e9;
+    }
+    let ch = 16;
+    let layer = PolyLayer { degree: 4, coeffs: vec![vec![0.25, 0.5, 0.125, 0.0, 0.01]; ch] };
+    let combine = encode_poly(&layer, 16, "calibration").map(|plan| {
+        let x = RingTensor { shape: vec![1, ch, n / ch], data: e.clone() };
+        let pows =
+            vec![Vec::new(), Vec::new(), r_pows[1].clone(), r_pows[2].clone(), r_pows[3].clone()];
+        median_of(3, || {
+            std::hint::black_box(poly_combine(&x, &pows, &plan, 16, Trunc::Share(1)));
+        }) / (5 * n) as f64
+            * 1e9
+    });
+    (ns, combine.unwrap_or(1.0))
+}
+
+/// Ping-pong over TCP loopback: (µs per small message one way, GB/s for large ring messages one
+/// way, GB/s per direction in simultaneous exchanges).
+fn loopback() -> Result<(f64, f64, f64)> {
     let (mut a, mut b) = tcp_loopback_pair("server", "client", &TcpOptions::default())?;
     let small = 200usize;
     let big_n = 1usize << 19; // 4 MiB of ring elements
@@ -286,6 +335,10 @@ fn loopback() -> Result<(f64, f64)> {
             let m = recv_ring(&mut b, big_n)?;
             send_ring(&mut b, &m)?;
             b.flush()?;
+        }
+        let mine = vec![9u64; big_n];
+        for _ in 0..big_reps + 1 {
+            exchange_ring(&mut b, &mine)?;
         }
         Ok(())
     });
@@ -313,8 +366,19 @@ fn loopback() -> Result<(f64, f64)> {
             times.push(t.elapsed().as_secs_f64() / 2.0);
         }
     }
+    let mut ex = Vec::new();
+    for i in 0..big_reps + 1 {
+        let t = Instant::now();
+        exchange_ring(&mut a, &data)?;
+        if i > 0 {
+            ex.push(t.elapsed().as_secs_f64());
+        }
+    }
     echo.join().map_err(|_| Error::Protocol("calibration echo thread panicked".into()))??;
     times.sort_by(|x, y| x.total_cmp(y));
+    ex.sort_by(|x, y| x.total_cmp(y));
     let one_way = (times[times.len() / 2] - per_msg).max(1e-9);
-    Ok((per_msg * 1e6, (8 * big_n) as f64 / one_way / 1e9))
+    let both = (ex[ex.len() / 2] - per_msg).max(1e-9);
+    let gb = |t: f64| (8 * big_n) as f64 / t / 1e9;
+    Ok((per_msg * 1e6, gb(one_way), gb(both)))
 }
