@@ -263,7 +263,12 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     };
     let doc = EvalOutput {
         model: path.display().to_string(),
-        dataset: format!("{:?}", a.dataset),
+        dataset: match a.dataset {
+            DatasetArg::FashionMnist => "Fashion-MNIST",
+            DatasetArg::Mnist => "MNIST",
+            DatasetArg::Cifar10 => "CIFAR-10",
+        }
+        .to_string(),
         images: n,
         plaintext_accuracy,
         private,
