@@ -11,12 +11,27 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_polypi");
 const WAIT: Duration = Duration::from_secs(120);
 
-/// A fresh temporary folder for one test.
-fn tmp(name: &str) -> PathBuf {
+/// A fresh temporary folder for one test, removed when dropped.
+struct Tmp(PathBuf);
+
+impl std::ops::Deref for Tmp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Tmp {
     let d = std::env::temp_dir().join(format!("polypi-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Tmp(d)
 }
 
 /// Runs the binary to completion (bounded by `WAIT`; killed past it).
