@@ -20,14 +20,17 @@
 //! plan skeleton (JSON, server -> client and server -> dealer) and `F = W - B` (8 bytes per
 //! weight, server -> client). See [`SessionCost`].
 //!
-//! ReLU and MaxPool: the engine has no secure protocol for them in this build (see
-//! [`crate::engine::party::check_supported`]); counting a plan with them is an
-//! `InvalidArgument` error ("not modelled").
+//! ReLU and MaxPool ([`crate::mpc::relu`], FSS comparison): per comparison level of `m`
+//! elements (ReLU: one level of n; max-pool: one per tree level, [`relu::pool_sizes`]) 8m +
+//! 8*ceil(m/64) bytes each way in two exchanges (2 rounds), and from the dealer
+//! 8*[`relu::client_words`]`(m)` bytes to the client and 8*[`relu::server_words`]`(m)` to the
+//! server (DCF keys, 1016 bytes per comparison each, see [`LayerCost::dealer_bytes`]).
 
 use crate::engine::walk::{walk, Backend};
 use crate::error::{Error, Result};
 use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
 use crate::mpc::encode::encode_poly;
+use crate::mpc::relu;
 use crate::ring::gemm::PAR_THRESHOLD_MACS;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +62,11 @@ pub struct Work {
     /// Coefficient terms of the final per-channel polynomial sums (elements x (degree + 1),
     /// [`crate::mpc::ops::poly_combine`]).
     pub combine_terms: u64,
+    /// DCF evaluations on 63-bit inputs ([`crate::mpc::fss::eval`], one per compared element).
+    pub dcf_evals: u64,
+    /// DCF key generations on 63-bit inputs ([`crate::mpc::fss::gen`], dealer, one per
+    /// comparison; both parties' keys).
+    pub dcf_gens: u64,
 }
 
 impl Work {
@@ -71,6 +79,8 @@ impl Work {
             *a += b;
         }
         self.combine_terms += o.combine_terms;
+        self.dcf_evals += o.dcf_evals;
+        self.dcf_gens += o.dcf_gens;
     }
     fn elem(n: usize) -> Work {
         Work { elementwise: n as u64, ..Default::default() }
@@ -126,7 +136,7 @@ pub struct LayerCost {
     pub bytes_server_to_client: u64,
     /// Offline payload bytes dealer -> client.
     pub bytes_dealer_to_client: u64,
-    /// Offline payload bytes dealer -> server (0 for every protocol of this build).
+    /// Offline payload bytes dealer -> server (DCF correction words of ReLU / MaxPool).
     pub bytes_dealer_to_server: u64,
     /// Online messages client -> server.
     pub messages_client_to_server: u64,
@@ -134,6 +144,8 @@ pub struct LayerCost {
     pub messages_server_to_client: u64,
     /// Offline messages dealer -> client.
     pub messages_dealer_to_client: u64,
+    /// Offline messages dealer -> server.
+    pub messages_dealer_to_server: u64,
     /// Online rounds, as the engine's reports count them.
     pub rounds: u64,
     /// Bytes the server expands from its seed for this layer (offline).
@@ -176,6 +188,13 @@ impl LayerCost {
             self.online.push(Step::Compute { party, work });
         }
     }
+    /// Offline bytes the dealer sends (to the client and the server). The engine's
+    /// `LayerReport::bytes_dealer_to_client` counts exactly this sum (its dealer counters add
+    /// both channels).
+    pub fn dealer_bytes(&self) -> u64 {
+        self.bytes_dealer_to_client + self.bytes_dealer_to_server
+    }
+
     /// Online work of `party` summed over the schedule.
     pub fn online_work(&self, party: Party) -> Work {
         let mut w = Work::default();
@@ -232,15 +251,6 @@ fn with_batch(layer: &Layer, batch: usize) -> Vec<usize> {
     let mut s = vec![batch];
     s.extend_from_slice(&layer.out_shape);
     s
-}
-
-fn not_modelled(layer: &Layer) -> Error {
-    Error::InvalidArgument(format!(
-        "layer '{}' ({}): not modelled by the cost model (the engine has no 2PC protocol for it \
-         in this build)",
-        layer.name,
-        layer.op.kind()
-    ))
 }
 
 impl CostCounter {
@@ -448,20 +458,30 @@ impl Backend for CostCounter {
         Ok(x.clone())
     }
 
-    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
-        Err(not_modelled(layer))
+    fn relu(&mut self, idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let n = numel(x);
+        let c = compare_cost(LayerCost::new(layer, n, n), &[n], 0);
+        self.put(idx, c);
+        Ok(x.clone())
     }
 
     fn maxpool(
         &mut self,
-        _idx: usize,
+        idx: usize,
         layer: &Layer,
-        _kernel: usize,
-        _stride: usize,
-        _padding: usize,
-        _x: &Vec<usize>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        x: &Vec<usize>,
     ) -> Result<Vec<usize>> {
-        Err(not_modelled(layer))
+        let (out, levels) = relu::pool_sizes(x, (kernel, stride, padding))
+            .map_err(|e| Error::graph(&layer.name, e.to_string()))?;
+        if out[1..] != layer.out_shape[..] {
+            return Err(Error::graph(&layer.name, "max-pool output shape differs from the plan"));
+        }
+        let c = compare_cost(LayerCost::new(layer, numel(x), numel(&out)), &levels, numel(x));
+        self.put(idx, c);
+        Ok(out)
     }
 
     fn avgpool(
@@ -515,6 +535,63 @@ impl Backend for CostCounter {
         self.put(idx, c);
         Ok(a.clone())
     }
+}
+
+/// ReLU (one level) or max-pool (one level per tree level) with the FSS comparison of
+/// [`crate::mpc::relu`]: per level of `n` comparisons, two simultaneous exchanges (the opened
+/// `x + r`: 8n bytes each way; the masked DReLU bits: 8*ceil(n/64) bytes each way), 2 rounds;
+/// the dealer sends [`relu::server_words`] words to the server and [`relu::client_words`] to the
+/// client. `gather` = elements copied into the max-pool windows first (0 for ReLU).
+fn compare_cost(mut c: LayerCost, levels: &[usize], gather: usize) -> LayerCost {
+    let words = |n: usize| n.div_ceil(64);
+    for &n in levels {
+        let (b1, b2) = (8 * n as u64, 8 * words(n) as u64);
+        c.bytes_client_to_server += b1 + b2;
+        c.bytes_server_to_client += b1 + b2;
+        c.messages_client_to_server += 2;
+        c.messages_server_to_client += 2;
+        c.rounds += 2;
+        c.bytes_dealer_to_client += 8 * relu::client_words(n) as u64;
+        c.bytes_dealer_to_server += 8 * relu::server_words(n) as u64;
+        c.messages_dealer_to_client += 1;
+        c.messages_dealer_to_server += 1;
+        c.activation_elements += n as u64;
+        // Each party draws r (n), root seeds (16n bytes), rd (packed); the server also c
+        // (packed), a (n), p (n).
+        let srv = 8 * (3 * n + 2 * words(n)) as u64 + 16 * n as u64;
+        let cli = 8 * (n + words(n)) as u64 + 16 * n as u64;
+        c.prg_bytes_server += srv;
+        c.prg_bytes_client += cli;
+        c.prg_bytes_dealer += srv + cli;
+        c.offline_server.prg_bytes += srv;
+        c.offline_client.prg_bytes += cli;
+        c.offline_client.elementwise += 3 * n as u64;
+        c.offline_dealer.prg_bytes += srv + cli;
+        c.offline_dealer.dcf_gens += n as u64;
+        c.offline_dealer.elementwise += 6 * n as u64;
+        // Online: pairs (max-pool), x + r; exchange; DCF eval + MSB fix-up; exchange of bits;
+        // select; (max-pool) next level.
+        let pre = Work::elem(if gather > 0 { 2 * n } else { n });
+        let mid = Work { dcf_evals: n as u64, elementwise: 3 * n as u64, ..Default::default() };
+        let post = Work::elem(if gather > 0 { 6 * n } else { 4 * n });
+        for party in [Party::Server, Party::Client] {
+            c.compute(party, pre);
+        }
+        c.online.push(Step::Exchange { bytes: b1 });
+        for party in [Party::Server, Party::Client] {
+            c.compute(party, mid);
+        }
+        c.online.push(Step::Exchange { bytes: b2 });
+        for party in [Party::Server, Party::Client] {
+            c.compute(party, post);
+        }
+    }
+    if gather > 0 {
+        let g = Work::elem(2 * gather);
+        c.online.insert(0, Step::Compute { party: Party::Client, work: g });
+        c.online.insert(0, Step::Compute { party: Party::Server, work: g });
+    }
+    c
 }
 
 /// The output reveal: the server sends its share of the logits (8 bytes each), the client adds
@@ -577,9 +654,8 @@ pub fn session_cost(plan: &Plan) -> Result<SessionCost> {
 /// reveal as the last row (the same rows, in the same order, as the engine's
 /// `InferenceReport::layers`).
 ///
-/// Errors: `InvalidArgument` for batch 0 or a layer the model does not cover (ReLU, MaxPool in
-/// this build); `Graph` for a malformed plan; `InvalidArgument` for a polynomial degree outside
-/// 1..=8.
+/// Errors: `InvalidArgument` for batch 0 or a polynomial degree outside 1..=8; `Graph` for a
+/// malformed plan (bad max-pool geometry, inputs out of order).
 pub fn count(plan: &Plan, batch: usize) -> Result<Vec<LayerCost>> {
     if batch == 0 {
         return Err(Error::InvalidArgument("batch must be at least 1".into()));

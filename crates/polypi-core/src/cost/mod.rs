@@ -77,6 +77,8 @@ pub struct CostReport {
     pub bytes_server_to_client: u64,
     /// Offline payload bytes dealer -> client.
     pub bytes_dealer_to_client: u64,
+    /// Offline payload bytes dealer -> server (ReLU / MaxPool keys).
+    pub bytes_dealer_to_server: u64,
     /// Online rounds (as the engine counts them: one per communicating layer, + the reveal).
     pub rounds: u64,
     /// Online multiply-accumulates.
@@ -110,7 +112,7 @@ impl CostReport {
             format!("offl. {u}"),
             "bytes c->s",
             "bytes s->c",
-            "dealer->c",
+            "dealer",
             "rounds",
             "MACs"
         );
@@ -124,7 +126,7 @@ impl CostReport {
                 r.offline_ms,
                 c.bytes_client_to_server,
                 c.bytes_server_to_client,
-                c.bytes_dealer_to_client,
+                c.dealer_bytes(),
                 c.rounds,
                 c.macs
             );
@@ -137,7 +139,7 @@ impl CostReport {
             self.offline_ms,
             self.time_unit,
             self.online_bytes() as f64 / 1e6,
-            self.bytes_dealer_to_client as f64 / 1e6,
+            (self.bytes_dealer_to_client + self.bytes_dealer_to_server) as f64 / 1e6,
             self.rounds,
             self.macs as f64 / 1e9
         );
@@ -180,7 +182,9 @@ pub fn cpu_work_ms(w: &Work, p: &CpuProfile) -> f64 {
         .enumerate()
         .map(|(k, &cnt)| cnt as f64 * p.poly_power_ns.get(k).copied().unwrap_or(0.0))
         .sum::<f64>()
-        + w.combine_terms as f64 * p.poly_combine_ns;
+        + w.combine_terms as f64 * p.poly_combine_ns
+        + w.dcf_evals as f64 * p.dcf_eval_ns
+        + w.dcf_gens as f64 * p.dcf_gen_ns;
     s * 1e3 + poly_ns / 1e6
 }
 
@@ -193,7 +197,8 @@ pub fn fpga_work_ms(w: &Work, p: &FpgaProfile) -> f64 {
         + w.prg_bytes as f64 / (p.prg_bytes_per_cycle * clk);
     let terms: u64 = w.binomial.iter().enumerate().map(|(k, &c)| c * (k as u64 + 1)).sum::<u64>()
         + w.combine_terms;
-    (s + terms as f64 / (p.poly_terms_per_cycle * clk)) * 1e3
+    let aes = (w.dcf_evals * 2 * 63 + w.dcf_gens * 4 * 63) as f64;
+    (s + terms as f64 / (p.poly_terms_per_cycle * clk) + aes / (p.aes_blocks_per_cycle * clk)) * 1e3
 }
 
 /// The two-timeline simulation of the online phase (see the module docs).
@@ -373,6 +378,7 @@ fn pasnet_report(plan: &Plan, batch: usize, link: &LinkModel) -> Result<CostRepo
         bytes_client_to_server: 0,
         bytes_server_to_client: 0,
         bytes_dealer_to_client: 0,
+        bytes_dealer_to_server: 0,
         rounds: 0,
         macs: 0,
         prg_bytes: [0; 3],
@@ -388,8 +394,8 @@ fn pasnet_report(plan: &Plan, batch: usize, link: &LinkModel) -> Result<CostRepo
 /// Predicts one inference of `batch` samples of `plan` on `profile` over `link`: per-layer and
 /// total online time (and offline time for CPU/FPGA), bytes each way, dealer bytes, rounds, MACs.
 ///
-/// Errors: `InvalidArgument` for batch 0, or (CPU, FPGA) a layer the engine has no protocol for
-/// (ReLU, MaxPool in this build: "not modelled"); `Graph` for a malformed plan.
+/// Errors: `InvalidArgument` for batch 0 or a polynomial degree outside 1..=8; `Graph` for a
+/// malformed plan.
 pub fn predict(
     plan: &Plan,
     batch: usize,
@@ -442,6 +448,7 @@ pub fn predict(
         bytes_client_to_server: 0,
         bytes_server_to_client: 0,
         bytes_dealer_to_client: 0,
+        bytes_dealer_to_server: 0,
         rounds: 0,
         macs: 0,
         prg_bytes: [0; 3],
@@ -454,6 +461,7 @@ pub fn predict(
         rep.bytes_client_to_server += c.bytes_client_to_server;
         rep.bytes_server_to_client += c.bytes_server_to_client;
         rep.bytes_dealer_to_client += c.bytes_dealer_to_client;
+        rep.bytes_dealer_to_server += c.bytes_dealer_to_server;
         rep.rounds += c.rounds;
         rep.macs += c.macs;
         rep.prg_bytes[0] += c.prg_bytes_server;
@@ -484,9 +492,9 @@ pub enum SiteKind {
 /// `profile` over `link`, in ms (PASNet: in PASNet's units). For the architecture search.
 ///
 /// CPU and FPGA: the engine's protocol for the site alone (a polynomial: one exchange of 8 bytes
-/// per element and power group, one round; average pooling: local). ReLU and MaxPool have no
-/// protocol in this build: `f64::NAN` on CPU/FPGA (use [`Profile::Pasnet`]). A degree outside
-/// 1..=8 is `NAN` as well.
+/// per element and power group, one round; ReLU: FSS comparison, two exchanges, 2 rounds;
+/// MaxPool 2x2/2: a two-level tree of n/2 then n/4 ReLUs, 4 rounds; average pooling: local).
+/// A degree outside 1..=8 gives `f64::NAN`.
 pub fn site_latency(kind: SiteKind, n_elements: usize, profile: &Profile, link: &LinkModel) -> f64 {
     if let Profile::Pasnet = profile {
         return pasnet_site(kind, n_elements as f64);
@@ -499,7 +507,30 @@ pub fn site_latency(kind: SiteKind, n_elements: usize, profile: &Profile, link: 
         out_shape: shape,
     };
     let cost = match kind {
-        SiteKind::Relu | SiteKind::MaxPool => return f64::NAN,
+        SiteKind::Relu | SiteKind::MaxPool => {
+            use crate::engine::walk::Backend;
+            let x = vec![1, 1, 2, n.div_ceil(2)];
+            let mut cc = CostCounter::new(16);
+            let r = if kind == SiteKind::Relu {
+                cc.relu(0, &layer(LayerOp::Relu, x[1..].to_vec()), &x)
+            } else {
+                let (k, s) = (2, 2);
+                let x = vec![1, 1, 2, 2 * n.div_ceil(4)];
+                let out = vec![1, 1, x[3] / 2];
+                cc.maxpool(
+                    0,
+                    &layer(LayerOp::MaxPool2d { kernel: k, stride: s, padding: 0 }, out),
+                    k,
+                    s,
+                    0,
+                    &x,
+                )
+            };
+            if r.is_err() {
+                return f64::NAN;
+            }
+            cc.layers.pop().unwrap_or_default()
+        }
         SiteKind::Poly { degree } => {
             use crate::engine::walk::Backend;
             let p = PolyLayer { degree, coeffs: vec![vec![0.5; degree + 1]] };
@@ -544,6 +575,8 @@ mod tests {
             exchange_gbytes_per_s: 1e12,
             poly_power_ns: vec![0.0; 9],
             poly_combine_ns: 0.0,
+            dcf_eval_ns: 0.0,
+            dcf_gen_ns: 0.0,
             shared_cores: true,
         }
     }
@@ -572,7 +605,9 @@ mod tests {
         let none = site_latency(SiteKind::Poly { degree: 2 }, n, &p, &LinkModel::none());
         let wire = 8.0 * n as f64 * 8.0 / 400e6 * 1e3;
         assert!((t - none - 20.0 - wire).abs() < 1e-9, "{t} {none}");
-        assert!(site_latency(SiteKind::Relu, n, &p, &wan).is_nan());
+        // ReLU: two exchanges, 2 x RTT/2 at least.
+        assert!(site_latency(SiteKind::Relu, n, &p, &wan) >= 40.0);
+        assert!(site_latency(SiteKind::MaxPool, n, &p, &wan) >= 80.0);
     }
 
     #[test]

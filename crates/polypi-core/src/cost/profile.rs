@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::model::PolyLayer;
 use crate::mpc::encode::encode_poly;
+use crate::mpc::fss;
 use crate::mpc::ops::{poly_combine, powers_from_opening, Trunc};
 use crate::mpc::prg::{Purpose, Seed};
 use crate::net::{exchange_ring, recv_ring, send_ring, tcp_loopback_pair, Channel, TcpOptions};
@@ -35,6 +36,10 @@ pub struct CpuProfile {
     pub poly_power_ns: Vec<f64>,
     /// ns per coefficient term of [`crate::mpc::ops::poly_combine`] (per element and power).
     pub poly_combine_ns: f64,
+    /// ns per element of one party's 63-bit DCF evaluation ([`crate::mpc::fss::eval`]).
+    pub dcf_eval_ns: f64,
+    /// ns per element of the dealer's 63-bit DCF key generation ([`crate::mpc::fss::gen`]).
+    pub dcf_gen_ns: f64,
     /// Fixed cost of one message (loopback TCP, framing, writer thread, wake-up), µs, from half a
     /// ping-pong of 8-byte messages.
     pub per_message_us: f64,
@@ -81,6 +86,9 @@ pub struct FpgaProfile {
     pub elementwise_per_cycle: f64,
     /// ChaCha20 output bytes per cycle.
     pub prg_bytes_per_cycle: f64,
+    /// AES-128 blocks per cycle (pipelined AES cores) for the DCF of ReLU / MaxPool; a 63-bit DCF
+    /// evaluation is priced at 2 x 63 blocks, a key generation at 4 x 63 (both parties' trees).
+    pub aes_blocks_per_cycle: f64,
     /// 64-bit multipliers for the elementwise polynomial evaluation (binomial sums, coefficient
     /// terms), taken from the same DSP budget when the GEMM engine is idle: terms per cycle =
     /// `dsp_count / dsp_per_mac64`.
@@ -103,6 +111,7 @@ impl Default for FpgaProfile {
             elementwise_per_cycle: 64.0,
             prg_bytes_per_cycle: 64.0,
             poly_terms_per_cycle: 172.0,
+            aes_blocks_per_cycle: 8.0,
             onchip_mib: 4.75,
             offchip_gbytes_per_s: 19.2,
             per_message_us: 10.0,
@@ -273,6 +282,7 @@ pub fn calibrate() -> CpuProfile {
     });
 
     let (poly_power_ns, poly_combine_ns) = calibrate_poly(&seed);
+    let (dcf_eval_ns, dcf_gen_ns) = calibrate_dcf(&seed).unwrap_or((2000.0, 4000.0));
     let (per_message_us, loopback, exchange) = loopback().unwrap_or((30.0, 2.0, 1.0));
     CpuProfile {
         description: machine_description(),
@@ -283,11 +293,38 @@ pub fn calibrate() -> CpuProfile {
         elementwise_gops: (2 * en) as f64 / t_el / 1e9,
         poly_power_ns,
         poly_combine_ns,
+        dcf_eval_ns,
+        dcf_gen_ns,
         per_message_us,
         loopback_gbytes_per_s: loopback,
         exchange_gbytes_per_s: exchange,
         shared_cores: true,
     }
+}
+
+/// ns per element of a 63-bit DCF evaluation (one party) and key generation, on 2048 elements.
+fn calibrate_dcf(seed: &Seed) -> Result<(f64, f64)> {
+    let n = 2048usize;
+    let bytes = |i: usize| -> Vec<u8> {
+        bytemuck::cast_slice(&seed.ring(3, i, Purpose::Compare(0), 2 * n)).to_vec()
+    };
+    let (r0, r1) = (fss::roots_from_bytes(&bytes(0)), fss::roots_from_bytes(&bytes(1)));
+    let alphas: Vec<u64> = seed.ring(3, 2, Purpose::Compare(1), n).iter().map(|v| v >> 1).collect();
+    let xs: Vec<u64> = seed.ring(3, 3, Purpose::Compare(1), n).iter().map(|v| v >> 1).collect();
+    let mut cws = fss::gen(63, &alphas, &r0, &r1)?;
+    let t_gen = median_of(3, || {
+        if let Ok(c) = fss::gen(63, &alphas, &r0, &r1) {
+            cws = c;
+        }
+    });
+    let mut ok = true;
+    let t_eval = median_of(3, || {
+        ok &= std::hint::black_box(fss::eval(0, 63, &r0, &cws, &xs)).is_ok();
+    });
+    if !ok {
+        return Err(Error::InvalidArgument("DCF calibration failed".into()));
+    }
+    Ok((t_eval / n as f64 * 1e9, t_gen / n as f64 * 1e9))
 }
 
 /// ns per element of each power k = 2..=8 of the binomial opening, and ns per coefficient term
