@@ -29,19 +29,21 @@ fn main() -> polypi_core::Result<()> {
     let runs: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
     let out = args.get(1).cloned().unwrap_or_else(|| "docs/cost-model.md".into());
     let load_before = sh("uptime");
-    let cpu = calibrate();
-    eprintln!("calibrated: {}", serde_json::to_string(&cpu).unwrap_or_default());
-    let profile = Profile::Cpu(cpu.clone());
+    let mut cpu = calibrate();
     let mut rows = String::new();
     let mut details = String::new();
     for net in [RefNet::NetM, RefNet::NetC, RefNet::NetR18] {
         let plan = compile(&build(net, Act::Square, Pool::Avg, 1.0, 7)?)?;
         for (lname, link) in [("none", LinkModel::none()), ("wan", LinkModel::wan())] {
+            // Calibrate right before each measurement: the load of a shared machine drifts.
+            cpu = calibrate();
+            eprintln!("calibrated: {}", serde_json::to_string(&cpu).unwrap_or_default());
+            let profile = Profile::Cpu(cpu.clone());
             let rep: CostReport = predict(&plan, 1, &profile, &link)?;
             let b = bench_local(&plan, 1, runs, Transport::Tcp, link, 42)?;
             let ratio = rep.online_ms / b.online_ms.median;
             let line = format!(
-                "| {net} x^2 | {lname} | {:.2} | {:.2} | {:.2}-{:.2} | {:.2} | {:.1} | {:.1} | {} |",
+                "| {net} x^2 | {lname} | {:.2} | {:.2} | {:.2}-{:.2} | {:.2} | {:.1} | {:.1} | {} | {:.2} |",
                 rep.online_ms,
                 b.online_ms.median,
                 b.online_ms.min,
@@ -49,7 +51,8 @@ fn main() -> polypi_core::Result<()> {
                 ratio,
                 rep.offline_ms,
                 b.offline_ms.median,
-                rep.rounds
+                rep.rounds,
+                cpu.gemm_gmacs
             );
             println!("{line}");
             rows += &line;
@@ -74,13 +77,13 @@ fn main() -> polypi_core::Result<()> {
          Machine: {model}, {cores} cores (`nproc`), GEMM kernel {kernel}. Load: before \
          `{load_before}`, after `{load_after}`. The machine was shared with other builds: \
          timings are noisy.\n\n\
-         Calibrated CPU profile (`polypi_core::cost::calibrate`):\n\n```json\n{}\n```\n\n\
+         The CPU profile is re-calibrated (`polypi_core::cost::calibrate`, ~0.5 s) right before          each row's measurement; the last one:\n\n```json\n{}\n```\n\n\
          Batch 1, {runs} inferences per row (median online ms of `engine::bench::bench_local` \
          over TCP loopback; `wan` = 400 Mbit/s, 40 ms RTT emulated). Ratio = predicted / \
          measured (goal: within 0.75-1.25).\n\n\
          | network | link | predicted online ms | measured online ms (median) | measured min-max | \
-         ratio | predicted offline ms | measured offline ms | rounds |\n\
-         |---|---|---|---|---|---|---|---|---|\n{rows}\n\
+         ratio | predicted offline ms | measured offline ms | rounds | calibrated GEMM GMAC/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
          ## How the prediction is made\n\n\
          See the module docs of `crates/polypi-core/src/cost/mod.rs`: counts from the cost-counting \
          backend of the walk (equal to the engine's reports, `tests/cost_vs_engine.rs`), local work \

@@ -114,3 +114,60 @@ fn cost_pasnet_table_on_a_relu_network() {
     // Each round costs about RTT/2 on the critical path (parties overlap their sends).
     assert!(rep.online_ms > 15.0 * rep.rounds as f64, "{}", rep.table());
 }
+
+/// The messages outside the layer rows (seeds, skeleton, `F = W - B`, batch sizes, online-start,
+/// session end) make the channels' counters equal the predicted totals exactly.
+#[test]
+fn cost_channel_totals_equal_session_counters() {
+    use polypi_core::engine::session::{deal_session, serve_session, ClientSession};
+    use polypi_core::engine::EncodedPlan;
+    use polypi_core::net::{mem_pair, Channel};
+    let plan = compile(&build(RefNet::NetM, Act::Relu, Pool::Max, 1.0, 7).unwrap()).unwrap();
+    let enc = EncodedPlan::new(&plan).unwrap();
+    let per: usize = plan.input_shape().iter().product();
+    let batches = [1usize, 2];
+    let (mut sc, mut cs) = mem_pair();
+    let (mut sd, mut ds) = mem_pair();
+    let (mut cd, mut dc) = mem_pair();
+    std::thread::scope(|s| {
+        let srv = s.spawn(|| serve_session(&plan, &enc, &mut sc, &mut sd, false).unwrap());
+        let dea = s.spawn(|| deal_session(&mut ds, &mut dc).unwrap());
+        let mut sess = ClientSession::connect(&mut cs, &mut cd).unwrap();
+        for (x, b) in inputs(per, &batches) {
+            sess.infer(&x, b, false).unwrap();
+        }
+        sess.close().unwrap();
+        srv.join().unwrap();
+        dea.join().unwrap();
+    });
+    let se = session_cost(&plan).unwrap();
+    let k = batches.len() as u64;
+    let sum = |f: &dyn Fn(&polypi_core::cost::LayerCost) -> u64| -> u64 {
+        batches.iter().map(|&b| count(&plan, b).unwrap().iter().map(f).sum::<u64>()).sum()
+    };
+    let c = cs.stats();
+    assert_eq!(
+        c.bytes_sent,
+        sum(&|l| l.bytes_client_to_server) + k * se.control_bytes_client_to_server + se.close_bytes
+    );
+    assert_eq!(
+        c.messages_sent,
+        sum(&|l| l.messages_client_to_server) + k * se.control_messages_client_to_server + 1
+    );
+    assert_eq!(
+        c.bytes_received,
+        se.setup_bytes_server_to_client + sum(&|l| l.bytes_server_to_client)
+    );
+    assert_eq!(
+        c.messages_received,
+        1 + se.masked_weight_messages + sum(&|l| l.messages_server_to_client)
+    );
+    let d = cd.stats();
+    assert_eq!(d.bytes_received, se.seed_bytes + sum(&|l| l.bytes_dealer_to_client));
+    assert_eq!(d.messages_received, 1 + sum(&|l| l.messages_dealer_to_client));
+    assert_eq!(d.bytes_sent, k * se.control_bytes_client_to_dealer + se.close_bytes);
+    let s = sd.stats();
+    assert_eq!(s.bytes_received, se.seed_bytes + sum(&|l| l.bytes_dealer_to_server));
+    assert_eq!(s.messages_received, 1 + sum(&|l| l.messages_dealer_to_server));
+    assert_eq!(s.bytes_sent, se.skeleton_bytes);
+}
