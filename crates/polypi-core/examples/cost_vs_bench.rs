@@ -7,6 +7,7 @@
 //! ```
 //! RUNS (default 5) inferences per configuration (median online ms); `-` prints only.
 
+use polypi_core::cost::FpgaProfile;
 use polypi_core::cost::{calibrate, predict, CostReport, Profile};
 use polypi_core::engine::bench::bench_local;
 use polypi_core::engine::session::Transport;
@@ -14,6 +15,64 @@ use polypi_core::model::compile::compile;
 use polypi_core::model::zoo::{build, Act, Pool, RefNet};
 use polypi_core::net::LinkModel;
 use std::fmt::Write as _;
+
+/// The explanatory part of docs/cost-model.md.
+const ABOUT: &str = "## The cost model (crates/polypi-core/src/cost/)
+
+API (`polypi_core::cost`):
+
+- `count(&plan, batch) -> Vec<LayerCost>`: the cost-counting backend of the one walk
+  (`CostCounter`, `Value = Vec<usize>` shapes). Per layer: bytes client->server, server->client,
+  dealer->client, dealer->server, messages, rounds, MACs, PRG bytes expanded by server / client /
+  dealer, activation elements, and the online schedule (who computes what, who sends what, in
+  protocol order). The last row is the output reveal. `session_cost(&plan)`: seeds, skeleton
+  JSON, `F = W - B` (8 bytes per weight), per-inference batch (8 bytes) and online-start (0 bytes)
+  messages, session end.
+- `predict(&plan, batch, &Profile, &LinkModel) -> CostReport`: per-layer and total predicted
+  online (and offline) time, bytes, rounds; `CostReport::table()` (text) and `to_json()`.
+- `Profile::parse(\"cpu\" | \"cpu:FILE\" | \"fpga\" | \"fpga:FILE\" | \"pasnet\")`,
+  `calibrate() -> CpuProfile` (~0.5 s: ring GEMM 128x576x1024 on all threads and on one,
+  ChaCha20 expansion, elementwise passes, the binomial power kernels k = 2..8 and the coefficient
+  combination, 63-bit DCF eval/gen, TCP loopback ping-pong of 8-byte and 4 MB messages one way
+  and as simultaneous exchanges), `CpuProfile::save/load` (JSON).
+- `site_latency(SiteKind::{Relu, Poly{degree}, MaxPool, AvgPool}, n_elements, &Profile, &LinkModel)
+  -> f64` (ms; PASNet units for the PASNet profile), for the architecture search.
+
+Exactness: `cargo test --release -p polypi-core --test cost_vs_engine` runs the engine in memory
+on NET-M / NET-C / NET-R18 with x^2, X2act and PILLAR (degree 4) at batch 1 and 2, and NET-M /
+NET-C with ReLU and max-pool, and asserts that the predicted per-layer bytes (each way and
+dealer), rounds and MACs equal the engine's `InferenceReport.layers`, that the setup bytes equal
+`SetupReport::bytes`, and that every channel's byte and message totals (including seeds,
+skeleton, `F`, batch sizes, online-start and session end) equal the counters. Note: the engine's
+`LayerReport::bytes_dealer_to_client` adds the dealer's bytes to the server (DCF keys of ReLU /
+max-pool); the cost model reports both directions separately and `LayerCost::dealer_bytes()` is
+their sum.
+
+CPU timing: a two-timeline simulation (server, client) of each layer's schedule: local work
+priced by the calibrated throughputs; a message is delivered at `max(send time, link free) +
+bytes*8/bandwidth + RTT/2 + per-message cost + bytes/loopback rate` (one queue per direction,
+the rule of `net::EmulatedChannel`). So only messages on the critical path cost latency: the
+client's `X1 - A` of a linear layer, the server's half of every exchange, the output reveal; the
+client's half of an exchange and a shortcut conv's message overlap the server's GEMM. Offline:
+per layer server + client + dealer work (the three roles share the cores in-process).
+
+FPGA (`Profile::Fpga`): an analytic accelerator model. PolyMPCNet's and PASNet's FPGA designs
+(board, DSPs, clock, bandwidth, performance-model equations) are not public: NOT FOUND in the
+sources of `shared/research/seeds-digest.md` §1-2. Our assumed default: a ZCU104-class part
+(1728 DSP48E2 at 300 MHz, 10 DSPs per pipelined 64-bit wrapping MAC = the limb products of the
+low 64 bits with 17-bit limbs, so 172.8 MAC/cycle = 51.8 GMAC/s; 4.75 MiB on-chip; 19.2 GB/s
+DDR4; elementwise ops 64/cycle; ChaCha20 64 B/cycle; 8 AES blocks/cycle, a 63-bit DCF eval = 126
+blocks, a key generation = 252). Per layer: max(compute, off-chip traffic when weights + input +
+output exceed on-chip memory, network = bytes/bandwidth + rounds x RTT/2 + 10 us per message),
+layers pipelined, communication overlapped with compute.
+
+PASNet (`Profile::Pasnet`): the per-site table hard-coded in PASNet's code
+(`models/gate_tmp.py`, seeds-digest §2), n = elements per sample of the site's input: ReLU
+`13.6n + 0.4`, X2act / polynomial `0.03n + 0.2`, MaxPool `0.75 x ReLU`, AvgPool `0.01n`
+(GlobalAvgPool counted as AvgPool), times the batch. Units are not stated in the source and are
+reported as published (\"PASNet units\", not ms). Linear layers, bytes, rounds and the link are
+not modelled by that table.
+";
 
 fn sh(cmd: &str) -> String {
     std::process::Command::new("sh")
@@ -31,9 +90,23 @@ fn main() -> polypi_core::Result<()> {
     let load_before = sh("uptime");
     let mut cpu = calibrate();
     let mut rows = String::new();
+    let mut others = String::new();
     let mut details = String::new();
     for net in [RefNet::NetM, RefNet::NetC, RefNet::NetR18] {
         let plan = compile(&build(net, Act::Square, Pool::Avg, 1.0, 7)?)?;
+        let fpga = Profile::Fpga(FpgaProfile::default());
+        let f_lan = predict(&plan, 1, &fpga, &LinkModel::lan())?;
+        let f_wan = predict(&plan, 1, &fpga, &LinkModel::wan())?;
+        let pas = predict(&plan, 1, &Profile::Pasnet, &LinkModel::none())?;
+        let _ = writeln!(
+            others,
+            "| {net} x^2 | {:.3} | {:.2} | {:.1} | {:.3} | {} |",
+            f_lan.online_ms,
+            f_wan.online_ms,
+            pas.online_ms,
+            f_lan.online_bytes() as f64 / 1e6,
+            f_lan.rounds
+        );
         for (lname, link) in [("none", LinkModel::none()), ("wan", LinkModel::wan())] {
             // Calibrate right before each measurement: the load of a shared machine drifts.
             cpu = calibrate();
@@ -77,19 +150,17 @@ fn main() -> polypi_core::Result<()> {
          Machine: {model}, {cores} cores (`nproc`), GEMM kernel {kernel}. Load: before \
          `{load_before}`, after `{load_after}`. The machine was shared with other builds: \
          timings are noisy.\n\n\
-         The CPU profile is re-calibrated (`polypi_core::cost::calibrate`, ~0.5 s) right before          each row's measurement; the last one:\n\n```json\n{}\n```\n\n\
+         The CPU profile is re-calibrated (`polypi_core::cost::calibrate`, ~0.5 s) right before \
+         each row's measurement; the last one:\n\n```json\n{}\n```\n\n\
          Batch 1, {runs} inferences per row (median online ms of `engine::bench::bench_local` \
          over TCP loopback; `wan` = 400 Mbit/s, 40 ms RTT emulated). Ratio = predicted / \
          measured (goal: within 0.75-1.25).\n\n\
          | network | link | predicted online ms | measured online ms (median) | measured min-max | \
          ratio | predicted offline ms | measured offline ms | rounds | calibrated GEMM GMAC/s |\n\
          |---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
-         ## How the prediction is made\n\n\
-         See the module docs of `crates/polypi-core/src/cost/mod.rs`: counts from the cost-counting \
-         backend of the walk (equal to the engine's reports, `tests/cost_vs_engine.rs`), local work \
-         priced by the calibrated throughputs, messages by the link (bytes*8/bandwidth + RTT/2) \
-         plus the per-message and loopback costs, on a two-timeline simulation of server and \
-         client (only messages on the critical path cost latency).\n\n\
+         Other profiles, same networks, batch 1 (predictions only):\n\n\
+         | network | FPGA (assumed ZCU104-class) LAN ms | FPGA WAN ms | PASNet table (units as \
+         published) | online MB | rounds |\n|---|---|---|---|---|---|\n{others}\n{ABOUT}\n\
          ## Per-layer detail\n\n{details}",
         serde_json::to_string_pretty(&cpu).unwrap_or_default(),
     );
