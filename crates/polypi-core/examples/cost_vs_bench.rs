@@ -92,15 +92,22 @@ fn main() -> polypi_core::Result<()> {
     let mut rows = String::new();
     let mut others = String::new();
     let mut details = String::new();
-    for net in [RefNet::NetM, RefNet::NetC, RefNet::NetR18] {
-        let plan = compile(&build(net, Act::Square, Pool::Avg, 1.0, 7)?)?;
+    // The x^2 networks of the goal, plus NET-M with ReLU + max-pool (FSS comparisons).
+    let configs = [
+        (RefNet::NetM, Act::Square, Pool::Avg, "x^2"),
+        (RefNet::NetC, Act::Square, Pool::Avg, "x^2"),
+        (RefNet::NetR18, Act::Square, Pool::Avg, "x^2"),
+        (RefNet::NetM, Act::Relu, Pool::Max, "ReLU+max"),
+    ];
+    for (net, act, pool, vname) in configs {
+        let plan = compile(&build(net, act, pool, 1.0, 7)?)?;
         let fpga = Profile::Fpga(FpgaProfile::default());
         let f_lan = predict(&plan, 1, &fpga, &LinkModel::lan())?;
         let f_wan = predict(&plan, 1, &fpga, &LinkModel::wan())?;
         let pas = predict(&plan, 1, &Profile::Pasnet, &LinkModel::none())?;
         let _ = writeln!(
             others,
-            "| {net} x^2 | {:.3} | {:.2} | {:.1} | {:.3} | {} |",
+            "| {net} {vname} | {:.3} | {:.2} | {:.1} | {:.3} | {} |",
             f_lan.online_ms,
             f_wan.online_ms,
             pas.online_ms,
@@ -116,7 +123,7 @@ fn main() -> polypi_core::Result<()> {
             let b = bench_local(&plan, 1, runs, Transport::Tcp, link, 42)?;
             let ratio = rep.online_ms / b.online_ms.median;
             let line = format!(
-                "| {net} x^2 | {lname} | {:.2} | {:.2} | {:.2}-{:.2} | {:.2} | {:.1} | {:.1} | {} | {:.2} |",
+                "| {net} {vname} | {lname} | {:.2} | {:.2} | {:.2}-{:.2} | {:.2} | {:.1} | {:.1} | {} | {:.2} |",
                 rep.online_ms,
                 b.online_ms.median,
                 b.online_ms.min,
@@ -132,7 +139,7 @@ fn main() -> polypi_core::Result<()> {
             rows += "\n";
             let _ = writeln!(
                 details,
-                "### {net} x^2, link {lname}\n\nPredicted:\n\n```text\n{}```\n\nMeasured \
+                "### {net} {vname}, link {lname}\n\nPredicted:\n\n```text\n{}```\n\nMeasured \
                  (median run, server-side per-layer online ms):\n\n```text\n{}```\n",
                 rep.table(),
                 b.median_report.table()

@@ -171,3 +171,30 @@ fn cost_channel_totals_equal_session_counters() {
     assert_eq!(s.messages_received, 1 + sum(&|l| l.messages_dealer_to_server));
     assert_eq!(s.bytes_sent, se.skeleton_bytes);
 }
+
+#[test]
+fn cost_calibrate_gives_positive_rates_and_roundtrips_through_json() {
+    let p = polypi_core::cost::calibrate();
+    for (name, v) in [
+        ("gemm", p.gemm_gmacs),
+        ("gemm single", p.gemm_gmacs_single),
+        ("prg", p.prg_gbytes_per_s),
+        ("elementwise", p.elementwise_gops),
+        ("per message", p.per_message_us),
+        ("loopback", p.loopback_gbytes_per_s),
+        ("exchange", p.exchange_gbytes_per_s),
+        ("dcf eval", p.dcf_eval_ns),
+        ("dcf gen", p.dcf_gen_ns),
+        ("x^2", p.poly_power_ns[2]),
+    ] {
+        assert!(v.is_finite() && v > 0.0, "{name}: {v}");
+    }
+    let f = std::env::temp_dir().join(format!("polypi-cost-cal-{}.json", std::process::id()));
+    p.save(&f).unwrap();
+    // serde_json's default float parsing may differ in the last bit.
+    let back = CpuProfile::load(&f).unwrap();
+    assert_eq!(back.description, p.description);
+    assert!((back.gemm_gmacs / p.gemm_gmacs - 1.0).abs() < 1e-12);
+    assert!((back.exchange_gbytes_per_s / p.exchange_gbytes_per_s - 1.0).abs() < 1e-12);
+    std::fs::remove_file(&f).ok();
+}
