@@ -16,9 +16,10 @@
 //!
 //! **CPU timing model.** The online phase is simulated as the engine runs it: two timelines
 //! (server, client) walk the layers' schedules ([`counter::Step`]); local work costs
-//! `MACs / GEMM rate + elementwise ops / elementwise rate`; a message sent at time t by one party
+//! `MACs / GEMM rate + elementwise ops / elementwise rate` + calibrated per-element costs of the
+//! polynomial kernels and of the DCF (ReLU / MaxPool); a message sent at time t by one party
 //! is delivered at `max(t, link free) + bytes*8/bandwidth + RTT/2 + per-message cost + bytes /
-//! loopback rate`, with one serialisation queue per direction (the same rule as
+//! loopback rate` (the exchange rate when both send at once), with one serialisation queue per direction (the same rule as
 //! [`crate::net::EmulatedChannel`]); a receiver waits for the delivery. So only the messages on
 //! the critical path cost latency: the client's `X1 - A` of a linear layer (the server waits for
 //! it before its GEMM), the server's half of each polynomial exchange (the client waits for it),
