@@ -15,19 +15,19 @@
 //! bit/s inside [`LinkModel`], RTT in ms.
 //!
 //! **CPU timing model.** The online phase is simulated as the engine runs it: two timelines
-//! (server, client) walk the layers' schedules ([`counter::Step`]); local work costs
-//! `MACs / GEMM rate + elementwise ops / elementwise rate` + calibrated per-element costs of the
-//! polynomial kernels and of the DCF (ReLU / MaxPool); a message sent at time t by one party
-//! is delivered at `max(t, link free) + bytes*8/bandwidth + RTT/2 + per-message cost + bytes /
-//! loopback rate` (the exchange rate when both send at once), with one serialisation queue per direction (the same rule as
-//! [`crate::net::EmulatedChannel`]); a receiver waits for the delivery. So only the messages on
-//! the critical path cost latency: the client's `X1 - A` of a linear layer (the server waits for
-//! it before its GEMM), the server's half of each polynomial exchange (the client waits for it),
-//! and the output reveal; a linear layer whose input the client already holds (a residual
-//! shortcut right after another linear layer) overlaps the previous one's GEMM. The online time
-//! is the client's, from its online-start message to the decoded logits (as
-//! `InferenceReport::online_ms`). Offline: per layer the work of server, client and dealer
-//! (PRG, `A*F`, `A*B`), summed when the roles share the cores (in-process runs).
+//! (server, client) walk the layers' schedules ([`counter::Step`]); local work costs `MACs / GEMM
+//! rate + elementwise ops / elementwise rate` + calibrated per-element costs of the polynomial
+//! kernels and of the DCF (ReLU / MaxPool); a message sent at time t by one party is delivered at
+//! `max(t, link free) + bytes*8/bandwidth + RTT/2 + per-message cost + bytes / loopback rate` (the
+//! exchange rate when both send at once), with one serialisation queue per direction (the same rule
+//! as [`crate::net::EmulatedChannel`]); a receiver waits for the delivery. So only the messages on
+//! the critical path cost latency: the client's `X1 - A` of a linear layer (the server waits for it
+//! before its GEMM), the server's half of each polynomial exchange (the client waits for it), and
+//! the output reveal; a linear layer whose input the client already holds (a residual shortcut
+//! right after another linear layer) overlaps the previous one's GEMM. The online time is the
+//! client's, from its online-start message to the decoded logits (as `InferenceReport::online_ms`).
+//! Offline: per layer the work of server, client and dealer (PRG, `A*F`, `A*B`), summed when the
+//! roles share the cores (in-process runs).
 
 pub mod counter;
 pub mod profile;
@@ -417,7 +417,8 @@ pub fn predict(
             p.description.clone(),
             vec![format!(
                 "cpu: GEMM {:.2} GMAC/s ({} threads), {:.2} GMAC/s single, elementwise {:.2} G/s, \
-                 PRG {:.2} GB/s, {:.1} us/message, loopback {:.2} GB/s ({:.2} GB/s each way in exchanges)",
+                 PRG {:.2} GB/s, {:.1} us/message, loopback {:.2} GB/s ({:.2} GB/s each way in \
+                 exchanges)",
                 p.gemm_gmacs,
                 p.threads,
                 p.gemm_gmacs_single,
