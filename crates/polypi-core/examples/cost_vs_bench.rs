@@ -123,8 +123,8 @@ fn main() -> polypi_core::Result<()> {
             let b = bench_local(&plan, 1, runs, Transport::Tcp, link, 42)?;
             let ratio = rep.online_ms / b.online_ms.median;
             let line = format!(
-                "| {net} {vname} | {lname} | {:.2} | {:.2} | {:.2}-{:.2} | {:.2} | {:.1} | {:.1} | {} \
-                 | {:.2} |",
+                "| {net} {vname} | {lname} | {:.2} | {:.2} | {:.2}-{:.2} | {:.2} | {:.1} | \
+                 {:.1} | {} | {:.2} |",
                 rep.online_ms,
                 b.online_ms.median,
                 b.online_ms.min,
