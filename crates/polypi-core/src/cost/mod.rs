@@ -494,7 +494,7 @@ pub enum SiteKind {
 /// `profile` over `link`, in ms (PASNet: in PASNet's units). For the architecture search.
 ///
 /// CPU and FPGA: the engine's protocol for the site alone (a polynomial: one exchange of 8 bytes
-/// per element and power group, one round; ReLU: FSS comparison, two exchanges, 2 rounds;
+/// per element and power group at the default 16 fractional bits, one round; ReLU: FSS comparison, two exchanges, 2 rounds;
 /// MaxPool 2x2/2: a two-level tree of n/2 then n/4 ReLUs, 4 rounds; average pooling: local).
 /// A degree outside 1..=8 gives `f64::NAN`.
 pub fn site_latency(kind: SiteKind, n_elements: usize, profile: &Profile, link: &LinkModel) -> f64 {
