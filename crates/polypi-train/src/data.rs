@@ -312,7 +312,8 @@ pub fn load(kind: DatasetKind, data_dir: &Path) -> Result<(Dataset, Dataset), Da
 /// Turns images into a normalised NCHW `f32` batch: `(x/255 - mean[c]) / std[c]`.
 /// With `augment` (CIFAR recipe), each image is a random 32x32 crop of the image zero-padded by 4
 /// pixels on every side, flipped horizontally with probability 1/2. Padded pixels are 0 in
-/// normalised units (the per-channel mean). Returns (pixels `[N, C, H, W]` flattened, labels).
+/// normalised units (the per-channel mean). For 1-channel images (MNIST, Fashion-MNIST)
+/// augmentation is a random shift of up to 2 pixels (zero-padded), no flip. Returns (pixels `[N, C, H, W]` flattened, labels).
 pub fn make_batch(
     ds: &Dataset,
     idx: &[usize],
@@ -329,7 +330,9 @@ pub fn make_batch(
         let img = ds.image(i);
         labels.push(ds.labels[i] as i64);
         let dst = &mut out[bi * per..(bi + 1) * per];
-        let (dy, dx, flip) = if augment {
+        let (dy, dx, flip) = if augment && c == 1 {
+            (rng.random_range(-2i64..=2), rng.random_range(-2i64..=2), false)
+        } else if augment {
             (rng.random_range(-4i64..=4), rng.random_range(-4i64..=4), rng.random_bool(0.5))
         } else {
             (0, 0, false)

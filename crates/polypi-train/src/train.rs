@@ -70,7 +70,8 @@ pub struct TrainConfig {
     pub train_limit: Option<usize>,
     /// Use only the first N test images (None = all).
     pub test_limit: Option<usize>,
-    /// CIFAR augmentation (random crop pad 4 + horizontal flip); None = on for CIFAR-10 only.
+    /// Augmentation (CIFAR: random crop pad 4 + horizontal flip; 1-channel sets: random shift of
+    /// up to 2 px); None = on for CIFAR-10 only.
     pub augment: Option<bool>,
     /// Epochs.
     pub epochs: usize,
@@ -259,7 +260,11 @@ impl TrainConfig {
             );
         }
         if self.augment.unwrap_or(self.data == DatasetKind::Cifar10) {
-            r += ", augmentation crop(pad 4)+hflip";
+            r += if self.data == DatasetKind::Cifar10 {
+                ", augmentation random crop (pad 4) + horizontal flip"
+            } else {
+                ", augmentation random shift up to 2 px"
+            };
         }
         if let Some(t) = &self.teacher {
             r += &format!(

@@ -1,7 +1,7 @@
 //! End-to-end tests on tiny generated fixtures: loaders, a few training steps, export, and the
 //! exported file's f32 logits (polypi-core's plaintext executor) against burn's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use polypi_core::model::compile::compile;
 use polypi_core::model::file::ModelFile;
@@ -18,14 +18,14 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 /// Writes a synthetic IDX dataset (train 200, test 100) in `<dir>/fashion-mnist/`.
-fn idx_fixture(dir: &PathBuf, gz: bool) {
+fn idx_fixture(dir: &Path, gz: bool) {
     let sub = dir.join("fashion-mnist");
     std::fs::create_dir_all(&sub).unwrap();
     data::write_idx(&sub, "train", &data::synthetic(200, [1, 28, 28], 1), gz).unwrap();
     data::write_idx(&sub, "t10k", &data::synthetic(100, [1, 28, 28], 2), gz).unwrap();
 }
 
-fn cifar_fixture(dir: &PathBuf) {
+fn cifar_fixture(dir: &Path) {
     for (name, n, seed) in [("train_subset_4660.bin", 120, 3), ("test_batch_first932.bin", 60, 4)] {
         let ds = data::synthetic(n, [3, 32, 32], seed);
         let mut raw = Vec::new();
