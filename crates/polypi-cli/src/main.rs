@@ -4,7 +4,9 @@
 //! Exit codes: 0 success, 1 runtime error (including private/plaintext disagreement in `infer`),
 //! 2 usage error (clap). Every error ends with a hint saying what to do.
 
+mod bench;
 mod common;
+mod cost;
 mod eval;
 mod infer;
 mod inspect;
@@ -41,6 +43,11 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Writes a reference network with random weights (for tests and benchmarks).
     Zoo(zoo::ZooArgs),
+    /// Measures private inference: online/offline time, bytes, rounds, memory (optionally over
+    /// an emulated LAN/WAN link, and ReLU vs polynomial with --compare).
+    Bench(bench::BenchArgs),
+    /// Predicts latency, bytes and rounds per layer from the cost model (cpu, fpga, pasnet).
+    Cost(cost::CostArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -99,6 +106,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Zoo(a) => zoo::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Cost(a) => cost::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,59 @@
+//! `polypi cost`: predicted latency, bytes and rounds of a private inference per layer, from the
+//! cost model (no protocol is run), on a hardware profile (cpu calibrated here, fpga, pasnet)
+//! and a link.
+
+use crate::common::load_model;
+use anyhow::{Context, Result};
+use clap::Args;
+use polypi_core::cost::profile::Profile;
+use polypi_core::cost::predict;
+use polypi_core::model::compile::compile;
+use polypi_core::model::zoo::{self, Act, Pool, RefNet};
+use polypi_core::net::LinkModel;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `polypi cost`.
+#[derive(Args, Debug)]
+pub struct CostArgs {
+    /// A model file (default: a reference network, see --net/--act).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Reference network when no --model: NET-M, NET-C, NET-R18.
+    #[arg(long, default_value = "NET-M")]
+    pub net: RefNet,
+    /// Activation of the reference network: relu, x2, square, pillar, pkn.
+    #[arg(long, default_value = "square")]
+    pub act: Act,
+    /// Pooling of the reference network: avg or max.
+    #[arg(long, default_value = "avg")]
+    pub pool: Pool,
+    /// Profile: cpu (calibrated now), cpu:FILE, fpga, fpga:FILE, pasnet.
+    #[arg(long, default_value = "cpu")]
+    pub profile: String,
+    /// Link: none, lan, wan, <x>mbit:<y>ms.
+    #[arg(long, default_value = "none")]
+    pub link: LinkModel,
+    /// Samples per inference.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `polypi cost`.
+pub fn run(a: CostArgs) -> Result<ExitCode> {
+    let plan = match &a.model {
+        Some(p) => load_model(p)?.plan,
+        None => compile(&zoo::build(a.net, a.act, a.pool, 1.0, 1)?)?,
+    };
+    let profile = Profile::parse(&a.profile).context("bad --profile")?;
+    let report = predict(&plan, a.batch, &profile, &a.link).context("cost model failed")?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
