@@ -47,8 +47,6 @@ flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
 isa = "AVX-512" if "avx512dq" in flags else ("AVX2" if "avx2" in flags else "scalar")
 rows = []
 for f in sorted(glob.glob(os.path.join(tmp, "*.json"))):
-    net, act, pool, batch, link = os.path.basename(f)[:-5].split("-", 4) if not os.path.basename(f).startswith("NET-") else None, None, None, None, None
-for f in sorted(glob.glob(os.path.join(tmp, "*.json"))):
     base = os.path.basename(f)[:-5]
     parts = base.split("-")
     net = parts[0] + "-" + parts[1]; act, pool, batch, link = parts[2], parts[3], int(parts[4]), parts[5]
