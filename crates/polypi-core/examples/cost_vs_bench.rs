@@ -8,7 +8,7 @@
 //! RUNS (default 5) inferences per configuration (median online ms); `-` prints only.
 
 use polypi_core::cost::FpgaProfile;
-use polypi_core::cost::{calibrate, predict, CostReport, Profile};
+use polypi_core::cost::{calibrate, predict, CostReport, CpuProfile, Profile};
 use polypi_core::engine::bench::bench_local;
 use polypi_core::engine::session::Transport;
 use polypi_core::model::compile::compile;
@@ -83,6 +83,32 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Field-by-field mean of two calibrations (rates averaged arithmetically).
+fn mean_profile(a: &CpuProfile, b: &CpuProfile) -> CpuProfile {
+    let m = |x: f64, y: f64| (x + y) / 2.0;
+    CpuProfile {
+        description: a.description.clone(),
+        threads: a.threads,
+        gemm_gmacs: m(a.gemm_gmacs, b.gemm_gmacs),
+        gemm_gmacs_single: m(a.gemm_gmacs_single, b.gemm_gmacs_single),
+        prg_gbytes_per_s: m(a.prg_gbytes_per_s, b.prg_gbytes_per_s),
+        elementwise_gops: m(a.elementwise_gops, b.elementwise_gops),
+        poly_power_ns: a
+            .poly_power_ns
+            .iter()
+            .zip(&b.poly_power_ns)
+            .map(|(x, y)| m(*x, *y))
+            .collect(),
+        poly_combine_ns: m(a.poly_combine_ns, b.poly_combine_ns),
+        dcf_eval_ns: m(a.dcf_eval_ns, b.dcf_eval_ns),
+        dcf_gen_ns: m(a.dcf_gen_ns, b.dcf_gen_ns),
+        per_message_us: m(a.per_message_us, b.per_message_us),
+        loopback_gbytes_per_s: m(a.loopback_gbytes_per_s, b.loopback_gbytes_per_s),
+        exchange_gbytes_per_s: m(a.exchange_gbytes_per_s, b.exchange_gbytes_per_s),
+        shared_cores: a.shared_cores,
+    }
+}
+
 fn main() -> polypi_core::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -115,12 +141,14 @@ fn main() -> polypi_core::Result<()> {
             f_lan.rounds
         );
         for (lname, link) in [("none", LinkModel::none()), ("wan", LinkModel::wan())] {
-            // Calibrate right before each measurement: the load of a shared machine drifts.
-            cpu = calibrate();
+            // Calibrate right before and right after each measurement and average the two: the
+            // load of a shared machine drifts.
+            let before = calibrate();
+            let b = bench_local(&plan, 1, runs, Transport::Tcp, link, 42)?;
+            cpu = mean_profile(&before, &calibrate());
             eprintln!("calibrated: {}", serde_json::to_string(&cpu).unwrap_or_default());
             let profile = Profile::Cpu(cpu.clone());
             let rep: CostReport = predict(&plan, 1, &profile, &link)?;
-            let b = bench_local(&plan, 1, runs, Transport::Tcp, link, 42)?;
             let ratio = rep.online_ms / b.online_ms.median;
             let line = format!(
                 "| {net} {vname} | {lname} | {:.2} | {:.2} | {:.2}-{:.2} | {:.2} | {:.1} | \
@@ -158,13 +186,14 @@ fn main() -> polypi_core::Result<()> {
          Machine: {model}, {cores} cores (`nproc`), GEMM kernel {kernel}. Load: before \
          `{load_before}`, after `{load_after}`. The machine was shared with other builds: \
          timings are noisy.\n\n\
-         The CPU profile is re-calibrated (`polypi_core::cost::calibrate`, ~0.5 s) right before \
-         each row's measurement; the last one:\n\n```json\n{}\n```\n\n\
+         The CPU profile is calibrated (`polypi_core::cost::calibrate`, ~0.5 s) right before and \
+         right after each row's measurement and the two are averaged (the load drifts); the last \
+         one:\n\n```json\n{}\n```\n\n\
          Batch 1, {runs} inferences per row (median online ms of `engine::bench::bench_local` \
          over TCP loopback; `wan` = 400 Mbit/s, 40 ms RTT emulated). Ratio = predicted / \
          measured (goal: within 0.75-1.25).\n\n\
          | network | link | predicted online ms | measured online ms (median) | measured min-max | \
-         ratio | predicted offline ms | measured offline ms | rounds | calibrated GEMM GMAC/s |\n\
+         ratio | predicted offline ms | measured offline ms | rounds | calibrated GEMM GMAC/s (mean) |\n\
          |---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
          Other profiles, same networks, batch 1 (predictions only):\n\n\
          | network | FPGA (assumed ZCU104-class) LAN ms | FPGA WAN ms | PASNet table (units as \

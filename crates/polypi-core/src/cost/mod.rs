@@ -172,7 +172,12 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// Milliseconds of local work on a CPU profile.
+///
+/// DCF evaluations run on rayon's pool and both parties evaluate at the same time (they are
+/// symmetric steps of a comparison), so with `shared_cores` each party is priced at half the pool:
+/// `dcf_eval_ns x min(2, threads)` per element.
 pub fn cpu_work_ms(w: &Work, p: &CpuProfile) -> f64 {
+    let dcf_share = if p.shared_cores { p.threads.clamp(1, 2) as f64 } else { 1.0 };
     let s = w.gemm_macs_parallel as f64 / (p.gemm_gmacs * 1e9)
         + w.gemm_macs_single as f64 / (p.gemm_gmacs_single * 1e9)
         + w.elementwise as f64 / (p.elementwise_gops * 1e9)
@@ -184,7 +189,7 @@ pub fn cpu_work_ms(w: &Work, p: &CpuProfile) -> f64 {
         .map(|(k, &cnt)| cnt as f64 * p.poly_power_ns.get(k).copied().unwrap_or(0.0))
         .sum::<f64>()
         + w.combine_terms as f64 * p.poly_combine_ns
-        + w.dcf_evals as f64 * p.dcf_eval_ns
+        + w.dcf_evals as f64 * p.dcf_eval_ns * dcf_share
         + w.dcf_gens as f64 * p.dcf_gen_ns;
     s * 1e3 + poly_ns / 1e6
 }
@@ -276,12 +281,11 @@ fn cpu_times(
             let end = sim.ts.max(sim.tc);
             let on = end - prev;
             prev = end;
-            let dealer_msg = if l.messages_dealer_to_client > 0 {
-                p.per_message_us / 1e3
-                    + l.bytes_dealer_to_client as f64 / (p.loopback_gbytes_per_s * 1e9) * 1e3
-            } else {
-                0.0
-            };
+            // The dealer's messages (to the client, and to the server for comparisons).
+            let dealer_msg = (l.messages_dealer_to_client + l.messages_dealer_to_server) as f64
+                * p.per_message_us
+                / 1e3
+                + l.dealer_bytes() as f64 / (p.loopback_gbytes_per_s * 1e9) * 1e3;
             let (s, c, d) = (
                 cpu_work_ms(&l.offline_server, p),
                 cpu_work_ms(&l.offline_client, p) + dealer_msg,
