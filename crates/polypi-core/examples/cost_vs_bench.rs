@@ -38,6 +38,11 @@ API (`polypi_core::cost`):
 - `site_latency(SiteKind::{Relu, Poly{degree}, MaxPool, AvgPool}, n_elements, &Profile, &LinkModel)
   -> f64` (ms; PASNet units for the PASNet profile), for the architecture search.
 
+Noise: on the shared 2-core development machine (load average 9-20 from other builds), the
+`none` rows move by about +-30% from run to run (GEMM throughput alone varies between 3 and 7.5
+GMAC/s between calibrations), while the `wan` rows, dominated by the link, stay within a few
+percent. Re-run `scripts/cost-vs-measured.sh` on a quiet machine for a clean comparison.
+
 Exactness: `cargo test --release -p polypi-core --test cost_vs_engine` runs the engine in memory
 on NET-M / NET-C / NET-R18 with x^2, X2act and PILLAR (degree 4) at batch 1 and 2, and NET-M /
 NET-C with ReLU and max-pool, and asserts that the predicted per-layer bytes (each way and
