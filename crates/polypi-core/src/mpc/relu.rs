@@ -50,7 +50,7 @@ fn ring(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
 
 /// Clears the unused high bits of the last word of a packed bit vector of `n` bits.
 fn clear_tail(v: &mut [u64], n: usize) {
-    if n % 64 != 0 {
+    if !n.is_multiple_of(64) {
         if let Some(last) = v.last_mut() {
             *last &= (1u64 << (n % 64)) - 1;
         }
@@ -157,14 +157,13 @@ pub fn deal(
     }
     let mut client = Vec::with_capacity(client_words(n));
     client.extend(d0.c.iter().zip(&msb).zip(&rd).map(|((c, m), d)| c ^ m ^ d));
-    for j in 0..n {
-        let b = get_bit(&rd, j);
-        client.push(b.wrapping_sub(d0.a[j]));
-    }
-    for j in 0..n {
-        let b = get_bit(&rd, j);
-        client.push(r[j].wrapping_mul(b).wrapping_sub(d0.p[j]));
-    }
+    client.extend(d0.a.iter().enumerate().map(|(j, a)| get_bit(&rd, j).wrapping_sub(*a)));
+    client.extend(
+        r.iter()
+            .zip(&d0.p)
+            .enumerate()
+            .map(|(j, (rv, p))| rv.wrapping_mul(get_bit(&rd, j)).wrapping_sub(*p)),
+    );
     client.extend_from_slice(&cws);
     Ok((cws, client))
 }
@@ -591,5 +590,70 @@ mod tests {
         // The peer answers the opening with one element too few.
         send_ring(&mut b, &[5]).unwrap();
         assert!(matches!(relu(0, &m, &[1, 2], &mut a), Err(Error::Protocol(_))));
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::net::mem_pair;
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+    /// Process CPU seconds (user + system) from /proc/self/stat (Linux; 0 elsewhere).
+    fn cpu_s() -> f64 {
+        let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f: Vec<&str> = s.rsplit(") ").next().unwrap_or("").split(' ').collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    }
+
+    /// `cargo test --release -p polypi-core --lib relu_bench -- --ignored --nocapture`: one ReLU
+    /// layer of NET-R18's total size (557,056 elements), wall and CPU time of the online phase
+    /// (both parties in this process) and of the dealer.
+    #[test]
+    #[ignore]
+    fn relu_bench() {
+        let n = 557_056;
+        let mut g = ChaCha20Rng::seed_from_u64(1);
+        let xs: Vec<u64> = (0..n).map(|_| (g.next_u64() >> 40).wrapping_sub(1 << 23)).collect();
+        let x0: Vec<u64> = (0..n).map(|_| g.next_u64()).collect();
+        let x1: Vec<u64> = xs.iter().zip(&x0).map(|(x, a)| x.wrapping_sub(*a)).collect();
+        let (mut ds, mut sd) = mem_pair();
+        let (mut dc, mut cd) = mem_pair();
+        let (c0, w0) = (cpu_s(), std::time::Instant::now());
+        deal_and_send(
+            &mut ChaCha20Rng::seed_from_u64(7),
+            &mut ChaCha20Rng::seed_from_u64(8),
+            &[n],
+            &mut ds,
+            &mut dc,
+        )
+        .unwrap();
+        let deal = (w0.elapsed().as_secs_f64(), cpu_s() - c0);
+        let m0 = receive(0, &mut ChaCha20Rng::seed_from_u64(7), n, &mut sd).unwrap();
+        let m1 = receive(1, &mut ChaCha20Rng::seed_from_u64(8), n, &mut cd).unwrap();
+        let (mut a, mut b) = mem_pair();
+        let (c0, w0) = (cpu_s(), std::time::Instant::now());
+        let (y0, y1) = std::thread::scope(|s| {
+            let h = s.spawn(|| relu(0, &m0, &x0, &mut a).unwrap());
+            let y1 = relu(1, &m1, &x1, &mut b).unwrap();
+            (h.join().unwrap(), y1)
+        });
+        let online = (w0.elapsed().as_secs_f64(), cpu_s() - c0);
+        let ok = xs
+            .iter()
+            .zip(y0.iter().zip(&y1))
+            .all(|(x, (u, v))| u.wrapping_add(*v) == if (*x as i64) < 0 { 0 } else { *x });
+        assert!(ok);
+        let threads = rayon::current_num_threads();
+        println!(
+            "ReLU n={n} ({threads} rayon threads): online wall {:.0} ms, CPU {:.0} ms (both \
+             parties); dealer wall {:.0} ms, CPU {:.0} ms; dealer bytes {:.1} MB",
+            online.0 * 1e3,
+            online.1 * 1e3,
+            deal.0 * 1e3,
+            deal.1 * 1e3,
+            (ds.stats().bytes_sent + dc.stats().bytes_sent) as f64 / 1e6
+        );
     }
 }
