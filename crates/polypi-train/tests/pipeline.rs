@@ -238,3 +238,37 @@ fn kd_from_relu_teacher_runs() {
     let r2 = train::train(&student).unwrap();
     assert!(r2.epochs[0].train_loss.is_finite());
 }
+
+/// The committed Fashion-MNIST model, compiled by polypi-core and run by its f32 executor, keeps
+/// its accuracy on the first 1,000 test images (skipped when the data has not been fetched).
+#[test]
+fn committed_fmnist_model_runs_in_polypi_core() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("models/netm-x2act-fmnist.safetensors");
+    let data_dir = root.join("data/fetched");
+    let Ok((_, mut test)) = data::load(DatasetKind::FashionMnist, &data_dir) else {
+        eprintln!("skipped: run scripts/fetch-data.sh for this check");
+        return;
+    };
+    test.truncate(1000);
+    let plan = compile(&ModelFile::load(&model).unwrap()).unwrap();
+    let (m, s) = DatasetKind::FashionMnist.normalization();
+    use rand::SeedableRng;
+    let idx: Vec<usize> = (0..test.len()).collect();
+    let (x, labels) =
+        data::make_batch(&test, &idx, &m, &s, false, &mut rand::rngs::StdRng::seed_from_u64(0));
+    let logits = polypi_core::engine::plain::run_f32(&plan, &x, test.len()).unwrap();
+    let correct = logits
+        .chunks(10)
+        .zip(&labels)
+        .filter(|(l, &y)| {
+            let am = l
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (j, &v)| if v > b.1 { (j, v) } else { b })
+                .0;
+            am as i64 == y
+        })
+        .count();
+    assert!(correct >= 880, "{correct}/1000 correct");
+}
