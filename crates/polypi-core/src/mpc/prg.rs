@@ -53,9 +53,9 @@ impl Seed {
     /// Errors: `Io` if the OS generator fails.
     pub fn from_os() -> Result<Seed> {
         let mut s = [0u8; 32];
-        rand_chacha::rand_core::OsRng
-            .try_fill_bytes(&mut s)
-            .map_err(|e| Error::Io(std::io::Error::other(format!("OS random number generator: {e}"))))?;
+        rand_chacha::rand_core::OsRng.try_fill_bytes(&mut s).map_err(|e| {
+            Error::Io(std::io::Error::other(format!("OS random number generator: {e}")))
+        })?;
         Ok(Seed(s))
     }
 
