@@ -5,11 +5,11 @@
 use crate::common::load_model;
 use anyhow::{Context, Result};
 use clap::Args;
-use polypi_core::engine::bench::{bench_local, BenchSummary};
+use polypi_core::engine::bench::{bench_local, poly_plan, BenchSummary};
 use polypi_core::engine::session::Transport;
 use polypi_core::model::compile::compile;
 use polypi_core::model::zoo::{self, Act, Pool, RefNet};
-use polypi_core::model::Plan;
+use polypi_core::model::{Plan, PolyProtocol};
 use polypi_core::net::LinkModel;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,13 @@ pub struct BenchArgs {
     /// Pooling of NET-M/NET-C: avg or max (max needs the ReLU comparison protocol).
     #[arg(long, default_value = "avg")]
     pub pool: Pool,
+    /// Polynomial microbenchmark instead of a network: one polynomial layer of this degree (all
+    /// coefficients non-zero) on `--elements` inputs uniform in [-1, 1].
+    #[arg(long)]
+    pub poly_degree: Option<usize>,
+    /// Elements of the polynomial microbenchmark (`--poly-degree`).
+    #[arg(long, default_value_t = 65536)]
+    pub elements: usize,
     /// A trained model file instead of a reference network.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -46,16 +53,25 @@ pub struct BenchArgs {
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: fewer
+    /// online bytes, see docs/polynomials.md) or share-powers (ESPN, Diaa et al.).
+    #[arg(long, default_value = "dealer-powers")]
+    pub poly_protocol: PolyProtocol,
 }
 
 fn reference(net: RefNet, act: Act, pool: Pool) -> Result<Plan> {
-    let file = zoo::build(net, act, pool, 1.0, 1).with_context(|| format!("cannot build {net} {act}"))?;
+    let file =
+        zoo::build(net, act, pool, 1.0, 1).with_context(|| format!("cannot build {net} {act}"))?;
     Ok(compile(&file)?)
 }
 
 fn run_one(name: &str, plan: &Plan, a: &BenchArgs) -> Result<BenchSummary> {
-    eprintln!("bench {name}: batch {}, link {}, {} runs ...", a.batch, a.link, a.runs);
-    bench_local(plan, a.batch, a.runs, Transport::Tcp, a.link, 7).with_context(|| format!("benchmark of {name} failed"))
+    eprintln!(
+        "bench {name}: batch {}, link {}, {} runs, polynomial protocol {} ...",
+        a.batch, a.link, a.runs, plan.poly_protocol
+    );
+    bench_local(plan, a.batch, a.runs, Transport::Tcp, a.link, 7)
+        .with_context(|| format!("benchmark of {name} failed"))
 }
 
 fn row(name: &str, s: &BenchSummary) -> String {
@@ -69,42 +85,72 @@ fn row(name: &str, s: &BenchSummary) -> String {
         s.dealer_bytes as f64 / 1e6,
         s.rounds,
         s.offline_ms.median,
-        s.peak_rss_bytes.map(|b| format!("{:.0}", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into())
+        s.peak_rss_bytes
+            .map(|b| format!("{:.0}", b as f64 / 1048576.0))
+            .unwrap_or_else(|| "-".into())
     )
 }
 
 /// Runs `polypi bench`.
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let mut cases: Vec<(String, Plan)> = Vec::new();
-    if let Some(path) = &a.model {
+    if let Some(d) = a.poly_degree {
+        let plan = poly_plan(a.elements, d, a.poly_protocol)?;
+        cases.push((format!("poly degree {d}, {} elements", a.elements), plan));
+    } else if let Some(path) = &a.model {
         let m = load_model(path)?;
         cases.push((path.display().to_string(), m.plan));
     } else {
-        cases.push((format!("{} {}{}", a.net, a.act, if a.pool == Pool::Max { "+maxpool" } else { "" }), reference(a.net, a.act, a.pool)?));
+        cases.push((
+            format!("{} {}{}", a.net, a.act, if a.pool == Pool::Max { "+maxpool" } else { "" }),
+            reference(a.net, a.act, a.pool)?,
+        ));
         if a.compare && a.act != Act::Relu {
             cases.push((format!("{} relu", a.net), reference(a.net, Act::Relu, Pool::Avg)?));
             if a.net != RefNet::NetR18 {
-                cases.push((format!("{} relu+maxpool", a.net), reference(a.net, Act::Relu, Pool::Max)?));
+                cases.push((
+                    format!("{} relu+maxpool", a.net),
+                    reference(a.net, Act::Relu, Pool::Max)?,
+                ));
             }
         }
+    }
+    for (_, plan) in &mut cases {
+        plan.poly_protocol = a.poly_protocol;
     }
     let mut results = Vec::new();
     for (name, plan) in &cases {
         results.push((name.clone(), run_one(name, plan, &a)?));
     }
     if a.json {
-        let v: Vec<_> = results.iter().map(|(n, s)| serde_json::json!({ "name": n, "summary": s })).collect();
+        let v: Vec<_> =
+            results.iter().map(|(n, s)| serde_json::json!({ "name": n, "summary": s })).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     for (name, s) in &results {
-        println!("== {name} (batch {}, link {}) — per-layer breakdown of the median run ==", s.batch, s.link);
+        println!(
+            "== {name} (batch {}, link {}, polynomial protocol {}) — per-layer breakdown of the median run ==",
+            s.batch, s.link, a.poly_protocol
+        );
         print!("{}", s.median_report.table());
-        println!("setup (once per session): {:.1} ms, {:.3} MB\n", s.setup_ms, s.setup_bytes as f64 / 1e6);
+        println!(
+            "setup (once per session): {:.1} ms, {:.3} MB\n",
+            s.setup_ms,
+            s.setup_bytes as f64 / 1e6
+        );
     }
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>9}",
-        "network", "online ms", "min", "max", "online MB", "dealer MB", "rounds", "offline ms", "RSS MiB"
+        "network",
+        "online ms",
+        "min",
+        "max",
+        "online MB",
+        "dealer MB",
+        "rounds",
+        "offline ms",
+        "RSS MiB"
     );
     for (name, s) in &results {
         println!("{}", row(name, s));

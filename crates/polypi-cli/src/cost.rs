@@ -5,8 +5,8 @@
 use crate::common::load_model;
 use anyhow::{Context, Result};
 use clap::Args;
-use polypi_core::cost::profile::Profile;
 use polypi_core::cost::predict;
+use polypi_core::cost::profile::Profile;
 use polypi_core::model::compile::compile;
 use polypi_core::model::zoo::{self, Act, Pool, RefNet};
 use polypi_core::net::LinkModel;

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use polypi_core::engine::report::{InferenceReport, SetupReport};
 use polypi_core::engine::run_f32;
 use polypi_core::engine::session::{run_local, LocalOpts, Transport};
+use polypi_core::model::PolyProtocol;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,10 @@ pub struct InferArgs {
     /// Channels between server, client and dealer.
     #[arg(long, value_enum, default_value = "tcp")]
     pub transport: TransportArg,
+    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: fewer
+    /// online bytes, see docs/polynomials.md) or share-powers (ESPN, Diaa et al.).
+    #[arg(long, default_value = "dealer-powers")]
+    pub poly_protocol: PolyProtocol,
 }
 
 /// A prediction (private or plaintext).
@@ -91,7 +96,8 @@ struct InferOutput {
 /// Runs `polypi infer`.
 pub fn run(a: InferArgs) -> Result<ExitCode> {
     let path = common::model_path(a.model.as_deref())?;
-    let model = common::load_model(&path)?;
+    let mut model = common::load_model(&path)?;
+    model.plan.poly_protocol = a.poly_protocol;
     let plan = &model.plan;
     let files = if a.input.is_empty() { common::default_inputs()? } else { a.input.clone() };
     let mut inputs = Vec::with_capacity(files.len());

@@ -36,10 +36,7 @@ fn bench_gemm(c: &mut Criterion) {
     eprintln!(
         "gemm kernel dispatched: {} (available: {:?}); rayon threads: {}",
         polypi_core::ring::gemm_kernel_name(),
-        GemmKernel::available()
-            .iter()
-            .map(|k| k.name())
-            .collect::<Vec<_>>(),
+        GemmKernel::available().iter().map(|k| k.name()).collect::<Vec<_>>(),
         rayon::current_num_threads()
     );
     for &(m, k, n) in &[(128usize, 576usize, 1024usize), (512, 512, 512)] {

@@ -13,15 +13,26 @@ use polypi_core::net::LinkModel;
 use std::time::Duration;
 
 fn phases(c: &mut Criterion) {
-    for (name, net) in [("NET-M", RefNet::NetM), ("NET-C", RefNet::NetC), ("NET-R18", RefNet::NetR18)] {
+    for (name, net) in
+        [("NET-M", RefNet::NetM), ("NET-C", RefNet::NetC), ("NET-R18", RefNet::NetR18)]
+    {
         let plan = compile(&build(net, Act::Square, Pool::Avg, 1.0, 1).unwrap()).unwrap();
         let mut g = c.benchmark_group(format!("{name} x2 batch1"));
         g.sample_size(10).measurement_time(Duration::from_secs(20));
         for phase in ["online", "offline"] {
             g.bench_function(phase, |b| {
                 b.iter_custom(|iters| {
-                    let s = bench_local(&plan, 1, iters as usize, Transport::Tcp, LinkModel::none(), iters).unwrap();
-                    let per = if phase == "online" { s.online_ms.median } else { s.offline_ms.median };
+                    let s = bench_local(
+                        &plan,
+                        1,
+                        iters as usize,
+                        Transport::Tcp,
+                        LinkModel::none(),
+                        iters,
+                    )
+                    .unwrap();
+                    let per =
+                        if phase == "online" { s.online_ms.median } else { s.offline_ms.median };
                     Duration::from_secs_f64(per * iters as f64 / 1e3)
                 })
             });

@@ -15,9 +15,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plan = compile(&build(net, act, Pool::Avg, 1.0, 1)?)?;
     let s = bench_local(&plan, batch, runs, Transport::Tcp, link, 7)?;
     eprint!("{}", s.median_report.table());
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
         "online_ms": s.online_ms, "offline_ms": s.offline_ms, "bytes_c2s": s.bytes_client_to_server,
         "bytes_s2c": s.bytes_server_to_client, "dealer_bytes": s.dealer_bytes, "rounds": s.rounds,
-        "setup_ms": s.setup_ms, "setup_bytes": s.setup_bytes, "peak_rss_bytes": s.peak_rss_bytes })).unwrap());
+        "setup_ms": s.setup_ms, "setup_bytes": s.setup_bytes, "peak_rss_bytes": s.peak_rss_bytes }))
+        .unwrap()
+    );
     Ok(())
 }

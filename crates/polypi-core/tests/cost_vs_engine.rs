@@ -1,5 +1,5 @@
 //! The cost model's counts equal the engine's: for the reference networks (NET-M, NET-C, NET-R18;
-//! x^2, X2act, PILLAR degree 4; average pooling) at batch 1 and 2, the predicted per-layer bytes
+//! x^2, X2act, PILLAR degree 4; average pooling; both polynomial protocols) at batch 1 and 2, the predicted per-layer bytes
 //! (client -> server, server -> client, dealer -> client), rounds and MACs are exactly those of
 //! the engine's `InferenceReport` from an in-memory run, and the setup bytes are the client's
 //! `SetupReport::bytes`.
@@ -8,6 +8,7 @@ use polypi_core::cost::{count, predict, session_cost, CpuProfile, FpgaProfile, P
 use polypi_core::engine::session::{run_local, LocalOpts, Transport};
 use polypi_core::model::compile::compile;
 use polypi_core::model::zoo::{build, Act, Pool, RefNet};
+use polypi_core::model::PolyProtocol;
 use polypi_core::net::LinkModel;
 
 fn inputs(per: usize, batches: &[usize]) -> Vec<(Vec<f32>, usize)> {
@@ -18,7 +19,13 @@ fn inputs(per: usize, batches: &[usize]) -> Vec<(Vec<f32>, usize)> {
 }
 
 fn check(net: RefNet, act: Act, pool: Pool, batches: &[usize]) {
-    let plan = compile(&build(net, act, pool, 1.0, 7).unwrap()).unwrap();
+    check_with(net, act, pool, batches, PolyProtocol::DealerPowers);
+}
+
+fn check_with(net: RefNet, act: Act, pool: Pool, batches: &[usize], protocol: PolyProtocol) {
+    let mut plan = compile(&build(net, act, pool, 1.0, 7).unwrap()).unwrap();
+    plan.poly_protocol = protocol;
+    let act = format!("{act} ({protocol})");
     let per: usize = plan.input_shape().iter().product();
     let (setup, runs) = run_local(
         &plan,
@@ -74,6 +81,16 @@ fn cost_net_r18_counts_equal_engine() {
     for act in [Act::Square, Act::X2Act, Act::Pillar] {
         check(RefNet::NetR18, act, Pool::Avg, &[1, 2]);
     }
+}
+
+/// ESPN share powers (the second polynomial protocol): x^2, X2act and PILLAR degree 4.
+#[test]
+fn cost_share_powers_counts_equal_engine() {
+    for act in [Act::Square, Act::X2Act, Act::Pillar] {
+        check_with(RefNet::NetM, act, Pool::Avg, &[1, 2], PolyProtocol::SharePowers);
+    }
+    check_with(RefNet::NetC, Act::Pillar, Pool::Avg, &[1], PolyProtocol::SharePowers);
+    check_with(RefNet::NetR18, Act::Pillar, Pool::Avg, &[1], PolyProtocol::SharePowers);
 }
 
 #[test]

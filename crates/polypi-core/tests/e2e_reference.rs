@@ -1,5 +1,6 @@
 //! End-to-end on the reference networks of reference.md, random weights, the "x^2" variant
-//! (square activations, average pooling) and X2act: server, client and dealer over in-memory
+//! (square activations, average pooling), X2act, PILLAR degree 4 and PKN, with both polynomial
+//! protocols (dealer powers; ESPN share powers): server, client and dealer over in-memory
 //! channels and over TCP on loopback. Secure logits equal the fixed-point twin within 1e-3 and
 //! the argmax is identical.
 
@@ -7,6 +8,7 @@ use polypi_core::engine::session::{run_local, LocalOpts, Transport};
 use polypi_core::engine::{run_fixed, EncodedPlan};
 use polypi_core::model::compile::compile;
 use polypi_core::model::zoo::{build, Act, Pool, RefNet};
+use polypi_core::model::PolyProtocol;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -15,7 +17,18 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 fn check(net: RefNet, act: Act, batches: &[usize], transport: Transport) {
-    let plan = compile(&build(net, act, Pool::Avg, 1.0, 11).unwrap()).unwrap();
+    check_with(net, act, batches, transport, PolyProtocol::DealerPowers);
+}
+
+fn check_with(
+    net: RefNet,
+    act: Act,
+    batches: &[usize],
+    transport: Transport,
+    protocol: PolyProtocol,
+) {
+    let mut plan = compile(&build(net, act, Pool::Avg, 1.0, 11).unwrap()).unwrap();
+    plan.poly_protocol = protocol;
     let enc = EncodedPlan::new(&plan).unwrap();
     let per: usize = plan.input_shape().iter().product();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -37,7 +50,7 @@ fn check(net: RefNet, act: Act, batches: &[usize], transport: Transport) {
         let err = run.logits.iter().zip(&twin).map(|(a, t)| (a - t).abs()).fold(0.0, f32::max);
         assert!(
             err < 1e-3,
-            "{net:?} {act:?} batch {b}: max |secure - twin| = {err}\n{}",
+            "{net:?} {act:?} {protocol} batch {b}: max |secure - twin| = {err}\n{}",
             run.report.table()
         );
         for i in 0..*b {
@@ -68,6 +81,18 @@ fn net_c_square_mem_and_tcp() {
 #[test]
 fn net_c_pillar_degree4_mem() {
     check(RefNet::NetC, Act::Pillar, &[1], Transport::Mem);
+}
+
+/// ESPN share powers (Diaa et al.): PILLAR degree 4 and x^2, in memory and over TCP.
+#[test]
+fn net_c_share_powers_pillar_and_square() {
+    check_with(RefNet::NetC, Act::Pillar, &[1, 2], Transport::Mem, PolyProtocol::SharePowers);
+    check_with(RefNet::NetC, Act::Square, &[1], Transport::Tcp, PolyProtocol::SharePowers);
+}
+
+#[test]
+fn net_m_share_powers_x2act_mem() {
+    check_with(RefNet::NetM, Act::X2Act, &[1, 4], Transport::Mem, PolyProtocol::SharePowers);
 }
 
 #[test]

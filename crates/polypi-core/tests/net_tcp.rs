@@ -37,10 +37,7 @@ fn hello(version: u32, role: &str) -> Vec<u8> {
 /// A raw socket that has done a correct handshake with a `TcpChannel` accepting on the other end.
 fn raw_peer_and_channel(
     o: TcpOptions,
-) -> (
-    TcpStream,
-    std::thread::JoinHandle<Result<TcpChannel, Error>>,
-) {
+) -> (TcpStream, std::thread::JoinHandle<Result<TcpChannel, Error>>) {
     let listener = bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let h = thread::spawn(move || TcpChannel::accept(&listener, "server", &o));
@@ -147,10 +144,7 @@ fn net_send_phases_same_on_mem_and_tcp() {
     fn script(
         a: &mut dyn Channel,
         b: &mut dyn Channel,
-    ) -> (
-        polypi_core::net::ChannelStats,
-        polypi_core::net::ChannelStats,
-    ) {
+    ) -> (polypi_core::net::ChannelStats, polypi_core::net::ChannelStats) {
         // a: S S | R | S | R R  ; b: R R | S | R | S S
         // Both ends run in this one thread, so each side flushes before the other receives.
         a.send(b"1").unwrap();
@@ -202,11 +196,7 @@ fn net_peer_disconnect_between_messages() {
     assert_eq!(a.recv().unwrap().len(), 1000);
     let t0 = Instant::now();
     match a.recv() {
-        Err(Error::PeerDisconnected {
-            peer,
-            after_bytes,
-            reason,
-        }) => {
+        Err(Error::PeerDisconnected { peer, after_bytes, reason }) => {
             assert_eq!(after_bytes, 1000);
             assert!(peer.contains("client"), "{peer}");
             assert!(reason.contains("closed"), "{reason}");
@@ -265,8 +255,7 @@ fn net_wrong_version_refused_both_ways() {
     let addr = listener.local_addr().unwrap();
     let h = thread::spawn(move || TcpChannel::accept(&listener, "server", &opts()));
     let mut raw = TcpStream::connect(addr).unwrap();
-    raw.write_all(&hello(PROTOCOL_VERSION + 1, "client"))
-        .unwrap();
+    raw.write_all(&hello(PROTOCOL_VERSION + 1, "client")).unwrap();
     match h.join().unwrap() {
         Err(Error::VersionMismatch { ours, theirs, .. }) => {
             assert_eq!(ours, PROTOCOL_VERSION.to_string());
@@ -283,10 +272,7 @@ fn net_wrong_version_refused_both_ways() {
         thread::sleep(Duration::from_millis(500));
     });
     let r = TcpChannel::connect(addr, "client", &opts());
-    assert!(
-        matches!(r, Err(Error::VersionMismatch { ref theirs, .. }) if theirs == "0"),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::VersionMismatch { ref theirs, .. }) if theirs == "0"), "{r:?}");
     h.join().unwrap();
 }
 
@@ -335,10 +321,7 @@ fn net_http_client_is_not_a_polypi_peer() {
 fn net_silent_peer_times_out_in_handshake() {
     let listener = bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let o = TcpOptions {
-        handshake_timeout: Duration::from_millis(300),
-        ..opts()
-    };
+    let o = TcpOptions { handshake_timeout: Duration::from_millis(300), ..opts() };
     let h = thread::spawn(move || TcpChannel::accept(&listener, "server", &o));
     let raw = TcpStream::connect(addr).unwrap();
     let t0 = Instant::now();
@@ -354,10 +337,7 @@ fn net_silent_peer_times_out_in_handshake() {
 
 #[test]
 fn net_silent_peer_times_out_in_recv() {
-    let o = TcpOptions {
-        read_timeout: Some(Duration::from_millis(300)),
-        ..opts()
-    };
+    let o = TcpOptions { read_timeout: Some(Duration::from_millis(300)), ..opts() };
     let (mut a, _b) = tcp_loopback_pair("server", "client", &o).unwrap();
     let t0 = Instant::now();
     match a.recv() {
@@ -374,8 +354,7 @@ fn net_silent_peer_times_out_in_recv() {
 #[test]
 fn net_set_read_timeout_after_connect() {
     let (mut a, _b) = tcp_loopback_pair("server", "client", &opts()).unwrap();
-    a.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    a.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let t0 = Instant::now();
     assert!(matches!(a.recv(), Err(Error::PeerDisconnected { .. })));
     assert!(t0.elapsed() < Duration::from_secs(5));
@@ -383,10 +362,7 @@ fn net_set_read_timeout_after_connect() {
 
 #[test]
 fn net_oversize_frame_is_protocol_error() {
-    let (mut raw, h) = raw_peer_and_channel(TcpOptions {
-        max_frame_bytes: 1 << 20,
-        ..opts()
-    });
+    let (mut raw, h) = raw_peer_and_channel(TcpOptions { max_frame_bytes: 1 << 20, ..opts() });
     let mut ch = h.join().unwrap().unwrap();
     raw.write_all(&((1u64 << 20) + 1).to_le_bytes()).unwrap();
     assert!(matches!(ch.recv(), Err(Error::Protocol(_))));
@@ -435,10 +411,7 @@ fn net_connect_retries_until_peer_listens() {
 #[test]
 fn net_connect_gives_up() {
     let port = bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let o = TcpOptions {
-        connect_retry_for: Duration::from_millis(300),
-        ..opts()
-    };
+    let o = TcpOptions { connect_retry_for: Duration::from_millis(300), ..opts() };
     let t0 = Instant::now();
     match TcpChannel::connect(("127.0.0.1", port), "client", &o) {
         Err(Error::Io(e)) => assert!(e.to_string().contains("could not connect"), "{e}"),
@@ -450,10 +423,7 @@ fn net_connect_gives_up() {
 #[test]
 fn net_accept_timeout() {
     let listener = bind("127.0.0.1:0").unwrap();
-    let o = TcpOptions {
-        accept_timeout: Some(Duration::from_millis(200)),
-        ..opts()
-    };
+    let o = TcpOptions { accept_timeout: Some(Duration::from_millis(200)), ..opts() };
     let r = TcpChannel::accept(&listener, "server", &o);
     assert!(
         matches!(r, Err(Error::Io(ref e)) if e.kind() == std::io::ErrorKind::TimedOut),
@@ -562,8 +532,7 @@ fn net_peer_role_with_control_characters() {
     let addr = listener.local_addr().unwrap();
     let h = thread::spawn(move || TcpChannel::accept(&listener, "server", &opts()));
     let mut raw = TcpStream::connect(addr).unwrap();
-    raw.write_all(&hello(PROTOCOL_VERSION, "cli\0ent\n"))
-        .unwrap();
+    raw.write_all(&hello(PROTOCOL_VERSION, "cli\0ent\n")).unwrap();
     let ch = h.join().unwrap().unwrap();
     assert_eq!(ch.peer_role(), "cli?ent?");
 }

@@ -10,10 +10,14 @@
 //!   <= (1 + |c_2| + 1) LSB; higher degrees also pre-truncate x to f_k bits, which costs
 //!   |p'(x)| * 2^-f_k; the test bounds it by the derivative at the sampled range.
 //! - add / flatten: exact.
+//!
+//! The polynomial case runs with both `PolyProtocol`s (dealer powers and ESPN share powers).
 
 use polypi_core::engine::session::{run_local, LocalOpts};
 use polypi_core::engine::{run_fixed, EncodedPlan};
-use polypi_core::model::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
+use polypi_core::model::{
+    ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer, PolyProtocol,
+};
 use proptest::prelude::*;
 
 const LSB: f32 = 1.0 / 65536.0;
@@ -48,7 +52,7 @@ prop_compose! {
                 input_layer(vec![geom.c_in, hw, hw]),
                 Layer { name: "conv".into(), op: LayerOp::Conv2d(ConvLayer { geom, weight: w, bias: b }), inputs: vec![0], out_shape: out },
             ],
-            frac_bits: 16, labels: vec![], normalize: None,
+            frac_bits: 16, labels: vec![], normalize: None, poly_protocol: Default::default(),
         };
         (plan, x, batch)
     }
@@ -76,7 +80,7 @@ proptest! {
                 input_layer(vec![i]),
                 Layer { name: "fc".into(), op: LayerOp::Linear(LinearLayer { in_features: i, out_features: o, weight: w, bias: b }), inputs: vec![0], out_shape: vec![o] },
             ],
-            frac_bits: 16, labels: vec![], normalize: None,
+            frac_bits: 16, labels: vec![], normalize: None, poly_protocol: Default::default(),
         };
         let err = secure_vs_twin(&plan, &x, batch);
         prop_assert!(err <= LSB, "err {err}");
@@ -95,7 +99,7 @@ proptest! {
                 input_layer(vec![c, hw, hw]),
                 Layer { name: "poly".into(), op: LayerOp::Poly(PolyLayer { degree, coeffs: cs.clone() }), inputs: vec![0], out_shape: vec![c, hw, hw] },
             ],
-            frac_bits: 16, labels: vec![], normalize: None,
+            frac_bits: 16, labels: vec![], normalize: None, poly_protocol: Default::default(),
         };
         // |p'(x)| <= sum k |c_k| 2^(k-1) for |x| < 2; the pre-truncation to f_k bits errs by one
         // unit of 2^-f_k, the power truncations and the final one by 1 LSB each, scaled by |c_k|.
@@ -108,8 +112,14 @@ proptest! {
             }
             bound = bound.max(b);
         }
-        let err = secure_vs_twin(&plan, &x, batch);
-        prop_assert!(err <= bound, "degree {degree}: err {err} > bound {bound}");
+        // Both polynomial protocols (dealer powers, ESPN share powers) compute the same exact
+        // powers of the pre-truncated input, so the same bound holds for each.
+        let mut plan = plan;
+        for protocol in PolyProtocol::ALL {
+            plan.poly_protocol = protocol;
+            let err = secure_vs_twin(&plan, &x, batch);
+            prop_assert!(err <= bound, "{protocol} degree {degree}: err {err} > bound {bound}");
+        }
     }
 
     #[test]
@@ -128,7 +138,7 @@ proptest! {
                 Layer { name: "gap3".into(), op: LayerOp::GlobalAvgPool, inputs: vec![5], out_shape: vec![c] },
                 Layer { name: "sum".into(), op: LayerOp::Add, inputs: vec![6, 2], out_shape: vec![c] },
             ],
-            frac_bits: 16, labels: vec![], normalize: None,
+            frac_bits: 16, labels: vec![], normalize: None, poly_protocol: Default::default(),
         };
         let _ = &plan.layers[3];
         let err = secure_vs_twin(&plan, &x, batch);

@@ -9,12 +9,14 @@
 //! |---|---|---|---|---|
 //! | Input | 0 | 0 | 8n (zero-sharing `-R0`) | 0 |
 //! | Conv2d / Linear | 8\|X\| (`X1 - A`) | 0 | 8\|Y\| (`c1`) | 1 |
-//! | Poly, G power groups | 8nG | 8nG (one exchange) | 8n·Σ_g (m_g - 1) | 1 if G > 0 |
+//! | Poly, dealer powers, G power groups | 8nG | 8nG (one exchange) | 8n·Σ_g (m_g - 1) | 1 if G > 0 |
+//! | Poly, ESPN share powers | 8n·Σ_g (m_g - 1) | 8n·Σ_g (m_g - 1) (one exchange) | 8n·Σ_g Σ_{k∈P_g} (k - 1) | 1 if G > 0 |
 //! | AvgPool / GAP / Add / Flatten | 0 | 0 | 0 | 0 |
 //! | output reveal | 0 | 8\|logits\| | 0 | 1 |
 //!
-//! G and m_g come from [`crate::mpc::encode::encode_poly`] (powers sharing a pre-truncation scale
-//! share one mask). Not in any layer row, as in the engine's reports: per inference the client
+//! G, the powers P_g and m_g = max P_g come from [`crate::mpc::encode::encode_poly`] (powers
+//! sharing a pre-truncation scale share one mask; powers with zero coefficients are skipped); the
+//! protocol is the plan's [`PolyProtocol`] ([`crate::mpc::espn`] for share powers). Not in any layer row, as in the engine's reports: per inference the client
 //! sends the batch size (8 bytes) to the server and to the dealer and an empty "online-start"
 //! message to the server; per session the seeds (32 bytes from the dealer to each party), the
 //! plan skeleton (JSON, server -> client and server -> dealer) and `F = W - B` (8 bytes per
@@ -28,8 +30,9 @@
 
 use crate::engine::walk::{walk, Backend};
 use crate::error::{Error, Result};
-use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
-use crate::mpc::encode::encode_poly;
+use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer, PolyProtocol};
+use crate::mpc::encode::{encode_poly, PolyPlan};
+use crate::mpc::espn::cross_pairs;
 use crate::mpc::relu;
 use crate::ring::gemm::PAR_THRESHOLD_MACS;
 use serde::{Deserialize, Serialize};
@@ -239,6 +242,7 @@ pub struct SessionCost {
 #[derive(Debug, Clone)]
 pub struct CostCounter {
     frac_bits: u32,
+    protocol: PolyProtocol,
     /// One entry per layer visited (index = layer).
     pub layers: Vec<LayerCost>,
 }
@@ -254,9 +258,16 @@ fn with_batch(layer: &Layer, batch: usize) -> Vec<usize> {
 }
 
 impl CostCounter {
-    /// A counter for a plan at `frac_bits` fractional bits (`plan.frac_bits`).
+    /// A counter for a plan at `frac_bits` fractional bits (`plan.frac_bits`) whose polynomial
+    /// layers use the default [`PolyProtocol`] (see [`CostCounter::with_protocol`]).
     pub fn new(frac_bits: u32) -> Self {
-        CostCounter { frac_bits, layers: Vec::new() }
+        CostCounter { frac_bits, protocol: PolyProtocol::default(), layers: Vec::new() }
+    }
+
+    /// The same counter for polynomial layers evaluated with `protocol` (`plan.poly_protocol`).
+    pub fn with_protocol(mut self, protocol: PolyProtocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     fn put(&mut self, idx: usize, c: LayerCost) {
@@ -401,6 +412,10 @@ impl Backend for CostCounter {
     ) -> Result<Vec<usize>> {
         let plan = encode_poly(p, self.frac_bits, &layer.name)?;
         let n = numel(x);
+        if self.protocol == PolyProtocol::SharePowers {
+            self.put(idx, share_powers_cost(LayerCost::new(layer, n, n), &plan, n));
+            return Ok(x.clone());
+        }
         let groups = plan.groups.len();
         let mut c = LayerCost::new(layer, n, n);
         c.activation_elements = n as u64;
@@ -537,6 +552,55 @@ impl Backend for CostCounter {
     }
 }
 
+/// A polynomial layer of `n` elements with ESPN share powers ([`crate::mpc::espn`]): per group g
+/// with powers P_g and largest power m_g, `m_g - 1` masked share powers each way (one exchange
+/// for all groups), `sum_{k in P_g} (k - 1)` cross products whose client shares the dealer sends.
+fn share_powers_cost(mut c: LayerCost, plan: &PolyPlan, n: usize) -> LayerCost {
+    c.activation_elements = n as u64;
+    let sent: usize = plan.groups.iter().map(|g| g.max_power() - 1).sum();
+    let pairs: usize = plan.groups.iter().map(|g| cross_pairs(&g.powers).len()).sum();
+    if sent > 0 {
+        let b = 8 * (n * sent) as u64;
+        c.bytes_client_to_server = b;
+        c.bytes_server_to_client = b;
+        c.messages_client_to_server = 1;
+        c.messages_server_to_client = 1;
+        c.rounds = 1;
+        c.bytes_dealer_to_client = 8 * (n * pairs) as u64;
+        c.messages_dealer_to_client = 1;
+    }
+    // Masks (both, m-1 vectors per group), server's c0 (one per pair); dealer expands all three.
+    c.prg_bytes_server = 8 * (n * (sent + pairs)) as u64;
+    c.prg_bytes_client = 8 * (n * sent) as u64;
+    c.prg_bytes_dealer = 8 * (n * (2 * sent + pairs)) as u64;
+    c.offline_server = Work { prg_bytes: c.prg_bytes_server, ..Default::default() };
+    c.offline_client = Work { prg_bytes: c.prg_bytes_client, ..Default::default() };
+    c.offline_dealer = Work {
+        prg_bytes: c.prg_bytes_dealer,
+        elementwise: (2 * n * pairs) as u64,
+        ..Default::default()
+    };
+    // Online, both parties alike: per group clone + truncate, m-1 multiplications for the own
+    // powers, m-1 mask subtractions; exchange; per power a copy, 4 operations per cross product
+    // (multiply, add the product share, scale by C(k,i), accumulate) and a truncation; then the
+    // per-channel combination and its truncation.
+    let groups = plan.groups.len();
+    let powers: usize = plan.groups.iter().map(|g| g.powers.len()).sum();
+    let pre = n * (2 * groups + 2 * sent);
+    let mut post = Work::elem(n * (2 * powers + 4 * pairs + 1));
+    post.combine_terms = (n * (plan.degree + 1)) as u64;
+    for party in [Party::Server, Party::Client] {
+        c.compute(party, Work::elem(pre));
+    }
+    if sent > 0 {
+        c.online.push(Step::Exchange { bytes: 8 * (n * sent) as u64 });
+    }
+    for party in [Party::Server, Party::Client] {
+        c.compute(party, post);
+    }
+    c
+}
+
 /// ReLU (one level) or max-pool (one level per tree level) with the FSS comparison of
 /// [`crate::mpc::relu`]: per level of `n` comparisons, two simultaneous exchanges (the opened
 /// `x + r`: 8n bytes each way; the masked DReLU bits: 8*ceil(n/64) bytes each way), 2 rounds;
@@ -660,7 +724,7 @@ pub fn count(plan: &Plan, batch: usize) -> Result<Vec<LayerCost>> {
     if batch == 0 {
         return Err(Error::InvalidArgument("batch must be at least 1".into()));
     }
-    let mut cc = CostCounter::new(plan.frac_bits);
+    let mut cc = CostCounter::new(plan.frac_bits).with_protocol(plan.poly_protocol);
     walk(plan, &mut cc, batch)?;
     let mut layers = cc.layers;
     layers.push(reveal_cost(plan, batch));

@@ -5,7 +5,7 @@
 use super::report::InferenceReport;
 use super::session::{run_local_with_link, LocalOpts, Transport};
 use crate::error::Result;
-use crate::model::Plan;
+use crate::model::{Layer, LayerOp, Plan, PolyLayer, PolyProtocol};
 use crate::net::LinkModel;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -76,17 +76,36 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Runs `runs` private inferences of `batch` random inputs (uniform in [-1, 1], seeded) in one
 /// session over `transport`, with the server-client link emulated by `link`.
 /// Errors: those of [`run_local_with_link`].
-pub fn bench_local(plan: &Plan, batch: usize, runs: usize, transport: Transport, link: LinkModel, seed: u64) -> Result<BenchSummary> {
+pub fn bench_local(
+    plan: &Plan,
+    batch: usize,
+    runs: usize,
+    transport: Transport,
+    link: LinkModel,
+    seed: u64,
+) -> Result<BenchSummary> {
     let per: usize = plan.input_shape().iter().product();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let inputs: Vec<(Vec<f32>, usize)> = (0..runs.max(1))
-        .map(|_| ((0..batch * per).map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0).collect(), batch))
+        .map(|_| {
+            (
+                (0..batch * per)
+                    .map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0)
+                    .collect(),
+                batch,
+            )
+        })
         .collect();
-    let (setup, results) = run_local_with_link(plan, &inputs, LocalOpts { transport, check: false }, link)?;
+    let (setup, results) =
+        run_local_with_link(plan, &inputs, LocalOpts { transport, check: false }, link)?;
     let online: Vec<f64> = results.iter().map(|r| r.report.online_ms).collect();
     let offline: Vec<f64> = results.iter().map(|r| r.report.offline_ms).collect();
     let med = Spread::of(&online).median;
-    let median_report = results.iter().find(|r| r.report.online_ms == med).map(|r| r.report.clone()).unwrap_or_default();
+    let median_report = results
+        .iter()
+        .find(|r| r.report.online_ms == med)
+        .map(|r| r.report.clone())
+        .unwrap_or_default();
     let r0 = &results[0].report;
     Ok(BenchSummary {
         batch,
@@ -102,5 +121,39 @@ pub fn bench_local(plan: &Plan, batch: usize, runs: usize, transport: Transport,
         setup_bytes: setup.bytes,
         peak_rss_bytes: peak_rss_bytes(),
         median_report,
+    })
+}
+
+/// A one-layer plan for polynomial microbenchmarks: input `[elements]` -> a shared polynomial of
+/// degree `degree` with every coefficient non-zero (`c_k = 1/(k+1)`, so every power 2..d is
+/// computed), evaluated with `protocol`; frac bits 16.
+/// Errors: `InvalidArgument` for 0 elements or a degree outside 1..=8.
+pub fn poly_plan(elements: usize, degree: usize, protocol: PolyProtocol) -> Result<Plan> {
+    if elements == 0 || !(1..=8).contains(&degree) {
+        return Err(crate::Error::InvalidArgument(format!(
+            "polynomial microbenchmark: {elements} elements, degree {degree} (need >= 1, 1..=8)"
+        )));
+    }
+    let coeffs = vec![(0..=degree).map(|k| 1.0 / (k + 1) as f32).collect()];
+    let shape = vec![elements];
+    Ok(Plan {
+        layers: vec![
+            Layer {
+                name: "input".into(),
+                op: LayerOp::Input,
+                inputs: vec![],
+                out_shape: shape.clone(),
+            },
+            Layer {
+                name: format!("poly{degree}"),
+                op: LayerOp::Poly(PolyLayer { degree, coeffs }),
+                inputs: vec![0],
+                out_shape: shape,
+            },
+        ],
+        frac_bits: 16,
+        labels: Vec::new(),
+        normalize: None,
+        poly_protocol: protocol,
     })
 }

@@ -14,6 +14,11 @@
 //!   for each power group (see [`crate::mpc::encode`]) the dealer provides shares of `r, r^2..r^m`;
 //!   both parties open `e = x_g - r` in one simultaneous exchange; `x^k = sum_i C(k,i) e^(k-i) r^i`
 //!   locally; coefficients are public.
+//! - **Polynomial, ESPN share powers** ([`crate::model::PolyProtocol::SharePowers`], Diaa et al.,
+//!   [`crate::mpc::espn`]): per power group with largest power m, each party raises its share to
+//!   the powers 1..m locally; the cross products use dealer Beaver triples for private inputs
+//!   (server `a_i`, `c0_ij` and client `b_j` from their seeds, the dealer sends the client
+//!   `c1_ij = a_i b_j - c0_ij`); one simultaneous exchange of m-1 masked powers per party.
 //! - **ReLU / MaxPool** ([`crate::mpc::relu`]): dealer FSS keys (a DCF on the low 63 bits of
 //!   the opened `x + r`), 2 online rounds per ReLU layer (open `x + r`, then the masked DReLU
 //!   bit), 8 + 1/8 bytes each way per element; max-pool is a tree of `b + ReLU(a - b)`, 2 rounds
@@ -25,8 +30,10 @@
 use super::plain::EncodedPlan;
 use super::walk::Backend;
 use crate::error::{Error, Result};
+use crate::model::PolyProtocol;
 use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
 use crate::mpc::encode::PolyPlan;
+use crate::mpc::espn;
 use crate::mpc::ops::{self, Trunc};
 use crate::mpc::prg::{Purpose, Seed};
 use crate::mpc::relu::{self, ReluMaterial};
@@ -40,8 +47,11 @@ pub enum Material {
     /// Linear layer: the client's input mask `A` (None at the server) and the party's
     /// precomputed output share (server: `c0`; client: `A*F + c1`).
     Linear { mask: Option<Vec<u64>>, share: Vec<u64> },
-    /// Polynomial: per power group, this party's shares of `r^1..r^m`.
+    /// Polynomial (dealer powers): per power group, this party's shares of `r^1..r^m`.
     Poly { r_pows: Vec<Vec<Vec<u64>>> },
+    /// Polynomial (ESPN share powers): per power group, this party's Beaver masks of its share
+    /// powers `1..m-1` and its shares of the cross products ([`espn::cross_pairs`] order).
+    SharePowers { masks: Vec<Vec<Vec<u64>>>, prods: Vec<Vec<Vec<u64>>> },
     /// Input: this party's share of a dealer-made sharing of zero (server: `R0`, client: `-R0`),
     /// added to the trivial sharing `(0, x)` of the client's input so that both shares are
     /// uniform (SecureML local truncation is only correct on uniformly random shares).
@@ -203,6 +213,53 @@ impl Offline<'_> {
     }
 }
 
+impl Offline<'_> {
+    /// ESPN material of a polynomial layer of `n` elements: masks (and, at the server, the
+    /// product shares `c0`) from the seed; at the client the dealer's `c1`, one message.
+    fn share_powers_material(&mut self, idx: usize, plan: &PolyPlan, n: usize) -> Result<()> {
+        let c1 = if self.party == CLIENT && !plan.groups.is_empty() {
+            let total: usize = plan.groups.iter().map(|g| espn::cross_pairs(&g.powers).len()).sum();
+            recv_ring(self.dealer()?, total * n)?
+        } else {
+            Vec::new()
+        };
+        let (mut masks, mut prods) = (Vec::new(), Vec::new());
+        let mut off = 0;
+        for (g, grp) in plan.groups.iter().enumerate() {
+            masks.push(share_masks(self.seed, self.inference, idx, g, grp.max_power(), n));
+            let np = espn::cross_pairs(&grp.powers).len();
+            let p: Vec<u64> = if self.party == SERVER {
+                server_products(self.seed, self.inference, idx, g, np * n)
+            } else {
+                let v = c1[off..off + np * n].to_vec();
+                off += np * n;
+                v
+            };
+            prods.push(p.chunks(n.max(1)).map(|c| c.to_vec()).collect());
+        }
+        self.put(idx, Material::SharePowers { masks, prods });
+        Ok(())
+    }
+}
+
+/// A party's ESPN Beaver masks of its share powers `1..m-1` (group g), from its own seed.
+fn share_masks(
+    seed: &Seed,
+    inference: u64,
+    idx: usize,
+    g: usize,
+    m: usize,
+    n: usize,
+) -> Vec<Vec<u64>> {
+    let all = seed.ring(inference, idx, Purpose::ShareMask(g as u8), n * (m - 1));
+    all.chunks(n.max(1)).map(|c| c.to_vec()).collect()
+}
+
+/// The server's ESPN product shares `c0` of group g (`len` elements, pair-major).
+fn server_products(seed: &Seed, inference: u64, idx: usize, g: usize, len: usize) -> Vec<u64> {
+    seed.ring(inference, idx, Purpose::ShareProduct(g as u8), len)
+}
+
 /// Expands a party's shares of the polynomial masks `r` (group g) from its seed.
 fn poly_mask(seed: &Seed, inference: u64, idx: usize, g: usize, n: usize) -> Vec<u64> {
     seed.ring(inference, idx, Purpose::PolyMask(g as u8), n)
@@ -256,6 +313,9 @@ impl Backend for Offline<'_> {
             .ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?
             .clone();
         let n = numel(x);
+        if plan.protocol == PolyProtocol::SharePowers {
+            return self.share_powers_material(idx, &plan, n).map(|_| x.clone());
+        }
         let mut r_pows = Vec::with_capacity(plan.groups.len());
         let corrections = if self.party == CLIENT && !plan.groups.is_empty() {
             let total: usize = plan.groups.iter().map(|g| (g.max_power() - 1) * n).sum();
@@ -456,6 +516,14 @@ impl Backend for Dealer<'_> {
         let mut msg = Vec::new();
         for (g, grp) in plan.groups.iter().enumerate() {
             let m = grp.max_power();
+            if plan.protocol == PolyProtocol::SharePowers {
+                let a = share_masks(self.server_seed, self.inference, idx, g, m, n);
+                let b = share_masks(self.client_seed, self.inference, idx, g, m, n);
+                let np = espn::cross_pairs(&grp.powers).len();
+                let c0 = server_products(self.server_seed, self.inference, idx, g, np * n);
+                msg.extend(espn::client_products(&a, &b, &c0, &grp.powers));
+                continue;
+            }
             let r0 = poly_mask(self.server_seed, self.inference, idx, g, n);
             let r1 = poly_mask(self.client_seed, self.inference, idx, g, n);
             let srv = self.server_seed.ring(
@@ -636,6 +704,51 @@ impl<'a> Online<'a> {
     }
 }
 
+impl Online<'_> {
+    /// ESPN online phase of a polynomial layer ([`espn`]): per group pre-truncate, raise the own
+    /// share to the powers, send the masked powers (one exchange for all groups), combine.
+    fn share_powers_online(
+        &mut self,
+        plan: &PolyPlan,
+        x: &RingTensor,
+        masks: &[Vec<Vec<u64>>],
+        prods: &[Vec<Vec<u64>>],
+    ) -> Result<RingTensor> {
+        let (f, t) = (self.frac_bits, self.trunc());
+        let mut own = Vec::with_capacity(plan.groups.len());
+        let mut mine = Vec::new();
+        for (g, grp) in plan.groups.iter().enumerate() {
+            let mut xg = x.data.clone();
+            t.apply(&mut xg, f - grp.frac_bits);
+            let pows = espn::local_powers(&xg, grp.max_power());
+            mine.extend(espn::masked_powers(&pows, &masks[g]));
+            own.push(pows);
+        }
+        let mut pows = vec![Vec::new(); plan.degree + 1];
+        if !plan.groups.is_empty() {
+            let theirs = exchange_ring(self.peer, &mine)?;
+            let mut off = 0;
+            for (g, grp) in plan.groups.iter().enumerate() {
+                let len = (grp.max_power() - 1) * x.len();
+                let shares = espn::powers_from_cross(
+                    self.party,
+                    &own[g],
+                    &masks[g],
+                    &theirs[off..off + len],
+                    &prods[g],
+                    &grp.powers,
+                );
+                off += len;
+                for (mut v, &k) in shares.into_iter().zip(&grp.powers) {
+                    t.apply(&mut v, k as u32 * grp.frac_bits - f);
+                    pows[k] = v;
+                }
+            }
+        }
+        Ok(ops::poly_combine(x, &pows, plan, f, t))
+    }
+}
+
 impl Backend for Online<'_> {
     type Value = RingTensor;
     fn input(&mut self, idx: usize, layer: &Layer, batch: usize) -> Result<RingTensor> {
@@ -683,7 +796,11 @@ impl Backend for Online<'_> {
             .poly
             .get(&idx)
             .ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?;
-        let Material::Poly { r_pows } = self.take(idx, layer)? else {
+        let material = self.take(idx, layer)?;
+        if let Material::SharePowers { masks, prods } = material {
+            return self.share_powers_online(plan, x, &masks, &prods);
+        }
+        let Material::Poly { r_pows } = material else {
             return Err(Error::graph(&layer.name, "wrong offline material"));
         };
         let f = self.frac_bits;

@@ -254,7 +254,9 @@ impl EncodedPlan {
                     e.linear.insert(i, encode_linear(c, f, &l.name)?);
                 }
                 crate::model::LayerOp::Poly(p) => {
-                    e.poly.insert(i, encode_poly(p, f, &l.name)?);
+                    let mut pp = encode_poly(p, f, &l.name)?;
+                    pp.protocol = plan.poly_protocol;
+                    e.poly.insert(i, pp);
                 }
                 _ => {}
             }

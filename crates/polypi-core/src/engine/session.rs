@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::model::Plan;
 use crate::mpc::prg::Seed;
 use crate::mpc::{CLIENT, SERVER};
-use crate::net::{emulated_pair, LinkModel, mem_pair, recv_ring, send_ring, Channel};
+use crate::net::{emulated_pair, mem_pair, recv_ring, send_ring, Channel, LinkModel};
 use crate::ring::{FixedPoint, RingTensor};
 use std::time::Instant;
 

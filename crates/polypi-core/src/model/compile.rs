@@ -176,6 +176,7 @@ pub fn compile(file: &ModelFile) -> Result<Plan> {
         frac_bits: g.frac_bits,
         labels: g.labels.clone(),
         normalize: g.normalize.clone(),
+        poly_protocol: Default::default(),
     })
 }
 

@@ -89,7 +89,13 @@ pub enum Op {
         bias: Option<String>,
     },
     /// Batch normalisation (inference form) with tensors `[C]`; folded into the preceding conv.
-    BatchNorm2d { weight: String, bias: String, running_mean: String, running_var: String, eps: f32 },
+    BatchNorm2d {
+        weight: String,
+        bias: String,
+        running_mean: String,
+        running_var: String,
+        eps: f32,
+    },
     /// Average pooling, square window `kernel`, step `stride`, no padding.
     AvgPool2d { kernel: usize, stride: usize },
     /// Mean over H and W: `[N, C, H, W] -> [N, C]`.

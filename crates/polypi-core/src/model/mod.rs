@@ -8,4 +8,4 @@ pub mod plan;
 pub mod zoo;
 
 pub use graph::{Graph, ModelCard, Node, Normalize, Op, FORMAT_VERSION};
-pub use plan::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
+pub use plan::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer, PolyProtocol};

@@ -147,6 +147,64 @@ pub struct Layer {
     pub out_shape: Vec<usize>,
 }
 
+/// How the secure parties evaluate the powers `x^2..x^d` of a polynomial layer (both take ONE
+/// online round per polynomial layer for any degree; see `docs/polynomials.md`).
+///
+/// The choice is public and travels in the plan skeleton, so server, client and dealer agree.
+/// Both protocols compute the powers of the same pre-truncated input (see
+/// [`crate::mpc::encode`]) exactly in the ring, so they share one fixed-point twin.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum PolyProtocol {
+    /// HoneyBadger-style dealer powers: the dealer shares `r, r^2..r^m` per power group; the
+    /// parties open `e = x - r` (one element each way per group) and expand
+    /// `x^k = sum_i C(k,i) e^(k-i) r^i` locally. The default: same dealer bytes as
+    /// [`PolyProtocol::SharePowers`], fewer online bytes (1 vs m-1 elements each way per group)
+    /// and less online time (measured in `docs/polynomials.md`).
+    #[default]
+    DealerPowers,
+    /// ESPN (Diaa et al., USENIX Security '24, CrypTen-ESPN `new_espn_poly`): each party raises
+    /// its own share to the powers locally, `x^k = sum_i C(k,i) x0^i x1^(k-i)`; the cross terms
+    /// (a server-private times a client-private vector) use dealer Beaver triples for private
+    /// inputs, all in one exchange of m-1 elements each way per group ([`crate::mpc::espn`]).
+    SharePowers,
+}
+
+impl PolyProtocol {
+    /// Both protocols.
+    pub const ALL: [PolyProtocol; 2] = [PolyProtocol::DealerPowers, PolyProtocol::SharePowers];
+
+    /// Name as on the command line: "dealer-powers" or "share-powers".
+    pub fn name(self) -> &'static str {
+        match self {
+            PolyProtocol::DealerPowers => "dealer-powers",
+            PolyProtocol::SharePowers => "share-powers",
+        }
+    }
+}
+
+impl std::fmt::Display for PolyProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PolyProtocol {
+    type Err = crate::Error;
+    /// Accepts "dealer-powers" (alias "honeybadger", "hb") and "share-powers" (alias "espn").
+    /// Errors: `InvalidArgument` naming the accepted values.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.to_lowercase().replace('_', "-").as_str() {
+            "dealer-powers" | "honeybadger" | "hb" => Ok(PolyProtocol::DealerPowers),
+            "share-powers" | "espn" => Ok(PolyProtocol::SharePowers),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "unknown polynomial protocol '{s}' (expected dealer-powers or share-powers)"
+            ))),
+        }
+    }
+}
+
 /// A compiled network, ready for any backend.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
@@ -158,6 +216,9 @@ pub struct Plan {
     pub labels: Vec<String>,
     /// Input normalisation, copied from the graph.
     pub normalize: Option<super::graph::Normalize>,
+    /// Protocol of the polynomial layers (public; chosen by the server, e.g. `--poly-protocol`).
+    #[serde(default)]
+    pub poly_protocol: PolyProtocol,
 }
 
 impl Plan {
@@ -204,7 +265,10 @@ impl Plan {
             return Err(bad(format!("frac_bits {}", self.frac_bits)));
         }
         for (i, l) in self.layers.iter().enumerate() {
-            if l.inputs.iter().any(|&j| j >= i) || l.out_shape.is_empty() || l.out_shape.contains(&0) {
+            if l.inputs.iter().any(|&j| j >= i)
+                || l.out_shape.is_empty()
+                || l.out_shape.contains(&0)
+            {
                 return Err(bad(format!("layer {}", l.name)));
             }
         }

@@ -12,9 +12,12 @@
 //!   <= 2f, so degree-4 terms stay inside the ring, cf. ESPN's pre-division, Diaa et al. §4),
 //!   truncated back to scale f; then `c_0` (scale 2f) + `c_1 x` + `sum c_k x^k` with coefficients at
 //!   scale f is truncated by f. Powers sharing the same `f_k` share one mask `r` (one opening).
+//!   Powers whose coefficient is zero in every channel (PILLAR's `x^3`) are not computed.
+//!   Both [`PolyProtocol`]s compute `x_g^k` exactly in the ring from the same pre-truncated
+//!   shares, so they share this twin.
 
 use crate::error::{Error, Result};
-use crate::model::{ConvGeom, ConvLayer, LinearLayer, PolyLayer};
+use crate::model::{ConvGeom, ConvLayer, LinearLayer, PolyLayer, PolyProtocol};
 use crate::ring::fixed::encode_at;
 
 /// A convolution's weights in the ring: `weight[g]` is the `[c_out/groups, (c_in/groups)*kh*kw]`
@@ -61,7 +64,11 @@ pub fn encode_conv(l: &ConvLayer, frac_bits: u32, name: &str) -> Result<EncodedC
     let g = l.geom;
     let want = g.c_out * (g.c_in / g.groups) * g.kh * g.kw;
     if !l.weight.is_empty() && l.weight.len() != want {
-        return Err(Error::ShapeMismatch { node: name.into(), expected: vec![want], got: vec![l.weight.len()] });
+        return Err(Error::ShapeMismatch {
+            node: name.into(),
+            expected: vec![want],
+            got: vec![l.weight.len()],
+        });
     }
     // An empty weight is a public skeleton (client, dealer): shapes only.
     let w = encode_vec(&l.weight, frac_bits, name)?;
@@ -75,12 +82,21 @@ pub fn encode_conv(l: &ConvLayer, frac_bits: u32, name: &str) -> Result<EncodedC
 pub fn encode_linear(l: &LinearLayer, frac_bits: u32, name: &str) -> Result<EncodedLinear> {
     let (i_n, o_n) = (l.in_features, l.out_features);
     if !l.weight.is_empty() && l.weight.len() != i_n * o_n {
-        return Err(Error::ShapeMismatch { node: name.into(), expected: vec![o_n, i_n], got: vec![l.weight.len()] });
+        return Err(Error::ShapeMismatch {
+            node: name.into(),
+            expected: vec![o_n, i_n],
+            got: vec![l.weight.len()],
+        });
     }
     let w = encode_vec(&l.weight, frac_bits, name)?;
     if w.is_empty() {
         let bias = encode_vec(&l.bias, 2 * frac_bits, name)?;
-        return Ok(EncodedLinear { in_features: i_n, out_features: o_n, weight_t: Vec::new(), bias });
+        return Ok(EncodedLinear {
+            in_features: i_n,
+            out_features: o_n,
+            weight_t: Vec::new(),
+            bias,
+        });
     }
     let mut weight_t = vec![0u64; i_n * o_n];
     for o in 0..o_n {
@@ -117,6 +133,8 @@ pub struct PolyPlan {
     pub groups: Vec<PowerGroup>,
     /// `coeffs[ch]` = `[c_0 at 2f, c_1 at f, ..., c_d at f]`; one row when shared.
     pub coeffs: Vec<Vec<u64>>,
+    /// How the secure parties compute the powers (the twin ignores it).
+    pub protocol: PolyProtocol,
 }
 
 impl PolyPlan {
@@ -135,7 +153,8 @@ pub fn power_frac_bits(k: usize, frac_bits: u32) -> u32 {
     frac_bits.min((2 * frac_bits as usize / k.max(1)) as u32)
 }
 
-/// Builds the ring form of a polynomial layer (see the module doc for the scales).
+/// Builds the ring form of a polynomial layer (see the module doc for the scales), for the
+/// default [`PolyProtocol`] (set [`PolyPlan::protocol`] to change it).
 /// Errors: `InvalidArgument` for degree 0 or > 8, `RangeExceeded` for a huge coefficient.
 pub fn encode_poly(l: &PolyLayer, frac_bits: u32, name: &str) -> Result<PolyPlan> {
     if l.degree == 0 || l.degree > 8 {
@@ -146,6 +165,9 @@ pub fn encode_poly(l: &PolyLayer, frac_bits: u32, name: &str) -> Result<PolyPlan
     }
     let mut groups: Vec<PowerGroup> = Vec::new();
     for k in 2..=l.degree {
+        if l.coeffs.iter().all(|row| row.get(k).is_none_or(|c| *c == 0.0)) {
+            continue;
+        }
         let fk = power_frac_bits(k, frac_bits);
         match groups.iter_mut().find(|g| g.frac_bits == fk) {
             Some(g) => g.powers.push(k),
@@ -166,7 +188,7 @@ pub fn encode_poly(l: &PolyLayer, frac_bits: u32, name: &str) -> Result<PolyPlan
         }
         coeffs.push(enc);
     }
-    Ok(PolyPlan { degree: l.degree, groups, coeffs })
+    Ok(PolyPlan { degree: l.degree, groups, coeffs, protocol: PolyProtocol::default() })
 }
 
 /// Number of channels of a per-sample shape for per-channel ops: dim 0 of `[C,H,W]` or `[F]`.
@@ -196,8 +218,10 @@ mod tests {
     fn pillar_degree4_groups_stay_inside_the_ring() {
         let l = PolyLayer { degree: 4, coeffs: vec![vec![0.31, 0.5, 0.156, 0.0, -0.0029]] };
         let p = encode_poly(&l, 16, "t").unwrap();
-        // k=2 at 16 bits, k=3 at 10 bits, k=4 at 8 bits: every power at scale <= 32.
-        assert_eq!(p.groups.len(), 3);
+        // k=2 at 16 bits, k=4 at 8 bits (k=3 has coefficient 0: not computed): every power at
+        // scale <= 32.
+        assert_eq!(p.groups.len(), 2);
+        assert_eq!(p.groups[1], PowerGroup { frac_bits: 8, powers: vec![4] });
         for g in &p.groups {
             for &k in &g.powers {
                 assert!(k as u32 * g.frac_bits <= 32);

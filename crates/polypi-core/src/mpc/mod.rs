@@ -1,5 +1,5 @@
 //! Secure computation: the fixed-point rules shared by twin and parties ([`encode`]), the ring
-//! operations that run on shares ([`ops`]), and the correlated randomness each protocol consumes
+//! operations that run on shares ([`ops`]), ESPN's share-power evaluation ([`espn`]), and the correlated randomness each protocol consumes
 //! ([`prg`]).
 //!
 //! Roles: the server (party 0) holds the model, the client (party 1) holds the input; values are
@@ -7,6 +7,7 @@
 //! inputs or weights.
 
 pub mod encode;
+pub mod espn;
 pub mod fss;
 pub mod ops;
 pub mod prg;

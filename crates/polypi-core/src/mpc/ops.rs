@@ -242,7 +242,7 @@ pub fn powers_from_opening(
 
 /// Final step of a polynomial: `acc = c_0 + c_1 x + sum_k c_k x^k` per channel, truncated by f.
 /// `x` is the input at scale f, `pows[k]` the value/share of `x^k` at scale f (index = power; 0
-/// and 1 unused). `sample_shape` gives the channel layout (dim 1 of NCHW or `[N, F]`).
+/// and 1 unused; an empty entry = a power whose coefficient is zero in every channel, skipped). `sample_shape` gives the channel layout (dim 1 of NCHW or `[N, F]`).
 #[allow(clippy::needless_range_loop)] // j indexes x, y and every power alike
 pub fn poly_combine(
     x: &RingTensor,
@@ -265,7 +265,9 @@ pub fn poly_combine(
                     acc = acc.wrapping_add(co[0]);
                 }
                 for (k, ck) in co.iter().enumerate().skip(2) {
-                    acc = acc.wrapping_add(ck.wrapping_mul(pows[k][j]));
+                    if let Some(p) = pows[k].get(j) {
+                        acc = acc.wrapping_add(ck.wrapping_mul(*p));
+                    }
                 }
                 y.data[j] = acc;
             }

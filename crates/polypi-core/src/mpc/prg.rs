@@ -22,17 +22,25 @@ pub enum Purpose {
     PolyPowers(u8),
     /// Reserved for comparison protocols (DReLU keys etc.).
     Compare(u8),
+    /// Both (ESPN share powers): a party's Beaver masks of its own share powers `x_p^1..x_p^(m-1)`
+    /// of power group `g` (server: `a`, client: `b`).
+    ShareMask(u8),
+    /// Server (ESPN share powers): its shares `c0` of the cross products `a_i * b_j` of group `g`.
+    ShareProduct(u8),
 }
 
 impl Purpose {
+    /// 8-bit code: distinct for every purpose and every group index below 32.
     fn code(self) -> u64 {
         match self {
             Purpose::InputMask => 0,
             Purpose::ProductShare => 1,
             Purpose::WeightMask => 2,
-            Purpose::PolyMask(g) => 3 + 2 * (g as u64 % 4),
-            Purpose::PolyPowers(g) => 4 + 2 * (g as u64 % 4),
-            Purpose::Compare(g) => 11 + (g as u64 % 5),
+            Purpose::Compare(g) => 8 + (g as u64 % 8),
+            Purpose::PolyMask(g) => 32 + (g as u64 % 32),
+            Purpose::PolyPowers(g) => 64 + (g as u64 % 32),
+            Purpose::ShareMask(g) => 96 + (g as u64 % 32),
+            Purpose::ShareProduct(g) => 128 + (g as u64 % 32),
         }
     }
 }
@@ -60,10 +68,10 @@ impl Seed {
     }
 
     /// The ChaCha20 stream for `(inference, layer, purpose)`. `inference` 0 is the session setup;
-    /// inferences count from 1.
+    /// inferences count from 1. Stream id: inference (40 bits) | layer (16 bits) | purpose (8).
     pub fn stream(&self, inference: u64, layer: usize, purpose: Purpose) -> ChaCha20Rng {
         let mut rng = ChaCha20Rng::from_seed(self.0);
-        rng.set_stream((inference << 20) | ((layer as u64 & 0xffff) << 4) | purpose.code());
+        rng.set_stream((inference << 24) | ((layer as u64 & 0xffff) << 8) | purpose.code());
         rng
     }
 
@@ -88,6 +96,25 @@ mod tests {
         assert_ne!(a, s.ring(1, 4, Purpose::InputMask, 64));
         assert_ne!(a, s.ring(1, 3, Purpose::ProductShare, 64));
         assert_ne!(s.ring(1, 3, Purpose::PolyMask(0), 8), s.ring(1, 3, Purpose::PolyMask(1), 8));
+        // Up to 7 power groups (degree 8) never share a stream, across all purposes.
+        let mut codes: Vec<u64> = (0..8u8)
+            .flat_map(|g| {
+                [
+                    Purpose::PolyMask(g),
+                    Purpose::PolyPowers(g),
+                    Purpose::ShareMask(g),
+                    Purpose::ShareProduct(g),
+                    Purpose::Compare(g),
+                ]
+            })
+            .chain([Purpose::InputMask, Purpose::ProductShare, Purpose::WeightMask])
+            .map(Purpose::code)
+            .collect();
+        let n = codes.len();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), n);
+        assert!(codes.iter().all(|&c| c < 256));
         assert_eq!(format!("{:?}", s), "Seed(<secret>)");
     }
 

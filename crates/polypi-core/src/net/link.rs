@@ -52,26 +52,17 @@ fn secs(s: f64) -> Duration {
 impl LinkModel {
     /// LAN preset: 3 Gbit/s, 0.3 ms RTT.
     pub fn lan() -> Self {
-        LinkModel {
-            bandwidth_bits_per_s: 3e9,
-            rtt_ms: 0.3,
-        }
+        LinkModel { bandwidth_bits_per_s: 3e9, rtt_ms: 0.3 }
     }
 
     /// WAN preset: 400 Mbit/s, 40 ms RTT.
     pub fn wan() -> Self {
-        LinkModel {
-            bandwidth_bits_per_s: 400e6,
-            rtt_ms: 40.0,
-        }
+        LinkModel { bandwidth_bits_per_s: 400e6, rtt_ms: 40.0 }
     }
 
     /// No emulation: infinite bandwidth, 0 ms RTT.
     pub fn none() -> Self {
-        LinkModel {
-            bandwidth_bits_per_s: f64::INFINITY,
-            rtt_ms: 0.0,
-        }
+        LinkModel { bandwidth_bits_per_s: f64::INFINITY, rtt_ms: 0.0 }
     }
 
     /// A custom link of `mbit_per_s` Mbit/s (10^6 bit/s) and `rtt_ms` ms RTT.
@@ -87,10 +78,7 @@ impl LinkModel {
                 "link RTT must be a finite number of ms >= 0, got {rtt_ms} ms"
             )));
         }
-        Ok(LinkModel {
-            bandwidth_bits_per_s: mbit_per_s * 1e6,
-            rtt_ms,
-        })
+        Ok(LinkModel { bandwidth_bits_per_s: mbit_per_s * 1e6, rtt_ms })
     }
 
     /// Parses `lan`, `wan`, `none`, or `<Mbit/s>mbit:<RTT>ms` (e.g. `100mbit:10ms`,
@@ -110,9 +98,7 @@ impl LinkModel {
             "none" => return Ok(Self::none()),
             _ => {}
         }
-        let (bw, rtt) = s
-            .split_once(':')
-            .ok_or_else(|| bad("no ':' between bandwidth and RTT"))?;
+        let (bw, rtt) = s.split_once(':').ok_or_else(|| bad("no ':' between bandwidth and RTT"))?;
         let (bw, scale) = if let Some(x) = bw.trim().strip_suffix("gbit") {
             (x, 1000.0)
         } else if let Some(x) = bw.trim().strip_suffix("mbit") {
@@ -120,18 +106,9 @@ impl LinkModel {
         } else {
             return Err(bad("the bandwidth must end in 'mbit' (or 'gbit')"));
         };
-        let rtt = rtt
-            .trim()
-            .strip_suffix("ms")
-            .ok_or_else(|| bad("the RTT must end in 'ms'"))?;
-        let bw: f64 = bw
-            .trim()
-            .parse()
-            .map_err(|_| bad("the bandwidth is not a number"))?;
-        let rtt: f64 = rtt
-            .trim()
-            .parse()
-            .map_err(|_| bad("the RTT is not a number"))?;
+        let rtt = rtt.trim().strip_suffix("ms").ok_or_else(|| bad("the RTT must end in 'ms'"))?;
+        let bw: f64 = bw.trim().parse().map_err(|_| bad("the bandwidth is not a number"))?;
+        let rtt: f64 = rtt.trim().parse().map_err(|_| bad("the RTT is not a number"))?;
         if !bw.is_finite() || bw <= 0.0 {
             return Err(bad("the bandwidth must be positive"));
         }
@@ -167,11 +144,7 @@ impl LinkModel {
         if self.is_none() {
             "no emulation".into()
         } else {
-            format!(
-                "{} Mbit/s, {} ms RTT",
-                self.bandwidth_bits_per_s / 1e6,
-                self.rtt_ms
-            )
+            format!("{} Mbit/s, {} ms RTT", self.bandwidth_bits_per_s / 1e6, self.rtt_ms)
         }
     }
 }
@@ -189,12 +162,7 @@ impl fmt::Display for LinkModel {
         if self.is_none() {
             write!(f, "none")
         } else {
-            write!(
-                f,
-                "{}mbit:{}ms",
-                self.bandwidth_bits_per_s / 1e6,
-                self.rtt_ms
-            )
+            write!(f, "{}mbit:{}ms", self.bandwidth_bits_per_s / 1e6, self.rtt_ms)
         }
     }
 }
@@ -232,25 +200,11 @@ pub fn emulated_pair<A: Channel, B: Channel>(
     model: LinkModel,
 ) -> (EmulatedChannel<A>, EmulatedChannel<B>) {
     let now = Instant::now();
-    let dir = || {
-        Arc::new(Mutex::new(Direction {
-            link_free_at: now,
-            deliveries: VecDeque::new(),
-        }))
-    };
+    let dir = || Arc::new(Mutex::new(Direction { link_free_at: now, deliveries: VecDeque::new() }));
     let (a_to_b, b_to_a) = (dir(), dir());
-    let ea = EmulatedChannel {
-        inner: a,
-        model,
-        outgoing: a_to_b.clone(),
-        incoming: b_to_a.clone(),
-    };
-    let eb = EmulatedChannel {
-        inner: b,
-        model,
-        outgoing: b_to_a,
-        incoming: a_to_b,
-    };
+    let ea =
+        EmulatedChannel { inner: a, model, outgoing: a_to_b.clone(), incoming: b_to_a.clone() };
+    let eb = EmulatedChannel { inner: b, model, outgoing: b_to_a, incoming: a_to_b };
     (ea, eb)
 }
 
@@ -294,8 +248,7 @@ impl<C: Channel> Channel for EmulatedChannel<C> {
             let start = d.link_free_at.max(now);
             let on_wire = start + self.model.transfer_time(msg.len() as u64);
             d.link_free_at = on_wire;
-            d.deliveries
-                .push_back(on_wire + self.model.one_way_latency());
+            d.deliveries.push_back(on_wire + self.model.one_way_latency());
         }
         self.inner.send(msg)
     }
@@ -338,13 +291,7 @@ mod tests {
         assert_eq!(LinkModel::parse(" WAN ").unwrap(), LinkModel::wan());
         assert!(LinkModel::parse("none").unwrap().is_none());
         let m: LinkModel = "100mbit:10ms".parse().unwrap();
-        assert_eq!(
-            m,
-            LinkModel {
-                bandwidth_bits_per_s: 100e6,
-                rtt_ms: 10.0
-            }
-        );
+        assert_eq!(m, LinkModel { bandwidth_bits_per_s: 100e6, rtt_ms: 10.0 });
         let g = LinkModel::parse("1gbit:0.5ms").unwrap();
         assert_eq!(g.bandwidth_bits_per_s, 1e9);
         assert_eq!(LinkModel::parse("100mbit:0ms").unwrap().rtt_ms, 0.0);
@@ -379,14 +326,8 @@ mod tests {
                 other => panic!("{bad:?} should not parse, got {other:?}"),
             }
         }
-        assert!(matches!(
-            LinkModel::new(0.0, 1.0),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            LinkModel::new(1.0, f64::NAN),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(LinkModel::new(0.0, 1.0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(LinkModel::new(1.0, f64::NAN), Err(Error::InvalidArgument(_))));
     }
 
     #[test]
@@ -439,11 +380,7 @@ mod tests {
             a.recv().unwrap();
         }
         let b = h.join().unwrap();
-        assert!(
-            t1.elapsed() >= Duration::from_millis(30),
-            "{:?}",
-            t1.elapsed()
-        );
+        assert!(t1.elapsed() >= Duration::from_millis(30), "{:?}", t1.elapsed());
         // a: [send send send] recv [send] recv [send] recv
         assert_eq!(a.stats().send_phases, 3);
         assert_eq!(a.stats().bytes_sent, b.stats().bytes_received);

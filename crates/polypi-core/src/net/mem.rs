@@ -51,18 +51,15 @@ impl MemChannel {
 impl Channel for MemChannel {
     fn send(&mut self, msg: &[u8]) -> Result<()> {
         self.counter.on_send(msg.len());
-        self.tx
-            .send(msg.to_vec())
-            .map_err(|_| self.disconnected("in-memory peer dropped".into()))
+        self.tx.send(msg.to_vec()).map_err(|_| self.disconnected("in-memory peer dropped".into()))
     }
 
     fn recv(&mut self) -> Result<Vec<u8>> {
         self.counter.on_recv_start();
         let m = match self.read_timeout {
-            None => self
-                .rx
-                .recv()
-                .map_err(|_| self.disconnected("in-memory peer dropped".into()))?,
+            None => {
+                self.rx.recv().map_err(|_| self.disconnected("in-memory peer dropped".into()))?
+            }
             Some(t) => self.rx.recv_timeout(t).map_err(|e| match e {
                 RecvTimeoutError::Timeout => {
                     self.disconnected(format!("timed out after {} s", fmt_secs(t)))

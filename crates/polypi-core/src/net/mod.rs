@@ -57,9 +57,7 @@ impl ChannelStats {
             bytes_sent: self.bytes_sent.saturating_sub(earlier.bytes_sent),
             bytes_received: self.bytes_received.saturating_sub(earlier.bytes_received),
             messages_sent: self.messages_sent.saturating_sub(earlier.messages_sent),
-            messages_received: self
-                .messages_received
-                .saturating_sub(earlier.messages_received),
+            messages_received: self.messages_received.saturating_sub(earlier.messages_received),
             send_phases: self.send_phases.saturating_sub(earlier.send_phases),
         }
     }
@@ -197,10 +195,7 @@ pub fn recv_ring(ch: &mut (impl Channel + ?Sized), n: usize) -> Result<Vec<u64>>
             buf.len()
         )));
     }
-    Ok(buf
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect())
+    Ok(buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())
 }
 
 /// Exchanges ring elements with the peer in one round (see [`Channel::exchange`]): sends `xs`,
@@ -214,10 +209,7 @@ pub fn exchange_ring(ch: &mut (impl Channel + ?Sized), xs: &[u64]) -> Result<Vec
             theirs.len()
         )));
     }
-    Ok(theirs
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect())
+    Ok(theirs.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())
 }
 
 /// Formats a duration in seconds the way error messages show it: `60`, `0.3`, `1.25`.

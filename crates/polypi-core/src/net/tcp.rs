@@ -213,16 +213,10 @@ pub fn bind(addr: impl ToSocketAddrs) -> Result<TcpListener> {
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
         .map_err(|e| {
-            Error::Io(io::Error::new(
-                e.kind(),
-                format!("cannot resolve listen address: {e}"),
-            ))
+            Error::Io(io::Error::new(e.kind(), format!("cannot resolve listen address: {e}")))
         })?
         .collect();
-    let shown = addrs
-        .first()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "(no address)".into());
+    let shown = addrs.first().map(|a| a.to_string()).unwrap_or_else(|| "(no address)".into());
     TcpListener::bind(&addrs[..]).map_err(|e| {
         let msg = match e.kind() {
             ErrorKind::AddrInUse => format!(
@@ -288,23 +282,15 @@ impl TcpChannel {
             let addrs: Vec<SocketAddr> = addr
                 .to_socket_addrs()
                 .map_err(|e| {
-                    Error::Io(io::Error::new(
-                        e.kind(),
-                        format!("cannot resolve peer address: {e}"),
-                    ))
+                    Error::Io(io::Error::new(e.kind(), format!("cannot resolve peer address: {e}")))
                 })?
                 .collect();
-            let shown = addrs
-                .first()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "(no address)".into());
+            let shown =
+                addrs.first().map(|a| a.to_string()).unwrap_or_else(|| "(no address)".into());
             let mut last_err = io::Error::new(ErrorKind::NotFound, "address resolved to nothing");
             for a in &addrs {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                let attempt = opts
-                    .connect_timeout
-                    .min(remaining)
-                    .max(Duration::from_millis(50));
+                let attempt = opts.connect_timeout.min(remaining).max(Duration::from_millis(50));
                 match TcpStream::connect_timeout(a, attempt) {
                     Ok(stream) => return Self::handshake(stream, role, opts),
                     Err(e) => last_err = e,
@@ -381,11 +367,8 @@ impl TcpChannel {
         let mut reader = BufReader::with_capacity(256 << 10, stream.try_clone()?);
         let mut writer = stream;
         let at = peer_addr.to_string();
-        let fail = |reason: String| Error::PeerDisconnected {
-            peer: at.clone(),
-            after_bytes: 0,
-            reason,
-        };
+        let fail =
+            |reason: String| Error::PeerDisconnected { peer: at.clone(), after_bytes: 0, reason };
         let io_fail = |e: io::Error, doing: &str| {
             if is_timeout(&e) {
                 fail(format!("timed out after {} s {doing}", fmt_secs(ht)))
@@ -395,9 +378,7 @@ impl TcpChannel {
                 Error::Io(io::Error::new(e.kind(), format!("{doing} with {at}: {e}")))
             }
         };
-        writer
-            .write_all(&hello)
-            .map_err(|e| io_fail(e, "sending the polypi hello"))?;
+        writer.write_all(&hello).map_err(|e| io_fail(e, "sending the polypi hello"))?;
 
         let not_polypi = || Error::VersionMismatch {
             peer: at.clone(),
@@ -556,11 +537,7 @@ impl TcpChannel {
 
     /// The writer thread's error, mapped like a read error, if it had one.
     fn check_writer(&mut self) -> Result<()> {
-        let failed = self
-            .write_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let failed = self.write_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match failed {
             None => Ok(()),
             Some((kind, msg)) => {
@@ -679,10 +656,8 @@ impl TcpChannel {
                     )))
                 }
                 Err(ReadFail::Io { err, got }) => {
-                    let doing = format!(
-                        "in the middle of a message ({} of {len} bytes)",
-                        filled + got
-                    );
+                    let doing =
+                        format!("in the middle of a message ({} of {len} bytes)", filled + got);
                     return Err(self.map_io(err, self.read_timeout, &doing));
                 }
             }
@@ -706,8 +681,7 @@ impl Channel for TcpChannel {
         }
         self.counter.on_send(msg.len());
         self.pending.reserve(8 + msg.len());
-        self.pending
-            .extend_from_slice(&(msg.len() as u64).to_le_bytes());
+        self.pending.extend_from_slice(&(msg.len() as u64).to_le_bytes());
         self.pending.extend_from_slice(msg);
         if self.pending.len() >= self.write_buffer_bytes {
             self.hand_off()?;
@@ -780,16 +754,10 @@ mod tests {
     fn net_tcp_hello_layout() {
         let h = hello_bytes("client").unwrap();
         assert_eq!(&h[..6], b"POLYPI");
-        assert_eq!(
-            u32::from_le_bytes(h[6..10].try_into().unwrap()),
-            PROTOCOL_VERSION
-        );
+        assert_eq!(u32::from_le_bytes(h[6..10].try_into().unwrap()), PROTOCOL_VERSION);
         assert_eq!(h[10], 6);
         assert_eq!(&h[11..], b"client");
-        assert!(matches!(
-            hello_bytes(&"x".repeat(256)),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(hello_bytes(&"x".repeat(256)), Err(Error::InvalidArgument(_))));
     }
 
     #[test]
@@ -814,10 +782,7 @@ mod tests {
 
     #[test]
     fn net_tcp_expect_peer_role() {
-        let opts = TcpOptions {
-            expect_peer_role: Some("client".into()),
-            ..quick()
-        };
+        let opts = TcpOptions { expect_peer_role: Some("client".into()), ..quick() };
         let r = tcp_loopback_pair("server", "dealer", &opts);
         assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
     }
@@ -825,19 +790,13 @@ mod tests {
     #[test]
     fn net_tcp_zero_timeout_rejected() {
         let (mut a, _b) = tcp_loopback_pair("a", "b", &quick()).unwrap();
-        assert!(matches!(
-            a.set_read_timeout(Some(Duration::ZERO)),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(a.set_read_timeout(Some(Duration::ZERO)), Err(Error::InvalidArgument(_))));
         a.set_read_timeout(None).unwrap();
     }
 
     #[test]
     fn net_tcp_send_oversize_rejected_locally() {
-        let opts = TcpOptions {
-            max_frame_bytes: 16,
-            ..quick()
-        };
+        let opts = TcpOptions { max_frame_bytes: 16, ..quick() };
         let (mut a, mut b) = tcp_loopback_pair("a", "b", &opts).unwrap();
         assert!(matches!(a.send(&[0u8; 17]), Err(Error::Protocol(_))));
         // A refused send does not break the channel.

@@ -78,11 +78,7 @@ impl PackedB {
     /// Wraps data already in the packed layout (see the type's docs), e.g. written directly by
     /// [`crate::ring::im2col::im2col_packed`]. Panics if `data.len() != ceil(n/NR) * k * NR`.
     pub(crate) fn from_packed_data(k: usize, n: usize, data: Vec<u64>) -> Self {
-        assert_eq!(
-            data.len(),
-            n.div_ceil(NR) * k * NR,
-            "packed B of {k} x {n}: wrong length"
-        );
+        assert_eq!(data.len(), n.div_ceil(NR) * k * NR, "packed B of {k} x {n}: wrong length");
         PackedB { k, n, data }
     }
 
@@ -148,9 +144,7 @@ impl GemmKernel {
         static CHOICE: OnceLock<GemmKernel> = OnceLock::new();
         *CHOICE.get_or_init(|| {
             let forced = std::env::var("POLYPI_GEMM_KERNEL").ok().and_then(|v| {
-                Self::ALL
-                    .into_iter()
-                    .find(|k| k.name().eq_ignore_ascii_case(v.trim()))
+                Self::ALL.into_iter().find(|k| k.name().eq_ignore_ascii_case(v.trim()))
             });
             match forced {
                 Some(k) if k.is_available() => k,
@@ -195,23 +189,9 @@ pub fn gemm_packed_with(
     parallel: bool,
 ) {
     let (k, n) = (b.k, b.n);
-    assert!(
-        kernel.is_available(),
-        "GEMM kernel {} is not supported by this CPU",
-        kernel.name()
-    );
-    assert!(
-        a.len() >= m * k,
-        "gemm: a has {} elements, need m*k = {}",
-        a.len(),
-        m * k
-    );
-    assert!(
-        c.len() >= m * n,
-        "gemm: c has {} elements, need m*n = {}",
-        c.len(),
-        m * n
-    );
+    assert!(kernel.is_available(), "GEMM kernel {} is not supported by this CPU", kernel.name());
+    assert!(a.len() >= m * k, "gemm: a has {} elements, need m*k = {}", a.len(), m * k);
+    assert!(c.len() >= m * n, "gemm: c has {} elements, need m*n = {}", c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
@@ -281,11 +261,7 @@ fn tiles_of(kernel: GemmKernel) -> Tiles {
         ],
         #[cfg(target_arch = "x86_64")]
         GemmKernel::Avx2 => &[(2, x86::tile_avx2::<2>), (1, x86::tile_avx2::<1>)],
-        _ => &[
-            (4, tile_scalar::<4>),
-            (2, tile_scalar::<2>),
-            (1, tile_scalar::<1>),
-        ],
+        _ => &[(4, tile_scalar::<4>), (2, tile_scalar::<2>), (1, tile_scalar::<1>)],
     }
 }
 
@@ -308,10 +284,7 @@ unsafe fn run_strips(
     let mut scratch = [0u64; MAX_MR * NR];
     let mut i0 = 0;
     while i0 < m {
-        let &(mr, tile) = tiles
-            .iter()
-            .find(|(h, _)| *h <= m - i0)
-            .expect("height-1 tile");
+        let &(mr, tile) = tiles.iter().find(|(h, _)| *h <= m - i0).expect("height-1 tile");
         let ap = a[i0 * k..].as_ptr();
         for s in s0..s1 {
             let j0 = s * NR;
@@ -508,11 +481,7 @@ mod tests {
             for parallel in [false, true] {
                 let mut c = vec![0xDEAD_BEEF_u64; m * n];
                 gemm_packed_with(&a, &pb, &mut c, m, kernel, parallel);
-                assert!(
-                    c == want,
-                    "{} parallel={parallel} m={m} k={k} n={n}",
-                    kernel.name()
-                );
+                assert!(c == want, "{} parallel={parallel} m={m} k={k} n={n}", kernel.name());
             }
         }
         let mut c = vec![7u64; m * n];
@@ -569,10 +538,7 @@ mod tests {
         // on a 1-core machine, with a strip count that does not divide evenly.
         let (m, k, n) = (67, 1031, 70);
         assert!(m * k * n > PAR_THRESHOLD_MACS);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         pool.install(|| check_shape(m, k, n, 42));
         // m = 1 (a linear layer on one sample) still splits over column strips.
         let (m, k, n) = (1, 4096, 1100);

@@ -35,13 +35,9 @@ pub fn im2col(x: &[u64], n: usize, geom: &ConvGeom, g: usize) -> Vec<u64> {
     }
     let cols = u.cols;
     if out.len() > PAR_THRESHOLD_ELEMS && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, d)| u.fill(r, 0, cols, d));
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, d)| u.fill(r, 0, cols, d));
     } else {
-        out.chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, d)| u.fill(r, 0, cols, d));
+        out.chunks_mut(cols).enumerate().for_each(|(r, d)| u.fill(r, 0, cols, d));
     }
     out
 }
@@ -71,9 +67,7 @@ pub fn im2col_packed(x: &[u64], n: usize, geom: &ConvGeom, g: usize) -> PackedB 
             }
         };
         if data.len() > PAR_THRESHOLD_ELEMS && rayon::current_num_threads() > 1 {
-            data.par_chunks_mut(task_len)
-                .enumerate()
-                .for_each(fill_task);
+            data.par_chunks_mut(task_len).enumerate().for_each(fill_task);
         } else {
             data.chunks_mut(task_len).enumerate().for_each(fill_task);
         }
@@ -96,15 +90,7 @@ struct Unfold<'a> {
 
 impl<'a> Unfold<'a> {
     fn new(x: &'a [u64], n: usize, geom: &ConvGeom, g: usize) -> Self {
-        let ConvGeom {
-            c_in,
-            h,
-            w,
-            kh,
-            kw,
-            groups,
-            ..
-        } = *geom;
+        let ConvGeom { c_in, h, w, kh, kw, groups, .. } = *geom;
         assert!(g < groups, "im2col: group {g} out of {groups}");
         assert!(
             x.len() >= n * c_in * h * w,
@@ -114,31 +100,13 @@ impl<'a> Unfold<'a> {
         );
         let cg = c_in / groups;
         let (oh, ow) = (geom.out_h(), geom.out_w());
-        Unfold {
-            x,
-            geom: *geom,
-            g,
-            cg,
-            oh,
-            ow,
-            rows: cg * kh * kw,
-            cols: n * oh * ow,
-        }
+        Unfold { x, geom: *geom, g, cg, oh, ow, rows: cg * kh * kw, cols: n * oh * ow }
     }
 
     /// Writes columns `j0..j1` of row `r` of the column matrix into `dst[..j1-j0]`, touching only
     /// the entries that read inside the image (`dst` must hold zeros elsewhere).
     fn fill(&self, r: usize, j0: usize, j1: usize, dst: &mut [u64]) {
-        let ConvGeom {
-            c_in,
-            h,
-            w,
-            kh,
-            kw,
-            stride,
-            padding,
-            ..
-        } = self.geom;
+        let ConvGeom { c_in, h, w, kh, kw, stride, padding, .. } = self.geom;
         let (oh, ow) = (self.oh, self.ow);
         let ohw = oh * ow;
         let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
@@ -187,16 +155,8 @@ fn valid_range(
     size: usize,
     out_size: usize,
 ) -> (usize, usize) {
-    let lo = if pad > k_off {
-        (pad - k_off).div_ceil(stride)
-    } else {
-        0
-    };
-    let hi = if size + pad > k_off {
-        (size + pad - k_off).div_ceil(stride)
-    } else {
-        0
-    };
+    let lo = if pad > k_off { (pad - k_off).div_ceil(stride) } else { 0 };
+    let hi = if size + pad > k_off { (size + pad - k_off).div_ceil(stride) } else { 0 };
     let hi = hi.min(out_size);
     (lo.min(hi), hi)
 }
@@ -316,11 +276,7 @@ mod tests {
             let cols = im2col(x, n, geom, g);
             assert_eq!(cols, im2col_naive(x, n, geom, g), "im2col {geom:?} g={g}");
             let packed = im2col_packed(x, n, geom, g);
-            assert_eq!(
-                packed,
-                PackedB::pack(&cols, k, cols_n),
-                "im2col_packed {geom:?} g={g}"
-            );
+            assert_eq!(packed, PackedB::pack(&cols, k, cols_n), "im2col_packed {geom:?} g={g}");
             let wg = &wt[g * cog * k..(g + 1) * cog * k];
             let mut y2 = vec![0u64; cog * cols_n];
             gemm_packed(wg, &packed, &mut y2, cog);
@@ -355,30 +311,14 @@ mod tests {
         padding: usize,
         groups: usize,
     ) -> ConvGeom {
-        ConvGeom {
-            c_in,
-            h,
-            w,
-            c_out,
-            kh,
-            kw,
-            stride,
-            padding,
-            groups,
-        }
+        ConvGeom { c_in, h, w, c_out, kh, kw, stride, padding, groups }
     }
 
     fn check(n: usize, geom: &ConvGeom, seed: u64) {
         let x = rand_vec(n * geom.c_in * geom.h * geom.w, seed);
-        let wt = rand_vec(
-            geom.c_out * (geom.c_in / geom.groups) * geom.kh * geom.kw,
-            seed ^ 0x5555,
-        );
-        assert_eq!(
-            conv_im2col(&x, &wt, n, geom),
-            conv_naive(&x, &wt, n, geom),
-            "{geom:?} n={n}"
-        );
+        let wt =
+            rand_vec(geom.c_out * (geom.c_in / geom.groups) * geom.kh * geom.kw, seed ^ 0x5555);
+        assert_eq!(conv_im2col(&x, &wt, n, geom), conv_naive(&x, &wt, n, geom), "{geom:?} n={n}");
     }
 
     #[test]
@@ -398,10 +338,7 @@ mod tests {
         // 64 x 32 x 32, 3x3, pad 1: rows*cols = 576 * 1024 > PAR_THRESHOLD_ELEMS.
         let g = geom(64, 32, 32, 8, 3, 3, 1, 1, 1);
         let x = rand_vec(64 * 32 * 32, 9);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let fast = pool.install(|| im2col(&x, 1, &g, 0));
         assert!(fast.len() > PAR_THRESHOLD_ELEMS);
         assert_eq!(fast, im2col_naive(&x, 1, &g, 0));
@@ -410,10 +347,7 @@ mod tests {
         // Several images and more than one packing task per image boundary.
         let x3 = rand_vec(3 * 64 * 32 * 32, 10);
         let packed = pool.install(|| im2col_packed(&x3, 3, &g, 0));
-        assert_eq!(
-            packed,
-            PackedB::pack(&im2col_naive(&x3, 3, &g, 0), 64 * 9, 3 * 32 * 32)
-        );
+        assert_eq!(packed, PackedB::pack(&im2col_naive(&x3, 3, &g, 0), 64 * 9, 3 * 32 * 32));
     }
 
     #[test]
