@@ -131,7 +131,8 @@ fn secure_equals_fixed_point_twin_small_net() {
         // Online bytes: client sends every linear input once, both send poly openings, server
         // sends the logits.
         let lin_in = batch * (128 + 64 + 64);
-        let poly_open = 2 * batch * (256 + 3 * 64);
+        // act2 (PILLAR, c_3 = 0): two power groups (x^2 at 16 bits, x^4 at 8 bits).
+        let poly_open = 2 * batch * (256 + 2 * 64);
         assert_eq!(
             rep.online_bytes as usize,
             8 * (lin_in + poly_open + 3 * batch),
