@@ -26,7 +26,8 @@
 //! elements (ReLU: one level of n; max-pool: one per tree level, [`relu::pool_sizes`]) 8m +
 //! 8*ceil(m/64) bytes each way in two exchanges (2 rounds), and from the dealer
 //! 8*[`relu::client_words`]`(m)` bytes to the client and 8*[`relu::server_words`]`(m)` to the
-//! server (DCF keys, 1016 bytes per comparison each, see [`LayerCost::dealer_bytes`]).
+//! server (DCF keys on the comparison ring `Z_2^`[`relu::RING_BITS`], 480 bytes per comparison
+//! each, see [`LayerCost::dealer_bytes`]).
 
 use crate::engine::walk::{walk, Backend};
 use crate::error::{Error, Result};
@@ -65,9 +66,10 @@ pub struct Work {
     /// Coefficient terms of the final per-channel polynomial sums (elements x (degree + 1),
     /// [`crate::mpc::ops::poly_combine`]).
     pub combine_terms: u64,
-    /// DCF evaluations on 63-bit inputs ([`crate::mpc::fss::eval`], one per compared element).
+    /// DCF evaluations on `RING_BITS - 1 = 35`-bit inputs ([`crate::mpc::fss::eval`], one per
+    /// compared element; [`crate::mpc::relu::RING_BITS`]).
     pub dcf_evals: u64,
-    /// DCF key generations on 63-bit inputs ([`crate::mpc::fss::gen`], dealer, one per
+    /// DCF key generations on 35-bit inputs ([`crate::mpc::fss::gen`], dealer, one per
     /// comparison; both parties' keys).
     pub dcf_gens: u64,
 }
@@ -615,8 +617,8 @@ fn compare_cost(mut c: LayerCost, levels: &[usize], gather: usize) -> LayerCost 
         c.messages_client_to_server += 2;
         c.messages_server_to_client += 2;
         c.rounds += 2;
-        c.bytes_dealer_to_client += 8 * relu::client_words(n) as u64;
-        c.bytes_dealer_to_server += 8 * relu::server_words(n) as u64;
+        c.bytes_dealer_to_client += 8 * relu::client_words(n, relu::RING_BITS) as u64;
+        c.bytes_dealer_to_server += 8 * relu::server_words(n, relu::RING_BITS) as u64;
         c.messages_dealer_to_client += 1;
         c.messages_dealer_to_server += 1;
         c.activation_elements += n as u64;

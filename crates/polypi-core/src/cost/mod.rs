@@ -203,7 +203,8 @@ pub fn fpga_work_ms(w: &Work, p: &FpgaProfile) -> f64 {
         + w.prg_bytes as f64 / (p.prg_bytes_per_cycle * clk);
     let terms: u64 = w.binomial.iter().enumerate().map(|(k, &c)| c * (k as u64 + 1)).sum::<u64>()
         + w.combine_terms;
-    let aes = (w.dcf_evals * 2 * 63 + w.dcf_gens * 4 * 63) as f64;
+    let levels = crate::mpc::fss::depth(crate::mpc::relu::RING_BITS - 1) as u64;
+    let aes = (w.dcf_evals * 2 * levels + w.dcf_gens * 4 * levels) as f64;
     (s + terms as f64 / (p.poly_terms_per_cycle * clk) + aes / (p.aes_blocks_per_cycle * clk)) * 1e3
 }
 

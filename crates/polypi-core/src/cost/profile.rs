@@ -36,9 +36,11 @@ pub struct CpuProfile {
     pub poly_power_ns: Vec<f64>,
     /// ns per coefficient term of [`crate::mpc::ops::poly_combine`] (per element and power).
     pub poly_combine_ns: f64,
-    /// ns per element of one party's 63-bit DCF evaluation ([`crate::mpc::fss::eval`]).
+    /// ns per element of one party's DCF evaluation at the ReLU comparison width (35 bits,
+    /// [`crate::mpc::relu::RING_BITS`]` - 1`; [`crate::mpc::fss::eval`]).
     pub dcf_eval_ns: f64,
-    /// ns per element of the dealer's 63-bit DCF key generation ([`crate::mpc::fss::gen`]).
+    /// ns per element of the dealer's DCF key generation at the same width
+    /// ([`crate::mpc::fss::gen`]).
     pub dcf_gen_ns: f64,
     /// Fixed cost of one message (loopback TCP, framing, writer thread, wake-up), µs, from half a
     /// ping-pong of 8-byte messages.
@@ -86,8 +88,10 @@ pub struct FpgaProfile {
     pub elementwise_per_cycle: f64,
     /// ChaCha20 output bytes per cycle.
     pub prg_bytes_per_cycle: f64,
-    /// AES-128 blocks per cycle (pipelined AES cores) for the DCF of ReLU / MaxPool; a 63-bit DCF
-    /// evaluation is priced at 2 x 63 blocks, a key generation at 4 x 63 (both parties' trees).
+    /// AES-128 blocks per cycle (pipelined AES cores) for the DCF of ReLU / MaxPool; a DCF
+    /// evaluation is priced at 2 x [`crate::mpc::fss::depth`] blocks (29 levels for the 35-bit DCF
+    /// of [`crate::mpc::relu::RING_BITS`] = 36), a key generation at 4 x depth (both parties'
+    /// trees).
     pub aes_blocks_per_cycle: f64,
     /// 64-bit multipliers for the elementwise polynomial evaluation (binomial sums, coefficient
     /// terms), taken from the same DSP budget when the GEMM engine is idle: terms per cycle =
@@ -302,24 +306,26 @@ pub fn calibrate() -> CpuProfile {
     }
 }
 
-/// ns per element of a 63-bit DCF evaluation (one party) and key generation, on 2048 elements.
+/// ns per element of a DCF evaluation (one party) and key generation at the ReLU comparison width
+/// (`RING_BITS - 1` bits), on 2048 elements.
 fn calibrate_dcf(seed: &Seed) -> Result<(f64, f64)> {
     let n = 2048usize;
+    let bits = crate::mpc::relu::RING_BITS - 1;
     let bytes = |i: usize| -> Vec<u8> {
         bytemuck::cast_slice(&seed.ring(3, i, Purpose::Compare(0), 2 * n)).to_vec()
     };
     let (r0, r1) = (fss::roots_from_bytes(&bytes(0)), fss::roots_from_bytes(&bytes(1)));
     let alphas: Vec<u64> = seed.ring(3, 2, Purpose::Compare(1), n).iter().map(|v| v >> 1).collect();
     let xs: Vec<u64> = seed.ring(3, 3, Purpose::Compare(1), n).iter().map(|v| v >> 1).collect();
-    let mut cws = fss::gen(63, &alphas, &r0, &r1)?;
+    let mut cws = fss::gen(bits, &alphas, &r0, &r1)?;
     let t_gen = median_of(3, || {
-        if let Ok(c) = fss::gen(63, &alphas, &r0, &r1) {
+        if let Ok(c) = fss::gen(bits, &alphas, &r0, &r1) {
             cws = c;
         }
     });
     let mut ok = true;
     let t_eval = median_of(3, || {
-        ok &= std::hint::black_box(fss::eval(0, 63, &r0, &cws, &xs)).is_ok();
+        ok &= std::hint::black_box(fss::eval(0, bits, &r0, &cws, &xs)).is_ok();
     });
     if !ok {
         return Err(Error::InvalidArgument("DCF calibration failed".into()));

@@ -19,11 +19,13 @@
 //!   the powers 1..m locally; the cross products use dealer Beaver triples for private inputs
 //!   (server `a_i`, `c0_ij` and client `b_j` from their seeds, the dealer sends the client
 //!   `c1_ij = a_i b_j - c0_ij`); one simultaneous exchange of m-1 masked powers per party.
-//! - **ReLU / MaxPool** ([`crate::mpc::relu`]): dealer FSS keys (a DCF on the low 63 bits of
-//!   the opened `x + r`), 2 online rounds per ReLU layer (open `x + r`, then the masked DReLU
-//!   bit), 8 + 1/8 bytes each way per element; max-pool is a tree of `b + ReLU(a - b)`, 2 rounds
-//!   per level. The dealer sends the DCF correction words to both parties (1016 bytes per
-//!   comparison each) and 16 bytes + 1 bit more per comparison to the client. Exact.
+//! - **ReLU / MaxPool** ([`crate::mpc::relu`]): dealer FSS keys (a DCF on the low 35 bits of
+//!   the opened `x + r`: the sign on the comparison ring `Z_2^36`, [`relu::RING_BITS`]), 2 online
+//!   rounds per ReLU layer (open `x + r`, then the masked DReLU bit), 8 + 1/8 bytes each way per
+//!   element; max-pool is a tree of `b + ReLU(a - b)`, 2 rounds per level. The dealer sends the
+//!   DCF correction words to both parties (480 bytes per comparison each) and 16 bytes + 1 bit
+//!   more per comparison to the client. Exact for ReLU inputs and max-pool differences in
+//!   `[-2^35, 2^35)` ring units (`|x| < 2^19` real at 16 frac bits).
 //! - Average pooling, residual add, flatten: local. Output: the server sends its share of the
 //!   logits; only the client reconstructs.
 
@@ -206,7 +208,7 @@ impl Offline<'_> {
         let party = self.party;
         let mut levels = Vec::with_capacity(sizes.len());
         for &n in sizes {
-            levels.push(relu::receive(party, &mut rng, n, self.dealer()?)?);
+            levels.push(relu::receive(party, &mut rng, n, relu::RING_BITS, self.dealer()?)?);
         }
         self.put(idx, Material::Compare { levels });
         Ok(())
@@ -429,7 +431,7 @@ impl<'a> Dealer<'a> {
         })?;
         let mut r0 = self.server_seed.stream(self.inference, idx, Purpose::Compare(0));
         let mut r1 = self.client_seed.stream(self.inference, idx, Purpose::Compare(0));
-        relu::deal_and_send(&mut r0, &mut r1, sizes, server, self.client)
+        relu::deal_and_send(&mut r0, &mut r1, sizes, relu::RING_BITS, server, self.client)
     }
 
     fn linear_correction(

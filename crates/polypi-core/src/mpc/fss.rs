@@ -3,11 +3,18 @@
 //!
 //! Construction: the DCF of Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee, "Function Secret
 //! Sharing for Mixed-Mode and Fixed-Point Secure Computation", Eurocrypt 2021, §3.2 (Fig. 1), with
-//! output group `Z_2` (so every `(-1)^t` sign of the paper disappears) and payload `beta = 1`.
-//! The GGM tree has one level per input bit (most significant first); along the path of `alpha`
-//! the two parties' seeds differ and their control bits `t0 ^ t1 = 1`; off the path they are equal,
-//! so everything cancels. The value correction `V_CW` of level `i` makes the outputs of the side
-//! that leaves the path sum to `[x < alpha]` (1 when `alpha_i = 1` and `x_i = 0`).
+//! output group `Z_2` (so every `(-1)^t` sign of the paper disappears) and payload `beta = 1`,
+//! plus **early termination** (Boyle, Gilboa, Ishai, "Function Secret Sharing: Improvements and
+//! Extensions", CCS 2016, §3.2.1): the GGM tree has one level per input bit for the top
+//! `depth(n) = n - leaf_bits(n)` bits (most significant first, `leaf_bits(n) = min(n, 6)`), and a
+//! leaf covers the `2^leaf_bits` inputs that share those top bits with one 64-bit output word
+//! (bit `y` of it: the output at low bits `y`). Along the path of `alpha` the two parties' seeds
+//! differ and their control bits `t0 ^ t1 = 1`; off the path they are equal, so everything
+//! cancels. The value correction `V_CW` of level `i` makes the outputs of the side that leaves the
+//! path sum to `[x < alpha]` (1 when `alpha_i = 1` and `x_i = 0`); the leaf correction word
+//! `CW_leaf = Convert(s0) ^ Convert(s1) ^ [y < alpha_low]_y ^ (V0 ^ V1)` (a 64-bit vector over `y`)
+//! fixes the leaf on the path. `Convert(s)` = the high 64 bits of the 126-bit leaf seed (identity
+//! on part of a pseudorandom seed, as BGI16 allow for a group no larger than the seed).
 //!
 //! PRG: fixed-key AES-128 in Matyas-Meyer-Oseas style, `G_side(s) = AES_K(s | side) ^ (s | side)`
 //! (Guo, Katz, Wang, Yu, "Efficient and Secure Multiparty Computation from Fixed-Key Block
@@ -15,18 +22,26 @@
 //! where the CPU has it, detected at run time). A 128-bit block splits into a 126-bit seed (bits
 //! 2..127), the control bit `t` (bit 0) and the value bit `v` (bit 1); the two sides differ in bit
 //! 0 of the AES input. Evaluation follows one path, so it needs **one AES call per level**:
-//! `n` calls per evaluation (63 for the DReLU of a 64-bit ring element). Key generation needs
-//! `4n` calls per key pair. The leaf conversion is the identity on the seed (BGI16: for a
-//! `lambda`-bit group `Convert` may be the identity): its bit 2 is the leaf value.
+//! `depth(n)` calls per evaluation (29 for the 35-bit DCF of a 36-bit comparison ring, see
+//! [`crate::mpc::relu`]). Key generation needs `4 depth(n)` calls per key pair.
+//!
+//! What a key reveals: each party's key is its root seed and the correction words. Every seed
+//! correction word is `s0 ^ s1` of the children that leave the path, and the leaf word is masked
+//! by `Convert` of the on-path leaf seeds; one party knows only its own seeds, to which the other
+//! party's are pseudorandom (they come from the other root through the PRG), so one key alone is
+//! pseudorandom and says nothing about `alpha` (BGI16 / BCG+21 security argument, unchanged by
+//! early termination); the outputs are XOR shares, each uniform on its own.
 //!
 //! Keys: each party's key is its root seed (16 bytes, expanded by the party from its own dealer
 //! seed, never sent) plus the correction words, which are the **same for both parties**:
 //! per level one 128-bit word (seed correction in bits 2..127, `t_L` / `t_R` corrections in bits
-//! 0 / 1) and one bit `V_CW`; the `n` value bits and the final correction bit are packed in one
-//! u64. Wire size per key: `(2n + 1) * 8` bytes (1016 bytes for `n = 63`), see [`cw_words`].
-//! Layout of a batch: blocks of 64 consecutive keys (the last one shorter), level-major inside a
-//! block (level `i`, key `j`: words `2 (i m + j)`, `+1`; then the `m` packed value words), so
-//! that batched evaluation reads the correction words of one level contiguously.
+//! 0 / 1) and one bit `V_CW`; the `depth` value bits are packed in one u64, and the leaf
+//! correction is one u64. Wire size per key: `(2 depth(n) + 2) * 8` bytes (480 bytes for
+//! `n = 35`, 960 for `n = 63`), see [`cw_words`].
+//! Layout of a batch: blocks of 64 consecutive keys (the last one shorter, `m` keys), level-major
+//! inside a block (level `i`, key `j`: words `2 (i m + j)`, `+1`; then the `m` packed value words;
+//! then the `m` leaf words), so that batched evaluation reads the correction words of one level
+//! contiguously.
 
 use crate::error::{Error, Result};
 use aes::cipher::{BlockEncrypt, KeyInit};
@@ -34,9 +49,11 @@ use aes::{Aes128, Block};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Largest supported input width in bits (the value corrections of all levels and the final
-/// correction fit one u64).
+/// Largest supported input width in bits.
 pub const MAX_BITS: u32 = 63;
+
+/// Input bits resolved inside one leaf (early termination): a leaf's output is one u64 word.
+const LEAF_BITS: u32 = 6;
 
 /// The public fixed AES key of the PRG (the first 16 bytes of the fractional part of pi).
 const FIXED_KEY: [u8; 16] = [
@@ -57,9 +74,19 @@ fn cipher() -> &'static Aes128 {
     C.get_or_init(|| Aes128::new(&FIXED_KEY.into()))
 }
 
-/// u64 words of the correction words of one key of width `bits`: `2 * bits + 1`.
+/// Input bits resolved in the leaf for width `bits`: `min(bits, 6)`.
+fn leaf_bits(bits: u32) -> u32 {
+    bits.min(LEAF_BITS)
+}
+
+/// Tree levels (AES calls per evaluation) of a DCF of width `bits`: `bits - min(bits, 6)`.
+pub fn depth(bits: u32) -> u32 {
+    bits - leaf_bits(bits)
+}
+
+/// u64 words of the correction words of one key of width `bits`: `2 * depth(bits) + 2`.
 pub fn cw_words(bits: u32) -> usize {
-    2 * bits as usize + 1
+    2 * depth(bits) as usize + 2
 }
 
 /// Key bytes per element that travel from the dealer to each party: `8 * cw_words(bits)`.
@@ -90,12 +117,18 @@ fn from_block(b: &Block) -> u128 {
     u128::from_le_bytes((*b).into())
 }
 
+/// `Convert` of a leaf seed: its high 64 bits.
+#[inline]
+fn convert(s: u128) -> u64 {
+    (s >> 64) as u64
+}
+
 /// Dealer: the correction words of `alphas.len()` DCF key pairs for `f(x) = [x < alpha]` on
 /// `bits`-bit inputs, given the two parties' root seeds (one per element each, as from
 /// [`roots_from_bytes`]). Only the low `bits` bits of each alpha count.
 ///
-/// Returns `cw_words(bits) * n` u64s (layout in the module docs), the same for both parties. Cost: `4 * bits`
-/// AES calls per element.
+/// Returns `cw_words(bits) * n` u64s (layout in the module docs), the same for both parties.
+/// Cost: `4 * depth(bits)` AES calls per element.
 ///
 /// Errors: `InvalidArgument` for a width outside `1..=63` or slices of different lengths.
 pub fn gen(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128]) -> Result<Vec<u64>> {
@@ -118,18 +151,22 @@ pub fn gen(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128]) -> Resul
 fn gen_seg(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128], out: &mut [u64]) {
     let n = alphas.len();
     let stride = cw_words(bits);
+    let (levels, lb) = (depth(bits) as usize, leaf_bits(bits));
     let aes = cipher();
-    let mut blocks = vec![Block::default(); 4 * CHUNK];
-    let mut ins = vec![0u128; 4 * CHUNK];
+    let mut blocks = [Block::default(); 4 * CHUNK];
+    let mut ins = [0u128; 4 * CHUNK];
+    let (mut s0, mut s1) = ([0u128; CHUNK], [0u128; CHUNK]);
+    let (mut t0, mut t1) = ([0u128; CHUNK], [0u128; CHUNK]);
+    let (mut va, mut vbits) = ([0u64; CHUNK], [0u64; CHUNK]);
     for start in (0..n).step_by(CHUNK) {
         let m = CHUNK.min(n - start);
-        let mut s0: Vec<u128> = roots0[start..start + m].iter().map(|s| s & SEED_MASK).collect();
-        let mut s1: Vec<u128> = roots1[start..start + m].iter().map(|s| s & SEED_MASK).collect();
-        let mut t0 = vec![0u128; m];
-        let mut t1 = vec![1u128; m];
-        let mut va = vec![0u64; m];
-        let mut vbits = vec![0u64; m];
-        for i in 0..bits as usize {
+        let out = &mut out[start * stride..(start + m) * stride];
+        for j in 0..m {
+            s0[j] = roots0[start + j] & SEED_MASK;
+            s1[j] = roots1[start + j] & SEED_MASK;
+            (t0[j], t1[j], va[j], vbits[j]) = (0, 1, 0, 0);
+        }
+        for i in 0..levels {
             let pos = bits as usize - 1 - i;
             for j in 0..m {
                 ins[4 * j] = s0[j];
@@ -157,7 +194,7 @@ fn gen_seg(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128], out: &mu
                 let tr_cw = t(r0) ^ t(r1) ^ a as u128;
                 let t_keep_cw = if a == 0 { tl_cw } else { tr_cw };
                 let w = s_cw | tl_cw | (tr_cw << 1);
-                let o = start * stride + 2 * (i * m + j);
+                let o = 2 * (i * m + j);
                 out[o] = w as u64;
                 out[o + 1] = (w >> 64) as u64;
                 vbits[j] |= v_cw << i;
@@ -171,9 +208,12 @@ fn gen_seg(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128], out: &mu
             }
         }
         for j in 0..m {
-            let conv = |s: u128| ((s >> 2) & 1) as u64;
-            let last = va[j] ^ conv(s0[j]) ^ conv(s1[j]);
-            out[start * stride + 2 * bits as usize * m + j] = vbits[j] | (last << 63);
+            // [y < alpha_low] for every y of the leaf on alpha's path (alpha_low < 64).
+            let low = alphas[start + j] & ((1u64 << lb) - 1);
+            let below = (1u64 << low) - 1;
+            let leaf = convert(s0[j]) ^ convert(s1[j]) ^ below ^ va[j].wrapping_neg();
+            out[2 * levels * m + j] = vbits[j];
+            out[(2 * levels + 1) * m + j] = leaf;
         }
     }
 }
@@ -181,7 +221,7 @@ fn gen_seg(bits: u32, alphas: &[u64], roots0: &[u128], roots1: &[u128], out: &mu
 /// Party `party` (0 or 1): evaluates its DCF keys (root seeds `roots`, correction words `cws` as
 /// produced by [`gen`]) at the points `xs` (low `bits` bits). Returns the output bits packed
 /// 64 per u64 (bit `j % 64` of word `j / 64`); XOR with the other party's result gives
-/// `[x_j < alpha_j]`. Cost: `bits` AES calls per element.
+/// `[x_j < alpha_j]`. Cost: `depth(bits)` AES calls per element.
 ///
 /// Errors: `InvalidArgument` for a bad width or party, `Protocol` if `cws` does not hold
 /// `cw_words(bits) * xs.len()` words or `roots` has another length than `xs`.
@@ -213,6 +253,7 @@ pub fn eval(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64]) ->
 fn eval_seg(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64], out: &mut [u64]) {
     let n = xs.len();
     let stride = cw_words(bits);
+    let (levels, lb) = (depth(bits) as usize, leaf_bits(bits));
     let aes = cipher();
     let mut blocks = [Block::default(); CHUNK];
     let mut ins = [0u128; CHUNK];
@@ -222,24 +263,26 @@ fn eval_seg(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64], ou
     let mut vc = [0u64; CHUNK];
     for start in (0..n).step_by(CHUNK) {
         let m = CHUNK.min(n - start);
+        let cws = &cws[start * stride..(start + m) * stride];
+        let xs = &xs[start..start + m];
         for j in 0..m {
             s[j] = roots[start + j] & SEED_MASK;
             t[j] = party as u128;
             v[j] = 0;
-            vc[j] = cws[start * stride + 2 * bits as usize * m + j];
+            vc[j] = cws[2 * levels * m + j];
         }
-        for i in 0..bits as usize {
+        for i in 0..levels {
             let pos = bits as usize - 1 - i;
+            let lvl = &cws[2 * i * m..2 * (i + 1) * m];
             for j in 0..m {
-                ins[j] = s[j] | ((xs[start + j] >> pos) & 1) as u128;
+                ins[j] = s[j] | ((xs[j] >> pos) & 1) as u128;
                 blocks[j] = to_block(ins[j]);
             }
             aes.encrypt_blocks(&mut blocks[..m]);
             for j in 0..m {
                 let side = ins[j] & 1;
                 let mut g = from_block(&blocks[j]) ^ ins[j];
-                let o = start * stride + 2 * (i * m + j);
-                let w = cws[o] as u128 | ((cws[o + 1] as u128) << 64);
+                let w = lvl[2 * j] as u128 | ((lvl[2 * j + 1] as u128) << 64);
                 let vb = ((vc[j] >> i) & 1) as u128;
                 let corr = (w & SEED_MASK) | ((w >> side) & 1) | (vb << 1);
                 g ^= corr & t[j].wrapping_neg();
@@ -248,9 +291,11 @@ fn eval_seg(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64], ou
                 s[j] = g & SEED_MASK;
             }
         }
+        let leaf_cw = &cws[(2 * levels + 1) * m..(2 * levels + 2) * m];
         for j in 0..m {
-            let fin = vc[j] >> 63;
-            let bit = v[j] ^ ((s[j] >> 2) & 1) as u64 ^ (fin & t[j] as u64);
+            let leaf = convert(s[j]) ^ (leaf_cw[j] & (t[j] as u64).wrapping_neg());
+            let y = xs[j] & ((1u64 << lb) - 1);
+            let bit = v[j] ^ ((leaf >> y) & 1);
             out[(start + j) / 64] |= bit << ((start + j) % 64);
         }
     }
@@ -338,7 +383,7 @@ mod tests {
             assert!(band.contains(&(ones as usize)), "party {p}: {ones} ones");
         }
         // Seed correction words: bit 20 of the level-0 and level-40 words (low halves).
-        let layout = |j: usize, lvl: usize| (j / 64) * 64 * 127 + 2 * (lvl * 64 + j % 64);
+        let layout = |j: usize, lvl: usize| (j / 64) * 64 * cw_words(63) + 2 * (lvl * 64 + j % 64);
         for lvl in [0usize, 40] {
             let ones = (0..n).filter(|j| (cw[layout(*j, lvl)] >> 20) & 1 == 1).count();
             assert!(band.contains(&ones), "level {lvl}: {ones}");
@@ -349,12 +394,34 @@ mod tests {
     }
 
     #[test]
+    fn fss_dcf_exhaustive_small_widths() {
+        // Every point of the domain, for widths below, at and above the leaf size (6 bits), and
+        // alphas at the ends and inside a leaf.
+        for bits in [1u32, 2, 5, 6, 7, 9] {
+            let size = 1u64 << bits;
+            for alpha in [0, 1, size / 2, size / 2 + 1, size - 1, 37 % size] {
+                let xs: Vec<u64> = (0..size).collect();
+                check(bits, &vec![alpha; xs.len()], &xs, alpha + 10 * bits as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn fss_dcf_key_sizes() {
+        assert_eq!(depth(35), 29);
+        assert_eq!(cw_words(35), 60);
+        assert_eq!(key_bytes(35), 480);
+        assert_eq!((depth(6), cw_words(6)), (0, 2));
+        assert_eq!((depth(63), cw_words(63)), (57, 116));
+    }
+
+    #[test]
     fn fss_dcf_rejects_bad_input() {
         assert!(gen(0, &[1], &[0], &[0]).is_err());
         assert!(gen(64, &[1], &[0], &[0]).is_err());
         assert!(gen(8, &[1], &[0], &[]).is_err());
         assert!(matches!(eval(0, 8, &[0], &[0; 3], &[1]), Err(Error::Protocol(_))));
-        assert!(eval(2, 8, &[0], &[0; 17], &[1]).is_err());
+        assert!(eval(2, 8, &[0], &[0; 6], &[1]).is_err());
     }
 }
 
@@ -371,7 +438,8 @@ mod bench {
     }
 
     /// `RAYON_NUM_THREADS=1 cargo test --release -p polypi-core --lib fss_bench -- --ignored
-    /// --nocapture`: CPU ns per element of gen and eval, and of the bare AES calls of one eval.
+    /// --nocapture`: CPU ns per element of gen and eval at the width of the ReLU comparison
+    /// ([`crate::mpc::relu::RING_BITS`]` - 1`), and of the bare AES calls of one eval.
     #[test]
     #[ignore]
     fn fss_bench() {
@@ -379,22 +447,23 @@ mod bench {
         let r0: Vec<u128> = (0..n as u128).map(|i| (i * 0x9e3779b97f4a7c15) << 2).collect();
         let r1: Vec<u128> = (0..n as u128).map(|i| (i * 0x7f4a7c159e3779b9 + 5) << 2).collect();
         let a: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) >> 1).collect();
+        let bits = crate::mpc::relu::RING_BITS - 1;
         let c = cpu_s();
-        let cw = gen(63, &a, &r0, &r1).unwrap();
+        let cw = gen(bits, &a, &r0, &r1).unwrap();
         let g = cpu_s() - c;
         let c = cpu_s();
-        let y = eval(0, 63, &r0, &cw, &a).unwrap();
+        let y = eval(0, bits, &r0, &cw, &a).unwrap();
         let e = cpu_s() - c;
         let aes = cipher();
         let mut blocks = vec![Block::default(); CHUNK];
         let c = cpu_s();
-        for _ in 0..(n / CHUNK) * 63 {
+        for _ in 0..(n / CHUNK) * depth(bits) as usize {
             aes.encrypt_blocks(&mut blocks);
         }
         let raw = cpu_s() - c;
         let per = |t: f64| t * 1e9 / n as f64;
         println!(
-            "n {n}: CPU gen {:.0} ns/elem, eval {:.0} ns/elem, bare AES of an eval {:.0} ns/elem [{}]",
+            "n {n}, {bits} bits: CPU gen {:.0} ns/elem, eval {:.0} ns/elem, bare AES of an eval {:.0} ns/elem [{}]",
             per(g),
             per(e),
             per(raw),

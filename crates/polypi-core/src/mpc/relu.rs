@@ -1,32 +1,49 @@
-//! Secure DReLU, ReLU and MaxPool over `Z_2^64` with dealer-generated FSS keys (design.md §4),
-//! in the style of the dealer-model protocols of SIGMA (Gupta et al., PETS 2024, §4) / LLAMA
-//! (Gupta et al., PETS 2022), on the DCF of [`crate::mpc::fss`].
+//! Secure DReLU, ReLU and MaxPool with dealer-generated FSS keys (design.md §4), in the style of
+//! the dealer-model protocols of SIGMA (Gupta et al., PETS 2024, §4) / LLAMA (Gupta et al., PETS
+//! 2022), on the DCF of [`crate::mpc::fss`].
+//!
+//! **Comparison ring and its bound.** Shares live in `Z_2^64`, but the sign is computed on the
+//! low `l` bits only (`l` = [`RING_BITS`] = 36 in the engine; every function takes it as `bits`,
+//! `2..=64`): the shares reduced mod `2^l` sum to `x mod 2^l` locally, so DReLU on `Z_2^l` is
+//! exact whenever **`-2^(l-1) <= x < 2^(l-1)`** (ring units; with `f = 16` frac bits and
+//! `l = 36`: `|x| < 2^19 = 524288` in real units). Outside that range the result is wrong (the
+//! sign of `x mod 2^l`); no party can see it, so the plan's range check must keep ReLU inputs and
+//! max-pool differences inside. The selection step stays on the full 64-bit ring: ReLU and
+//! MaxPool outputs are exact within the bound.
 //!
 //! **Correlated randomness (per element).** A mask `r = r0 + r1` (each `r_b` expanded by party `b`
-//! from its own seed); a random bit `rd = rd0 ^ rd1` (likewise); DCF keys for `alpha = r mod 2^63`
-//! (root seeds expanded by each party, correction words from the dealer to both); XOR shares
-//! `c0 ^ c1 = MSB(r) ^ rd`; arithmetic shares of `rd` and of `r * rd`. The server expands all its
-//! shares; the client receives `c1`, `rd - a0` and `r*rd - p0` from the dealer.
+//! from its own seed); a random bit `rd = rd0 ^ rd1` (likewise); DCF keys for
+//! `alpha = r mod 2^(l-1)` (root seeds expanded by each party, correction words from the dealer to
+//! both); XOR shares `c0 ^ c1 = r_{l-1} ^ rd` (bit `l-1` of `r`); arithmetic shares of `rd` and of
+//! `r * rd`. The server expands all its shares; the client receives `c1`, `rd - a0` and
+//! `r*rd - p0` from the dealer.
 //!
 //! **Online, 2 rounds.**
 //! 1. Both open `x^ = x + r` (one simultaneous exchange of one ring element each).
-//! 2. Sign (Boyle et al., Eurocrypt 2021, §4.1: MSB from a comparison of the low 63 bits):
-//!    `MSB(x) = MSB(x^) ^ MSB(r) ^ [x^ mod 2^63 < r mod 2^63]`, so each party evaluates its DCF key
-//!    at `x^ mod 2^63` and gets an XOR share of `d^ = DReLU(x) ^ rd` (DReLU = 1 - MSB). Both open
-//!    `d^` (one bit each, packed 64 per word).
+//! 2. Sign (Boyle et al., Eurocrypt 2021, §4.1: MSB from a comparison of the lower bits), on
+//!    `Z_2^l`: `MSB_l(x) = x^_{l-1} ^ r_{l-1} ^ [x^ mod 2^(l-1) < r mod 2^(l-1)]`, so each party
+//!    evaluates its DCF key at `x^ mod 2^(l-1)` and gets an XOR share of `d^ = DReLU(x) ^ rd`
+//!    (DReLU = 1 - MSB). Both open `d^` (one bit each, packed 64 per word).
 //! 3. Select: with `d = d^ + (1 - 2 d^) rd`, `ReLU(x) = (x^ - r) d` is linear in the shares of `r`,
 //!    `rd`, `r*rd` given the public `x^, d^`: no truncation, exact.
 //!
-//! Online bytes per element: 8 + 1/8 each way (16.25 both ways); 2 rounds. Dealer: `key_bytes(63)`
-//! = 1016 bytes to each party + 16 bytes + 1 bit more to the client (2048.1 bytes per element).
-//! DCF work: 63 AES calls per element and party online; 252 at the dealer.
+//! **What each party learns: nothing.** It sees `x^ = x + r` (uniform, `r` unknown to it), `d^ =
+//! DReLU(x) ^ rd` (a uniform bit, `rd` unknown to it) and its own DCF key, which alone is
+//! pseudorandom ([`crate::mpc::fss`]); the dealer sees no input. The bound above is a
+//! correctness condition only: a value outside it gives a wrong result, not a leak.
+//!
+//! **Costs per element** (`l = 36`, DCF width 35, [`fss::depth`] 29 levels): online 8 + 1/8
+//! bytes each way (16.25 both ways), 2 rounds per layer. Dealer: [`fss::key_bytes`]`(l - 1)` =
+//! 480 bytes to each party + 16 bytes + 1 bit more to the client (976.1 bytes per element; it
+//! was 2048.1 with a 63-bit comparison without early termination). DCF work: 29 AES calls per
+//! element and party online; 116 at the dealer.
 //!
 //! **DReLU alone** ([`drelu`]): 1 round (step 1), XOR shares `d^_b ^ rd_b`.
 //!
 //! **MaxPool** ([`maxpool`]): a tree of `max(a, b) = b + ReLU(a - b)` over the valid elements of
 //! each window (padding is -inf: left out), one ReLU batch per level, `ceil(log2(k*k))` levels
-//! (2 for 2x2, 4 for 3x3): 2 rounds per level. Exact as long as `a - b` does not overflow,
-//! i.e. for values in `[-2^62, 2^62)`.
+//! (2 for 2x2, 4 for 3x3): 2 rounds per level. Exact as long as every difference `a - b` is
+//! inside the bound above.
 
 use super::fss;
 use crate::error::{Error, Result};
@@ -34,9 +51,22 @@ use crate::net::{exchange_ring, recv_ring, send_ring, Channel};
 use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha20Rng;
 
-/// Width of the comparison (the low 63 bits of a ring element).
-const BITS: u32 = 63;
-const LOW: u64 = (1u64 << 63) - 1;
+/// Width `l` in bits of the comparison ring `Z_2^l` the engine uses for DReLU / ReLU / MaxPool:
+/// exact for inputs (and max-pool differences) in `[-2^35, 2^35)` ring units, i.e. `|x| < 2^19`
+/// in real units at 16 frac bits (see the module docs).
+pub const RING_BITS: u32 = 36;
+
+fn check_bits(bits: u32) -> Result<()> {
+    if !(2..=64).contains(&bits) {
+        return Err(Error::InvalidArgument(format!("comparison ring width {bits} not in 2..=64")));
+    }
+    Ok(())
+}
+
+/// `2^(bits-1) - 1`: the low `bits - 1` bits, the DCF's input.
+fn low_mask(bits: u32) -> u64 {
+    (1u64 << (bits - 1)) - 1
+}
 
 fn words(n: usize) -> usize {
     n.div_ceil(64)
@@ -91,10 +121,12 @@ fn draw(rng: &mut ChaCha20Rng, party: usize, n: usize) -> Drawn {
 }
 
 /// One party's correlated randomness for one batch of `n` secure comparisons (one ReLU layer,
-/// or one level of a max-pool tree). Memory: about `1016 + 40` bytes per element.
+/// or one level of a max-pool tree) on the ring `Z_2^bits`. Memory: about
+/// `fss::key_bytes(bits - 1) + 40` bytes per element (520 for `bits = 36`).
 #[derive(Clone)]
 pub struct ReluMaterial {
     n: usize,
+    bits: u32,
     r: Vec<u64>,
     roots: Vec<u128>,
     cws: Vec<u64>,
@@ -107,7 +139,7 @@ pub struct ReluMaterial {
 impl std::fmt::Debug for ReluMaterial {
     /// Never prints the secret shares.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReluMaterial {{ n: {}, .. }}", self.n)
+        write!(f, "ReluMaterial {{ n: {}, bits: {}, .. }}", self.n, self.bits)
     }
 }
 
@@ -123,39 +155,45 @@ impl ReluMaterial {
     }
 }
 
-/// Words the dealer sends to the server for `n` comparisons: the DCF correction words.
-pub fn server_words(n: usize) -> usize {
-    n * fss::cw_words(BITS)
+/// Words the dealer sends to the server for `n` comparisons on `Z_2^bits`: the DCF correction
+/// words (`fss::cw_words(bits - 1)` per comparison; 0 for a width outside `2..=64`).
+pub fn server_words(n: usize, bits: u32) -> usize {
+    if check_bits(bits).is_err() {
+        return 0;
+    }
+    n * fss::cw_words(bits - 1)
 }
 
-/// Words the dealer sends to the client for `n` comparisons: `c1` (packed), `a1`, `p1`, then
-/// the DCF correction words.
-pub fn client_words(n: usize) -> usize {
-    words(n) + 2 * n + server_words(n)
+/// Words the dealer sends to the client for `n` comparisons on `Z_2^bits`: `c1` (packed), `a1`,
+/// `p1`, then the DCF correction words.
+pub fn client_words(n: usize, bits: u32) -> usize {
+    words(n) + 2 * n + server_words(n, bits)
 }
 
-/// Dealer: the material of one level of `n` comparisons. `rng0` / `rng1` are the server's and
-/// the client's stream (the same streams the parties pass to [`receive`]); returns the message
-/// for the server and the message for the client (send each with `send_ring`). Sizes:
-/// [`server_words`], [`client_words`].
+/// Dealer: the material of one level of `n` comparisons on `Z_2^bits`. `rng0` / `rng1` are the
+/// server's and the client's stream (the same streams the parties pass to [`receive`]); returns
+/// the message for the server and the message for the client (send each with `send_ring`).
+/// Sizes: [`server_words`], [`client_words`].
 ///
-/// Errors: none in practice (propagates [`fss::gen`]'s argument checks).
+/// Errors: `InvalidArgument` for a width outside `2..=64`.
 pub fn deal(
     rng0: &mut ChaCha20Rng,
     rng1: &mut ChaCha20Rng,
     n: usize,
+    bits: u32,
 ) -> Result<(Vec<u64>, Vec<u64>)> {
+    check_bits(bits)?;
     let d0 = draw(rng0, 0, n);
     let d1 = draw(rng1, 1, n);
     let r: Vec<u64> = d0.r.iter().zip(&d1.r).map(|(a, b)| a.wrapping_add(*b)).collect();
-    let alphas: Vec<u64> = r.iter().map(|v| v & LOW).collect();
-    let cws = fss::gen(BITS, &alphas, &d0.roots, &d1.roots)?;
+    let alphas: Vec<u64> = r.iter().map(|v| v & low_mask(bits)).collect();
+    let cws = fss::gen(bits - 1, &alphas, &d0.roots, &d1.roots)?;
     let rd: Vec<u64> = d0.rd.iter().zip(&d1.rd).map(|(a, b)| a ^ b).collect();
     let mut msb = vec![0u64; words(n)];
     for (j, v) in r.iter().enumerate() {
-        msb[j / 64] |= (v >> 63) << (j % 64);
+        msb[j / 64] |= ((v >> (bits - 1)) & 1) << (j % 64);
     }
-    let mut client = Vec::with_capacity(client_words(n));
+    let mut client = Vec::with_capacity(client_words(n, bits));
     client.extend(d0.c.iter().zip(&msb).zip(&rd).map(|((c, m), d)| c ^ m ^ d));
     client.extend(d0.a.iter().enumerate().map(|(j, a)| get_bit(&rd, j).wrapping_sub(*a)));
     client.extend(
@@ -169,21 +207,26 @@ pub fn deal(
 }
 
 /// Party `party` (0 = server, 1 = client), offline: expands its share of one level of `n`
-/// comparisons from `rng` (its seed's stream, drawn in the same order as the dealer) and receives
-/// the dealer's message from `dealer` ([`server_words`] or [`client_words`] ring elements).
+/// comparisons on `Z_2^bits` from `rng` (its seed's stream, drawn in the same order as the
+/// dealer) and receives the dealer's message from `dealer` ([`server_words`] or
+/// [`client_words`] ring elements).
 ///
-/// Errors: `Protocol` if the dealer's message has another length; peer errors.
+/// Errors: `InvalidArgument` for a width outside `2..=64`; `Protocol` if the dealer's message has
+/// another length; peer errors.
 pub fn receive(
     party: usize,
     rng: &mut ChaCha20Rng,
     n: usize,
+    bits: u32,
     dealer: &mut dyn Channel,
 ) -> Result<ReluMaterial> {
+    check_bits(bits)?;
     let d = draw(rng, party, n);
     if party == 0 {
-        let cws = recv_ring(dealer, server_words(n))?;
+        let cws = recv_ring(dealer, server_words(n, bits))?;
         return Ok(ReluMaterial {
             n,
+            bits,
             r: d.r,
             roots: d.roots,
             cws,
@@ -193,14 +236,14 @@ pub fn receive(
             p: d.p,
         });
     }
-    let mut msg = recv_ring(dealer, client_words(n))?;
+    let mut msg = recv_ring(dealer, client_words(n, bits))?;
     let w = words(n);
     let cws = msg.split_off(w + 2 * n);
     let p = msg.split_off(w + n);
     let a = msg.split_off(w);
     let mut c = msg;
     clear_tail(&mut c, n);
-    Ok(ReluMaterial { n, r: d.r, roots: d.roots, cws, rd: d.rd, c, a, p })
+    Ok(ReluMaterial { n, bits, r: d.r, roots: d.roots, cws, rd: d.rd, c, a, p })
 }
 
 fn check_len(m: &ReluMaterial, x: &[u64]) -> Result<()> {
@@ -226,15 +269,16 @@ fn open_and_compare(
     let mine: Vec<u64> = x.iter().zip(&m.r).map(|(a, b)| a.wrapping_add(*b)).collect();
     let theirs = exchange_ring(peer, &mine)?;
     let xh: Vec<u64> = mine.iter().zip(&theirs).map(|(a, b)| a.wrapping_add(*b)).collect();
-    let lows: Vec<u64> = xh.iter().map(|v| v & LOW).collect();
-    let mut d = fss::eval(party, BITS, &m.roots, &m.cws, &lows)?;
+    let bits = m.bits;
+    let lows: Vec<u64> = xh.iter().map(|v| v & low_mask(bits)).collect();
+    let mut d = fss::eval(party, bits - 1, &m.roots, &m.cws, &lows)?;
     for (w, c) in d.iter_mut().zip(&m.c) {
         *w ^= c;
     }
     if party == 0 {
-        // 1 ^ MSB(x^), public: added by the server only.
+        // 1 ^ x^_{l-1}, public: added by the server only.
         for (j, v) in xh.iter().enumerate() {
-            d[j / 64] ^= (!v >> 63) << (j % 64);
+            d[j / 64] ^= ((!v >> (bits - 1)) & 1) << (j % 64);
         }
     }
     clear_tail(&mut d, m.n);
@@ -242,7 +286,8 @@ fn open_and_compare(
 }
 
 /// Online DReLU: XOR shares (packed 64 per word, bit `j % 64` of word `j / 64`) of
-/// `DReLU(x_j) = [x_j >= 0]` (signed), from this party's shares `x`. 1 round: one ring element
+/// `DReLU(x_j) = [x_j >= 0]` (signed), from this party's shares `x`; exact for
+/// `-2^(l-1) <= x_j < 2^(l-1)` (`l` = the material's ring width). 1 round: one ring element
 /// each way per element. Consumes `m` (one-time material).
 ///
 /// Errors: `InvalidArgument` if `m` does not fit `x`; `Protocol` for a peer message of the wrong
@@ -260,8 +305,9 @@ pub fn drelu(
     Ok(d)
 }
 
-/// Online ReLU: this party's additive shares of `max(x_j, 0)` (signed), exact. 2 rounds; per
-/// element 8 + 1/8 bytes each way. `m` must serve `x.len()` elements and is used once.
+/// Online ReLU: this party's additive shares of `max(x_j, 0)` (signed), exact for
+/// `-2^(l-1) <= x_j < 2^(l-1)` (`l` = the material's ring width). 2 rounds; per element
+/// 8 + 1/8 bytes each way. `m` must serve `x.len()` elements and is used once.
 ///
 /// Errors: `InvalidArgument` if `m` does not fit `x`; `Protocol` for a peer message of the wrong
 /// length; peer errors.
@@ -435,18 +481,20 @@ pub fn maxpool(
 }
 
 /// Dealer helper: deals and sends the material of every level (`sizes`, e.g. `[n]` for a ReLU
-/// layer or [`pool_levels`] for a max-pool) to the server and the client, flushing both.
+/// layer or [`pool_levels`] for a max-pool) on `Z_2^bits` to the server and the client,
+/// flushing both.
 ///
-/// Errors: peer errors.
+/// Errors: `InvalidArgument` for a width outside `2..=64`; peer errors.
 pub fn deal_and_send(
     rng0: &mut ChaCha20Rng,
     rng1: &mut ChaCha20Rng,
     sizes: &[usize],
+    bits: u32,
     server: &mut dyn Channel,
     client: &mut dyn Channel,
 ) -> Result<()> {
     for &n in sizes {
-        let (m0, m1) = deal(rng0, rng1, n)?;
+        let (m0, m1) = deal(rng0, rng1, n, bits)?;
         send_ring(server, &m0)?;
         send_ring(client, &m1)?;
     }
@@ -465,10 +513,11 @@ mod tests {
         v as i64
     }
 
-    /// Runs `f(party, material, shares, channel)` for both parties on secret `xs`; the dealer
-    /// sends over in-memory channels. Returns both parties' outputs.
+    /// Runs `f(party, material, shares, channel)` for both parties on secret `xs`, comparisons
+    /// on `Z_2^bits`; the dealer sends over in-memory channels. Returns both parties' outputs.
     fn run2<T: Send>(
         sizes: &[usize],
+        bits: u32,
         xs: &[u64],
         seed: u64,
         f: impl Fn(usize, Vec<ReluMaterial>, Vec<u64>, &mut dyn Channel) -> T + Sync,
@@ -483,14 +532,17 @@ mod tests {
             &mut ChaCha20Rng::seed_from_u64(s0),
             &mut ChaCha20Rng::seed_from_u64(s1),
             sizes,
+            bits,
             &mut ds,
             &mut dc,
         )
         .unwrap();
         let mut r0 = ChaCha20Rng::seed_from_u64(s0);
         let mut r1 = ChaCha20Rng::seed_from_u64(s1);
-        let m0: Vec<_> = sizes.iter().map(|&n| receive(0, &mut r0, n, &mut sd).unwrap()).collect();
-        let m1: Vec<_> = sizes.iter().map(|&n| receive(1, &mut r1, n, &mut cd).unwrap()).collect();
+        let m0: Vec<_> =
+            sizes.iter().map(|&n| receive(0, &mut r0, n, bits, &mut sd).unwrap()).collect();
+        let m1: Vec<_> =
+            sizes.iter().map(|&n| receive(1, &mut r1, n, bits, &mut cd).unwrap()).collect();
         let (mut a, mut b) = mem_pair();
         std::thread::scope(|s| {
             let f = &f;
@@ -498,6 +550,11 @@ mod tests {
             let y1 = f(1, m1, share1, &mut b);
             (h.join().unwrap(), y1)
         })
+    }
+
+    /// `v` sign-extended from its low `bits` bits: a value inside `[-2^(bits-1), 2^(bits-1))`.
+    fn in_range(v: u64, bits: u32) -> u64 {
+        (((v << (64 - bits)) as i64) >> (64 - bits)) as u64
     }
 
     fn interesting() -> impl Strategy<Value = u64> {
@@ -510,39 +567,93 @@ mod tests {
         ]
     }
 
+    /// `raw` brought inside the range of width `bits`, plus the range's ends.
+    fn inputs(raw: &[u64], bits: u32) -> Vec<u64> {
+        let half = 1u64 << (bits - 1);
+        let ends = [half.wrapping_neg(), half.wrapping_neg() + 1, half - 1, half - 2, 0];
+        raw.iter().map(|v| in_range(*v, bits)).chain(ends).collect()
+    }
+
+    /// The engine's width, the full ring, or any other.
+    fn width() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(RING_BITS), Just(64u32), 2u32..=64]
+    }
+
+    fn relu_twin(x: u64) -> u64 {
+        if signed(x) < 0 {
+            0
+        } else {
+            x
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
-        fn relu_matches_twin(xs in prop::collection::vec(interesting(), 1..300), seed in any::<u64>()) {
-            let (y0, y1) = run2(&[xs.len()], &xs, seed, |p, m, x, ch| relu(p, &m[0], &x, ch).unwrap());
+        fn relu_matches_twin(
+            raw in prop::collection::vec(interesting(), 1..300),
+            bits in width(),
+            seed in any::<u64>(),
+        ) {
+            let xs = inputs(&raw, bits);
+            let (y0, y1) =
+                run2(&[xs.len()], bits, &xs, seed, |p, m, x, ch| relu(p, &m[0], &x, ch).unwrap());
             for (j, x) in xs.iter().enumerate() {
-                let want = if signed(*x) < 0 { 0 } else { *x };
-                prop_assert_eq!(y0[j].wrapping_add(y1[j]), want, "x = {}", signed(*x));
+                prop_assert_eq!(y0[j].wrapping_add(y1[j]), relu_twin(*x), "x = {}", signed(*x));
             }
         }
 
         #[test]
-        fn relu_drelu_matches_twin(xs in prop::collection::vec(interesting(), 1..200), seed in any::<u64>()) {
-            let (d0, d1) = run2(&[xs.len()], &xs, seed, |p, m, x, ch| drelu(p, &m[0], &x, ch).unwrap());
+        fn relu_drelu_matches_twin(
+            raw in prop::collection::vec(interesting(), 1..200),
+            bits in width(),
+            seed in any::<u64>(),
+        ) {
+            let xs = inputs(&raw, bits);
+            let (d0, d1) =
+                run2(&[xs.len()], bits, &xs, seed, |p, m, x, ch| drelu(p, &m[0], &x, ch).unwrap());
             for (j, x) in xs.iter().enumerate() {
                 prop_assert_eq!(get_bit(&d0, j) ^ get_bit(&d1, j), (signed(*x) >= 0) as u64);
+            }
+        }
+
+        /// The engine's bound: values just inside `[-2^(l-1), 2^(l-1))` (l = RING_BITS) are exact,
+        /// whatever the (uniform) shares.
+        #[test]
+        fn relu_exact_just_inside_the_bound(
+            ks in prop::collection::vec((0u64..64, any::<bool>()), 1..64),
+            seed in any::<u64>(),
+        ) {
+            let half = 1u64 << (RING_BITS - 1);
+            let xs: Vec<u64> = ks
+                .iter()
+                .map(|&(k, neg)| if neg { half.wrapping_neg().wrapping_add(k) } else { half - 1 - k })
+                .collect();
+            let (y0, y1) = run2(&[xs.len()], RING_BITS, &xs, seed, |p, m, x, ch| {
+                relu(p, &m[0], &x, ch).unwrap()
+            });
+            for (j, x) in xs.iter().enumerate() {
+                prop_assert_eq!(y0[j].wrapping_add(y1[j]), relu_twin(*x), "x = {}", signed(*x));
             }
         }
 
         #[test]
         fn relu_maxpool_matches_twin(
             n in 1usize..3, c in 1usize..3, h in 1usize..8, w in 1usize..8,
-            cfg in 0usize..3, seed in any::<u64>(),
+            cfg in 0usize..3, seed in any::<u64>(), wide in any::<bool>(),
             vals in prop::collection::vec(-(1i64 << 61)..(1i64 << 61), 3 * 2 * 8 * 8),
         ) {
             let (k, s, p) = [(2, 2, 0), (3, 2, 1), (3, 1, 1)][cfg];
             prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
+            // Differences stay inside the bound: values in [-2^(l-2), 2^(l-2)).
+            let bits = if wide { 64 } else { RING_BITS };
             let shape = [n, c, h, w];
-            let xs: Vec<u64> = vals[..n * c * h * w].iter().map(|v| *v as u64).collect();
+            let xs: Vec<u64> =
+                vals[..n * c * h * w].iter().map(|v| in_range(*v as u64, bits - 1)).collect();
             let (_, win) = pool_windows(&shape, k, s, p).unwrap();
             let sizes = pool_levels(win.iter().map(|v| v.len()));
             prop_assert_eq!(&pool_sizes(&shape, (k, s, p)).unwrap().1, &sizes);
-            let (y0, y1) = run2(&sizes, &xs, seed, |pa, m, x, ch| {
+            let (y0, y1) = run2(&sizes, bits, &xs, seed, |pa, m, x, ch| {
                 maxpool(pa, &m, &x, &shape, (k, s, p), ch).unwrap().1
             });
             for (o, v) in win.iter().enumerate() {
@@ -553,23 +664,37 @@ mod tests {
     }
 
     #[test]
+    fn relu_outside_the_bound_is_the_sign_mod_2l() {
+        // Documented behaviour, not a leak: past the bound the sign is that of x mod 2^l.
+        let half = 1i64 << (RING_BITS - 1);
+        let xs: Vec<u64> = [half, -half - 1, 3 * half].iter().map(|v| *v as u64).collect();
+        let (d0, d1) =
+            run2(&[3], RING_BITS, &xs, 5, |p, m, x, ch| drelu(p, &m[0], &x, ch).unwrap());
+        let got: Vec<u64> = (0..3).map(|j| get_bit(&d0, j) ^ get_bit(&d1, j)).collect();
+        assert_eq!(got, vec![0, 1, 0]);
+    }
+
+    #[test]
     fn relu_edges_and_costs() {
-        let xs: Vec<u64> = [0i64, 1, -1, 65536, -65536, 1 << 40, -(1 << 40), i64::MAX, i64::MIN]
-            .iter()
-            .map(|v| *v as u64)
-            .collect();
-        let (y0, y1) = run2(&[xs.len()], &xs, 3, |p, m, x, ch| {
+        let xs: Vec<u64> =
+            [0i64, 1, -1, 65536, -65536, 1 << 34, -(1 << 34), (1 << 35) - 1, -(1 << 35)]
+                .iter()
+                .map(|v| *v as u64)
+                .collect();
+        let (y0, y1) = run2(&[xs.len()], RING_BITS, &xs, 3, |p, m, x, ch| {
             let y = relu(p, &m[0], &x, ch).unwrap();
             (y, ch.stats())
         });
         for (j, x) in xs.iter().enumerate() {
-            let want = if signed(*x) < 0 { 0 } else { *x };
-            assert_eq!(y0.0[j].wrapping_add(y1.0[j]), want);
+            assert_eq!(y0.0[j].wrapping_add(y1.0[j]), relu_twin(*x));
         }
         // 2 rounds; 9 ring elements + 1 packed word each way.
         assert_eq!(y0.1.send_phases, 2);
         assert_eq!(y0.1.bytes_sent, 8 * 9 + 8);
-        assert_eq!(client_words(9), 1 + 18 + 9 * 127);
+        // Dealer: 60 words of DCF key per element (29 levels), to both; + c1, a1, p1.
+        assert_eq!(server_words(9, RING_BITS), 9 * 60);
+        assert_eq!(client_words(9, RING_BITS), 1 + 18 + 9 * 60);
+        assert_eq!(client_words(9, 64), 1 + 18 + 9 * 116);
     }
 
     #[test]
@@ -577,14 +702,21 @@ mod tests {
         let (mut a, mut b) = mem_pair();
         send_ring(&mut a, &[1, 2, 3]).unwrap();
         let mut r = ChaCha20Rng::seed_from_u64(1);
-        assert!(matches!(receive(1, &mut r, 2, &mut b), Err(Error::Protocol(_))));
+        assert!(matches!(receive(1, &mut r, 2, RING_BITS, &mut b), Err(Error::Protocol(_))));
+        for bad in [0, 1, 65] {
+            let mut r = ChaCha20Rng::seed_from_u64(1);
+            assert!(matches!(receive(0, &mut r, 2, bad, &mut b), Err(Error::InvalidArgument(_))));
+            let mut r2 = ChaCha20Rng::seed_from_u64(2);
+            let mut r = ChaCha20Rng::seed_from_u64(1);
+            assert!(matches!(deal(&mut r, &mut r2, 2, bad), Err(Error::InvalidArgument(_))));
+        }
         let m = {
             let (mut ds, mut sd) = mem_pair();
             let (mut dc, _cd) = mem_pair();
             let mut g0 = ChaCha20Rng::seed_from_u64(1);
             let mut g1 = ChaCha20Rng::seed_from_u64(2);
-            deal_and_send(&mut g0, &mut g1, &[2], &mut ds, &mut dc).unwrap();
-            receive(0, &mut ChaCha20Rng::seed_from_u64(1), 2, &mut sd).unwrap()
+            deal_and_send(&mut g0, &mut g1, &[2], RING_BITS, &mut ds, &mut dc).unwrap();
+            receive(0, &mut ChaCha20Rng::seed_from_u64(1), 2, RING_BITS, &mut sd).unwrap()
         };
         assert!(matches!(relu(0, &m, &[1, 2, 3], &mut a), Err(Error::InvalidArgument(_))));
         // The peer answers the opening with one element too few.
@@ -625,13 +757,14 @@ mod bench {
             &mut ChaCha20Rng::seed_from_u64(7),
             &mut ChaCha20Rng::seed_from_u64(8),
             &[n],
+            RING_BITS,
             &mut ds,
             &mut dc,
         )
         .unwrap();
         let deal = (w0.elapsed().as_secs_f64(), cpu_s() - c0);
-        let m0 = receive(0, &mut ChaCha20Rng::seed_from_u64(7), n, &mut sd).unwrap();
-        let m1 = receive(1, &mut ChaCha20Rng::seed_from_u64(8), n, &mut cd).unwrap();
+        let m0 = receive(0, &mut ChaCha20Rng::seed_from_u64(7), n, RING_BITS, &mut sd).unwrap();
+        let m1 = receive(1, &mut ChaCha20Rng::seed_from_u64(8), n, RING_BITS, &mut cd).unwrap();
         let (mut a, mut b) = mem_pair();
         let (c0, w0) = (cpu_s(), std::time::Instant::now());
         let (y0, y1) = std::thread::scope(|s| {
