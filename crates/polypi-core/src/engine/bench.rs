@@ -73,6 +73,47 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Memory the dealer's correlated randomness of one inference takes while it is held, as a
+/// multiple of its size: the dealer's copy, the parties' received copies and their expanded
+/// forms (measured: peak RSS / dealer bytes was 1.8-2.3 on NET-C and NET-R18 with ReLU).
+const DEALER_MEMORY_FACTOR: f64 = 2.5;
+
+/// Memory this machine has available now (`MemAvailable` of /proc/meminfo), bytes; None where
+/// /proc is unavailable.
+pub fn available_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses, before anything runs, an inference of `batch` samples whose correlated randomness
+/// (mostly the FSS comparison keys of ReLU / MaxPool layers, exact size from
+/// [`crate::cost::count`]) would not fit in the memory available now: the estimate is
+/// `2.5 x dealer bytes + 64 MiB`, compared with `MemAvailable`. Without the check such a run is
+/// killed by the OS (NET-C ReLU at batch 32 needed over 17 GB).
+/// Errors: `InvalidArgument` naming both sizes (in GB, 10^9 bytes) and what to change; the
+/// errors of [`crate::cost::count`]. Off Linux (no /proc/meminfo) the check passes.
+pub fn check_memory_budget(plan: &Plan, batch: usize) -> Result<()> {
+    let Some(avail) = available_memory_bytes() else { return Ok(()) };
+    let dealer: u64 = crate::cost::count(plan, batch)?
+        .iter()
+        .map(|l| l.bytes_dealer_to_client + l.bytes_dealer_to_server)
+        .sum();
+    let need = dealer as f64 * DEALER_MEMORY_FACTOR + 64.0 * 1048576.0;
+    if need > avail as f64 {
+        return Err(crate::Error::InvalidArgument(format!(
+            "an inference of batch {batch} needs about {:.1} GB of memory for the dealer's \
+             correlated randomness ({:.1} GB of keys and masks), but only {:.1} GB is available; \
+             use a smaller batch (ReLU and max-pool layers dominate)",
+            need / 1e9,
+            dealer as f64 / 1e9,
+            avail as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `runs` private inferences of `batch` random inputs (uniform in [-1, 1], seeded) in one
 /// session over `transport`, with the server-client link emulated by `link`.
 /// Errors: those of [`run_local_with_link`].
@@ -156,4 +197,23 @@ pub fn poly_plan(elements: usize, degree: usize, protocol: PolyProtocol) -> Resu
         normalize: None,
         poly_protocol: protocol,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::compile::compile;
+    use crate::model::zoo::{build, Act, Pool, RefNet};
+
+    #[test]
+    fn memory_budget_refuses_what_cannot_fit_and_passes_small_runs() {
+        let plan = compile(&build(RefNet::NetC, Act::Relu, Pool::Max, 1.0, 1).unwrap()).unwrap();
+        // 100,000 images of NET-C with ReLU + max-pool need terabytes of comparison keys.
+        if available_memory_bytes().is_some() {
+            let err = check_memory_budget(&plan, 100_000).unwrap_err().to_string();
+            assert!(err.contains("use a smaller batch"), "{err}");
+        }
+        let plan = compile(&build(RefNet::NetM, Act::Square, Pool::Avg, 1.0, 1).unwrap()).unwrap();
+        check_memory_budget(&plan, 1).unwrap();
+    }
 }

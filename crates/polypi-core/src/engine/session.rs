@@ -358,7 +358,9 @@ impl Links {
 /// Runs server, client and dealer in this process (server and dealer on their own threads) for
 /// each `(input, batch)` of `inputs`, one session. `plan` is the full model.
 ///
-/// Errors: as the three roles; the first error of any role is returned.
+/// Errors: as the three roles; the first error of any role is returned; `InvalidArgument` before
+/// anything runs when the correlated randomness would not fit in memory
+/// ([`super::bench::check_memory_budget`]).
 pub fn run_local(
     plan: &Plan,
     inputs: &[(Vec<f32>, usize)],
@@ -380,6 +382,7 @@ pub fn run_local_with_link(
     for (x, b) in inputs {
         check_input(plan, x, *b)?;
     }
+    super::bench::check_memory_budget(plan, inputs.iter().map(|(_, b)| *b).max().unwrap_or(1))?;
     let enc = EncodedPlan::new(plan)?;
     let links = match opts.transport {
         Transport::Mem => Links::mem(),
