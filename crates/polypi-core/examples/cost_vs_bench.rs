@@ -49,9 +49,9 @@ NET-C with ReLU and max-pool, and asserts that the predicted per-layer bytes (ea
 dealer), rounds and MACs equal the engine's `InferenceReport.layers`, that the setup bytes equal
 `SetupReport::bytes`, and that every channel's byte and message totals (including seeds,
 skeleton, `F`, batch sizes, online-start and session end) equal the counters. Note: the engine's
-`LayerReport::bytes_dealer_to_client` adds the dealer's bytes to the server (DCF keys of ReLU /
-max-pool); the cost model reports both directions separately and `LayerCost::dealer_bytes()` is
-their sum.
+`LayerReport::bytes_from_dealer` counts the dealer's bytes to both parties (DCF keys of ReLU /
+max-pool go to both); the cost model reports both directions separately and
+`LayerCost::dealer_bytes()` is their sum.
 
 CPU timing: a two-timeline simulation (server, client) of each layer's schedule: local work
 priced by the calibrated throughputs; a message is delivered at `max(send time, link free) +

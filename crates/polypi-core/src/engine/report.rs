@@ -24,8 +24,8 @@ pub struct LayerReport {
     pub bytes_server_to_client: u64,
     /// Online bytes client -> server.
     pub bytes_client_to_server: u64,
-    /// Offline bytes dealer -> client.
-    pub bytes_dealer_to_client: u64,
+    /// Offline bytes the dealer sends for this layer, to the server and the client together.
+    pub bytes_from_dealer: u64,
     /// Online communication rounds of this layer.
     pub rounds: u64,
     /// Max |secure - fixed-point twin| of this layer's output (decoded), when checked.
@@ -45,7 +45,7 @@ pub struct InferenceReport {
     pub offline_ms: f64,
     /// Online bytes in both directions between server and client.
     pub online_bytes: u64,
-    /// Offline bytes from the dealer to the client.
+    /// Offline bytes from the dealer, to the server and the client together.
     pub offline_bytes: u64,
     /// Online rounds.
     pub rounds: u64,
@@ -97,7 +97,7 @@ pub fn merge(
                 offline_ms: so.ms.max(co.ms).max(de.ms),
                 bytes_server_to_client: sn.stats.bytes_sent,
                 bytes_client_to_server: cn.stats.bytes_sent,
-                bytes_dealer_to_client: de.stats.bytes_sent,
+                bytes_from_dealer: de.stats.bytes_sent,
                 // Every protocol here communicates in at most one flight per layer (linear: one
                 // way; polynomial: one simultaneous exchange); the send-phase counters can only
                 // add more (e.g. a multi-round comparison).
@@ -117,7 +117,7 @@ impl InferenceReport {
     pub fn total(&mut self) {
         self.online_bytes =
             self.layers.iter().map(|l| l.bytes_server_to_client + l.bytes_client_to_server).sum();
-        self.offline_bytes = self.layers.iter().map(|l| l.bytes_dealer_to_client).sum();
+        self.offline_bytes = self.layers.iter().map(|l| l.bytes_from_dealer).sum();
         self.rounds = self.layers.iter().map(|l| l.rounds).sum();
     }
 
