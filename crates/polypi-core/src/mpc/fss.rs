@@ -25,6 +25,13 @@
 //! `depth(n)` calls per evaluation (29 for the 35-bit DCF of a 36-bit comparison ring, see
 //! [`crate::mpc::relu`]). Key generation needs `4 depth(n)` calls per key pair.
 //!
+//! Evaluation runs chunks of 64 keys level by level (one `encrypt_blocks` call per level keeps
+//! the AES-NI pipeline full) on rayon's pool; on CPUs with AVX-512F (detected at run time) the
+//! per-level correction of four keys runs in one 512-bit vector, otherwise a portable path does
+//! the same (tested bit for bit equal). Measured on the 2-core AMD EPYC dev machine (AES-NI,
+//! AVX-512; `fss_bench` below): 35-bit DCF eval 51-68 ns per element and party (AES alone 36 ns),
+//! key generation about 510 ns per element.
+//!
 //! What a key reveals: each party's key is its root seed and the correction words. Every seed
 //! correction word is `s0 ^ s1` of the children that leave the path, and the leaf word is masked
 //! by `Convert` of the on-path leaf seeds; one party knows only its own seeds, to which the other
@@ -249,10 +256,47 @@ pub fn eval(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64]) ->
     Ok(out)
 }
 
-/// [`eval`] on one segment (its first element starts word 0 of `out`).
+/// [`eval`] on one segment (its first element starts word 0 of `out`): chunks of `CHUNK` keys,
+/// each giving one output word; full chunks take the AVX-512 path where the CPU has it.
 fn eval_seg(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64], out: &mut [u64]) {
     let n = xs.len();
     let stride = cw_words(bits);
+    let simd = simd_available();
+    for (k, start) in (0..n).step_by(CHUNK).enumerate() {
+        let m = CHUNK.min(n - start);
+        let (r, c, x) = (
+            &roots[start..start + m],
+            &cws[start * stride..(start + m) * stride],
+            &xs[start..start + m],
+        );
+        out[k] = match simd {
+            #[cfg(target_arch = "x86_64")]
+            true if m == CHUNK => {
+                // SAFETY: `simd_available` checked AVX-512F at run time; the slices hold a full
+                // chunk (`m == CHUNK`).
+                unsafe { x86::eval_chunk_avx512(party, bits, r, c, x) }
+            }
+            _ => eval_chunk(party, bits, r, c, x),
+        };
+    }
+}
+
+/// Whether the AVX-512 evaluation path can run (x86-64 with AVX-512F, detected at run time).
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Portable evaluation of one chunk of `m <= CHUNK` keys (`cws`: the chunk's `m * cw_words(bits)`
+/// words); returns the output bits, bit `j` for key `j`.
+fn eval_chunk(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64]) -> u64 {
+    let m = xs.len();
     let (levels, lb) = (depth(bits) as usize, leaf_bits(bits));
     let aes = cipher();
     let mut blocks = [Block::default(); CHUNK];
@@ -260,44 +304,163 @@ fn eval_seg(party: usize, bits: u32, roots: &[u128], cws: &[u64], xs: &[u64], ou
     let mut s = [0u128; CHUNK];
     let mut t = [0u128; CHUNK];
     let mut v = [0u64; CHUNK];
-    let mut vc = [0u64; CHUNK];
-    for start in (0..n).step_by(CHUNK) {
-        let m = CHUNK.min(n - start);
-        let cws = &cws[start * stride..(start + m) * stride];
-        let xs = &xs[start..start + m];
+    let vc = &cws[2 * levels * m..(2 * levels + 1) * m];
+    for j in 0..m {
+        s[j] = roots[j] & SEED_MASK;
+        t[j] = party as u128;
+    }
+    for i in 0..levels {
+        let pos = bits as usize - 1 - i;
+        let lvl = &cws[2 * i * m..2 * (i + 1) * m];
         for j in 0..m {
-            s[j] = roots[start + j] & SEED_MASK;
-            t[j] = party as u128;
-            v[j] = 0;
-            vc[j] = cws[2 * levels * m + j];
+            ins[j] = s[j] | ((xs[j] >> pos) & 1) as u128;
+            blocks[j] = to_block(ins[j]);
+        }
+        aes.encrypt_blocks(&mut blocks[..m]);
+        for j in 0..m {
+            let side = ins[j] & 1;
+            let mut g = from_block(&blocks[j]) ^ ins[j];
+            let w = lvl[2 * j] as u128 | ((lvl[2 * j + 1] as u128) << 64);
+            let vb = ((vc[j] >> i) & 1) as u128;
+            let corr = (w & SEED_MASK) | ((w >> side) & 1) | (vb << 1);
+            g ^= corr & t[j].wrapping_neg();
+            t[j] = g & 1;
+            v[j] ^= ((g >> 1) & 1) as u64;
+            s[j] = g & SEED_MASK;
+        }
+    }
+    let leaf_cw = &cws[(2 * levels + 1) * m..(2 * levels + 2) * m];
+    let mut word = 0u64;
+    for j in 0..m {
+        word |= leaf_bit(s[j], t[j] as u64, v[j], leaf_cw[j], xs[j], lb) << j;
+    }
+    word
+}
+
+/// The output bit at a leaf: `v ^ bit y of (Convert(s) ^ t * CW_leaf)`, `y` = low `lb` bits of x.
+#[inline]
+fn leaf_bit(s: u128, t: u64, v: u64, leaf_cw: u64, x: u64, lb: u32) -> u64 {
+    let leaf = convert(s) ^ (leaf_cw & t.wrapping_neg());
+    let y = x & ((1u64 << lb) - 1);
+    v ^ ((leaf >> y) & 1)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// [`eval_chunk`] for a full chunk of `CHUNK` keys with AVX-512F: the AES calls stay in the
+    /// `aes` crate (one `encrypt_blocks` per level); the per-level correction of four keys at a
+    /// time runs in one 512-bit vector (a key's 128-bit block in one 128-bit lane: the low u64
+    /// carries `t` in bit 0 and `v` in bit 1, as in the scalar code). Same output as
+    /// [`eval_chunk`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `roots` and `xs` hold `CHUNK` entries and `cws`
+    /// `CHUNK * cw_words(bits)` words.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn eval_chunk_avx512(
+        party: usize,
+        bits: u32,
+        roots: &[u128],
+        cws: &[u64],
+        xs: &[u64],
+    ) -> u64 {
+        const M: usize = CHUNK;
+        const G: usize = CHUNK / 4;
+        assert!(roots.len() == M && xs.len() == M && cws.len() == M * cw_words(bits));
+        let (levels, lb) = (depth(bits) as usize, leaf_bits(bits));
+        let aes = cipher();
+        let mut blocks = [Block::default(); M];
+        let mut ins = [0u128; M];
+        let vc = &cws[2 * levels * M..(2 * levels + 1) * M];
+        // Per lane pair (lo, hi): bit 0 of lo only; the seed mask !3 on lo.
+        let one_lo = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+        let seed_mask = _mm512_set_epi64(-1, !3, -1, !3, -1, !3, -1, !3);
+        // Spreads four u64 over the lo lanes of four keys (hi lanes zero).
+        let spread = _mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0);
+        let lo_lanes: __mmask8 = 0x55;
+        let init_t = if party == 1 { _mm512_set1_epi64(-1) } else { _mm512_setzero_si512() };
+        let mut t = [init_t; G];
+        let mut v = [_mm512_setzero_si512(); G];
+        for j in 0..M {
+            let s = roots[j] & SEED_MASK;
+            ins[j] = if levels > 0 { s | ((xs[j] >> (bits - 1)) & 1) as u128 } else { s };
+            blocks[j] = to_block(ins[j]);
         }
         for i in 0..levels {
-            let pos = bits as usize - 1 - i;
-            let lvl = &cws[2 * i * m..2 * (i + 1) * m];
-            for j in 0..m {
-                ins[j] = s[j] | ((xs[j] >> pos) & 1) as u128;
-                blocks[j] = to_block(ins[j]);
-            }
-            aes.encrypt_blocks(&mut blocks[..m]);
-            for j in 0..m {
-                let side = ins[j] & 1;
-                let mut g = from_block(&blocks[j]) ^ ins[j];
-                let w = lvl[2 * j] as u128 | ((lvl[2 * j + 1] as u128) << 64);
-                let vb = ((vc[j] >> i) & 1) as u128;
-                let corr = (w & SEED_MASK) | ((w >> side) & 1) | (vb << 1);
-                g ^= corr & t[j].wrapping_neg();
-                t[j] = g & 1;
-                v[j] ^= ((g >> 1) & 1) as u64;
-                s[j] = g & SEED_MASK;
+            aes.encrypt_blocks(&mut blocks);
+            let ins_p = ins.as_mut_ptr() as *mut __m512i;
+            let blk_p = blocks.as_mut_ptr() as *mut __m512i;
+            // SAFETY (pointer arithmetic and loads below): level i's correction words are the
+            // 2M words at 2iM (inside `cws`, length checked above); `ins`, `blocks` hold M
+            // 16-byte entries = G vectors; `vc` and `xs` hold M words = G groups of 4.
+            let lvl = unsafe { cws.as_ptr().add(2 * i * M) } as *const __m512i;
+            let vshift = _mm512_set1_epi64(i as i64);
+            let next = i + 1 < levels;
+            let xshift = _mm512_set1_epi64(if next { (bits as usize - 2 - i) as i64 } else { 0 });
+            for g in 0..G {
+                let (x, b, w, vcs) = unsafe {
+                    (
+                        _mm512_loadu_si512(ins_p.add(g)),
+                        _mm512_loadu_si512(blk_p.add(g)),
+                        _mm512_loadu_si512(lvl.add(g)),
+                        _mm256_loadu_si256(vc.as_ptr().add(4 * g) as *const __m256i),
+                    )
+                };
+                let mut e = _mm512_xor_si512(b, x);
+                // t correction: bit `side` of the low word of the correction word.
+                let side = _mm512_and_si512(x, one_lo);
+                let tcw = _mm512_and_si512(_mm512_srlv_epi64(w, side), one_lo);
+                // v correction: bit i of the packed value word, into bit 1.
+                let vcs =
+                    _mm512_maskz_permutexvar_epi64(lo_lanes, spread, _mm512_castsi256_si512(vcs));
+                let vb = _mm512_slli_epi64::<1>(_mm512_and_si512(
+                    _mm512_srlv_epi64(vcs, vshift),
+                    one_lo,
+                ));
+                let corr =
+                    _mm512_or_si512(_mm512_or_si512(_mm512_and_si512(w, seed_mask), tcw), vb);
+                e = _mm512_xor_si512(e, _mm512_and_si512(corr, t[g]));
+                let tb = _mm512_and_si512(e, one_lo);
+                t[g] = _mm512_sub_epi64(_mm512_setzero_si512(), _mm512_unpacklo_epi64(tb, tb));
+                v[g] = _mm512_xor_si512(v[g], _mm512_and_si512(_mm512_srli_epi64::<1>(e), one_lo));
+                let mut nx = _mm512_and_si512(e, seed_mask);
+                if next {
+                    let xv =
+                        unsafe { _mm256_loadu_si256(xs.as_ptr().add(4 * g) as *const __m256i) };
+                    let xv = _mm512_maskz_permutexvar_epi64(
+                        lo_lanes,
+                        spread,
+                        _mm512_castsi256_si512(xv),
+                    );
+                    nx = _mm512_or_si512(
+                        nx,
+                        _mm512_and_si512(_mm512_srlv_epi64(xv, xshift), one_lo),
+                    );
+                }
+                unsafe {
+                    _mm512_storeu_si512(ins_p.add(g), nx);
+                    _mm512_storeu_si512(blk_p.add(g), nx);
+                }
             }
         }
-        let leaf_cw = &cws[(2 * levels + 1) * m..(2 * levels + 2) * m];
-        for j in 0..m {
-            let leaf = convert(s[j]) ^ (leaf_cw[j] & (t[j] as u64).wrapping_neg());
-            let y = xs[j] & ((1u64 << lb) - 1);
-            let bit = v[j] ^ ((leaf >> y) & 1);
-            out[(start + j) / 64] |= bit << ((start + j) % 64);
+        let mut ts = [0u64; 2 * M];
+        let mut vs = [0u64; 2 * M];
+        for g in 0..G {
+            // SAFETY: `ts`, `vs` hold 2M = 8G words.
+            unsafe {
+                _mm512_storeu_si512(ts.as_mut_ptr().add(8 * g) as *mut __m512i, t[g]);
+                _mm512_storeu_si512(vs.as_mut_ptr().add(8 * g) as *mut __m512i, v[g]);
+            }
         }
+        let leaf_cw = &cws[(2 * levels + 1) * M..(2 * levels + 2) * M];
+        let mut word = 0u64;
+        for j in 0..M {
+            word |= leaf_bit(ins[j], ts[2 * j] & 1, vs[2 * j], leaf_cw[j], xs[j], lb) << j;
+        }
+        word
     }
 }
 
@@ -407,6 +570,40 @@ mod tests {
     }
 
     #[test]
+    fn fss_dcf_simd_path_equals_portable() {
+        // Full chunks take the AVX-512 path where the CPU has it; it must give the portable
+        // path's bits exactly, for every width.
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        for bits in 1..=63u32 {
+            let n = 2 * CHUNK;
+            let (r0, r1) = (roots(&mut rng, n), roots(&mut rng, n));
+            let alphas: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
+            let xs: Vec<u64> = alphas
+                .iter()
+                .enumerate()
+                .map(|(j, a)| if j % 3 == 0 { rng.next_u64() } else { a ^ (1 << (j % 8)) })
+                .collect();
+            let cw = gen(bits, &alphas, &r0, &r1).unwrap();
+            let stride = cw_words(bits);
+            for (p, r) in [(0, &r0), (1, &r1)] {
+                let fast = eval(p, bits, r, &cw, &xs).unwrap();
+                for (k, want) in fast.iter().enumerate() {
+                    let c = k * CHUNK..(k + 1) * CHUNK;
+                    let slow = eval_chunk(
+                        p,
+                        bits,
+                        &r[c.clone()],
+                        &cw[c.start * stride..c.end * stride],
+                        &xs[c],
+                    );
+                    assert_eq!(*want, slow, "bits {bits} party {p} chunk {k}");
+                }
+            }
+            check(bits, &alphas, &xs, bits as u64);
+        }
+    }
+
+    #[test]
     fn fss_dcf_key_sizes() {
         assert_eq!(depth(35), 29);
         assert_eq!(cw_words(35), 60);
@@ -426,15 +623,31 @@ mod tests {
 }
 
 #[cfg(test)]
-mod bench {
+pub(crate) mod bench {
     use super::*;
 
-    /// `cargo test --release -p polypi-core fss_bench -- --ignored --nocapture`
-    fn cpu_s() -> f64 {
-        let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let f: Vec<&str> = s.rsplit(") ").next().unwrap_or("").split(' ').collect();
-        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
+    /// CPU seconds of all threads of this process (`CLOCK_PROCESS_CPUTIME_ID`, ns resolution;
+    /// the CPU clock of /proc/self/stat ticks in 10 ms).
+    pub(crate) fn sched_s() -> f64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        if rc != 0 {
+            return 0.0;
+        }
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
+    /// Minimum over `reps` repetitions of the CPU seconds ([`sched_s`]) of `f` (the machine may
+    /// be shared: the minimum is the least disturbed run).
+    fn min_cpu(reps: usize, mut f: impl FnMut()) -> f64 {
+        (0..reps)
+            .map(|_| {
+                let c = sched_s();
+                f();
+                sched_s() - c
+            })
+            .fold(f64::INFINITY, f64::min)
     }
 
     /// `RAYON_NUM_THREADS=1 cargo test --release -p polypi-core --lib fss_bench -- --ignored
@@ -443,27 +656,27 @@ mod bench {
     #[test]
     #[ignore]
     fn fss_bench() {
-        let n = 1 << 18;
+        let n: usize =
+            std::env::var("FSS_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 18);
         let r0: Vec<u128> = (0..n as u128).map(|i| (i * 0x9e3779b97f4a7c15) << 2).collect();
         let r1: Vec<u128> = (0..n as u128).map(|i| (i * 0x7f4a7c159e3779b9 + 5) << 2).collect();
         let a: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) >> 1).collect();
         let bits = crate::mpc::relu::RING_BITS - 1;
-        let c = cpu_s();
-        let cw = gen(bits, &a, &r0, &r1).unwrap();
-        let g = cpu_s() - c;
-        let c = cpu_s();
-        let y = eval(0, bits, &r0, &cw, &a).unwrap();
-        let e = cpu_s() - c;
+        let mut cw = Vec::new();
+        let g = min_cpu(2, || cw = gen(bits, &a, &r0, &r1).unwrap());
+        let mut y = Vec::new();
+        let e = min_cpu(7, || y = eval(0, bits, &r0, &cw, &a).unwrap());
         let aes = cipher();
         let mut blocks = vec![Block::default(); CHUNK];
-        let c = cpu_s();
-        for _ in 0..(n / CHUNK) * depth(bits) as usize {
-            aes.encrypt_blocks(&mut blocks);
-        }
-        let raw = cpu_s() - c;
+        let raw = min_cpu(7, || {
+            for _ in 0..(n / CHUNK) * depth(bits) as usize {
+                aes.encrypt_blocks(&mut blocks);
+            }
+        });
         let per = |t: f64| t * 1e9 / n as f64;
         println!(
-            "n {n}, {bits} bits: CPU gen {:.0} ns/elem, eval {:.0} ns/elem, bare AES of an eval {:.0} ns/elem [{}]",
+            "n {n}, {bits} bits, CPU ns/elem (min of runs): gen {:.1}, eval {:.1}, bare AES of an \
+             eval {:.1} [{}]",
             per(g),
             per(e),
             per(raw),

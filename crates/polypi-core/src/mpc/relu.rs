@@ -728,16 +728,9 @@ mod tests {
 #[cfg(test)]
 mod bench {
     use super::*;
+    use crate::mpc::fss::bench::sched_s as cpu_s;
     use crate::net::mem_pair;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
-
-    /// Process CPU seconds (user + system) from /proc/self/stat (Linux; 0 elsewhere).
-    fn cpu_s() -> f64 {
-        let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let f: Vec<&str> = s.rsplit(") ").next().unwrap_or("").split(' ').collect();
-        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
-    }
 
     /// `cargo test --release -p polypi-core --lib relu_bench -- --ignored --nocapture`: one ReLU
     /// layer of NET-R18's total size (557,056 elements), wall and CPU time of the online phase
