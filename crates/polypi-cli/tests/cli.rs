@@ -512,3 +512,33 @@ fn server_and_dealer_survive_a_client_killed_mid_query() {
     assert!(o.status.success(), "query after a killed client failed: {}", text(&o.stderr));
     assert_eq!(json(&o)["results"].as_array().unwrap().len(), 1);
 }
+
+/// `--poly-protocol` selects the polynomial protocol: the ESPN share powers send `m - 1` masked
+/// powers per group (degree 3: 8 + 16 bytes each way per element), dealer powers one opening per
+/// group (8 + 8); a bad name is a usage error.
+#[test]
+fn bench_poly_protocols_differ_in_bytes() {
+    let bytes = |proto: &str| {
+        let o = run(&[
+            "bench",
+            "--poly-degree",
+            "3",
+            "--elements",
+            "64",
+            "--runs",
+            "1",
+            "--json",
+            "--poly-protocol",
+            proto,
+        ]);
+        assert!(o.status.success(), "bench failed: {}", text(&o.stderr));
+        let v = json(&o);
+        let layers = v[0]["summary"]["median_report"]["layers"].as_array().unwrap().clone();
+        let poly = layers.iter().find(|l| l["kind"] == "Poly").unwrap().clone();
+        (poly["bytes_client_to_server"].as_u64().unwrap(), poly["rounds"].as_u64().unwrap())
+    };
+    assert_eq!(bytes("dealer-powers"), (64 * 16, 1));
+    assert_eq!(bytes("share-powers"), (64 * 24, 1));
+    let o = run(&["bench", "--poly-degree", "3", "--poly-protocol", "fancy"]);
+    assert_fails(&o, 2, "dealer-powers or share-powers");
+}

@@ -8,10 +8,24 @@
 //!   `k = g/sqrt(var+eps)`.
 //! - `X2Act{s, w0, w1, b}` (PolyMPCNet / PASNet, Peng et al.: `s*w0*x^2 + w1*x + b` per channel)
 //!   becomes a per-channel [`PolyLayer`] with rows `[b[c], w1[c], s*w0[c]]`.
-//! - `PolyKerv{c_p, d_p, a_p}` (PolyKervNets, Aremu & Nandakumar: `a_p*(x + c_p)^d_p`) becomes a
-//!   shared [`PolyLayer`], the binomial expansion `c_k = a_p * C(d_p, k) * c_p^(d_p - k)`.
+//! - `PolyKerv{c_p, d_p, a_p}` (PolyKervNets, Aremu & Nandakumar; R-PKN: `a_p*(x + c_p)^d_p`)
+//!   becomes a shared [`PolyLayer`]; its trained constants are folded into the server's private
+//!   weights where the graph allows, so that they stay private and cost nothing:
+//!   - `c_p` is added to the bias of the conv / linear layer that produces `x` (after BN folding)
+//!     when that layer's output feeds only the PolyKerv; if `x` is the output of an `Add` read only
+//!     by the PolyKerv, to the bias of an Add input that is such a conv / linear (R-PKN after a
+//!     residual add);
+//!   - `a_p` is multiplied into the weights (not the bias) of the next conv / linear layer when
+//!     the PolyKerv's output reaches it through a chain of single-consumer `AvgPool2d`,
+//!     `GlobalAvgPool` or `Flatten` layers (all linear, so they commute with the scale);
+//!   - what cannot be folded (e.g. `a_p` when the output feeds a residual `Add` and the next
+//!     block, or is the network output) stays in the polynomial's public coefficients, the
+//!     binomial expansion `c_k = a_p * C(d_p, k) * c_p^(d_p - k)`.
 //! - `Poly` becomes a [`PolyLayer`] (one shared row, or one row per channel from the tensor).
 //! - Every other op maps 1:1. Layers whose output reaches no output are dropped.
+//!
+//! [`compile_with`] with `fold_polykerv: false` keeps `c_p` and `a_p` in the coefficients (the
+//! reference semantics).
 //!
 //! Polynomial rows are normalised: `degree` = highest power with a non-zero coefficient in any
 //! row (at least 1), every row has exactly `degree + 1` coefficients (trailing zeros trimmed,
@@ -24,9 +38,28 @@ use super::graph::Op;
 use super::plan::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
 use crate::error::{Error, Result};
 
+/// Options of [`compile_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Fold PolyKerv's `c_p` into the preceding bias and `a_p` into the next layer's weights
+    /// where possible (module docs). Default true; false keeps them as public coefficients.
+    pub fold_polykerv: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { fold_polykerv: true }
+    }
+}
+
 /// Validates `file` and lowers it into a [`Plan`]: `layers[0]` is the input, `inputs` are indices
 /// of earlier layers, `out_shape` is per sample. Errors: those of [`ModelFile::validate`].
 pub fn compile(file: &ModelFile) -> Result<Plan> {
+    compile_with(file, CompileOptions::default())
+}
+
+/// [`compile`] with explicit [`CompileOptions`]. Errors: those of [`ModelFile::validate`].
+pub fn compile_with(file: &ModelFile, opts: CompileOptions) -> Result<Plan> {
     let shapes = file.infer_shapes()?;
     let g = &file.graph;
     let n = g.nodes.len();
@@ -57,6 +90,7 @@ pub fn compile(file: &ModelFile) -> Result<Plan> {
 
     let mut layers: Vec<Layer> = Vec::with_capacity(n);
     let mut layer_of = vec![usize::MAX; n];
+    let mut scales: Vec<PendingScale> = Vec::new();
     for (i, nd) in g.nodes.iter().enumerate() {
         let ins: Vec<usize> =
             nd.inputs.iter().map(|s| node_of(s).map(|j| layer_of[j])).collect::<Result<_>>()?;
@@ -163,14 +197,50 @@ pub fn compile(file: &ModelFile) -> Result<Plan> {
                 LayerOp::Poly(poly_layer(rows))
             }
             Op::PolyKerv { c_p, d_p, a_p } => {
-                LayerOp::Poly(poly_layer(vec![polykerv_coeffs(*c_p, *d_p, *a_p)]))
+                let mut c_rest = *c_p;
+                if opts.fold_polykerv && *c_p != 0.0 {
+                    let p = src[node_of(&nd.inputs[0])?];
+                    let target = if uses[p] != 1 {
+                        None
+                    } else if is_affine(&layers[layer_of[p]].op) {
+                        Some(layer_of[p])
+                    } else if matches!(g.nodes[p].op, Op::Add) {
+                        // An Add input that is a conv / linear read only by the Add.
+                        g.nodes[p]
+                            .inputs
+                            .iter()
+                            .map(|s| node_of(s).map(|q| src[q]))
+                            .collect::<Result<Vec<_>>>()?
+                            .into_iter()
+                            .find(|&q| uses[q] == 1 && is_affine(&layers[layer_of[q]].op))
+                            .map(|q| layer_of[q])
+                    } else {
+                        None
+                    };
+                    if let Some(t) = target {
+                        add_to_bias(&mut layers[t].op, *c_p);
+                        c_rest = 0.0;
+                    }
+                }
+                if opts.fold_polykerv && *a_p != 1.0 {
+                    scales.push(PendingScale {
+                        name: nd.name.clone(),
+                        c_p: c_rest,
+                        d_p: *d_p,
+                        a_p: *a_p,
+                    });
+                }
+                LayerOp::Poly(poly_layer(vec![polykerv_coeffs(c_rest, *d_p, *a_p)]))
             }
         };
         layer_of[i] = layers.len();
         layers.push(Layer { name: nd.name.clone(), op, inputs: ins, out_shape: shapes[i].clone() });
     }
 
-    let layers = prune(layers, layer_of[n - 1]);
+    let mut layers = prune(layers, layer_of[n - 1]);
+    for sc in &scales {
+        fold_scale(&mut layers, sc);
+    }
     Ok(Plan {
         layers,
         frac_bits: g.frac_bits,
@@ -178,6 +248,71 @@ pub fn compile(file: &ModelFile) -> Result<Plan> {
         normalize: g.normalize.clone(),
         poly_protocol: Default::default(),
     })
+}
+
+/// A PolyKerv whose output scale `a_p` may fold into the next layer (after pruning).
+struct PendingScale {
+    /// Name of the PolyKerv node (= its Poly layer).
+    name: String,
+    /// The part of `c_p` left in the polynomial (0 when folded into a bias).
+    c_p: f32,
+    /// Power.
+    d_p: u32,
+    /// Output scale.
+    a_p: f32,
+}
+
+/// True for the layers with private weights and a bias: conv and linear.
+fn is_affine(op: &LayerOp) -> bool {
+    matches!(op, LayerOp::Conv2d(_) | LayerOp::Linear(_))
+}
+
+/// Adds `c` to every bias entry of a conv / linear layer (f64 arithmetic, rounded once).
+fn add_to_bias(op: &mut LayerOp, c: f32) {
+    let bias = match op {
+        LayerOp::Conv2d(l) => &mut l.bias,
+        LayerOp::Linear(l) => &mut l.bias,
+        _ => return,
+    };
+    for b in bias.iter_mut() {
+        *b = (*b as f64 + c as f64) as f32;
+    }
+}
+
+/// Folds `sc.a_p` into the weights of the conv / linear layer that alone consumes the PolyKerv's
+/// Poly layer, through single-consumer average pools and flattens; on success the polynomial
+/// becomes `(x + c_p)^d_p`. Leaves the plan unchanged when there is no such layer.
+fn fold_scale(layers: &mut [Layer], sc: &PendingScale) {
+    let Some(start) = layers.iter().position(|l| l.name == sc.name) else { return };
+    let mut consumers = vec![Vec::new(); layers.len()];
+    for (i, l) in layers.iter().enumerate() {
+        for &j in &l.inputs {
+            consumers[j].push(i);
+        }
+    }
+    let last = layers.len() - 1;
+    let mut cur = start;
+    let target = loop {
+        if cur == last || consumers[cur].len() != 1 {
+            return;
+        }
+        let c = consumers[cur][0];
+        match &layers[c].op {
+            LayerOp::Conv2d(_) | LayerOp::Linear(_) => break c,
+            LayerOp::AvgPool2d { .. } | LayerOp::GlobalAvgPool | LayerOp::Flatten => cur = c,
+            _ => return,
+        }
+    };
+    let a = sc.a_p as f64;
+    let w = match &mut layers[target].op {
+        LayerOp::Conv2d(l) => &mut l.weight,
+        LayerOp::Linear(l) => &mut l.weight,
+        _ => return,
+    };
+    for v in w.iter_mut() {
+        *v = (*v as f64 * a) as f32;
+    }
+    layers[start].op = LayerOp::Poly(poly_layer(vec![polykerv_coeffs(sc.c_p, sc.d_p, 1.0)]));
 }
 
 /// Coefficients (ascending) of `a_p * (x + c_p)^d_p`: `a_p * C(d_p, k) * c_p^(d_p - k)`.
@@ -526,6 +661,96 @@ mod tests {
         let want = [0.009 * 0.47 * 0.47, 0.009 * 2.0 * 0.47, 0.009];
         for (a, b) in p.coeffs[0].iter().zip(want) {
             assert!((a - b).abs() < 1e-7);
+        }
+    }
+
+    /// conv1 -> PolyKerv(c 0.47, a 0.009) -> avgpool -> conv2 -> PolyKerv(c 0.5, a 0.25) ->
+    /// flatten -> fc: both c_p go into the conv biases, both a_p into the next weights, the
+    /// polynomials become x^2, and the function is unchanged.
+    #[test]
+    fn polykerv_constants_fold_into_private_weights() {
+        let mut r = Lcg(5);
+        let nodes = vec![
+            node("input", &[], Op::Input),
+            node("conv1", &["input"], conv_op("w1", Some("b1"), 1, 1)),
+            node("pk1", &["conv1"], Op::PolyKerv { c_p: 0.47, d_p: 2, a_p: 0.009 }),
+            node("pool", &["pk1"], Op::AvgPool2d { kernel: 2, stride: 2 }),
+            node("conv2", &["pool"], conv_op("w2", None, 1, 1)),
+            node("pk2", &["conv2"], Op::PolyKerv { c_p: 0.5, d_p: 2, a_p: 0.25 }),
+            node("flat", &["pk2"], Op::Flatten),
+            node("fc", &["flat"], Op::Linear { weight: "wf".into(), bias: Some("bf".into()) }),
+        ];
+        let t = vec![
+            ("w1", vec![3, 2, 3, 3], r.v(54)),
+            ("b1", vec![3], r.v(3)),
+            ("w2", vec![4, 3, 3, 3], r.v(108)),
+            ("wf", vec![5, 36], r.v(180)),
+            ("bf", vec![5], r.v(5)),
+        ];
+        let f = file(vec![2, 6, 6], nodes, t);
+        let plan = compile(&f).unwrap();
+        let reference = compile_with(&f, CompileOptions { fold_polykerv: false }).unwrap();
+        let kinds: Vec<&str> = plan.layers.iter().map(|l| l.op.kind()).collect();
+        assert_eq!(
+            kinds,
+            ["Input", "Conv2d", "Poly", "AvgPool2d", "Conv2d", "Poly", "Flatten", "Linear"]
+        );
+        for i in [2, 5] {
+            let LayerOp::Poly(p) = &plan.layers[i].op else { panic!() };
+            assert_eq!(p.coeffs, vec![vec![0.0, 0.0, 1.0]]);
+        }
+        let (LayerOp::Conv2d(c1), LayerOp::Conv2d(c2), LayerOp::Linear(fc)) =
+            (&plan.layers[1].op, &plan.layers[4].op, &plan.layers[7].op)
+        else {
+            panic!()
+        };
+        for (b, b0) in c1.bias.iter().zip(&f.tensors["b1"].data) {
+            assert!((b - (b0 + 0.47)).abs() < 1e-6);
+        }
+        assert!(c2.bias.iter().all(|b| (b - 0.5).abs() < 1e-7));
+        for (w, w0) in c2.weight.iter().zip(&f.tensors["w2"].data) {
+            assert!((w - w0 * 0.009).abs() < 1e-8);
+        }
+        for (w, w0) in fc.weight.iter().zip(&f.tensors["wf"].data) {
+            assert_eq!(*w, w0 * 0.25);
+        }
+        let x = r.v(72);
+        let got = naive::forward(&plan, &x).pop().unwrap();
+        let want = naive::forward(&reference, &x).pop().unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// A PolyKerv whose output also feeds a residual Add keeps a_p in its public coefficients;
+    /// a PolyKerv after an Add takes c_p into the bias of the Add's conv input.
+    #[test]
+    fn polykerv_scale_stays_public_before_a_residual_add() {
+        let mut r = Lcg(8);
+        let nodes = vec![
+            node("input", &[], Op::Input),
+            node("conv1", &["input"], conv_op("w1", None, 1, 1)),
+            node("pk1", &["conv1"], Op::PolyKerv { c_p: 1.0, d_p: 2, a_p: 0.5 }),
+            node("conv2", &["pk1"], conv_op("w2", None, 1, 1)),
+            node("add", &["conv2", "pk1"], Op::Add),
+            node("pk2", &["add"], Op::PolyKerv { c_p: 0.3, d_p: 2, a_p: 1.0 }),
+        ];
+        let t = vec![("w1", vec![2, 2, 3, 3], r.v(36)), ("w2", vec![2, 2, 3, 3], r.v(36))];
+        let f = file(vec![2, 4, 4], nodes, t);
+        let plan = compile(&f).unwrap();
+        let LayerOp::Poly(p1) = &plan.layers[2].op else { panic!() };
+        assert_eq!(p1.coeffs, vec![vec![0.0, 0.0, 0.5]]);
+        let LayerOp::Poly(p2) = &plan.layers[5].op else { panic!() };
+        assert_eq!(p2.coeffs, vec![vec![0.0, 0.0, 1.0]]);
+        let LayerOp::Conv2d(c2) = &plan.layers[3].op else { panic!() };
+        assert_eq!(c2.weight, f.tensors["w2"].data);
+        assert!(c2.bias.iter().all(|b| (b - 0.3).abs() < 1e-7));
+        let reference = compile_with(&f, CompileOptions { fold_polykerv: false }).unwrap();
+        let x = r.v(32);
+        let got = naive::forward(&plan, &x).pop().unwrap();
+        let want = naive::forward(&reference, &x).pop().unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
     }
 

@@ -214,28 +214,25 @@ pub fn powers_from_opening(
     let n = e.len();
     let mut out = Vec::with_capacity(powers.len());
     for &k in powers {
-        let mut pk = vec![0u64; n];
-        for (j, v) in pk.iter_mut().enumerate() {
-            let ej = e[j];
-            let mut acc = 0u64;
-            // e^(k-i) for i = k..0, built up incrementally.
-            let mut epow = 1u64;
-            for i in (0..=k).rev() {
-                let term = if i == 0 {
-                    if t.adds_constants() {
-                        epow
-                    } else {
-                        0
-                    }
-                } else {
-                    epow.wrapping_mul(r_pows[i - 1][j])
-                };
-                acc = acc.wrapping_add(binom(k, i).wrapping_mul(term));
-                epow = epow.wrapping_mul(ej);
+        // Term by term over whole vectors (vectorisable): i = k..0 with epow = e^(k-i).
+        let mut acc = vec![0u64; n];
+        let mut epow = vec![1u64; n];
+        for i in (0..=k).rev() {
+            let c = binom(k, i);
+            if i > 0 {
+                for ((a, p), r) in acc.iter_mut().zip(&epow).zip(&r_pows[i - 1]) {
+                    *a = a.wrapping_add(c.wrapping_mul(p.wrapping_mul(*r)));
+                }
+                for (p, ev) in epow.iter_mut().zip(e) {
+                    *p = p.wrapping_mul(*ev);
+                }
+            } else if t.adds_constants() {
+                for (a, p) in acc.iter_mut().zip(&epow) {
+                    *a = a.wrapping_add(c.wrapping_mul(*p));
+                }
             }
-            *v = acc;
         }
-        out.push(pk);
+        out.push(acc);
     }
     out
 }
