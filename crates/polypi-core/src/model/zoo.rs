@@ -792,7 +792,8 @@ mod shape_tests {
         };
         assert!(poly(Act::Relu).is_none());
         assert_eq!(poly(Act::Square).unwrap().coeffs, vec![vec![0.0, 0.0, 1.0]]);
-        assert_eq!(poly(Act::Pkn).unwrap().coeffs, vec![vec![1.0, 2.0, 1.0]]);
+        // PKN (x + 1)^2: c_p = 1 is folded into conv1's bias, the polynomial is x^2.
+        assert_eq!(poly(Act::Pkn).unwrap().coeffs, vec![vec![0.0, 0.0, 1.0]]);
         let p = poly(Act::Pillar).unwrap();
         assert_eq!(p.degree, 4);
         assert_eq!(p.coeffs[0], PILLAR_COEFFS.to_vec());
