@@ -8,6 +8,7 @@ mod bench;
 mod common;
 mod cost;
 mod eval;
+mod forward;
 mod infer;
 mod inspect;
 mod net;
@@ -48,6 +49,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Predicts latency, bytes and rounds per layer from the cost model (cpu, fpga, pasnet).
     Cost(cost::CostArgs),
+    /// Trains a network (forwards to the polypi-train binary next to this one).
+    Train(forward::ForwardArgs),
+    /// Latency-aware architecture search, PASNet-style (forwards to `polypi-train search`).
+    Search(forward::ForwardArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -108,6 +113,8 @@ fn main() -> ExitCode {
         Command::Zoo(a) => zoo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Cost(a) => cost::run(a),
+        Command::Train(a) => forward::run(Some("train"), a),
+        Command::Search(a) => forward::run(Some("search"), a),
     };
     match result {
         Ok(code) => code,

@@ -208,7 +208,10 @@ pub fn card_for(cfg: &TrainConfig, report: &TrainReport) -> ModelCard {
         format!("{}/{}", report.train_size, report.test_size)
     };
     ModelCard {
-        name: format!("{} {}", cfg.net.display_name(), cfg.act.name()),
+        name: match &cfg.arch {
+            Some(a) => format!("{} searched [{}]", cfg.net.display_name(), a.summary()),
+            None => format!("{} {}", cfg.net.display_name(), cfg.act.name()),
+        },
         dataset: cfg.data.display_name().to_string(),
         split,
         test_accuracy: Some(report.test_accuracy as f32),

@@ -81,6 +81,8 @@ pub struct Ctx {
     pub oor_total: f64,
     /// Largest |x| seen at an activation input.
     pub max_abs: f32,
+    /// Architecture-search gates (supernet forward only; see [`crate::search`]).
+    pub gates: Option<crate::search::Gates>,
 }
 
 impl Ctx {
@@ -97,6 +99,7 @@ impl Ctx {
             oor_count: 0.0,
             oor_total: 0.0,
             max_abs: 0.0,
+            gates: None,
         }
     }
 
@@ -236,8 +239,14 @@ impl Activation {
     }
 
     /// Applies the activation to `[N, C, H, W]`, recording penalty / range statistics in `ctx`.
+    ///
+    /// In a supernet forward (`ctx.gates` set) an X2act site is the softmax mix
+    /// `p_relu * relu(x) + p_x2 * x2act(x)` of its gate (PASNet `GateAct`).
     pub fn forward(&self, x: Tensor<4>, ctx: &mut Ctx) -> Tensor<4> {
         let kind = self.act_kind();
+        if let (Some(g), ActKind::X2act, Some(a)) = (ctx.gates.as_mut(), kind, &self.x2) {
+            return g.mix_act(x, burn::tensor::activation::relu, |x| a.forward(x));
+        }
         ctx.observe(&x, kind != ActKind::Relu);
         match kind {
             ActKind::Relu => burn::tensor::activation::relu(x),

@@ -17,6 +17,8 @@ pub mod export;
 pub mod layers;
 pub mod nets;
 pub mod report;
+pub mod search;
+pub mod sweep;
 pub mod train;
 
 pub use data::DatasetKind;

@@ -1,17 +1,133 @@
-//! `polypi-train`: command-line front end of [`polypi_train::train`].
+//! `polypi-train`: command-line front end of [`polypi_train::train`] (flat arguments, or the
+//! `train` subcommand), of the architecture search (`search`) and of sweep re-measurement
+//! (`measure`).
 //!
-//! Example: `polypi-train --net net-m --act x2act --data fashion-mnist --data-dir data/fetched
-//! --epochs 10 --out models/x.safetensors`.
+//! Examples: `polypi-train --net net-m --act x2act --data fashion-mnist --data-dir data/fetched
+//! --epochs 10 --out models/x.safetensors`; `polypi-train search --net net-m --profile pasnet
+//! --sweep 1e-7,1e-6,1e-5 --search-epochs 2 --epochs 5 --out runs/search-netm`.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-use clap::Parser;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use polypi_core::net::LinkModel;
+use polypi_train::search::SearchConfig;
 use polypi_train::{ActKind, DatasetKind, DeviceKind, NetKind, OptimKind, PoolKind, TrainConfig};
 
-/// Train a polynomial-activation network with burn and export it as a polypi model file.
+/// Train a polynomial-activation network with burn and export it as a polypi model file, or
+/// search per-site ReLU/X2act and MaxPool/AvgPool choices under a latency budget.
 #[derive(Parser, Debug)]
-#[command(name = "polypi-train", version)]
+#[command(name = "polypi-train", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    train: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Train one network (same arguments as without a subcommand).
+    Train(Args),
+    /// Latency-aware architecture search (PASNet / PolyMPCNet): supernet, bilevel search,
+    /// argmax, retraining, export; `--sweep` runs several lambdas plus the references.
+    Search(SearchArgs),
+    /// Measures the private latency of every model of a sweep folder with the engine and
+    /// rewrites its table and Pareto plot.
+    Measure(MeasureArgs),
+}
+
+/// Arguments of `polypi-train search`.
+#[derive(clap::Args, Debug)]
+struct SearchArgs {
+    /// Network.
+    #[arg(long, value_enum, default_value = "net-m")]
+    net: NetKind,
+    /// Dataset.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    data: DatasetKind,
+    /// Dataset folder (default data/fetched; ../shared/data/cifar10-subset for cifar10).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Use only the first N training images (search and retraining).
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Width multiplier.
+    #[arg(long, default_value_t = 1.0)]
+    width: f32,
+    /// Latency profile: pasnet (PASNet's table), cpu (calibrated now), cpu:FILE, fpga, fpga:FILE.
+    #[arg(long, default_value = "pasnet")]
+    profile: String,
+    /// Link of the cpu / fpga profile: none, lan, wan, <x>mbit:<y>ms.
+    #[arg(long, default_value = "none")]
+    link: String,
+    /// Latency weight lambda (per profile time unit).
+    #[arg(long, default_value_t = 1e-6)]
+    lambda: f64,
+    /// Comma-separated lambdas: one search + retraining each, plus all-ReLU and all-X2act
+    /// references, a table and a Pareto plot.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Option<Vec<f64>>,
+    /// Skip the reference networks of a sweep.
+    #[arg(long)]
+    no_references: bool,
+    /// Search epochs (passes over the weight half of the training split).
+    #[arg(long, default_value_t = 2)]
+    search_epochs: usize,
+    /// Retraining epochs of the derived network (0: search only).
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Search batch size.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Search weight learning rate (SGD, cosine to 0.001; PASNet 0.025).
+    #[arg(long, default_value_t = 0.025)]
+    w_lr: f64,
+    /// Alpha learning rate (Adam; PASNet 3e-4).
+    #[arg(long, default_value_t = 3e-4)]
+    alpha_lr: f64,
+    /// Retraining peak learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Measure the private latency of every model on these links after training (e.g. none,wan).
+    #[arg(long, value_delimiter = ',')]
+    measure: Option<Vec<String>>,
+    /// Inferences per measurement.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Device.
+    #[arg(long, value_enum, default_value = "flex")]
+    device: DeviceKind,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+    /// Output folder (arch.json, model.safetensors; per lambda in a sweep).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Arguments of `polypi-train measure`.
+#[derive(clap::Args, Debug)]
+struct MeasureArgs {
+    /// Sweep folder (with sweep.json).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Links, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "none,wan")]
+    links: Vec<String>,
+    /// Inferences per measurement.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+/// Arguments of a training run.
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Network (reference.md).
     #[arg(long, value_enum, default_value = "net-m")]
@@ -119,7 +235,87 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let a = Args::parse();
+    let cli = Cli::parse();
+    match cli.cmd {
+        None => train(cli.train),
+        Some(Cmd::Train(a)) => train(a),
+        Some(Cmd::Search(a)) => search(a),
+        Some(Cmd::Measure(a)) => measure(a),
+    }
+}
+
+fn parse_links(v: &[String]) -> Result<Vec<LinkModel>> {
+    v.iter().map(|l| LinkModel::parse(l).with_context(|| format!("bad link '{l}'"))).collect()
+}
+
+fn search(a: SearchArgs) -> Result<()> {
+    let data_dir = a.data_dir.unwrap_or_else(|| match a.data {
+        DatasetKind::Cifar10 => polypi_train::data::default_cifar_dir(),
+        _ => PathBuf::from("data/fetched"),
+    });
+    let cfg = SearchConfig {
+        net: a.net,
+        width: a.width,
+        data: a.data,
+        data_dir,
+        train_limit: a.train_limit,
+        test_limit: a.test_limit,
+        profile: a.profile,
+        link: a.link,
+        lambda: a.lambda,
+        search_epochs: a.search_epochs,
+        batch_size: a.batch_size,
+        w_lr: a.w_lr,
+        alpha_lr: a.alpha_lr,
+        epochs: a.epochs,
+        lr: a.lr,
+        seed: a.seed,
+        progress: !a.quiet,
+        device: a.device,
+        ..SearchConfig::default()
+    };
+    let links = parse_links(a.measure.as_deref().unwrap_or(&[]))?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    match a.sweep {
+        Some(ls) => {
+            if ls.is_empty() {
+                bail!("--sweep needs at least one lambda");
+            }
+            let mut sw =
+                polypi_train::sweep::run_sweep(&cfg, &ls, !a.no_references, &a.out, &command)?;
+            if !links.is_empty() {
+                polypi_train::sweep::measure_points(&mut sw, &links, a.runs)?;
+                polypi_train::sweep::write_reports(&sw, &a.out)?;
+            }
+            print!("{}", polypi_train::sweep::markdown(&sw));
+            eprintln!("sweep written to {}", a.out.display());
+        }
+        None => {
+            let (d, acc, model) = polypi_train::sweep::search_and_retrain(&cfg, &a.out, &command)?;
+            eprintln!(
+                "done: {} predicted {:.4e} {}, test accuracy {:.2}%{}",
+                d.arch.summary(),
+                d.predicted_latency,
+                d.time_unit,
+                acc,
+                if cfg.epochs > 0 { format!(", model {}", model.display()) } else { String::new() }
+            );
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        }
+    }
+    Ok(())
+}
+
+fn measure(a: MeasureArgs) -> Result<()> {
+    let links = parse_links(&a.links)?;
+    let mut sw = polypi_train::sweep::load_sweep(&a.dir)?;
+    polypi_train::sweep::measure_points(&mut sw, &links, a.runs)?;
+    polypi_train::sweep::write_reports(&sw, &a.dir)?;
+    print!("{}", polypi_train::sweep::markdown(&sw));
+    Ok(())
+}
+
+fn train(a: Args) -> Result<()> {
     let data_dir = a.data_dir.unwrap_or_else(|| match a.data {
         DatasetKind::Cifar10 => polypi_train::data::default_cifar_dir(),
         _ => PathBuf::from("data/fetched"),

@@ -139,7 +139,16 @@ impl Unit {
         if let Some(a) = &self.act {
             x = a.forward(x, ctx);
         }
+        let gated = self.pool != POOL_NONE && ctx.gates.is_some();
         x = match self.pool {
+            _ if gated => match ctx.gates.as_mut() {
+                Some(g) => g.mix_pool(
+                    x,
+                    |x| MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init().forward(x),
+                    |x| AvgPool2dConfig::new([2, 2]).init().forward(x),
+                ),
+                None => x,
+            },
             POOL_AVG => AvgPool2dConfig::new([2, 2]).init().forward(x),
             POOL_MAX => MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init().forward(x),
             _ => x,

@@ -124,6 +124,9 @@ pub struct TrainConfig {
     pub max_steps_per_epoch: Option<usize>,
     /// Command line that produced the run (recorded in the model card).
     pub command: String,
+    /// Per-site architecture from a search ([`crate::search::Arch`]): overrides `act` and `pool`
+    /// site by site (the net is built with X2act, STPAI init, then the chosen sites are swapped).
+    pub arch: Option<crate::search::Arch>,
 }
 
 impl Default for TrainConfig {
@@ -165,6 +168,7 @@ impl Default for TrainConfig {
             device: DeviceKind::Flex,
             max_steps_per_epoch: None,
             command: String::new(),
+            arch: None,
         }
     }
 }
@@ -175,7 +179,7 @@ impl TrainConfig {
         let [c, _, _] = self.data.input_shape();
         NetSpec {
             net: self.net,
-            act: self.act,
+            act: if self.arch.is_some() { ActKind::X2act } else { self.act },
             width: self.width,
             batch_norm: self.batch_norm,
             pool: self.pool,
@@ -231,10 +235,14 @@ impl TrainConfig {
 
     /// A one-line recipe for the model card.
     pub fn recipe(&self) -> String {
+        let act = match &self.arch {
+            Some(a) => format!("searched [{}]", a.summary()),
+            None => self.act.name().to_string(),
+        };
         let mut r = format!(
             "{} {} width {} bn {} pool {:?}; {:?} lr {} momentum {} wd {} batch {} epochs {} (cosine, {} warm-up epochs), seed {}",
             self.net.display_name(),
-            self.act.name(),
+            act,
             self.width,
             self.batch_norm,
             self.pool,
@@ -417,6 +425,9 @@ pub fn infer(model: &Net, input: &[f32], n: usize, shape: [usize; 3], device: &D
 /// Builds `cfg`'s network, loading `resume` weights if set.
 pub fn build_model(cfg: &TrainConfig, device: &Device) -> Result<Net> {
     let mut model = nets::build(&cfg.spec(), device);
+    if let Some(a) = &cfg.arch {
+        crate::search::apply_arch(&mut model, a, cfg.x2_scale, device)?;
+    }
     if let Some(p) = &cfg.resume {
         load_checkpoint(&mut model, p)?;
     }
@@ -466,7 +477,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     let mut model = build_model(cfg, &ad)?;
     let teacher = match &cfg.teacher {
         Some(p) => {
-            let tcfg = TrainConfig { act: ActKind::Relu, resume: None, ..cfg.clone() };
+            let tcfg = TrainConfig { act: ActKind::Relu, resume: None, arch: None, ..cfg.clone() };
             let mut t = nets::build(&tcfg.spec(), &base);
             load_checkpoint(&mut t, p)
                 .context("loading the KD teacher (a ReLU net of the same --net/--width)")?;
@@ -643,7 +654,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
                 &format!(
                     "{} {} on {}",
                     cfg.net.display_name(),
-                    cfg.act.name(),
+                    if cfg.arch.is_some() { "searched" } else { cfg.act.name() },
                     cfg.data.display_name()
                 ),
             )?;

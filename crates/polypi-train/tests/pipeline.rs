@@ -149,7 +149,7 @@ fn train_export_check(
 
     // Reload the burn model from its checkpoint, and the exported file.
     let device = burn::tensor::Device::flex();
-    let mut model = polypi_train::nets::build(&cfg.spec(), &device);
+    let mut model = train::build_model(&cfg, &device).unwrap();
     train::load_checkpoint(&mut model, &ckpt).unwrap();
     let mf = ModelFile::load(&out).unwrap();
     let card = mf.card.clone().unwrap();
@@ -202,6 +202,15 @@ fn netm_poly_and_pkn_export_match_burn() {
     });
     train_export_check(NetKind::NetM, ActKind::Relu, DatasetKind::FashionMnist, 0.5, |c| {
         c.pool = polypi_train::PoolKind::Max
+    });
+    // A searched architecture: mixed ReLU / X2act sites, max and avg pooling (`arch` overrides
+    // `act`; Relu here only names the fixture folder, which this test reuses sequentially).
+    train_export_check(NetKind::NetM, ActKind::Relu, DatasetKind::FashionMnist, 0.5, |c| {
+        use polypi_train::PoolKind::{Avg, Max};
+        c.arch = Some(polypi_train::search::Arch {
+            acts: vec![ActKind::Relu, ActKind::X2act, ActKind::Relu],
+            pools: vec![Avg, Max],
+        })
     });
 }
 
