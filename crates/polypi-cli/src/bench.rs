@@ -53,8 +53,9 @@ pub struct BenchArgs {
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: fewer
-    /// online bytes, see docs/polynomials.md) or share-powers (ESPN, Diaa et al.).
+    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: equal
+    /// cost at degree 2, fewer online bytes from degree 3 on, see docs/polynomials.md) or
+    /// share-powers (ESPN, Diaa et al.).
     #[arg(long, default_value = "dealer-powers")]
     pub poly_protocol: PolyProtocol,
 }

@@ -41,8 +41,9 @@ pub struct InferArgs {
     /// Channels between server, client and dealer.
     #[arg(long, value_enum, default_value = "tcp")]
     pub transport: TransportArg,
-    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: fewer
-    /// online bytes, see docs/polynomials.md) or share-powers (ESPN, Diaa et al.).
+    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: equal
+    /// cost at degree 2, fewer online bytes from degree 3 on, see docs/polynomials.md) or
+    /// share-powers (ESPN, Diaa et al.).
     #[arg(long, default_value = "dealer-powers")]
     pub poly_protocol: PolyProtocol,
 }

@@ -160,8 +160,9 @@ pub enum PolyProtocol {
     /// HoneyBadger-style dealer powers: the dealer shares `r, r^2..r^m` per power group; the
     /// parties open `e = x - r` (one element each way per group) and expand
     /// `x^k = sum_i C(k,i) e^(k-i) r^i` locally. The default: same dealer bytes as
-    /// [`PolyProtocol::SharePowers`], fewer online bytes (1 vs m-1 elements each way per group)
-    /// and less online time (measured in `docs/polynomials.md`).
+    /// [`PolyProtocol::SharePowers`] (f = 16), equal online bytes at degree 2 and fewer from
+    /// degree 3 on (1 vs m-1 elements each way per group), less online time from degree 3 on
+    /// (measured in `docs/polynomials.md`).
     #[default]
     DealerPowers,
     /// ESPN (Diaa et al., USENIX Security '24, CrypTen-ESPN `new_espn_poly`): each party raises
