@@ -20,6 +20,12 @@ pub enum Error {
     /// layer's values left the safe range of the ring.
     #[error("fixed-point range exceeded at {location}: |value| {value} > bound {bound}")]
     RangeExceeded { location: String, value: f64, bound: f64 },
+    /// The range guard refused a result (see [`crate::engine::guard`] and
+    /// [`crate::model::range`]): a value (`check` says which: the client's input, the revealed
+    /// logits, or the plan's failure probability) exceeds its calibrated bound, so the private
+    /// result could be (or is) garbage from a fixed-point wrap-around or truncation failure.
+    #[error("range guard: {check} = {value:.4e} exceeds the bound {bound:.4e}")]
+    RangeGuard { check: String, value: f64, bound: f64 },
     /// The peer closed the connection or stopped answering.
     #[error("peer {peer} disconnected after {after_bytes} bytes: {reason}")]
     PeerDisconnected { peer: String, after_bytes: u64, reason: String },

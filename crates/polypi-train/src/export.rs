@@ -197,7 +197,7 @@ pub fn to_model_file(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>) ->
         nodes: b.nodes,
         labels: cfg.data.labels(),
     };
-    ModelFile { graph, card, tensors: b.tensors }
+    ModelFile { graph, card, ranges: None, tensors: b.tensors }
 }
 
 /// The model card of a finished run.

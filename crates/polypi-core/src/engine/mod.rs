@@ -1,8 +1,11 @@
 //! The engine: the one graph walk ([`walk`]) and its backends — plaintext ([`plain`]), the secure
 //! parties ([`party`]) — the session protocol between server, client and dealer ([`session`]),
-//! and reports ([`report`]).
+//! reports ([`report`]), calibration of value ranges ([`calibrate`]) and the client's runtime
+//! range guard ([`guard`]).
 
 pub mod bench;
+pub mod calibrate;
+pub mod guard;
 pub mod party;
 pub mod plain;
 pub mod report;

@@ -4,12 +4,15 @@
 //! Session (one client connection):
 //! 1. dealer -> server: the server's 256-bit seed; dealer -> client: the client's seed (fresh
 //!    from the OS CSPRNG for every session).
-//! 2. server -> client and server -> dealer: the public plan skeleton (JSON; no weights).
+//! 2. server -> client and server -> dealer: the public plan skeleton (JSON; no weights), with
+//!    the calibrated input and logit maxima of the range guard ([`super::guard`]) when the model
+//!    has calibrated ranges (field `range_guard`).
 //! 3. server -> client: `F = W - B` for every linear layer, one message each (once per session).
 //! 4. per inference: client -> server and client -> dealer: the batch size (u64 LE; 0 ends the
 //!    session); offline phase (dealer -> client corrections, streamed layer by layer); online
 //!    phase; server -> client: its share of the logits.
 
+use super::guard::{check_values, GuardBounds, GuardCheck, GuardMode, GuardPolicy, RangeViolation};
 use super::party::{
     check_supported, linear_indices, weight_masks, Dealer, Material, Offline, Online,
 };
@@ -52,12 +55,33 @@ fn recv_batch(ch: &mut dyn Channel) -> Result<usize> {
     Ok(b)
 }
 
-fn recv_skeleton(ch: &mut dyn Channel) -> Result<Plan> {
+/// The range-guard field of the skeleton message (absent: no calibrated ranges).
+#[derive(serde::Deserialize)]
+struct GuardField {
+    #[serde(default)]
+    range_guard: Option<GuardBounds>,
+}
+
+fn skeleton_message(plan: &Plan, guard: Option<GuardBounds>) -> Result<Vec<u8>> {
+    let err = |e: serde_json::Error| Error::Protocol(e.to_string());
+    let mut v = serde_json::to_value(plan.public_skeleton()).map_err(err)?;
+    if let (Some(g), Some(obj)) = (guard, v.as_object_mut()) {
+        obj.insert("range_guard".into(), serde_json::to_value(g).map_err(err)?);
+    }
+    serde_json::to_vec(&v).map_err(err)
+}
+
+fn recv_skeleton(ch: &mut dyn Channel) -> Result<(Plan, Option<GuardBounds>)> {
     let m = ch.recv()?;
     let p: Plan = serde_json::from_slice(&m)
         .map_err(|e| Error::Protocol(format!("bad plan skeleton: {e}")))?;
     p.check_skeleton()?;
-    Ok(p)
+    let g: GuardField = serde_json::from_slice(&m)
+        .map_err(|e| Error::Protocol(format!("bad range guard in the plan skeleton: {e}")))?;
+    if let Some(b) = &g.range_guard {
+        b.check()?;
+    }
+    Ok((p, g.range_guard))
 }
 
 /// What one party measured for one inference.
@@ -89,10 +113,24 @@ pub fn serve_session(
     dealer: &mut dyn Channel,
     record: bool,
 ) -> Result<Vec<PartyTraces>> {
+    serve_session_guarded(plan, enc, None, client, dealer, record)
+}
+
+/// [`serve_session`] that also sends the client the calibrated maxima of its range guard
+/// (`guard`, from [`crate::model::range::Ranges::io_max`]; `None`: the client runs unguarded).
+/// Errors: as [`serve_session`].
+pub fn serve_session_guarded(
+    plan: &Plan,
+    enc: &EncodedPlan,
+    guard: Option<GuardBounds>,
+    client: &mut dyn Channel,
+    dealer: &mut dyn Channel,
+    record: bool,
+) -> Result<Vec<PartyTraces>> {
     check_supported(plan)?;
     let seed = recv_seed(dealer)?;
     let skeleton = plan.public_skeleton();
-    let json = serde_json::to_vec(&skeleton).map_err(|e| Error::Protocol(e.to_string()))?;
+    let json = skeleton_message(plan, guard)?;
     client.send(&json)?;
     client.flush()?;
     dealer.send(&json)?;
@@ -166,7 +204,7 @@ pub fn deal_session(
     server.flush()?;
     client.send(&seed_c.0)?;
     client.flush()?;
-    let skeleton = recv_skeleton(server)?;
+    let (skeleton, _) = recv_skeleton(server)?;
     let masks = weight_masks(&skeleton, &seed_s)?;
     let mut out = Vec::new();
     let mut inference = 0u64;
@@ -196,6 +234,8 @@ pub struct ClientSession<'a> {
     skeleton: Plan,
     masked: EncodedPlan,
     inference: u64,
+    guard: Option<GuardBounds>,
+    policy: GuardPolicy,
     /// Setup cost.
     pub setup: SetupReport,
 }
@@ -207,6 +247,8 @@ pub struct ClientInference {
     pub logits: Vec<f32>,
     /// The client's measurements.
     pub traces: PartyTraces,
+    /// A failed range-guard check (only in [`GuardMode::Warn`]; in `Refuse` it is an error).
+    pub range_violation: Option<RangeViolation>,
 }
 
 impl<'a> ClientSession<'a> {
@@ -215,7 +257,7 @@ impl<'a> ClientSession<'a> {
     pub fn connect(server: &'a mut dyn Channel, dealer: &'a mut dyn Channel) -> Result<Self> {
         let t0 = Instant::now();
         let seed = recv_seed(dealer)?;
-        let skeleton = recv_skeleton(server)?;
+        let (skeleton, guard) = recv_skeleton(server)?;
         let mut masked = EncodedPlan::new(&skeleton)?;
         for idx in linear_indices(&masked) {
             if let Some(c) = masked.conv.get_mut(&idx) {
@@ -231,7 +273,56 @@ impl<'a> ClientSession<'a> {
             ms: t0.elapsed().as_secs_f64() * 1e3,
             bytes: server.stats().bytes_received,
         };
-        Ok(ClientSession { server, dealer, seed, skeleton, masked, inference: 0, setup })
+        Ok(ClientSession {
+            server,
+            dealer,
+            seed,
+            skeleton,
+            masked,
+            inference: 0,
+            guard,
+            policy: GuardPolicy::default(),
+            setup,
+        })
+    }
+
+    /// The calibrated maxima the server sent for the range guard (`None`: the model has no
+    /// calibrated ranges, the guard cannot check anything).
+    pub fn guard_bounds(&self) -> Option<GuardBounds> {
+        self.guard
+    }
+
+    /// Sets the range-guard policy (default: refuse, margin 2). Errors: `InvalidArgument` for a
+    /// margin that is not a finite number >= 1.
+    pub fn set_guard_policy(&mut self, policy: GuardPolicy) -> Result<()> {
+        if !(policy.margin.is_finite() && policy.margin >= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "range guard margin must be >= 1, got {}",
+                policy.margin
+            )));
+        }
+        self.policy = policy;
+        Ok(())
+    }
+
+    /// Applies the guard policy to one check: `Err` in refuse mode, the violation in warn mode.
+    fn guard_check(
+        &self,
+        check: GuardCheck,
+        values: &[f32],
+        calibrated: impl Fn(&GuardBounds) -> f64,
+    ) -> Result<Option<RangeViolation>> {
+        let Some(b) = self.guard.as_ref().filter(|_| self.policy.mode != GuardMode::Off) else {
+            return Ok(None);
+        };
+        match check_values(check, values, calibrated(b), self.policy.margin) {
+            None => Ok(None),
+            Some(v) if self.policy.mode == GuardMode::Refuse => Err(v.to_error()),
+            Some(v) => {
+                tracing::warn!("{}", v.to_error());
+                Ok(Some(v))
+            }
+        }
     }
 
     /// The public plan the server sent (shapes, labels, normalisation).
@@ -241,12 +332,15 @@ impl<'a> ClientSession<'a> {
 
     /// One private inference of `batch` samples; `input` is `[batch, C, H, W]`, normalised.
     /// Errors: `ShapeMismatch` (nothing is sent then), `RangeExceeded` for an input that does not
-    /// fit the ring, peer errors.
+    /// fit the ring, peer errors; with the range guard in refuse mode, `RangeGuard` for an input
+    /// outside the calibrated range (nothing is sent then) or for revealed logits outside the
+    /// calibrated range (the session stays usable).
     pub fn infer(&mut self, input: &[f32], batch: usize, record: bool) -> Result<ClientInference> {
         check_input(&self.skeleton, input, batch)?;
         if batch > MAX_BATCH {
             return Err(Error::InvalidArgument(format!("batch {batch} > {MAX_BATCH}")));
         }
+        let mut violation = self.guard_check(GuardCheck::Input, input, |b| b.input_max_abs)?;
         let fp = FixedPoint { frac_bits: self.skeleton.frac_bits };
         let x = fp.encode_slice(input)?;
         self.inference += 1;
@@ -275,11 +369,14 @@ impl<'a> ClientSession<'a> {
         tr.recorded = std::mem::take(&mut on.recorded);
         drop(on);
         let y0 = recv_ring(self.server, y1.len())?;
-        let logits =
+        let logits: Vec<f32> =
             y0.iter().zip(&y1.data).map(|(a, b)| fp.decode(a.wrapping_add(*b)) as f32).collect();
         tr.online = traces;
         tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
-        Ok(ClientInference { logits, traces: tr })
+        if let Some(v) = self.guard_check(GuardCheck::Logits, &logits, |b| b.logit_max_abs)? {
+            violation.get_or_insert(v);
+        }
+        Ok(ClientInference { logits, traces: tr, range_violation: violation })
     }
 
     /// Ends the session (server and dealer return).
@@ -320,6 +417,8 @@ pub struct LocalInference {
     pub logits: Vec<f32>,
     /// Merged report of the three roles.
     pub report: InferenceReport,
+    /// A failed range-guard check (warn mode only; see [`ClientInference::range_violation`]).
+    pub range_violation: Option<RangeViolation>,
 }
 
 /// The six channel ends of a three-role session.
@@ -378,6 +477,22 @@ pub fn run_local_with_link(
     opts: LocalOpts,
     link: LinkModel,
 ) -> Result<(SetupReport, Vec<LocalInference>)> {
+    run_local_guarded(plan, None, GuardPolicy::default(), inputs, opts, link)
+}
+
+/// [`run_local_with_link`] with the client's range guard: the server sends `guard` (calibrated
+/// input/logit maxima, see [`super::guard`]) and the client applies `policy`. In refuse mode the
+/// first violation ends the run with `RangeGuard`; in warn mode it is reported in
+/// [`LocalInference::range_violation`].
+/// Errors: as [`run_local`]; `RangeGuard`; `InvalidArgument` for a margin < 1.
+pub fn run_local_guarded(
+    plan: &Plan,
+    guard: Option<GuardBounds>,
+    policy: GuardPolicy,
+    inputs: &[(Vec<f32>, usize)],
+    opts: LocalOpts,
+    link: LinkModel,
+) -> Result<(SetupReport, Vec<LocalInference>)> {
     check_supported(plan)?;
     for (x, b) in inputs {
         check_input(plan, x, *b)?;
@@ -406,11 +521,19 @@ pub fn run_local_with_link(
     std::thread::scope(|s| {
         let enc_ref = &enc;
         let server = s.spawn(move || {
-            serve_session(plan, enc_ref, &mut *server_client, &mut *server_dealer, record)
+            serve_session_guarded(
+                plan,
+                enc_ref,
+                guard,
+                &mut *server_client,
+                &mut *server_dealer,
+                record,
+            )
         });
         let dealer = s.spawn(move || deal_session(&mut *dealer_server, &mut *dealer_client));
         let client_result = (|| -> Result<(SetupReport, Vec<ClientInference>)> {
             let mut sess = ClientSession::connect(&mut *client_server, &mut *client_dealer)?;
+            sess.set_guard_policy(policy)?;
             let mut outs = Vec::new();
             for (x, b) in inputs {
                 outs.push(sess.infer(x, *b, record)?);
@@ -483,7 +606,11 @@ pub fn run_local_with_link(
                 ..Default::default()
             };
             report.total();
-            results.push(LocalInference { logits: ci.logits, report });
+            results.push(LocalInference {
+                logits: ci.logits,
+                report,
+                range_violation: ci.range_violation,
+            });
         }
         Ok((setup, results))
     })

@@ -510,7 +510,7 @@ mod tests {
             t.into_iter().map(|(n, s, d)| (n.to_string(), TensorF32::new(s, d).unwrap())).collect();
         let graph =
             Graph { input_shape, frac_bits: 16, normalize: None, nodes, labels: Vec::new() };
-        ModelFile { graph, card: None, tensors }
+        ModelFile { graph, card: None, ranges: None, tensors }
     }
 
     fn conv_op(w: &str, b: Option<&str>, stride: usize, padding: usize) -> Op {

@@ -4,7 +4,8 @@
 //! - weights: named `F32` tensors in PyTorch layouts (conv `[c_out, c_in/groups, kh, kw]`, linear
 //!   `[out, in]`, per-channel vectors `[C]`, per-channel polynomial coefficients `[C, d+1]`);
 //! - safetensors `__metadata__`: [`KEY_GRAPH`] (the [`Graph`] as JSON), [`KEY_VERSION`]
-//!   (= [`FORMAT_VERSION`]) and optionally [`KEY_CARD`] (the [`ModelCard`] as JSON).
+//!   (= [`FORMAT_VERSION`]), optionally [`KEY_CARD`] (the [`ModelCard`] as JSON) and
+//!   [`KEY_RANGES`] (calibrated value ranges, [`Ranges`] as JSON, see [`super::range`]).
 //!
 //! [`ModelFile::load`] / [`ModelFile::from_bytes`] parse and validate everything (version, graph,
 //! tensor shapes, hyper-parameters, finite weights) and report the first problem with the node's
@@ -22,6 +23,8 @@ use serde_json::Value;
 
 use super::graph::{Graph, ModelCard, Node, Op, FORMAT_VERSION};
 use super::plan::ConvGeom;
+use super::range::Ranges;
+pub use super::range::KEY_RANGES;
 use crate::error::{Error, Result};
 
 /// Metadata key of the graph JSON.
@@ -93,6 +96,8 @@ pub struct ModelFile {
     pub graph: Graph,
     /// Model card (dataset, accuracy, recipe), if the file has one.
     pub card: Option<ModelCard>,
+    /// Calibrated value ranges (`polypi calibrate`), if the file has them.
+    pub ranges: Option<Ranges>,
     /// Weight tensors by name (names are referred to by the graph's nodes).
     pub tensors: BTreeMap<String, TensorF32>,
 }
@@ -152,6 +157,11 @@ impl ModelFile {
             ),
         };
 
+        let ranges = match kv.get(KEY_RANGES) {
+            None => None,
+            Some(s) => Some(Ranges::from_json(s, name)?),
+        };
+
         let mut tensors = BTreeMap::new();
         for (tname, view) in st.tensors() {
             if view.dtype() != Dtype::F32 {
@@ -169,7 +179,7 @@ impl ModelFile {
             }
             tensors.insert(tname, TensorF32 { shape, data });
         }
-        Ok(ModelFile { graph, card, tensors })
+        Ok(ModelFile { graph, card, ranges, tensors })
     }
 
     /// Serialises to safetensors bytes (deterministic: metadata keys sorted, tensors ordered by
@@ -182,6 +192,9 @@ impl ModelFile {
         meta.insert(KEY_VERSION, FORMAT_VERSION.to_string());
         if let Some(card) = &self.card {
             meta.insert(KEY_CARD, serde_json::to_string(card).map_err(json_err)?);
+        }
+        if let Some(r) = &self.ranges {
+            meta.insert(KEY_RANGES, r.to_json()?);
         }
         let q = |s: &str| serde_json::to_string(s).map_err(json_err);
 
@@ -266,10 +279,26 @@ impl ModelFile {
     /// node's name: first node is the only `Input`, unique names, inputs name earlier nodes, arity
     /// (`Add` 2, `Input` 0, others 1), referenced tensors exist with the right shapes and finite
     /// values, sane hyper-parameters (stride/kernel >= 1, groups divide channels, eps > 0,
-    /// polynomial degree <= [`MAX_POLY_DEGREE`]), label count = output size.
+    /// polynomial degree <= [`MAX_POLY_DEGREE`]), label count = output size; every layer of the
+    /// calibrated ranges names a node.
     /// Errors: [`Error::Graph`] or [`Error::ShapeMismatch`].
     pub fn validate(&self) -> Result<()> {
-        self.infer_shapes().map(|_| ())
+        self.infer_shapes()?;
+        if let Some(r) = &self.ranges {
+            for l in &r.layers {
+                if !self.graph.nodes.iter().any(|n| n.name == l.name) {
+                    return Err(Error::graph(
+                        &l.name,
+                        format!(
+                            "'{KEY_RANGES}' has a range for '{}', which is not a node of the graph \
+                             (stale calibration? re-run `polypi calibrate`)",
+                            l.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Validates (as [`ModelFile::validate`]) and returns the per-sample output shape of every
@@ -1005,6 +1034,117 @@ mod tests {
         let (node, reason) = graph_err(f.validate().unwrap_err());
         assert_eq!(node, "fc1");
         assert!(reason.contains("Flatten"), "{reason}");
+    }
+
+    fn with_ranges() -> ModelFile {
+        use crate::model::range::{LayerRange, Ranges, RANGES_VERSION};
+        let mut f = small();
+        let plan = crate::model::compile::compile(&f).unwrap();
+        f.ranges = Some(Ranges {
+            version: RANGES_VERSION,
+            data: "unit test".into(),
+            samples: 3,
+            frac_bits: 16,
+            layers: plan
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| LayerRange {
+                    name: l.name.clone(),
+                    op: l.op.kind().into(),
+                    max_abs: 1.5 + i as f64,
+                    p9999_abs: 1.0 + i as f64 * 0.25,
+                    mean_abs: 0.1,
+                })
+                .collect(),
+        });
+        f
+    }
+
+    #[test]
+    fn ranges_round_trip_through_the_file() {
+        let f = with_ranges();
+        let bytes = f.to_bytes().unwrap();
+        let g = ModelFile::from_bytes(&bytes, "mem").unwrap();
+        assert_eq!(g.ranges, f.ranges);
+        assert_eq!(g.to_bytes().unwrap(), bytes);
+        let dir = std::env::temp_dir().join(format!("polypi-ranges-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        f.save(&path).unwrap();
+        assert_eq!(ModelFile::load(&path).unwrap().ranges, f.ranges);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Absent key = no ranges.
+        assert_eq!(ModelFile::from_bytes(&small().to_bytes().unwrap(), "m").unwrap().ranges, None);
+    }
+
+    fn with_ranges_json(f: &ModelFile, json: &str) -> Vec<u8> {
+        let bytes = f.to_bytes().unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut md = meta.metadata().clone().unwrap();
+        md.insert(KEY_RANGES.to_string(), json.to_string());
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+        safetensors::serialize(views, Some(md)).unwrap()
+    }
+
+    #[test]
+    fn malformed_ranges_are_clear_load_errors() {
+        let f = with_ranges();
+        let good: Value =
+            serde_json::from_str(&f.ranges.as_ref().unwrap().to_json().unwrap()).unwrap();
+        let cases: Vec<(Value, &str)> = vec![
+            (Value::from("nope"), "polypi.ranges"),
+            (
+                {
+                    let mut v = good.clone();
+                    v["version"] = 2.into();
+                    v
+                },
+                "version 2",
+            ),
+            (
+                {
+                    let mut v = good.clone();
+                    v["layers"][0]["max_abs"] = Value::Null;
+                    v
+                },
+                "expected f64",
+            ),
+            (
+                {
+                    let mut v = good.clone();
+                    v["layers"][0]["bogus"] = 1.into();
+                    v
+                },
+                "bogus",
+            ),
+            (
+                {
+                    let mut v = good.clone();
+                    v["layers"] = Value::Array(vec![]);
+                    v
+                },
+                "no layers",
+            ),
+        ];
+        for (v, needle) in cases {
+            let e =
+                ModelFile::from_bytes(&with_ranges_json(&f, &v.to_string()), "m.st").unwrap_err();
+            assert!(matches!(e, Error::ModelFile { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("m.st") && msg.contains(needle), "{needle}: {msg}");
+        }
+        let e = ModelFile::from_bytes(&with_ranges_json(&f, "{not json"), "m.st").unwrap_err();
+        assert!(e.to_string().contains(KEY_RANGES), "{e}");
+        // A range for a node the graph does not have (stale calibration).
+        let mut v = good.clone();
+        v["layers"][1]["name"] = "ghost".into();
+        let (node, reason) = graph_err(
+            ModelFile::from_bytes(&with_ranges_json(&f, &v.to_string()), "m").unwrap_err(),
+        );
+        assert_eq!(node, "ghost");
+        assert!(reason.contains("calibrate"), "{reason}");
     }
 
     #[test]

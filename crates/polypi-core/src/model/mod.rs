@@ -1,10 +1,12 @@
 //! Models: the graph IR ([`graph`]), the model file ([`file`]), compile passes into a [`Plan`]
-//! ([`compile`]) and the reference networks of `reference.md` ([`zoo`]).
+//! ([`compile`]), calibrated value ranges and the plan range check ([`range`]), and the reference
+//! networks of `reference.md` ([`zoo`]).
 
 pub mod compile;
 pub mod file;
 pub mod graph;
 pub mod plan;
+pub mod range;
 pub mod zoo;
 
 pub use graph::{Graph, ModelCard, Node, Normalize, Op, FORMAT_VERSION};

@@ -280,7 +280,7 @@ pub fn build(net: RefNet, act: Act, pool: Pool, width: f32, seed: u64) -> Result
         test_accuracy: None,
         recipe: format!("untrained: deterministic pseudo-random weights (polypi zoo, seed {seed})"),
     };
-    let file = ModelFile { graph, card: Some(card), tensors: b.tensors };
+    let file = ModelFile { graph, card: Some(card), ranges: None, tensors: b.tensors };
     file.validate()?;
     Ok(file)
 }
