@@ -203,6 +203,25 @@ pub fn tcp_options(timeout_s: f64) -> Result<TcpOptions> {
     Ok(TcpOptions { read_timeout: t, write_timeout: t, ..Default::default() })
 }
 
+/// Exit code of a range error ([`polypi_core::Error::RangeGuard`] or
+/// [`polypi_core::Error::RangeExceeded`] anywhere in the chain): 3.
+pub const EXIT_RANGE: u8 = 3;
+
+/// The exit code of a failed command: [`EXIT_RANGE`] for range errors, else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    let range = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<polypi_core::Error>(),
+            Some(polypi_core::Error::RangeGuard { .. } | polypi_core::Error::RangeExceeded { .. })
+        )
+    });
+    if range {
+        EXIT_RANGE
+    } else {
+        1
+    }
+}
+
 /// What to do about an error, when its cause is a known polypi-core error.
 pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
     use polypi_core::Error as E;
@@ -224,6 +243,12 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
                 E::RangeExceeded { .. } => {
                     "values left the fixed-point range: normalise the input as the model expects \
                      or use a model with smaller activations / fewer frac bits"
+                }
+                E::RangeGuard { .. } => {
+                    "the range guard refused a value outside the model's calibrated range (see \
+                     README, threat model): check that the input is a normal image for this \
+                     model; `polypi inspect --model FILE` shows the range check; --range-guard \
+                     warn|off and --range-check warn|off relax it (results may then be garbage)"
                 }
                 E::PeerDisconnected { .. } => {
                     "the peer stopped or the link failed: check that `polypi serve` and `polypi \

@@ -1,17 +1,22 @@
 //! `polypi eval`: plaintext f32 accuracy of a model on a test split, and private inference of its
 //! first N images (in-process, TCP on loopback) with the agreement rate against the plaintext
-//! predictions, mean online latency and bytes per image.
+//! predictions, mean online latency and bytes per image, and the range guard's counts: results
+//! it refused, and "undetected garbage" (a private prediction that differs from the plaintext one
+//! and was not refused; should be 0).
 //!
 //! TODO(polypi-train): switch to `polypi_train::data::load` once that crate builds in CI; the
 //! readers here are the minimal IDX / CIFAR-10 binary readers needed for the test split only
 //! (they avoid pulling burn into the CLI's build).
 
 use crate::common;
+use crate::range::{self, CheckArgs, GuardArgs, MarginArgs, ModeArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use polypi_core::engine::guard::{GuardCheck, GuardMode, GuardPolicy};
 use polypi_core::engine::run_f32;
-use polypi_core::engine::session::{run_local, LocalOpts, Transport};
+use polypi_core::engine::session::{run_local_guarded, LocalOpts, Transport};
+use polypi_core::net::LinkModel;
 use serde::Serialize;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -51,20 +56,42 @@ pub struct EvalArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub check_args: CheckArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub margin: MarginArgs,
 }
 
-/// A test split: `u8` pixels NCHW (image-major) and labels.
-struct TestSet {
-    images: Vec<u8>,
-    labels: Vec<u8>,
-    shape: [usize; 3],
+/// Which part of a dataset to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// The training split (`train-*-ubyte[.gz]`; CIFAR-10 `data_batch_{1..5}.bin` or
+    /// `train_subset_4660.bin`).
+    Train,
+    /// The test split (`t10k-*-ubyte[.gz]`; CIFAR-10 `test_batch.bin` or
+    /// `test_batch_first932.bin`).
+    Test,
+}
+
+/// A dataset split: `u8` pixels NCHW (image-major) and labels.
+pub struct TestSet {
+    /// Pixels, image after image, each `[C, H, W]`.
+    pub images: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u8>,
+    /// Per-image shape `[C, H, W]`.
+    pub shape: [usize; 3],
 }
 
 impl TestSet {
-    fn len(&self) -> usize {
+    /// Number of images.
+    pub fn len(&self) -> usize {
         self.labels.len()
     }
-    fn image(&self, i: usize) -> &[u8] {
+    /// Pixels of image `i` (`[C, H, W]`).
+    pub fn image(&self, i: usize) -> &[u8] {
         let n = self.shape.iter().product::<usize>();
         &self.images[i * n..(i + 1) * n]
     }
@@ -92,19 +119,26 @@ fn be32(b: &[u8], at: usize) -> usize {
 }
 
 fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
+    load_split(kind, dir, SplitArg::Test)
+}
+
+/// Reads one split of a dataset from `dir` (see [`EvalArgs::data`] for the layout).
+pub fn load_split(kind: DatasetArg, dir: &Path, split: SplitArg) -> Result<TestSet> {
+    let prefix = if split == SplitArg::Train { "train" } else { "t10k" };
     match kind {
         DatasetArg::Mnist | DatasetArg::FashionMnist => {
             let sub = if kind == DatasetArg::Mnist { "mnist" } else { "fashion-mnist" };
             let d = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
             let missing = || {
                 format!(
-                    "no {sub} test set (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) \
-                     in {}: run scripts/fetch-data.sh and pass --data data/fetched",
+                    "no {sub} {prefix} split ({prefix}-images-idx3-ubyte[.gz], \
+                     {prefix}-labels-idx1-ubyte[.gz]) in {}: run scripts/fetch-data.sh and pass \
+                     --data data/fetched",
                     d.display()
                 )
             };
-            let ip = find(&d, "t10k-images-idx3-ubyte").with_context(missing)?;
-            let lp = find(&d, "t10k-labels-idx1-ubyte").with_context(missing)?;
+            let ip = find(&d, &format!("{prefix}-images-idx3-ubyte")).with_context(missing)?;
+            let lp = find(&d, &format!("{prefix}-labels-idx1-ubyte")).with_context(missing)?;
             let img = read_maybe_gz(&ip)?;
             let lab = read_maybe_gz(&lp)?;
             if img.len() < 16 || be32(&img, 0) != 0x803 {
@@ -125,20 +159,40 @@ fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
         }
         DatasetArg::Cifar10 => {
             const REC: usize = 1 + 3 * 32 * 32;
-            let p = ["test_batch.bin", "test_batch_first932.bin"]
-                .iter()
-                .map(|f| dir.join(f))
-                .find(|p| p.exists())
-                .with_context(|| {
-                    format!(
-                        "no CIFAR-10 test batch (test_batch.bin or test_batch_first932.bin) in {}: \
-                         pass --data with the folder of the CIFAR-10 binary files",
-                        dir.display()
-                    )
-                })?;
-            let raw = read_maybe_gz(&p)?;
-            if raw.is_empty() || raw.len() % REC != 0 {
-                bail!("{} is not a CIFAR-10 binary batch ({REC}-byte records)", p.display());
+            let full: Vec<PathBuf> =
+                (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
+            let files: Vec<PathBuf> = if split == SplitArg::Test {
+                ["test_batch.bin", "test_batch_first932.bin"]
+                    .iter()
+                    .map(|f| dir.join(f))
+                    .find(|p| p.exists())
+                    .into_iter()
+                    .collect()
+            } else if full[0].exists() {
+                full.into_iter().filter(|p| p.exists()).collect()
+            } else {
+                Some(dir.join("train_subset_4660.bin")).filter(|p| p.exists()).into_iter().collect()
+            };
+            if files.is_empty() {
+                bail!(
+                    "no CIFAR-10 {} batch ({}) in {}: pass --data with the folder of the CIFAR-10 \
+                     binary files",
+                    prefix,
+                    if split == SplitArg::Test {
+                        "test_batch.bin or test_batch_first932.bin"
+                    } else {
+                        "data_batch_1..5.bin or train_subset_4660.bin"
+                    },
+                    dir.display()
+                );
+            }
+            let mut raw = Vec::new();
+            for p in &files {
+                let r = read_maybe_gz(p)?;
+                if r.is_empty() || r.len() % REC != 0 {
+                    bail!("{} is not a CIFAR-10 binary batch ({REC}-byte records)", p.display());
+                }
+                raw.extend_from_slice(&r);
             }
             let mut images = Vec::with_capacity(raw.len());
             let mut labels = Vec::new();
@@ -162,6 +216,17 @@ struct PrivateStats {
     mean_offline_bytes: f64,
     rounds: u64,
     mean_setup_ms: f64,
+    /// Whether the model has calibrated ranges and the range guard was on.
+    range_guard: bool,
+    /// Results the range guard refused because the input left the calibrated range.
+    guard_refused_input: usize,
+    /// Results the range guard refused because the revealed logits left the calibrated range.
+    guard_refused_logits: usize,
+    /// Private predictions that differ from the plaintext one and were not refused (garbage the
+    /// guard did not detect, or a small fixed-point error flipping a close call).
+    undetected_garbage: usize,
+    /// Largest |private logit - plaintext f32 logit| over the results that were not refused.
+    max_abs_logit_error: f64,
 }
 
 #[derive(Serialize)]
@@ -191,6 +256,16 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let m = common::load_model(&path)?;
     let plan = &m.plan;
     let ds = load_test(a.dataset, &a.data)?;
+    let np_check = a.private.min(a.limit.unwrap_or(usize::MAX));
+    if np_check > 0 {
+        range::gate(&m, &a.check_args, &a.margin)?;
+    }
+    let guard = range::guard_bounds(&m);
+    let mut policy: GuardPolicy = range::policy(&a.guard, &a.margin)?;
+    // Count violations per image instead of stopping at the first one.
+    if policy.mode == GuardMode::Refuse {
+        policy.mode = GuardMode::Warn;
+    }
     if plan.input_shape() != ds.shape {
         bail!(
             "the model expects inputs {:?} but the {:?} test set has {:?}: pass the --dataset the \
@@ -211,12 +286,16 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     const BATCH: usize = 100;
     let pb = bar(n, "plaintext", a.json);
     let mut plain_pred = Vec::with_capacity(n);
+    let mut plain_logits: Vec<f32> = Vec::new();
     for start in (0..n).step_by(BATCH) {
         let end = (start + BATCH).min(n);
         let x: Vec<f32> = (start..end).flat_map(input).collect();
         let logits = run_f32(plan, &x, end - start).context("plaintext inference failed")?;
         let k = plan.num_classes();
         plain_pred.extend(logits.chunks(k).map(common::argmax));
+        if start < a.private {
+            plain_logits.extend_from_slice(&logits);
+        }
         pb.set_position(end as u64);
     }
     pb.finish_and_clear();
@@ -228,13 +307,19 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let private = if np > 0 {
         const CHUNK: usize = 16;
         let pb = bar(np, "private", a.json);
-        let mut st = PrivateStats { images: np, ..Default::default() };
+        let mut st = PrivateStats {
+            images: np,
+            range_guard: guard.is_some() && a.guard.range_guard != ModeArg::Off,
+            ..Default::default()
+        };
+        let classes = plan.num_classes();
         let (mut right, mut sessions) = (0usize, 0usize);
         for start in (0..np).step_by(CHUNK) {
             let end = (start + CHUNK).min(np);
             let inputs: Vec<(Vec<f32>, usize)> = (start..end).map(|i| (input(i), 1)).collect();
+            let opts = LocalOpts { transport: Transport::Tcp, check: false };
             let (setup, res) =
-                run_local(plan, &inputs, LocalOpts { transport: Transport::Tcp, check: false })
+                run_local_guarded(plan, guard, policy, &inputs, opts, LinkModel::none())
                     .context("private inference failed")?;
             sessions += 1;
             st.mean_setup_ms += setup.ms;
@@ -242,6 +327,21 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 let i = start + k;
                 let p = common::argmax(&r.logits);
                 st.agree += usize::from(p == plain_pred[i]);
+                match r.range_violation.map(|v| v.check) {
+                    Some(GuardCheck::Input) => st.guard_refused_input += 1,
+                    Some(GuardCheck::Logits) => st.guard_refused_logits += 1,
+                    None => {
+                        st.undetected_garbage += usize::from(p != plain_pred[i]);
+                        let want = &plain_logits[i * classes..(i + 1) * classes];
+                        let err = r
+                            .logits
+                            .iter()
+                            .zip(want)
+                            .map(|(a, b)| (a - b).abs() as f64)
+                            .fold(0.0, f64::max);
+                        st.max_abs_logit_error = st.max_abs_logit_error.max(err);
+                    }
+                }
                 right += usize::from(p == ds.labels[i] as usize);
                 st.mean_online_ms += r.report.online_ms;
                 st.mean_online_bytes += r.report.online_bytes as f64;
@@ -294,6 +394,19 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 p.mean_offline_bytes / 1e6,
                 p.rounds,
                 p.mean_setup_ms
+            );
+            println!(
+                "  range guard {}: refused {} (input) + {} (logits); undetected garbage {}; max \
+                 |private - plaintext| logit {:.4}",
+                if p.range_guard {
+                    "on"
+                } else {
+                    "off (no calibrated ranges or --range-guard off)"
+                },
+                p.guard_refused_input,
+                p.guard_refused_logits,
+                p.undetected_garbage,
+                p.max_abs_logit_error
             );
         }
     }

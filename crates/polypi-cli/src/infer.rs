@@ -3,12 +3,16 @@
 //! prediction.
 
 use crate::common::{self, ClassProb};
+use crate::range::{self, CheckArgs, GuardArgs, MarginArgs};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use polypi_core::engine::guard::RangeViolation;
 use polypi_core::engine::report::{InferenceReport, SetupReport};
 use polypi_core::engine::run_f32;
-use polypi_core::engine::session::{run_local, LocalOpts, Transport};
+
+use polypi_core::engine::session::{run_local_guarded, LocalOpts, Transport};
 use polypi_core::model::PolyProtocol;
+use polypi_core::net::LinkModel;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +50,12 @@ pub struct InferArgs {
     /// share-powers (ESPN, Diaa et al.).
     #[arg(long, default_value = "dealer-powers")]
     pub poly_protocol: PolyProtocol,
+    #[command(flatten)]
+    pub check_args: CheckArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub margin: MarginArgs,
 }
 
 /// A prediction (private or plaintext).
@@ -80,6 +90,8 @@ struct InputResult {
     private: Prediction,
     plaintext: Prediction,
     agree: bool,
+    /// A failed range-guard check (only with --range-guard warn).
+    range_violation: Option<RangeViolation>,
     report: InferenceReport,
 }
 
@@ -109,6 +121,9 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
         TransportArg::Tcp => Transport::Tcp,
         TransportArg::Mem => Transport::Mem,
     };
+    range::gate(&model, &a.check_args, &a.margin)?;
+    let guard = range::guard_bounds(&model);
+    let policy = range::policy(&a.guard, &a.margin)?;
     tracing::info!(model = %path.display(), inputs = files.len(), "private inference");
     let spinner = (!a.json).then(|| {
         let pb = indicatif::ProgressBar::new_spinner();
@@ -117,7 +132,8 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
         pb
     });
     let t0 = Instant::now();
-    let res = run_local(plan, &inputs, LocalOpts { transport, check: a.check });
+    let opts = LocalOpts { transport, check: a.check };
+    let res = run_local_guarded(plan, guard, policy, &inputs, opts, LinkModel::none());
     if let Some(pb) = spinner {
         pb.finish_and_clear();
     }
@@ -132,6 +148,7 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
         out.push(InputResult {
             file: f.display().to_string(),
             agree: private.class == plaintext.class,
+            range_violation: r.range_violation,
             private,
             plaintext,
             report: r.report,
@@ -181,7 +198,14 @@ fn print_text(d: &InferOutput, model: &common::Model) {
             r.private.label,
             common::fmt_top(&r.private.top3),
             r.plaintext.label,
-            if r.agree { "agree" } else { "DISAGREE" },
+            match (&r.range_violation, r.agree) {
+                (Some(v), _) => format!(
+                    "RANGE WARNING: {:?} max |x| {:.3e} > bound {:.3e}",
+                    v.check, v.value, v.bound
+                ),
+                (None, true) => "agree".into(),
+                (None, false) => "DISAGREE".into(),
+            },
             r.report.online_ms,
             r.report.online_bytes as f64 / 1e6,
             r.report.rounds

@@ -1,11 +1,14 @@
 //! `polypi inspect`: what a model file holds — graph nodes with output shapes and parameters, the
 //! compiled layers with MACs and activation counts (elements entering each Poly/ReLU), the model
-//! card.
+//! card, and the range check from the calibrated ranges (bits used, headroom and failure
+//! probability per layer).
 
 use crate::common;
+use crate::range::{self, MarginArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use polypi_core::model::graph::{ModelCard, Normalize};
+use polypi_core::model::range::{RangeReport, Ranges};
 use polypi_core::model::LayerOp;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -20,6 +23,8 @@ pub struct InspectArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub margin: MarginArgs,
 }
 
 #[derive(Serialize)]
@@ -57,6 +62,10 @@ struct InspectOutput {
     macs: u64,
     poly_activations: u64,
     relu_activations: u64,
+    /// Calibrated value ranges (`polypi calibrate`), if any.
+    ranges: Option<Ranges>,
+    /// The plan range check from the ranges x margin.
+    range_check: Option<RangeReport>,
 }
 
 /// Runs `polypi inspect`.
@@ -117,6 +126,7 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
         .collect();
     let count =
         |k: &str| -> u64 { layers.iter().filter(|l| l.op == k).map(|l| l.activations).sum() };
+    let range_check = range::report(&m, &a.margin)?;
     let doc = InspectOutput {
         model: path.display().to_string(),
         card: m.file.card.clone(),
@@ -130,6 +140,8 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
         relu_activations: count("Relu"),
         nodes,
         layers,
+        ranges: m.file.ranges.clone(),
+        range_check,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -195,4 +207,14 @@ fn print_text(d: &InspectOutput) {
         "total: {} parameters, {} MACs per sample, {} polynomial activations, {} ReLUs per sample",
         d.params, d.macs, d.poly_activations, d.relu_activations
     );
+    match (&d.ranges, &d.range_check) {
+        (Some(r), Some(c)) => {
+            println!("\ncalibrated ranges: {} ({} samples)", r.data, r.samples);
+            print!("{}", c.table());
+        }
+        _ => println!(
+            "\nno calibrated ranges: no range check and no runtime range guard (run `polypi \
+             calibrate --model FILE --data DIR`)"
+        ),
+    }
 }

@@ -2,9 +2,11 @@
 //! server (the model), a client (the input) and a dealer (correlated randomness).
 //!
 //! Exit codes: 0 success, 1 runtime error (including private/plaintext disagreement in `infer`),
-//! 2 usage error (clap). Every error ends with a hint saying what to do.
+//! 2 usage error (clap), 3 range error (the range guard or the plan range check refused: a value
+//! outside the calibrated fixed-point range, see `polypi calibrate`). Every error ends with a hint saying what to do.
 
 mod bench;
+mod calibrate;
 mod common;
 mod cost;
 mod eval;
@@ -12,6 +14,7 @@ mod forward;
 mod infer;
 mod inspect;
 mod net;
+mod range;
 mod zoo;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +43,9 @@ enum Command {
     Query(net::QueryArgs),
     /// Plaintext accuracy on a test set, and private inference on its first images.
     Eval(eval::EvalArgs),
+    /// Records per-layer value ranges on real data into the model file (for the range check and
+    /// the runtime range guard).
+    Calibrate(calibrate::CalibrateArgs),
     /// Shows a model's graph, shapes, parameters, MACs, activations and model card.
     Inspect(inspect::InspectArgs),
     /// Writes a reference network with random weights (for tests and benchmarks).
@@ -109,6 +115,7 @@ fn main() -> ExitCode {
         Command::Dealer(a) => net::dealer(a),
         Command::Query(a) => net::query(a),
         Command::Eval(a) => eval::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Zoo(a) => zoo::run(a),
         Command::Bench(a) => bench::run(a),
@@ -123,7 +130,7 @@ fn main() -> ExitCode {
             if let Some(h) = common::hint(&e) {
                 eprintln!("hint: {h}");
             }
-            ExitCode::from(1)
+            ExitCode::from(common::exit_code(&e))
         }
     }
 }

@@ -7,10 +7,11 @@
 //! shares, inputs, weights) is ever printed or logged.
 
 use crate::common::{self, ClassProb};
+use crate::range::{self, CheckArgs, GuardArgs, MarginArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use polypi_core::engine::party::check_supported;
-use polypi_core::engine::session::{deal_session, serve_session, ClientSession};
+use polypi_core::engine::session::{deal_session, serve_session_guarded, ClientSession};
 use polypi_core::engine::EncodedPlan;
 use polypi_core::net::{bind, TcpChannel, TcpOptions};
 use serde::Serialize;
@@ -42,6 +43,10 @@ pub struct ServeArgs {
     /// dealer-powers (default) or share-powers (ESPN), see docs/polynomials.md.
     #[arg(long, default_value = "dealer-powers")]
     pub poly_protocol: polypi_core::model::PolyProtocol,
+    #[command(flatten)]
+    pub check_args: CheckArgs,
+    #[command(flatten)]
+    pub margin: MarginArgs,
 }
 
 /// Arguments of `polypi dealer`.
@@ -79,6 +84,10 @@ pub struct QueryArgs {
     /// How long to keep retrying while the server or dealer is not listening yet, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub connect_retry_s: f64,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub margin: MarginArgs,
 }
 
 fn listen(addr: &str) -> Result<TcpListener> {
@@ -88,6 +97,12 @@ fn listen(addr: &str) -> Result<TcpListener> {
     println!("listening on {local}");
     std::io::stdout().flush().ok();
     Ok(l)
+}
+
+impl QueryArgs {
+    fn range_guard_on(&self) -> bool {
+        self.guard.range_guard != range::ModeArg::Off
+    }
 }
 
 fn with_role(opts: &TcpOptions, role: &str) -> TcpOptions {
@@ -102,6 +117,8 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     check_supported(&model.plan)
         .with_context(|| format!("model {} cannot be served privately", path.display()))?;
     let enc = EncodedPlan::new(&model.plan).context("cannot encode the model's weights")?;
+    range::gate(&model, &a.check_args, &a.margin)?;
+    let guard = range::guard_bounds(&model);
     let opts = common::tcp_options(a.timeout_s)?;
     let listener = listen(&a.listen)?;
     tracing::info!(model = %path.display(), dealer = %a.dealer, "serving");
@@ -131,7 +148,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
                 continue;
             }
         };
-        match serve_session(&model.plan, &enc, &mut client, &mut dealer, false) {
+        match serve_session_guarded(&model.plan, &enc, guard, &mut client, &mut dealer, false) {
             Ok(tr) => {
                 let online: f64 = tr.iter().map(|t| t.online_ms).sum();
                 println!(
@@ -223,6 +240,8 @@ struct QueryResult {
     online_bytes_sent: u64,
     online_bytes_received: u64,
     offline_bytes_received: u64,
+    /// A failed range-guard check (only with --range-guard warn).
+    range_violation: Option<polypi_core::engine::guard::RangeViolation>,
 }
 
 #[derive(Serialize)]
@@ -241,6 +260,7 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         bail!("--connect-retry-s must be a number >= 0, got {}", a.connect_retry_s);
     }
     opts.connect_retry_for = Duration::from_secs_f64(a.connect_retry_s);
+    let policy = range::policy(&a.guard, &a.margin)?;
     for f in &a.input {
         if !f.exists() {
             bail!("input image {} not found: check the path", f.display());
@@ -252,6 +272,13 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot connect to the dealer at {}", a.dealer))?;
     let mut sess = ClientSession::connect(&mut server, &mut dealer)
         .context("session setup with the server and dealer failed")?;
+    sess.set_guard_policy(policy)?;
+    if sess.guard_bounds().is_none() && a.range_guard_on() {
+        eprintln!(
+            "note: the server's model has no calibrated ranges: the range guard cannot check \
+             the results"
+        );
+    }
     let plan = sess.plan().clone();
     if !a.json {
         println!(
@@ -274,9 +301,17 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
     }
     let mut results = Vec::new();
     for (f, x) in a.input.iter().zip(&inputs) {
-        let r = sess
-            .infer(x, 1, false)
-            .with_context(|| format!("private inference of {} failed", f.display()))?;
+        let r = match sess.infer(x, 1, false) {
+            Ok(r) => r,
+            Err(e) => {
+                // A refused input or result leaves the session usable: end it cleanly.
+                if matches!(e, polypi_core::Error::RangeGuard { .. }) {
+                    let _ = sess.close();
+                }
+                return Err(anyhow::Error::new(e)
+                    .context(format!("private inference of {} failed", f.display())));
+            }
+        };
         let sent: u64 = r.traces.online.iter().map(|t| t.stats.bytes_sent).sum();
         // The output reveal (server's logit shares) is received after the last layer.
         let received: u64 = r.traces.online.iter().map(|t| t.stats.bytes_received).sum::<u64>()
@@ -294,7 +329,15 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
             online_bytes_sent: sent,
             online_bytes_received: received,
             offline_bytes_received: offline,
+            range_violation: r.range_violation,
         };
+        if let Some(v) = &q.range_violation {
+            eprintln!(
+                "warning: {}: range guard: {:?} max |x| {:.3e} > bound {:.3e}; the result may be \
+                 garbage",
+                q.file, v.check, v.value, v.bound
+            );
+        }
         if !a.json {
             println!(
                 "{}: {} [{}] | online {:.2} ms ({} B sent, {} B received), offline {:.2} ms ({} B from dealer)",

@@ -24,10 +24,11 @@
 //!   most the sum over its sites. A failed element is off by about `2^(64 - t)` ring units (`t` =
 //!   truncated bits): garbage, not a small error.
 //! - **wrap-around**: a value with `bits > 64` does not fit the ring at all: failure probability 1.
-//! - **comparison** (ReLU, max-pool; [`crate::mpc::relu`]): the DReLU of a value is exact when it
-//!   lies in the signed range of [`COMPARE_BITS`] + 1 bits, i.e. `bits <= COMPARE_BITS + 1`;
-//!   otherwise the sign can be wrong (probability 1 in the worst case). Max-pool compares
-//!   differences `a - b`, bounded by `2M`.
+//! - **comparison** (ReLU, max-pool; [`crate::mpc::relu`]): DReLU runs on the low
+//!   [`RING_BITS`] = `l` bits and is exact for `-2^(l-1) <= x < 2^(l-1)` ring units, i.e. when
+//!   `bits <= l` (the limit of a comparison site is `l`, not 64); otherwise the sign can be wrong
+//!   (failure probability 1 in the worst case). Max-pool compares differences `a - b`, bounded
+//!   by `2M`.
 //!
 //! Sites per layer (`f` = the plan's frac bits, `M_in`/`M_out` = input/output bound):
 //! - `Input`: the encoded input, scale f (wrap-around only).
@@ -45,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::{LayerOp, Plan};
 use crate::error::{Error, Result};
 use crate::mpc::encode::encode_poly;
-pub use crate::mpc::relu::COMPARE_BITS;
+pub use crate::mpc::relu::RING_BITS as COMPARE_BITS;
 
 /// Metadata key of the calibrated ranges (JSON of [`Ranges`]).
 pub const KEY_RANGES: &str = "polypi.ranges";
@@ -180,7 +181,7 @@ pub struct Site {
     pub scale: u32,
     /// Bits the ring integer occupies with its sign: `log2(bound) + scale + 1`.
     pub bits: f64,
-    /// Bits available: 64, or `COMPARE_BITS + 1` for a comparison.
+    /// Bits available: 64, or [`COMPARE_BITS`] (the comparison ring's width) for a comparison.
     pub limit: u32,
     /// `limit - bits` (negative: the value does not fit).
     pub headroom: f64,
@@ -216,7 +217,7 @@ pub struct RangeReport {
     pub margin: f64,
     /// The plan's frac bits.
     pub frac_bits: u32,
-    /// Signed width of a secure comparison ([`COMPARE_BITS`]).
+    /// Width of the comparison ring ([`COMPARE_BITS`] = `relu::RING_BITS`).
     pub compare_bits: u32,
     /// Per compiled layer, in plan order.
     pub layers: Vec<LayerCheck>,
@@ -237,9 +238,7 @@ impl RangeReport {
         let _ = writeln!(
             s,
             "range check (margin {}x, frac bits {}, ring 64 bits, comparison {} bits):",
-            self.margin,
-            self.frac_bits,
-            self.compare_bits + 1
+            self.margin, self.frac_bits, self.compare_bits
         );
         let _ = writeln!(
             s,
@@ -299,7 +298,7 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
         return Err(Error::InvalidArgument(format!("range margin must be >= 1, got {margin}")));
     }
     let f = plan.frac_bits;
-    let cmp = COMPARE_BITS + 1;
+    let cmp = COMPARE_BITS;
     let bound_of = |i: usize| ranges.get(&plan.layers[i].name).map(|r| r.max_abs * margin);
     let mut layers = Vec::with_capacity(plan.layers.len());
     let mut unchecked = Vec::new();

@@ -68,11 +68,6 @@ fn low_mask(bits: u32) -> u64 {
     (1u64 << (bits - 1)) - 1
 }
 
-/// Signed width of a secure comparison, for the plan range check ([`crate::model::range`]): DReLU
-/// is exact for ring values `x` with `-2^COMPARE_BITS <= x < 2^COMPARE_BITS` (a comparison of the
-/// low `BITS` bits plus the MSB; with `BITS = 63` that is the whole ring).
-pub const COMPARE_BITS: u32 = BITS;
-
 fn words(n: usize) -> usize {
     n.div_ceil(64)
 }
