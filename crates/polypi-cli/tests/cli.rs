@@ -542,3 +542,86 @@ fn bench_poly_protocols_differ_in_bytes() {
     let o = run(&["bench", "--poly-degree", "3", "--poly-protocol", "fancy"]);
     assert_fails(&o, 2, "dealer-powers or share-powers");
 }
+
+/// Writes an IDX split `{prefix}-images-idx3-ubyte` / `-labels-` of `n` 28x28 images into `dir`;
+/// image 0 is the pattern of `gray_png`, the others pseudo-random bytes.
+fn write_idx(dir: &Path, prefix: &str, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut img = Vec::new();
+    for v in [0x803u32, n, 28, 28] {
+        img.extend_from_slice(&v.to_be_bytes());
+    }
+    for y in 0..28u32 {
+        for x in 0..28u32 {
+            img.push(((x * 7 + y * 13) % 256) as u8);
+        }
+    }
+    img.extend((0..(n - 1) * 28 * 28).map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8));
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
+    let mut lab = Vec::new();
+    for v in [0x801u32, n] {
+        lab.extend_from_slice(&v.to_be_bytes());
+    }
+    lab.extend((0..n).map(|i| (i % 10) as u8));
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+}
+
+#[test]
+fn calibrate_then_range_guard_refuses_overflow_never_answers() {
+    let d = tmp("range");
+    let m = zoo(&d, "NET-M", "x2");
+    let data = d.join("fashion-mnist");
+    write_idx(&data, "train", 12);
+    write_idx(&data, "t10k", 4);
+    let cal = d.join("cal.safetensors");
+    let (m_s, cal_s, d_s) = (m.to_str().unwrap(), cal.to_str().unwrap(), d.to_str().unwrap());
+    let o = run(&["calibrate", "--model", m_s, "--data", d_s, "--out", cal_s, "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["ranges"]["samples"], 12);
+    assert!(v["ranges"]["layers"].as_array().unwrap().len() > 5);
+    assert!(v["check"]["fail_prob"].as_f64().unwrap() < 1e-2);
+    let o = run(&["inspect", "--model", cal_s]);
+    assert!(o.status.success() && text(&o.stdout).contains("headroom"), "{}", text(&o.stdout));
+    let o = run(&["inspect", "--model", m_s]);
+    assert!(text(&o.stdout).contains("no calibrated ranges"), "{}", text(&o.stdout));
+
+    // In range: answered, private == plaintext.
+    let png = gray_png(&d, "x.png", 28, 28);
+    let png_s = png.to_str().unwrap();
+    let o = run(&["infer", "--model", cal_s, "--input", png_s, "--transport", "mem", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(json(&o)["all_agree"], true);
+
+    // The plan check refuses a model whose failure probability exceeds the threshold.
+    let o = run(&["infer", "--model", cal_s, "--input", png_s, "--max-fail-prob", "1e-30"]);
+    assert_fails(&o, 3, "plan range check refused");
+
+    // Weights grown 1e6x after calibration: the ring wraps inside the network; the client gets a
+    // range error (exit code 3) naming the logit check, never a prediction.
+    let mut f = polypi_core::model::file::ModelFile::load(&cal).unwrap();
+    f.tensors.get_mut("fc1.weight").unwrap().data.iter_mut().for_each(|w| *w *= 1e6);
+    let huge = d.join("huge.safetensors");
+    f.save(&huge).unwrap();
+    let huge_s = huge.to_str().unwrap();
+    let o = run(&["infer", "--model", huge_s, "--input", png_s, "--transport", "mem"]);
+    assert_fails(&o, 3, "range guard");
+    assert!(text(&o.stderr).contains("logits"), "{}", text(&o.stderr));
+    assert!(
+        !text(&o.stdout).contains("private"),
+        "no prediction may be printed: {}",
+        text(&o.stdout)
+    );
+
+    // eval: the guard's counts; nothing undetected.
+    let o = run(&["eval", "--model", cal_s, "--data", d_s, "--private", "4", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = &json(&o)["private"];
+    assert_eq!(p["range_guard"], true);
+    assert_eq!(p["undetected_garbage"], 0);
+    let o = run(&["eval", "--model", huge_s, "--data", d_s, "--private", "2", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = &json(&o)["private"];
+    assert_eq!(p["guard_refused_logits"], 2, "{p}");
+    assert_eq!(p["undetected_garbage"], 0);
+}
