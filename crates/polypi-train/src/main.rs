@@ -74,6 +74,11 @@ struct SearchArgs {
     /// Skip the reference networks of a sweep.
     #[arg(long)]
     no_references: bool,
+    /// With --sweep: train nothing, collect the points that separate runs wrote into --out
+    /// (`search --lambda L --out <out>/lambda-<L>`; references `<out>/all-relu/model.safetensors`,
+    /// `<out>/all-x2act/model.safetensors`) and write the table and plot.
+    #[arg(long)]
+    collect: bool,
     /// Search epochs (passes over the weight half of the training split).
     #[arg(long, default_value_t = 2)]
     search_epochs: usize,
@@ -281,8 +286,11 @@ fn search(a: SearchArgs) -> Result<()> {
             if ls.is_empty() {
                 bail!("--sweep needs at least one lambda");
             }
-            let mut sw =
-                polypi_train::sweep::run_sweep(&cfg, &ls, !a.no_references, &a.out, &command)?;
+            let mut sw = if a.collect {
+                polypi_train::sweep::collect_sweep(&cfg, &ls, !a.no_references, &a.out)?
+            } else {
+                polypi_train::sweep::run_sweep(&cfg, &ls, !a.no_references, &a.out, &command)?
+            };
             if !links.is_empty() {
                 polypi_train::sweep::measure_points(&mut sw, &links, a.runs)?;
                 polypi_train::sweep::write_reports(&sw, &a.out)?;

@@ -140,6 +140,68 @@ pub fn run_sweep(
     Ok(sweep)
 }
 
+/// Builds the sweep of `lambdas` from point folders already in `out` (written by separate
+/// `search --lambda L --out <out>/lambda-<L>` runs and, for the references, training runs with
+/// `--out <out>/all-relu/model.safetensors` / `<out>/all-x2act/model.safetensors`), without
+/// training anything; writes the reports.
+///
+/// # Errors
+/// A missing or unreadable `arch.json` / model file, a model without test accuracy.
+pub fn collect_sweep(
+    cfg: &SearchConfig,
+    lambdas: &[f64],
+    references: bool,
+    out: &Path,
+) -> Result<Sweep> {
+    let acc_of = |m: &Path| -> Result<f64> {
+        let f = ModelFile::load(m).with_context(|| format!("loading model {}", m.display()))?;
+        f.card
+            .and_then(|c| c.test_accuracy)
+            .map(|a| a as f64)
+            .with_context(|| format!("{} has no test accuracy in its model card", m.display()))
+    };
+    let mut points = Vec::new();
+    let mut last: Option<DerivedArch> = None;
+    for &l in lambdas {
+        let dir = out.join(lambda_dir(l));
+        let d = DerivedArch::load(&dir.join("arch.json"))?;
+        let model = dir.join("model.safetensors");
+        points.push(SweepPoint {
+            label: format!("lambda={l:e}"),
+            lambda: Some(l),
+            arch: d.arch.clone(),
+            predicted: d.predicted_latency,
+            test_accuracy: acc_of(&model)?,
+            model,
+            measured: vec![],
+        });
+        last = Some(d);
+    }
+    if references {
+        for (label, act, pool) in [
+            ("all-ReLU", ActKind::Relu, PoolKind::Max),
+            ("all-X2act", ActKind::X2act, PoolKind::Avg),
+        ] {
+            let arch = Arch::uniform(cfg.net, act, pool);
+            let model = out.join(label.to_ascii_lowercase()).join("model.safetensors");
+            let predicted = last.as_ref().map_or(f64::NAN, |d| search::predicted_latency(&arch, d));
+            points.push(SweepPoint {
+                label: label.into(),
+                lambda: None,
+                arch,
+                predicted,
+                test_accuracy: acc_of(&model)?,
+                model,
+                measured: vec![],
+            });
+        }
+    }
+    let unit = last.map_or_else(String::new, |d| d.time_unit);
+    let sweep = Sweep { config: cfg.clone(), time_unit: unit, points };
+    write_reports(&sweep, out)?;
+    Ok(sweep)
+}
+
 fn save(out: &Path, cfg: &SearchConfig, unit: &str, points: &[SweepPoint]) -> Result<()> {
     let s = Sweep { config: cfg.clone(), time_unit: unit.into(), points: points.to_vec() };
     std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&s)?)

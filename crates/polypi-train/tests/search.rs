@@ -222,4 +222,7 @@ fn sweep_reports_table_csv_and_plot() {
     assert_eq!(csv.lines().count(), 3);
     assert!(std::fs::read_to_string(d.join("pareto.svg")).unwrap().contains("<svg"));
     assert_eq!(sweep::load_sweep(&d).unwrap(), sw);
+    // Collecting points that were never written: an error naming the missing file.
+    let e = sweep::collect_sweep(&SearchConfig::default(), &[1e-6], false, &d).unwrap_err();
+    assert!(format!("{e:#}").contains("lambda-1e-6"), "{e:#}");
 }
