@@ -10,6 +10,9 @@
 //!   <= (1 + |c_2| + 1) LSB; higher degrees also pre-truncate x to f_k bits, which costs
 //!   |p'(x)| * 2^-f_k; the test bounds it by the derivative at the sampled range.
 //! - add / flatten: exact.
+//! - ReLU and max-pool (FSS comparison on the ring `Z_2^36`, `polypi_core::mpc::relu`): exact
+//!   for inputs and max-pool differences below 2^19 in absolute value (the comparison bound at
+//!   f = 16), so the case draws values up to 0.99 * 2^18.
 //!
 //! The polynomial case runs with both `PolyProtocol`s (dealer powers and ESPN share powers).
 
@@ -144,5 +147,27 @@ proptest! {
         let err = secure_vs_twin(&plan, &x, batch);
         // gap (non-power-of-two windows multiply by round(2^f/hw) and truncate) + sum of truncations.
         prop_assert!(err <= 4.0 * LSB, "err {err}");
+    }
+
+    #[test]
+    fn relu_maxpool_equal_twin(c in 1usize..3, h in 2usize..7, w in 2usize..7, batch in 1usize..3,
+                               cfg in 0usize..3, x in vals(2 * 2 * 6 * 6, 0.99 * 262144.0)) {
+        let (k, s, p) = [(2, 2, 0), (3, 2, 1), (3, 1, 1)][cfg];
+        prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let x = x[..batch * c * h * w].to_vec();
+        let pool = LayerOp::MaxPool2d { kernel: k, stride: s, padding: p };
+        let plan = Plan {
+            layers: vec![
+                input_layer(vec![c, h, w]),
+                Layer { name: "relu".into(), op: LayerOp::Relu, inputs: vec![0], out_shape: vec![c, h, w] },
+                Layer { name: "pool".into(), op: pool.clone(), inputs: vec![1], out_shape: vec![c, oh, ow] },
+                Layer { name: "pool_raw".into(), op: pool, inputs: vec![0], out_shape: vec![c, oh, ow] },
+                Layer { name: "add".into(), op: LayerOp::Add, inputs: vec![2, 3], out_shape: vec![c, oh, ow] },
+            ],
+            frac_bits: 16, labels: vec![], normalize: None, poly_protocol: Default::default(),
+        };
+        let err = secure_vs_twin(&plan, &x, batch);
+        prop_assert!(err == 0.0, "err {err}");
     }
 }
