@@ -179,13 +179,15 @@ pub fn serve_session_guarded(
         let mut on = Online::new(SERVER, plan.frac_bits, enc, material, client, Vec::new(), record);
         let (y0, traces) = walk(plan, &mut on, batch)?;
         tr.recorded = std::mem::take(&mut on.recorded);
-        drop(on);
+        let spent = on.finish();
         let before = client.stats().bytes_sent;
         send_ring(client, &y0.data)?;
         client.flush()?;
         tr.output_bytes = client.stats().bytes_sent - before;
         tr.online = traces;
         tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
+        // Freed after the output is sent (see `Online::finish`).
+        drop(spent);
         out.push(tr);
     }
 }
@@ -367,12 +369,14 @@ impl<'a> ClientSession<'a> {
         );
         let (y1, traces) = walk(&self.skeleton, &mut on, batch)?;
         tr.recorded = std::mem::take(&mut on.recorded);
-        drop(on);
+        let spent = on.finish();
         let y0 = recv_ring(self.server, y1.len())?;
         let logits: Vec<f32> =
             y0.iter().zip(&y1.data).map(|(a, b)| fp.decode(a.wrapping_add(*b)) as f32).collect();
         tr.online = traces;
         tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
+        // Freed once the logits are out (see `Online::finish`).
+        drop(spent);
         if let Some(v) = self.guard_check(GuardCheck::Logits, &logits, |b| b.logit_max_abs)? {
             violation.get_or_insert(v);
         }
