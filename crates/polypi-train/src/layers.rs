@@ -48,8 +48,11 @@ impl ActKind {
     }
 }
 
-/// PILLAR range penalty settings (seeds-digest §3): per site `coef * mean(|x / range|^gamma)`,
-/// averaged over sites.
+/// PILLAR range penalty settings (seeds-digest §3): per site `coef * sum(|x / range|^gamma)` over
+/// every element of the batch at that site (PILLAR-ESPN `pillar/PolyRelu.py::get_penalty`: L1 norm
+/// of the flattened powers, not their mean), averaged over sites. A mean would make the penalty
+/// ~N*C*H*W times weaker and let rare outliers through, which then blow up the polynomial at
+/// inference (the NaN test loss of the first CIFAR runs).
 #[derive(Debug, Clone, Copy)]
 pub struct Penalty {
     /// Coefficient of the penalty term.
@@ -121,7 +124,7 @@ impl Ctx {
                     .div_scalar(p.range)
                     .abs()
                     .powf_scalar(p.gamma)
-                    .mean()
+                    .sum()
                     .mul_scalar(p.coef);
                 self.pen_sum = Some(match self.pen_sum.take() {
                     Some(s) => s.add(pen),
