@@ -225,12 +225,25 @@ pub struct Activation {
 }
 
 impl Activation {
-    /// A site of `kind` for `channels` channels. `x2_scale` is X2Act's `s`.
-    pub fn new(kind: ActKind, channels: usize, x2_scale: f32, device: &Device) -> Self {
+    /// A site of `kind` for `channels` channels. `x2_scale` is X2Act's `s`; `kerv_init` = `(c_p,
+    /// a_p)` overrides the PolyKerv init (default PKN 1 / 1, R-PKN 0.47 / 0.009).
+    pub fn new(
+        kind: ActKind,
+        channels: usize,
+        x2_scale: f32,
+        kerv_init: Option<(f32, f32)>,
+        device: &Device,
+    ) -> Self {
         let (x2, kerv) = match kind {
             ActKind::X2act => (Some(X2Act::new(channels, x2_scale, device)), None),
-            ActKind::Pkn => (None, Some(PolyKerv::new(1.0, 1.0, false, device))),
-            ActKind::Rpkn => (None, Some(PolyKerv::new(0.47, 0.009, true, device))),
+            ActKind::Pkn => {
+                let (c, a) = kerv_init.unwrap_or((1.0, 1.0));
+                (None, Some(PolyKerv::new(c, a, false, device)))
+            }
+            ActKind::Rpkn => {
+                let (c, a) = kerv_init.unwrap_or((0.47, 0.009));
+                (None, Some(PolyKerv::new(c, a, true, device)))
+            }
             _ => (None, None),
         };
         Activation { kind: kind_to_u8(kind), x2, kerv }

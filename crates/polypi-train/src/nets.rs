@@ -74,6 +74,9 @@ pub struct NetSpec {
     pub pool: PoolKind,
     /// X2Act weight scale `s`.
     pub x2_scale: f32,
+    /// PolyKerv init `(c_p, a_p)` (None = the paper's: PKN 1 / 1, R-PKN 0.47 / 0.009).
+    #[serde(default)]
+    pub kerv_init: Option<(f32, f32)>,
     /// Input channels.
     pub in_channels: usize,
     /// Number of classes.
@@ -269,7 +272,7 @@ fn conv_unit(
     Unit {
         conv: Some(conv(cin, cout, k, 1, pad, !spec.batch_norm, device)),
         bn: spec.batch_norm.then(|| bn(cout, device)),
-        act: Some(Activation::new(spec.act, cout, spec.x2_scale, device)),
+        act: Some(Activation::new(spec.act, cout, spec.x2_scale, spec.kerv_init, device)),
         padding: pad,
         ..Unit::empty()
     }
@@ -285,7 +288,7 @@ fn pool_code(p: PoolKind) -> u8 {
 fn fc_unit(fin: usize, fout: usize, act: Option<(&NetSpec, usize)>, device: &Device) -> Unit {
     Unit {
         linear: Some(LinearConfig::new(fin, fout).init(device)),
-        act: act.map(|(s, c)| Activation::new(s.act, c, s.x2_scale, device)),
+        act: act.map(|(s, c)| Activation::new(s.act, c, s.x2_scale, s.kerv_init, device)),
         ..Unit::empty()
     }
 }
@@ -340,7 +343,7 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
             let stem = Unit {
                 conv: Some(conv(cin, c0, 3, 1, 1, false, device)),
                 bn: Some(bn(c0, device)),
-                act: Some(Activation::new(spec.act, c0, spec.x2_scale, device)),
+                act: Some(Activation::new(spec.act, c0, spec.x2_scale, spec.kerv_init, device)),
                 padding: 1,
                 ..Unit::empty()
             };
@@ -354,12 +357,24 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
                     blocks.push(ResBlock {
                         conv1: conv(cprev, cout, 3, stride, 1, false, device),
                         bn1: bn(cout, device),
-                        act1: Activation::new(spec.act, cout, spec.x2_scale, device),
+                        act1: Activation::new(
+                            spec.act,
+                            cout,
+                            spec.x2_scale,
+                            spec.kerv_init,
+                            device,
+                        ),
                         conv2: conv(cout, cout, 3, 1, 1, false, device),
                         bn2: bn(cout, device),
                         short_conv: proj.then(|| conv(cprev, cout, 1, stride, 0, false, device)),
                         short_bn: proj.then(|| bn(cout, device)),
-                        act2: Activation::new(spec.act, cout, spec.x2_scale, device),
+                        act2: Activation::new(
+                            spec.act,
+                            cout,
+                            spec.x2_scale,
+                            spec.kerv_init,
+                            device,
+                        ),
                         stride,
                     });
                     cprev = cout;

@@ -62,6 +62,10 @@ pub struct TrainConfig {
     pub pool: PoolKind,
     /// X2Act weight scale `s` (PASNet: 1, 0.1 for ResNet-50).
     pub x2_scale: f32,
+    /// PolyKerv init `(c_p, a_p)` for `pkn` / `rpkn` (None = the paper's: 1 / 1, 0.47 / 0.009).
+    /// `(c, 1/(2c))` with a large `c` gives `x + c/2 + x^2/(2c)`: a near-identity start in the
+    /// spirit of PolyMPCNet's STPAI.
+    pub kerv_init: Option<(f32, f32)>,
     /// Dataset.
     pub data: DatasetKind,
     /// Folder holding the dataset (see [`data::load`]).
@@ -138,6 +142,7 @@ impl Default for TrainConfig {
             batch_norm: true,
             pool: PoolKind::Avg,
             x2_scale: 1.0,
+            kerv_init: None,
             data: DatasetKind::FashionMnist,
             data_dir: PathBuf::from("data/fetched"),
             train_limit: None,
@@ -184,6 +189,7 @@ impl TrainConfig {
             batch_norm: self.batch_norm,
             pool: self.pool,
             x2_scale: self.x2_scale,
+            kerv_init: self.kerv_init,
             in_channels: c,
             classes: 10,
         }
@@ -257,6 +263,9 @@ impl TrainConfig {
         );
         if let Some(c) = self.grad_clip {
             r += &format!(", grad clip {c}");
+        }
+        if let (Some((c, a)), ActKind::Pkn | ActKind::Rpkn) = (self.kerv_init, self.act) {
+            r += &format!(", PolyKerv init c_p {c} a_p {a}");
         }
         if let Some(c) = self.effective_clip() {
             r += &format!(", PILLAR clip [-{c},{c}]");

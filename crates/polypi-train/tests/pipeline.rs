@@ -108,6 +108,27 @@ fn schedule_and_penalty_warmup() {
     assert!(TrainConfig::default().penalty_at(0).0.is_none());
 }
 
+/// PILLAR's penalty is `coef * sum |x/r|^gamma` over every element of the site (PILLAR-ESPN
+/// `get_penalty`), not the mean; and `kerv_init` sets PolyKerv's `(c_p, a_p)`.
+#[test]
+fn penalty_is_a_sum_and_kerv_init_is_applied() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use polypi_train::layers::{Activation, Ctx, Penalty};
+    let dev = Device::flex();
+    // 2 * 3 * 2 * 2 = 24 elements, all equal to 2: per site 0.5 * 24 * (2/4)^2 = 3.
+    let x = Tensor::<4>::from_data(TensorData::new(vec![2.0f32; 24], [2, 3, 2, 2]), &dev);
+    let pen = Penalty { coef: 0.5, gamma: 2.0, range: 4.0 };
+    let mut ctx = Ctx::train(Some(5.0), Some(pen));
+    let act = Activation::new(ActKind::Poly, 3, 1.0, None, &dev);
+    let _ = act.forward(x.clone(), &mut ctx);
+    let p: f32 = ctx.penalty_mean().unwrap().into_scalar();
+    assert!((p - 3.0).abs() < 1e-5, "penalty {p}");
+    // (c, 1/(2c)) = (4, 0.125): 0.125 * (2 + 4)^2 = 4.5 at x = 2.
+    let k = Activation::new(ActKind::Rpkn, 3, 1.0, Some((4.0, 0.125)), &dev);
+    let y: Vec<f32> = k.forward(x, &mut Ctx::eval(None)).into_data().try_to_vec().unwrap();
+    assert!(y.iter().all(|v| (v - 4.5).abs() < 1e-5), "{:?}", &y[..3]);
+}
+
 /// Trains a few steps, exports, reloads the file, and compares polypi-core's f32 executor with burn.
 fn train_export_check(
     net: NetKind,
