@@ -20,8 +20,9 @@
 //! Differences from CrypTen-ESPN: CrypTen input-shares `x0^i` and `x1^j` and multiplies them with
 //! ordinary Beaver triples (two openings of two elements per product); the private-input triple
 //! here sends one element per power and party. CrypTen pre-divides each share by `2^{s_k}`,
-//! `s_k = ceil((k-2) f / k)`; the equivalent here is the group's local truncation to
-//! `f_k = min(f, floor(2f/k))` bits (`f - f_k <= s_k`), so `x^k` is at scale `k f_k <= 2f`.
+//! `s_k = ceil((k-2) f / k)`; the same happens here as the group's local truncation to
+//! `f_k = min(f, floor(2f/k))` bits (`f - f_k = s_k`), so `x^k` is at scale `k f_k <= 2f`, and
+//! CrypTen's rescaling by `2^{f(k-1) - k s_k}` is the truncation of `x^k` by `k f_k - f` bits.
 //!
 //! Per element of a group with powers `P` and largest power `m`: `m - 1` ring elements each way,
 //! `sum_{k in P} (k - 1)` products, whose client shares `c1` the dealer sends (8 bytes each).
