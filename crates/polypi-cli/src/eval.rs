@@ -62,6 +62,10 @@ pub struct EvalArgs {
     pub guard: GuardArgs,
     #[command(flatten)]
     pub margin: MarginArgs,
+    /// Protocol of the polynomial layers in the private runs: dealer-powers (default) or
+    /// share-powers (ESPN), see docs/polynomials.md.
+    #[arg(long, default_value = "dealer-powers")]
+    pub poly_protocol: polypi_core::model::PolyProtocol,
 }
 
 /// Which part of a dataset to read.
@@ -253,7 +257,8 @@ fn bar(n: usize, msg: &str, hidden: bool) -> ProgressBar {
 /// Runs `polypi eval`.
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let path = common::model_path(a.model.as_deref())?;
-    let m = common::load_model(&path)?;
+    let mut m = common::load_model(&path)?;
+    m.plan.poly_protocol = a.poly_protocol;
     let plan = &m.plan;
     let ds = load_test(a.dataset, &a.data)?;
     let np_check = a.private.min(a.limit.unwrap_or(usize::MAX));
