@@ -51,10 +51,14 @@ pub fn local_powers(x: &[u64], m: usize) -> Vec<Vec<u64>> {
 /// This party's message: `pows[i-1] - masks[i-1]` for `i = 1..m-1`, concatenated
 /// (`masks.len() == m - 1` vectors of `n` elements).
 pub fn masked_powers(pows: &[Vec<u64>], masks: &[Vec<u64>]) -> Vec<u64> {
-    pows.iter()
-        .zip(masks)
-        .flat_map(|(p, a)| p.iter().zip(a).map(|(v, r)| v.wrapping_sub(*r)))
-        .collect()
+    let n = pows.first().map_or(0, |p| p.len());
+    let mut out = vec![0u64; n * masks.len()];
+    for ((o, p), a) in out.chunks_mut(n.max(1)).zip(pows).zip(masks) {
+        for ((o, v), r) in o.iter_mut().zip(p).zip(a) {
+            *o = v.wrapping_sub(*r);
+        }
+    }
+    out
 }
 
 /// This party's shares of `x^k` for every `k` in `powers` (same order).
@@ -64,7 +68,6 @@ pub fn masked_powers(pows: &[Vec<u64>], masks: &[Vec<u64>]) -> Vec<u64> {
 /// - `masks`: this party's Beaver masks of its powers `1..m-1` (server `a`, client `b`).
 /// - `theirs`: the other party's message ([`masked_powers`]), `(m-1) * n` elements.
 /// - `prods`: this party's shares of `a_i b_j`, one vector per [`cross_pairs`] entry.
-#[allow(clippy::needless_range_loop)] // e indexes every vector alike
 pub fn powers_from_cross(
     party: usize,
     pows: &[Vec<u64>],
@@ -90,9 +93,8 @@ pub fn powers_from_cross(
             } else {
                 (other(i), &masks[j - 1][..])
             };
-            for e in 0..n {
-                let t = left[e].wrapping_mul(right[e]).wrapping_add(prod[e]);
-                acc[e] = acc[e].wrapping_add(c.wrapping_mul(t));
+            for (((a, l), r), p) in acc.iter_mut().zip(left).zip(right).zip(prod) {
+                *a = a.wrapping_add(c.wrapping_mul(l.wrapping_mul(*r).wrapping_add(*p)));
             }
         }
         out.push(acc);
