@@ -62,13 +62,22 @@ struct GuardField {
     range_guard: Option<GuardBounds>,
 }
 
+/// The skeleton message: the plan's fields, plus `range_guard` when there is one.
+#[derive(serde::Serialize)]
+struct SkeletonMessage<'a> {
+    #[serde(flatten)]
+    plan: &'a Plan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range_guard: Option<GuardBounds>,
+}
+
+/// Serialises the skeleton straight to JSON (no `serde_json::Value` round trip, which would
+/// print every f32 as its f64 expansion): without a guard the bytes are exactly
+/// `serde_json::to_vec(&plan.public_skeleton())`, what [`crate::cost::session_cost`] counts.
 fn skeleton_message(plan: &Plan, guard: Option<GuardBounds>) -> Result<Vec<u8>> {
-    let err = |e: serde_json::Error| Error::Protocol(e.to_string());
-    let mut v = serde_json::to_value(plan.public_skeleton()).map_err(err)?;
-    if let (Some(g), Some(obj)) = (guard, v.as_object_mut()) {
-        obj.insert("range_guard".into(), serde_json::to_value(g).map_err(err)?);
-    }
-    serde_json::to_vec(&v).map_err(err)
+    let skeleton = plan.public_skeleton();
+    serde_json::to_vec(&SkeletonMessage { plan: &skeleton, range_guard: guard })
+        .map_err(|e| Error::Protocol(e.to_string()))
 }
 
 fn recv_skeleton(ch: &mut dyn Channel) -> Result<(Plan, Option<GuardBounds>)> {
