@@ -15,12 +15,13 @@
 //!     when that layer's output feeds only the PolyKerv; if `x` is the output of an `Add` read only
 //!     by the PolyKerv, to the bias of an Add input that is such a conv / linear (R-PKN after a
 //!     residual add);
-//!   - `a_p` is multiplied into the weights (not the bias) of the next conv / linear layer when
-//!     the PolyKerv's output reaches it through a chain of single-consumer `AvgPool2d`,
-//!     `GlobalAvgPool` or `Flatten` layers (all linear, so they commute with the scale);
-//!   - what cannot be folded (e.g. `a_p` when the output feeds a residual `Add` and the next
-//!     block, or is the network output) stays in the polynomial's public coefficients, the
-//!     binomial expansion `c_k = a_p * C(d_p, k) * c_p^(d_p - k)`.
+//!   - `a_p` is multiplied into the weights (not the biases) of the next conv / linear layers
+//!     when every path from the PolyKerv's output reaches one through `AvgPool2d`,
+//!     `GlobalAvgPool` or `Flatten` layers (all linear, so they commute with the scale); e.g. a
+//!     ResNet block's conv1 and its 1x1 projection shortcut;
+//!   - what cannot be folded (e.g. `a_p` when the output feeds an identity shortcut, i.e. a
+//!     residual `Add`, or is the network output) stays in the polynomial's public coefficients,
+//!     the binomial expansion `c_k = a_p * C(d_p, k) * c_p^(d_p - k)`.
 //! - `Poly` becomes a [`PolyLayer`] (one shared row, or one row per channel from the tensor).
 //! - Every other op maps 1:1. Layers whose output reaches no output are dropped.
 //!
@@ -279,9 +280,11 @@ fn add_to_bias(op: &mut LayerOp, c: f32) {
     }
 }
 
-/// Folds `sc.a_p` into the weights of the conv / linear layer that alone consumes the PolyKerv's
-/// Poly layer, through single-consumer average pools and flattens; on success the polynomial
-/// becomes `(x + c_p)^d_p`. Leaves the plan unchanged when there is no such layer.
+/// Folds `sc.a_p` into the weights of every conv / linear layer that consumes the PolyKerv's Poly
+/// layer, directly or through average pools and flattens (which commute with the scale). All
+/// paths must end in such a layer (an `Add`, a ReLU, a max-pool, another polynomial or the network
+/// output on any path makes the fold impossible: the plan is left unchanged). On success the
+/// polynomial becomes `(x + c_p)^d_p`.
 fn fold_scale(layers: &mut [Layer], sc: &PendingScale) {
     let Some(start) = layers.iter().position(|l| l.name == sc.name) else { return };
     let mut consumers = vec![Vec::new(); layers.len()];
@@ -291,26 +294,31 @@ fn fold_scale(layers: &mut [Layer], sc: &PendingScale) {
         }
     }
     let last = layers.len() - 1;
-    let mut cur = start;
-    let target = loop {
-        if cur == last || consumers[cur].len() != 1 {
+    let (mut targets, mut todo) = (Vec::new(), vec![start]);
+    while let Some(cur) = todo.pop() {
+        if cur == last || consumers[cur].is_empty() {
             return;
         }
-        let c = consumers[cur][0];
-        match &layers[c].op {
-            LayerOp::Conv2d(_) | LayerOp::Linear(_) => break c,
-            LayerOp::AvgPool2d { .. } | LayerOp::GlobalAvgPool | LayerOp::Flatten => cur = c,
-            _ => return,
+        for &c in &consumers[cur] {
+            match &layers[c].op {
+                LayerOp::Conv2d(_) | LayerOp::Linear(_) => targets.push(c),
+                LayerOp::AvgPool2d { .. } | LayerOp::GlobalAvgPool | LayerOp::Flatten => {
+                    todo.push(c)
+                }
+                _ => return,
+            }
         }
-    };
+    }
     let a = sc.a_p as f64;
-    let w = match &mut layers[target].op {
-        LayerOp::Conv2d(l) => &mut l.weight,
-        LayerOp::Linear(l) => &mut l.weight,
-        _ => return,
-    };
-    for v in w.iter_mut() {
-        *v = (*v as f64 * a) as f32;
+    for t in targets {
+        let w = match &mut layers[t].op {
+            LayerOp::Conv2d(l) => &mut l.weight,
+            LayerOp::Linear(l) => &mut l.weight,
+            _ => continue,
+        };
+        for v in w.iter_mut() {
+            *v = (*v as f64 * a) as f32;
+        }
     }
     layers[start].op = LayerOp::Poly(poly_layer(vec![polykerv_coeffs(sc.c_p, sc.d_p, 1.0)]));
 }
