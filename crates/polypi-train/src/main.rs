@@ -153,7 +153,7 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     x2_scale: f32,
     /// PolyKerv init `C_P,A_P` for --act pkn/rpkn (default: the paper's, 1,1 / 0.47,0.009).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',')]
     kerv_init: Option<Vec<f32>>,
     /// Dataset.
     #[arg(long, value_enum, default_value = "fashion-mnist")]
@@ -338,7 +338,11 @@ fn train(a: Args) -> Result<()> {
         batch_norm: !a.no_batch_norm,
         pool: a.pool,
         x2_scale: a.x2_scale,
-        kerv_init: a.kerv_init.as_deref().map(|v| (v[0], v[1])),
+        kerv_init: match a.kerv_init.as_deref() {
+            None => None,
+            Some(&[c_p, a_p]) => Some((c_p, a_p)),
+            Some(v) => anyhow::bail!("--kerv-init takes two numbers C_P,A_P, got {v:?}"),
+        },
         data: a.data,
         data_dir,
         train_limit: a.train_limit,

@@ -59,6 +59,7 @@ fn supernet_step_gives_alpha_gradients_and_expected_latency() {
         batch_norm: true,
         pool: PoolKind::Avg,
         x2_scale: 1.0,
+        kerv_init: None,
         in_channels: 1,
         classes: 10,
     };
