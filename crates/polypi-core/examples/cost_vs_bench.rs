@@ -33,7 +33,7 @@ API (`polypi_core::cost`):
 - `Profile::parse(\"cpu\" | \"cpu:FILE\" | \"fpga\" | \"fpga:FILE\" | \"pasnet\")`,
   `calibrate() -> CpuProfile` (~0.5 s: ring GEMM 128x576x1024 on all threads and on one,
   ChaCha20 expansion, elementwise passes, the binomial power kernels k = 2..8 and the coefficient
-  combination, 63-bit DCF eval/gen, TCP loopback ping-pong of 8-byte and 4 MB messages one way
+  combination, DCF eval/gen at the ReLU comparison width (35 bits), TCP loopback ping-pong of 8-byte and 4 MB messages one way
   and as simultaneous exchanges), `CpuProfile::save/load` (JSON).
 - `site_latency(SiteKind::{Relu, Poly{degree}, MaxPool, AvgPool}, n_elements, &Profile, &LinkModel)
   -> f64` (ms; PASNet units for the PASNet profile), for the architecture search.
@@ -66,8 +66,9 @@ FPGA (`Profile::Fpga`): an analytic accelerator model. PolyMPCNet's and PASNet's
 sources of `shared/research/seeds-digest.md` §1-2. Our assumed default: a ZCU104-class part
 (1728 DSP48E2 at 300 MHz, 10 DSPs per pipelined 64-bit wrapping MAC = the limb products of the
 low 64 bits with 17-bit limbs, so 172.8 MAC/cycle = 51.8 GMAC/s; 4.75 MiB on-chip; 19.2 GB/s
-DDR4; elementwise ops 64/cycle; ChaCha20 64 B/cycle; 8 AES blocks/cycle, a 63-bit DCF eval = 126
-blocks, a key generation = 252). Per layer: max(compute, off-chip traffic when weights + input +
+DDR4; elementwise ops 64/cycle; ChaCha20 64 B/cycle; 8 AES blocks/cycle, a DCF eval on the
+35-bit comparison input (29 tree levels, `mpc::fss::depth`) = 2 x 29 blocks, a key generation =
+4 x 29). Per layer: max(compute, off-chip traffic when weights + input +
 output exceed on-chip memory, network = bytes/bandwidth + rounds x RTT/2 + 10 us per message),
 layers pipelined, communication overlapped with compute.
 
