@@ -240,6 +240,10 @@ struct Args {
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Train a searched architecture: the `arch.json` written by `polypi-train search` (per-site
+    /// relu / x2act and max / avg; overrides --act and --pool).
+    #[arg(long)]
+    arch: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -371,6 +375,21 @@ fn train(a: Args) -> Result<()> {
         progress: !a.quiet,
         device: a.device,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        arch: match &a.arch {
+            Some(p) => {
+                let d = polypi_train::search::DerivedArch::load(p)?;
+                if d.net != a.net {
+                    bail!(
+                        "{} was searched for {}, not {}",
+                        p.display(),
+                        d.net.display_name(),
+                        a.net.display_name()
+                    );
+                }
+                Some(d.arch)
+            }
+            None => None,
+        },
         ..TrainConfig::default()
     };
     let r = polypi_train::train(&cfg)?;
