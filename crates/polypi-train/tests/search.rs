@@ -203,6 +203,7 @@ fn sweep_reports_table_csv_and_plot() {
         measured: vec![Measured {
             link: "none".into(),
             online_ms: ms,
+            online_ms_min: ms,
             offline_ms: 1.0,
             online_bytes: 1000,
             dealer_bytes: 10,
