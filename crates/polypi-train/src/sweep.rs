@@ -425,15 +425,14 @@ pub fn pareto_svg(sweep: &Sweep, path: &Path) -> Result<()> {
             .y_label_area_size(55)
             .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)?;
         c.configure_mesh().x_desc(xlabel.as_str()).y_desc("test accuracy %").draw()?;
-        for (x, y, p) in &pts {
+        // Labels at alternating pixel offsets: points of equal architecture coincide.
+        c.draw_series(pts.iter().enumerate().map(|(i, (x, y, p))| {
             let col = if p.lambda.is_some() { BLUE } else { RED };
-            c.draw_series(std::iter::once(Circle::new((*x, *y), 5, col.filled())))?;
-            c.draw_series(std::iter::once(Text::new(
-                p.label.clone(),
-                (*x, *y),
-                ("sans-serif", 12).into_font().color(&col),
-            )))?;
-        }
+            let dy = -16 + 14 * (i as i32 % 3);
+            EmptyElement::at((*x, *y))
+                + Circle::new((0, 0), 5, col.filled())
+                + Text::new(p.label.clone(), (8, dy), ("sans-serif", 12).into_font().color(&col))
+        }))?;
         root.present()?;
         Ok(())
     };
