@@ -244,6 +244,12 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
                     "values left the fixed-point range: normalise the input as the model expects \
                      or use a model with smaller activations / fewer frac bits"
                 }
+                E::RangeGuard { check, .. } if check.starts_with("plan") => {
+                    "the model's calibrated value ranges leave too little headroom in the ring at \
+                     its frac bits (see `polypi inspect --model FILE`): use fewer frac bits, \
+                     raise --max-fail-prob, or --range-check warn|off (the runtime range guard \
+                     still refuses garbage results)"
+                }
                 E::RangeGuard { .. } => {
                     "the range guard refused a value outside the model's calibrated range (see \
                      README, threat model): check that the input is a normal image for this \
