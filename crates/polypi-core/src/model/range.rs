@@ -189,6 +189,11 @@ pub struct Site {
     pub elements: u64,
     /// Failure probability per inference of one sample (see the module doc), in [0, 1].
     pub fail_prob: f64,
+    /// Expected failures per inference on data like the calibration data (no margin): the
+    /// per-element bound `|v| 2^(s+1-64)` is linear in `|v|`, so its mean over the data is at
+    /// most `E|v| 2^(s+1-64)`, with `E|v|` the calibrated mean (for a power `x^k`:
+    /// `max|x|^(k-1) E|x|`). Far below `fail_prob`, which puts every element at the bound.
+    pub expected_fail: f64,
 }
 
 /// The range check of one compiled layer.
@@ -208,6 +213,8 @@ pub struct LayerCheck {
     pub headroom: Option<f64>,
     /// Sum of the sites' failure probabilities (capped at 1), per inference of one sample.
     pub fail_prob: f64,
+    /// Sum of the sites' expected failures per inference on calibration-like data.
+    pub expected_fail: f64,
 }
 
 /// The range check of a whole plan.
@@ -228,6 +235,9 @@ pub struct RangeReport {
     pub fail_prob: f64,
     /// Smallest headroom over all sites, bits.
     pub min_headroom: Option<f64>,
+    /// Expected failures per inference on calibration-like data (sum over the layers, capped at
+    /// 1; see [`Site::expected_fail`]).
+    pub expected_fail: f64,
 }
 
 impl RangeReport {
@@ -242,8 +252,8 @@ impl RangeReport {
         );
         let _ = writeln!(
             s,
-            "{:<20} {:<13} {:>11} {:>11} {:>9} {:>9} {:>10}",
-            "layer", "op", "max |x|", "bound", "bits", "headroom", "P(fail)"
+            "{:<20} {:<13} {:>11} {:>11} {:>9} {:>9} {:>10} {:>10}",
+            "layer", "op", "max |x|", "bound", "bits", "headroom", "P(fail)", "E[fail]"
         );
         for l in &self.layers {
             let opt = |x: Option<f64>, p: usize| {
@@ -252,22 +262,25 @@ impl RangeReport {
             let bound = l.max_abs.map(|m| m * self.margin);
             let _ = writeln!(
                 s,
-                "{:<20} {:<13} {:>11} {:>11} {:>9} {:>9} {:>10}",
+                "{:<20} {:<13} {:>11} {:>11} {:>9} {:>9} {:>10} {:>10}",
                 l.name,
                 l.op,
                 l.max_abs.map(|v| format!("{v:.4}")).unwrap_or_else(|| "no range".into()),
                 opt(bound, 4),
                 opt(l.bits, 1),
                 opt(l.headroom, 1),
-                if l.sites.is_empty() { "-".into() } else { format!("{:.1e}", l.fail_prob) }
+                if l.sites.is_empty() { "-".into() } else { format!("{:.1e}", l.fail_prob) },
+                if l.sites.is_empty() { "-".into() } else { format!("{:.1e}", l.expected_fail) }
             );
         }
         let _ = writeln!(
             s,
             "failure probability per inference <= {:.2e} (SecureML truncation bound 2^-headroom \
-             per element, union bound); min headroom {} bits",
+             per element, union bound); min headroom {} bits; expected failures per inference \
+             on calibration-like data <= {:.2e}",
             self.fail_prob,
-            self.min_headroom.map(|h| format!("{h:.1}")).unwrap_or_else(|| "-".into())
+            self.min_headroom.map(|h| format!("{h:.1}")).unwrap_or_else(|| "-".into()),
+            self.expected_fail
         );
         if !self.unchecked.is_empty() {
             let _ = writeln!(s, "not calibrated (unchecked): {}", self.unchecked.join(", "));
@@ -276,17 +289,30 @@ impl RangeReport {
     }
 }
 
-fn site(what: String, bound: f64, scale: u32, limit: u32, elements: u64, truncated: bool) -> Site {
+/// One site: `bound` = margin x calibrated max of the value, `typical` = its calibrated mean
+/// `|value|` (see [`Site::expected_fail`]), both real.
+fn site(
+    what: String,
+    (bound, typical): (f64, f64),
+    scale: u32,
+    limit: u32,
+    elements: u64,
+    truncated: bool,
+) -> Site {
     let bits = if bound > 0.0 { bound.log2() + scale as f64 + 1.0 } else { 1.0 };
     let headroom = limit as f64 - bits;
-    let fail_prob = if headroom <= 0.0 {
-        1.0
+    let per_value = |v: f64| v * (scale as f64 + 1.0 - RING_BITS as f64).exp2();
+    let (fail_prob, expected_fail) = if headroom <= 0.0 {
+        (1.0, 1.0)
     } else if truncated {
-        (elements as f64 * (-headroom).exp2()).min(1.0)
+        (
+            (elements as f64 * (-headroom).exp2()).min(1.0),
+            (elements as f64 * per_value(typical)).min(1.0),
+        )
     } else {
-        0.0
+        (0.0, 0.0)
     };
-    Site { what, bound, scale, bits, limit, headroom, elements, fail_prob }
+    Site { what, bound, scale, bits, limit, headroom, elements, fail_prob, expected_fail }
 }
 
 /// Checks every layer of `plan` against the calibrated `ranges` times `margin` (see the module
@@ -307,6 +333,11 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
         let max_abs = ranges.get(&l.name).map(|r| r.max_abs);
         let m_out = bound_of(i);
         let m_in = l.inputs.first().and_then(|&j| bound_of(j));
+        let mean_of = |j: usize| ranges.get(&plan.layers[j].name).map_or(0.0, |r| r.mean_abs);
+        let mean_out = mean_of(i);
+        let (mean_in, max_in) = l.inputs.first().map_or((0.0, 0.0), |&j| {
+            (mean_of(j), ranges.get(&plan.layers[j].name).map_or(0.0, |r| r.max_abs))
+        });
         let n_in: u64 = l
             .inputs
             .first()
@@ -322,12 +353,19 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
         };
         match &l.op {
             LayerOp::Input => {
-                sites.push(site("encoded input".into(), need(m_out), f, RING_BITS, n, false));
+                sites.push(site(
+                    "encoded input".into(),
+                    (need(m_out), mean_out),
+                    f,
+                    RING_BITS,
+                    n,
+                    false,
+                ));
             }
             LayerOp::Conv2d(_) | LayerOp::Linear(_) => {
                 sites.push(site(
                     format!("product + bias, truncated by {f}"),
-                    need(m_out),
+                    (need(m_out), mean_out),
                     2 * f,
                     RING_BITS,
                     n,
@@ -341,7 +379,7 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
                     if g.frac_bits < f {
                         sites.push(site(
                             format!("input, truncated to {} frac bits", g.frac_bits),
-                            mi,
+                            (mi, mean_in),
                             f,
                             RING_BITS,
                             n_in,
@@ -352,7 +390,7 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
                         let sc = k as u32 * g.frac_bits;
                         sites.push(site(
                             format!("power x^{k}, truncated by {}", sc.saturating_sub(f)),
-                            mi.powi(k as i32),
+                            (mi.powi(k as i32), max_in.powi(k as i32 - 1) * mean_in),
                             sc,
                             RING_BITS,
                             n_in,
@@ -362,7 +400,7 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
                 }
                 sites.push(site(
                     format!("sum c_k x^k, truncated by {f}"),
-                    need(m_out),
+                    (need(m_out), mean_out),
                     2 * f,
                     RING_BITS,
                     n,
@@ -372,7 +410,7 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
             LayerOp::Relu => {
                 sites.push(site(
                     "comparison (DReLU) input".into(),
-                    need(m_in),
+                    (need(m_in), mean_in),
                     f,
                     cmp,
                     n_in,
@@ -382,7 +420,7 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
             LayerOp::MaxPool2d { .. } => {
                 sites.push(site(
                     "comparison of differences a - b".into(),
-                    2.0 * need(m_in),
+                    (2.0 * need(m_in), 2.0 * mean_in),
                     f,
                     cmp,
                     n_in,
@@ -390,7 +428,7 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
                 ));
             }
             LayerOp::AvgPool2d { kernel, .. } => {
-                sites.push(pool_site(kernel * kernel, need(m_out), f, n));
+                sites.push(pool_site(kernel * kernel, (need(m_out), mean_out), f, n));
             }
             LayerOp::GlobalAvgPool => {
                 let hw = l
@@ -398,10 +436,10 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
                     .first()
                     .map(|&j| plan.layers[j].out_shape.iter().skip(1).product::<usize>())
                     .unwrap_or(1);
-                sites.push(pool_site(hw, need(m_out), f, n));
+                sites.push(pool_site(hw, (need(m_out), mean_out), f, n));
             }
             LayerOp::Add => {
-                sites.push(site("sum".into(), need(m_out), f, RING_BITS, n, false));
+                sites.push(site("sum".into(), (need(m_out), mean_out), f, RING_BITS, n, false));
             }
             LayerOp::Flatten => {}
         }
@@ -412,6 +450,7 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
         let bits = sites.iter().map(|s| s.bits).reduce(f64::max);
         let headroom = sites.iter().map(|s| s.headroom).reduce(f64::min);
         let fail_prob = sites.iter().map(|s| s.fail_prob).sum::<f64>().min(1.0);
+        let expected_fail = sites.iter().map(|s| s.expected_fail).sum::<f64>().min(1.0);
         layers.push(LayerCheck {
             name: l.name.clone(),
             op: l.op.kind().to_string(),
@@ -420,9 +459,11 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
             bits,
             headroom,
             fail_prob,
+            expected_fail,
         });
     }
     let fail_prob = layers.iter().map(|l| l.fail_prob).sum::<f64>().min(1.0);
+    let expected_fail = layers.iter().map(|l| l.expected_fail).sum::<f64>().min(1.0);
     let min_headroom = layers.iter().filter_map(|l| l.headroom).reduce(f64::min);
     Ok(RangeReport {
         margin,
@@ -432,16 +473,18 @@ pub fn check_plan(plan: &Plan, ranges: &Ranges, margin: f64) -> Result<RangeRepo
         unchecked,
         fail_prob,
         min_headroom,
+        expected_fail,
     })
 }
 
-fn pool_site(count: usize, m_out: f64, f: u32, n: u64) -> Site {
+fn pool_site(count: usize, (m_out, mean): (f64, f64), f: u32, n: u64) -> Site {
     let count = count.max(1);
     if count.is_power_of_two() {
         let t = count.trailing_zeros();
-        site(format!("window sum, truncated by {t}"), count as f64 * m_out, f, RING_BITS, n, t > 0)
+        let c = count as f64;
+        site(format!("window sum, truncated by {t}"), (c * m_out, c * mean), f, RING_BITS, n, t > 0)
     } else {
-        site(format!("window mean, truncated by {f}"), m_out, 2 * f, RING_BITS, n, true)
+        site(format!("window mean, truncated by {f}"), (m_out, mean), 2 * f, RING_BITS, n, true)
     }
 }
 
@@ -508,6 +551,10 @@ mod tests {
         assert!((s.headroom - (64.0 - s.bits)).abs() < 1e-9);
         assert!((s.fail_prob - s.elements as f64 * (-s.headroom).exp2()).abs() < 1e-18);
         assert!(rep.fail_prob > 0.0 && rep.fail_prob < 1e-3, "{}", rep.fail_prob);
+        // The expected rate uses the mean (max / 4 here) without the margin: 8x below the bound
+        // for a linear site.
+        assert!((s.expected_fail * 8.0 - s.fail_prob).abs() < 1e-12 * s.fail_prob.max(1e-30));
+        assert!(rep.expected_fail < rep.fail_prob);
         // Huge ranges: the x^2 power no longer fits the ring.
         let rep = check_plan(&plan, &ranges_for(&plan, 1e9), 2.0).unwrap();
         assert_eq!(rep.fail_prob, 1.0);
