@@ -624,4 +624,27 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
     let p = &json(&o)["private"];
     assert_eq!(p["guard_refused_logits"], 2, "{p}");
     assert_eq!(p["undetected_garbage"], 0);
+
+    // Deployed roles: the client (query) refuses the garbage with exit code 3, ends the session
+    // cleanly, and the server keeps serving.
+    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
+    let daddr = dealer.addr();
+    let server = Daemon::spawn(&[
+        "serve",
+        "--model",
+        huge_s,
+        "--listen",
+        "127.0.0.1:0",
+        "--dealer",
+        &daddr,
+        "--timeout-s",
+        "30",
+    ]);
+    let saddr = server.addr();
+    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", png_s]);
+    assert_fails(&o, 3, "range guard");
+    let line = server.line(Duration::from_secs(30));
+    assert!(line.contains("session 1") && !line.contains("failed"), "server: {line}");
+    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", png_s]);
+    assert_fails(&o, 3, "logits");
 }
