@@ -35,6 +35,17 @@ enum Cmd {
     /// Measures the private latency of every model of a sweep folder with the engine and
     /// rewrites its table and Pareto plot.
     Measure(MeasureArgs),
+    /// Rewrites the table (sweep.md, sweep.csv) and Pareto plot of a sweep folder from its
+    /// sweep.json, measuring nothing.
+    Report(ReportArgs),
+}
+
+/// Arguments of `polypi-train report`.
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// Sweep folder (with sweep.json).
+    #[arg(long)]
+    dir: PathBuf,
 }
 
 /// Arguments of `polypi-train search`.
@@ -253,6 +264,12 @@ fn main() -> Result<()> {
         Some(Cmd::Train(a)) => train(a),
         Some(Cmd::Search(a)) => search(a),
         Some(Cmd::Measure(a)) => measure(a),
+        Some(Cmd::Report(a)) => {
+            let sw = polypi_train::sweep::load_sweep(&a.dir)?;
+            polypi_train::sweep::write_reports(&sw, &a.dir)?;
+            print!("{}", polypi_train::sweep::markdown(&sw));
+            Ok(())
+        }
     }
 }
 
