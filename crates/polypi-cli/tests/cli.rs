@@ -648,3 +648,20 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
     let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", png_s]);
     assert_fails(&o, 3, "logits");
 }
+
+#[test]
+fn train_and_search_forward_to_polypi_train() {
+    // `polypi search` runs the polypi-train binary next to polypi: either it is there (built by
+    // `cargo test --workspace`) and answers `search --help`, or the error says how to build it.
+    let next_to = std::path::Path::new(BIN)
+        .with_file_name(format!("polypi-train{}", std::env::consts::EXE_SUFFIX));
+    for (sub, needle) in [("search", "polypi-train search"), ("train", "polypi-train train")] {
+        let o = run(&[sub, "--help"]);
+        if next_to.is_file() {
+            assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+            assert!(text(&o.stdout).contains(needle), "{}", text(&o.stdout));
+        } else {
+            assert_fails(&o, 1, "cargo build --release -p polypi-train");
+        }
+    }
+}
