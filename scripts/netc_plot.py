@@ -73,8 +73,10 @@ def main(src, dst):
         out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{c}"/>')
         anchor = "end" if x > W - R - 120 else "start"
         dx = -10 if anchor == "end" else 10
+        # Alternate labels above / below the point so that close points stay readable.
+        ly = y - 8 if i % 2 == 0 else y + 18
         out.append(
-            f'<text x="{x + dx:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}" fill="{c}">'
+            f'<text x="{x + dx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" fill="{c}">'
             f"{name}: {acc:.2f}%, {ms:.1f} ms</text>"
         )
     out.append("</svg>")
