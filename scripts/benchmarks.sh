@@ -80,7 +80,7 @@ for net, act, pool, batch, link, s in rows:
 L.append("\nNotes: the x^2 networks use square pairs / dealer powers (one round per activation layer) and weight-masked linear layers "
          "(one one-way message per linear layer, F = W - B sent once per session). ReLU and max-pool use FSS comparison keys from the dealer "
          "(DReLU via a distributed comparison function, Boyle et al. 2021), so their dealer traffic and memory are large. "
-         "Timings on a shared 2-core VM vary by up to 2x between runs.\n")
+         "NET-R18 with ReLU at batch 32 is not in the table: its comparison keys are 32 x 549 MB = 17.6 GB per inference, which `polypi bench` refuses before running (memory budget: 2.5 x dealer bytes > the VM's 24 GiB). Timings on a shared 2-core VM vary by up to 2x between runs (much more while other jobs run: the same rows measured at load average 15-35 were 2-5x slower).\n")
 open(out, "w").write("\n".join(L) + "\n")
 print(f"wrote {out}")
 PY
