@@ -9,7 +9,7 @@ use polypi_core::engine::bench::{bench_local, poly_plan, BenchSummary};
 use polypi_core::engine::session::Transport;
 use polypi_core::model::compile::compile;
 use polypi_core::model::zoo::{self, Act, Pool, RefNet};
-use polypi_core::model::{Plan, PolyProtocol};
+use polypi_core::model::Plan;
 use polypi_core::net::LinkModel;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,11 +53,8 @@ pub struct BenchArgs {
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: equal
-    /// cost at degree 2, fewer online bytes from degree 3 on, see docs/polynomials.md) or
-    /// share-powers (ESPN, Diaa et al.).
-    #[arg(long, default_value = "dealer-powers")]
-    pub poly_protocol: PolyProtocol,
+    #[command(flatten)]
+    pub poly: crate::common::PolyProtocolArg,
 }
 
 fn reference(net: RefNet, act: Act, pool: Pool) -> Result<Plan> {
@@ -96,7 +93,7 @@ fn row(name: &str, s: &BenchSummary) -> String {
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let mut cases: Vec<(String, Plan)> = Vec::new();
     if let Some(d) = a.poly_degree {
-        let plan = poly_plan(a.elements, d, a.poly_protocol)?;
+        let plan = poly_plan(a.elements, d, a.poly.poly_protocol)?;
         cases.push((format!("poly degree {d}, {} elements", a.elements), plan));
     } else if let Some(path) = &a.model {
         let m = load_model(path)?;
@@ -117,7 +114,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         }
     }
     for (_, plan) in &mut cases {
-        plan.poly_protocol = a.poly_protocol;
+        plan.poly_protocol = a.poly.poly_protocol;
     }
     let mut results = Vec::new();
     for (name, plan) in &cases {
@@ -132,7 +129,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     for (name, s) in &results {
         println!(
             "== {name} (batch {}, link {}, polynomial protocol {}) — per-layer breakdown of the median run ==",
-            s.batch, s.link, a.poly_protocol
+            s.batch, s.link, a.poly.poly_protocol
         );
         print!("{}", s.median_report.table());
         println!(

@@ -286,3 +286,15 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
     }
     None
 }
+
+/// `--poly-protocol`, shared by every command that runs or prices polynomial layers (infer, serve,
+/// eval, bench, cost).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct PolyProtocolArg {
+    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: equal
+    /// cost at degree 2, fewer online bytes from degree 3 on) or share-powers (ESPN, Diaa et al.,
+    /// USENIX Security '24 §4); see docs/polynomials.md. A server sends its choice to client and
+    /// dealer in the plan skeleton.
+    #[arg(long = "poly-protocol", default_value = "dealer-powers")]
+    pub poly_protocol: polypi_core::model::PolyProtocol,
+}

@@ -40,10 +40,8 @@ pub struct CostArgs {
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Protocol of the polynomial layers: dealer-powers (default) or share-powers (ESPN), see
-    /// docs/polynomials.md.
-    #[arg(long, default_value = "dealer-powers")]
-    pub poly_protocol: polypi_core::model::PolyProtocol,
+    #[command(flatten)]
+    pub poly: crate::common::PolyProtocolArg,
 }
 
 /// Runs `polypi cost`.
@@ -52,7 +50,7 @@ pub fn run(a: CostArgs) -> Result<ExitCode> {
         Some(p) => load_model(p)?.plan,
         None => compile(&zoo::build(a.net, a.act, a.pool, 1.0, 1)?)?,
     };
-    plan.poly_protocol = a.poly_protocol;
+    plan.poly_protocol = a.poly.poly_protocol;
     let profile = Profile::parse(&a.profile).context("bad --profile")?;
     let report = predict(&plan, a.batch, &profile, &a.link).context("cost model failed")?;
     if a.json {

@@ -4,9 +4,9 @@
 //! it refused, and "undetected garbage" (a private prediction that differs from the plaintext one
 //! and was not refused; should be 0).
 //!
-//! TODO(polypi-train): switch to `polypi_train::data::load` once that crate builds in CI; the
-//! readers here are the minimal IDX / CIFAR-10 binary readers needed for the test split only
-//! (they avoid pulling burn into the CLI's build).
+//! The dataset readers here are minimal IDX / CIFAR-10 binary readers (no normalisation, no
+//! augmentation) kept on purpose: `polypi_train::data` would pull burn into the `polypi` binary's
+//! build, which must stay light for servers and clients that never train.
 
 use crate::common;
 use crate::range::{self, CheckArgs, GuardArgs, MarginArgs, ModeArg};
@@ -62,10 +62,8 @@ pub struct EvalArgs {
     pub guard: GuardArgs,
     #[command(flatten)]
     pub margin: MarginArgs,
-    /// Protocol of the polynomial layers in the private runs: dealer-powers (default) or
-    /// share-powers (ESPN), see docs/polynomials.md.
-    #[arg(long, default_value = "dealer-powers")]
-    pub poly_protocol: polypi_core::model::PolyProtocol,
+    #[command(flatten)]
+    pub poly: crate::common::PolyProtocolArg,
 }
 
 /// Which part of a dataset to read.
@@ -258,7 +256,7 @@ fn bar(n: usize, msg: &str, hidden: bool) -> ProgressBar {
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let path = common::model_path(a.model.as_deref())?;
     let mut m = common::load_model(&path)?;
-    m.plan.poly_protocol = a.poly_protocol;
+    m.plan.poly_protocol = a.poly.poly_protocol;
     let plan = &m.plan;
     let ds = load_test(a.dataset, &a.data)?;
     let np_check = a.private.min(a.limit.unwrap_or(usize::MAX));

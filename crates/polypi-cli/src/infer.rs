@@ -11,7 +11,6 @@ use polypi_core::engine::report::{InferenceReport, SetupReport};
 use polypi_core::engine::run_f32;
 
 use polypi_core::engine::session::{run_local_guarded, LocalOpts, Transport};
-use polypi_core::model::PolyProtocol;
 use polypi_core::net::LinkModel;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -45,11 +44,8 @@ pub struct InferArgs {
     /// Channels between server, client and dealer.
     #[arg(long, value_enum, default_value = "tcp")]
     pub transport: TransportArg,
-    /// Protocol of the polynomial layers: dealer-powers (HoneyBadger-style, the default: equal
-    /// cost at degree 2, fewer online bytes from degree 3 on, see docs/polynomials.md) or
-    /// share-powers (ESPN, Diaa et al.).
-    #[arg(long, default_value = "dealer-powers")]
-    pub poly_protocol: PolyProtocol,
+    #[command(flatten)]
+    pub poly: crate::common::PolyProtocolArg,
     #[command(flatten)]
     pub check_args: CheckArgs,
     #[command(flatten)]
@@ -110,7 +106,7 @@ struct InferOutput {
 pub fn run(a: InferArgs) -> Result<ExitCode> {
     let path = common::model_path(a.model.as_deref())?;
     let mut model = common::load_model(&path)?;
-    model.plan.poly_protocol = a.poly_protocol;
+    model.plan.poly_protocol = a.poly.poly_protocol;
     let plan = &model.plan;
     let files = if a.input.is_empty() { common::default_inputs()? } else { a.input.clone() };
     let mut inputs = Vec::with_capacity(files.len());

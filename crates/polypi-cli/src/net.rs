@@ -39,10 +39,8 @@ pub struct ServeArgs {
     /// Stop after this many sessions (default: serve forever).
     #[arg(long)]
     pub max_sessions: Option<u64>,
-    /// Protocol of the polynomial layers (sent to client and dealer in the plan skeleton):
-    /// dealer-powers (default) or share-powers (ESPN), see docs/polynomials.md.
-    #[arg(long, default_value = "dealer-powers")]
-    pub poly_protocol: polypi_core::model::PolyProtocol,
+    #[command(flatten)]
+    pub poly: crate::common::PolyProtocolArg,
     #[command(flatten)]
     pub check_args: CheckArgs,
     #[command(flatten)]
@@ -113,7 +111,7 @@ fn with_role(opts: &TcpOptions, role: &str) -> TcpOptions {
 pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     let path = common::model_path(a.model.as_deref())?;
     let mut model = common::load_model(&path)?;
-    model.plan.poly_protocol = a.poly_protocol;
+    model.plan.poly_protocol = a.poly.poly_protocol;
     check_supported(&model.plan)
         .with_context(|| format!("model {} cannot be served privately", path.display()))?;
     let enc = EncodedPlan::new(&model.plan).context("cannot encode the model's weights")?;
