@@ -79,6 +79,26 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Starts `polypi dealer` and `polypi serve --model MODEL` on free loopback ports (30 s
+/// timeouts); returns them with the dealer's and the server's addresses.
+fn deploy(model: &str) -> (Daemon, Daemon, String, String) {
+    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
+    let daddr = dealer.addr();
+    let server = Daemon::spawn(&[
+        "serve",
+        "--model",
+        model,
+        "--listen",
+        "127.0.0.1:0",
+        "--dealer",
+        &daddr,
+        "--timeout-s",
+        "30",
+    ]);
+    let saddr = server.addr();
+    (dealer, server, daddr, saddr)
+}
+
 /// A long-running child, killed on drop; its stdout lines arrive on `lines`.
 struct Daemon {
     child: Child,
@@ -196,20 +216,7 @@ fn serve_dealer_query_three_processes() {
     let plain = json(&run(&["infer", "--model", m, "--input", img, "--json"]));
     let want = plain["inputs"][0]["plaintext"]["class"].as_u64().unwrap();
 
-    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
-    let daddr = dealer.addr();
-    let server = Daemon::spawn(&[
-        "serve",
-        "--model",
-        m,
-        "--listen",
-        "127.0.0.1:0",
-        "--dealer",
-        &daddr,
-        "--timeout-s",
-        "30",
-    ]);
-    let saddr = server.addr();
+    let (_dealer, server, daddr, saddr) = deploy(m);
     for round in 0..2 {
         let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img, "--json"]);
         assert!(o.status.success(), "query {round} failed: {}", text(&o.stderr));
@@ -231,20 +238,7 @@ fn server_killed_mid_query_client_fails_fast() {
     let img = rgb_png(&d, "img.png", 32, 32);
     let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
 
-    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
-    let daddr = dealer.addr();
-    let mut server = Daemon::spawn(&[
-        "serve",
-        "--model",
-        m,
-        "--listen",
-        "127.0.0.1:0",
-        "--dealer",
-        &daddr,
-        "--timeout-s",
-        "30",
-    ]);
-    let saddr = server.addr();
+    let (dealer, mut server, daddr, saddr) = deploy(m);
     let mut args =
         vec!["query", "--connect", &saddr, "--dealer", &daddr, "--timeout-s", "30", "--input"];
     args.extend(std::iter::repeat_n(img, 400));
@@ -473,20 +467,7 @@ fn server_and_dealer_survive_a_client_killed_mid_query() {
     let img = rgb_png(&d, "img.png", 32, 32);
     let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
 
-    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
-    let daddr = dealer.addr();
-    let server = Daemon::spawn(&[
-        "serve",
-        "--model",
-        m,
-        "--listen",
-        "127.0.0.1:0",
-        "--dealer",
-        &daddr,
-        "--timeout-s",
-        "30",
-    ]);
-    let saddr = server.addr();
+    let (_dealer, server, daddr, saddr) = deploy(m);
     let mut args = vec!["query", "--connect", &saddr, "--dealer", &daddr, "--input"];
     args.extend(std::iter::repeat_n(img, 400));
     let mut q = Command::new(BIN)
@@ -627,20 +608,7 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
 
     // Deployed roles: the client (query) refuses the garbage with exit code 3, ends the session
     // cleanly, and the server keeps serving.
-    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
-    let daddr = dealer.addr();
-    let server = Daemon::spawn(&[
-        "serve",
-        "--model",
-        huge_s,
-        "--listen",
-        "127.0.0.1:0",
-        "--dealer",
-        &daddr,
-        "--timeout-s",
-        "30",
-    ]);
-    let saddr = server.addr();
+    let (_dealer, server, daddr, saddr) = deploy(huge_s);
     let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", png_s]);
     assert_fails(&o, 3, "range guard");
     let line = server.line(Duration::from_secs(30));
