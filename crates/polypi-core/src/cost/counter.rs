@@ -193,9 +193,21 @@ impl LayerCost {
             self.online.push(Step::Compute { party, work });
         }
     }
+    /// Online schedule of a layer with one simultaneous exchange: both parties compute `pre`,
+    /// exchange `bytes` each way (no step when 0), then both compute `post`.
+    fn one_exchange(&mut self, pre: Work, bytes: u64, post: Work) {
+        for party in [Party::Server, Party::Client] {
+            self.compute(party, pre);
+        }
+        if bytes > 0 {
+            self.online.push(Step::Exchange { bytes });
+        }
+        for party in [Party::Server, Party::Client] {
+            self.compute(party, post);
+        }
+    }
     /// Offline bytes the dealer sends (to the client and the server). The engine's
-    /// `LayerReport::bytes_dealer_to_client` counts exactly this sum (its dealer counters add
-    /// both channels).
+    /// `LayerReport::bytes_from_dealer` counts exactly this sum.
     pub fn dealer_bytes(&self) -> u64 {
         self.bytes_dealer_to_client + self.bytes_dealer_to_server
     }
@@ -462,15 +474,7 @@ impl Backend for CostCounter {
             }
         }
         post.combine_terms = (n * (plan.degree + 1)) as u64;
-        for party in [Party::Server, Party::Client] {
-            c.compute(party, Work::elem(pre));
-        }
-        if groups > 0 {
-            c.online.push(Step::Exchange { bytes: 8 * (n * groups) as u64 });
-        }
-        for party in [Party::Server, Party::Client] {
-            c.compute(party, post);
-        }
+        c.one_exchange(Work::elem(pre), 8 * (n * groups) as u64, post);
         self.put(idx, c);
         Ok(x.clone())
     }
@@ -591,15 +595,7 @@ fn share_powers_cost(mut c: LayerCost, plan: &PolyPlan, n: usize) -> LayerCost {
     let pre = n * (2 * groups + 2 * sent);
     let mut post = Work::elem(n * (2 * powers + 4 * pairs + 1));
     post.combine_terms = (n * (plan.degree + 1)) as u64;
-    for party in [Party::Server, Party::Client] {
-        c.compute(party, Work::elem(pre));
-    }
-    if sent > 0 {
-        c.online.push(Step::Exchange { bytes: 8 * (n * sent) as u64 });
-    }
-    for party in [Party::Server, Party::Client] {
-        c.compute(party, post);
-    }
+    c.one_exchange(Work::elem(pre), 8 * (n * sent) as u64, post);
     c
 }
 
