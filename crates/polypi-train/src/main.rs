@@ -48,24 +48,42 @@ struct ReportArgs {
     dir: PathBuf,
 }
 
+/// Dataset arguments shared by `train` and `search`.
+#[derive(clap::Args, Debug)]
+struct DataArgs {
+    /// Dataset.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    data: DatasetKind,
+    /// Dataset folder (default: data/fetched for MNIST / Fashion-MNIST,
+    /// ../shared/data/cifar10-subset for cifar10).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Use only the first N training images (for search: search and retraining).
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+}
+
+impl DataArgs {
+    /// `--data-dir`, or the dataset's default folder.
+    fn dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| match self.data {
+            DatasetKind::Cifar10 => polypi_train::data::default_cifar_dir(),
+            _ => PathBuf::from("data/fetched"),
+        })
+    }
+}
+
 /// Arguments of `polypi-train search`.
 #[derive(clap::Args, Debug)]
 struct SearchArgs {
     /// Network.
     #[arg(long, value_enum, default_value = "net-m")]
     net: NetKind,
-    /// Dataset.
-    #[arg(long, value_enum, default_value = "fashion-mnist")]
-    data: DatasetKind,
-    /// Dataset folder (default data/fetched; ../shared/data/cifar10-subset for cifar10).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Use only the first N training images (search and retraining).
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Use only the first N test images.
-    #[arg(long)]
-    test_limit: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Width multiplier.
     #[arg(long, default_value_t = 1.0)]
     width: f32,
@@ -166,19 +184,8 @@ struct Args {
     /// PolyKerv init `C_P,A_P` for --act pkn/rpkn (default: the paper's, 1,1 / 0.47,0.009).
     #[arg(long, value_delimiter = ',')]
     kerv_init: Option<Vec<f32>>,
-    /// Dataset.
-    #[arg(long, value_enum, default_value = "fashion-mnist")]
-    data: DatasetKind,
-    /// Dataset folder (data/fetched for MNIST / Fashion-MNIST; the CIFAR folder for cifar10,
-    /// default ../shared/data/cifar10-subset).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Use only the first N training images.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Use only the first N test images.
-    #[arg(long)]
-    test_limit: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Force augmentation on/off (default: on for CIFAR-10).
     #[arg(long)]
     augment: Option<bool>,
@@ -278,17 +285,13 @@ fn parse_links(v: &[String]) -> Result<Vec<LinkModel>> {
 }
 
 fn search(a: SearchArgs) -> Result<()> {
-    let data_dir = a.data_dir.unwrap_or_else(|| match a.data {
-        DatasetKind::Cifar10 => polypi_train::data::default_cifar_dir(),
-        _ => PathBuf::from("data/fetched"),
-    });
     let cfg = SearchConfig {
         net: a.net,
         width: a.width,
-        data: a.data,
-        data_dir,
-        train_limit: a.train_limit,
-        test_limit: a.test_limit,
+        data: a.data.data,
+        data_dir: a.data.dir(),
+        train_limit: a.data.train_limit,
+        test_limit: a.data.test_limit,
         profile: a.profile,
         link: a.link,
         lambda: a.lambda,
@@ -348,10 +351,6 @@ fn measure(a: MeasureArgs) -> Result<()> {
 }
 
 fn train(a: Args) -> Result<()> {
-    let data_dir = a.data_dir.unwrap_or_else(|| match a.data {
-        DatasetKind::Cifar10 => polypi_train::data::default_cifar_dir(),
-        _ => PathBuf::from("data/fetched"),
-    });
     let cfg = TrainConfig {
         net: a.net,
         act: a.act,
@@ -364,10 +363,10 @@ fn train(a: Args) -> Result<()> {
             Some(&[c_p, a_p]) => Some((c_p, a_p)),
             Some(v) => anyhow::bail!("--kerv-init takes two numbers C_P,A_P, got {v:?}"),
         },
-        data: a.data,
-        data_dir,
-        train_limit: a.train_limit,
-        test_limit: a.test_limit,
+        data: a.data.data,
+        data_dir: a.data.dir(),
+        train_limit: a.data.train_limit,
+        test_limit: a.data.test_limit,
         augment: a.augment,
         epochs: a.epochs,
         batch_size: a.batch_size,
