@@ -1,8 +1,11 @@
 //! `polypi eval`: plaintext f32 accuracy of a model on a test split, and private inference of its
 //! first N images (in-process, TCP on loopback) with the agreement rate against the plaintext
 //! predictions, mean online latency and bytes per image, and the range guard's counts: results
-//! it refused, and "undetected garbage" (a private prediction that differs from the plaintext one
-//! and was not refused; should be 0).
+//! it refused, and "undetected garbage" (a result the guard did not refuse whose logits are off
+//! the plaintext f32 logits by more than `--garbage-tol`; should be 0). Each private result is also
+//! compared with the plaintext fixed-point twin (same ring, same frac bits, exact truncation), which
+//! separates precision effects (a near-tie that fixed point flips, twin included) from protocol
+//! failures.
 //!
 //! The dataset readers here are minimal IDX / CIFAR-10 binary readers (no normalisation, no
 //! augmentation) kept on purpose: `polypi_train::data` would pull burn into the `polypi` binary's
@@ -14,8 +17,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use polypi_core::engine::guard::{GuardCheck, GuardMode, GuardPolicy};
-use polypi_core::engine::run_f32;
 use polypi_core::engine::session::{run_local_guarded, LocalOpts, Transport};
+use polypi_core::engine::{run_f32, run_fixed, EncodedPlan};
 use polypi_core::net::LinkModel;
 use serde::Serialize;
 use std::io::Read;
@@ -56,6 +59,11 @@ pub struct EvalArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Largest max-norm |private logits - plaintext f32 logits| (real units) still counted as a
+    /// fixed-point precision effect rather than garbage. A wrap or a truncation failure moves a
+    /// logit by ~2^(63 - 2f) real units or more (4e9 at f = 16), fixed-point error by ~1e-3.
+    #[arg(long, default_value_t = 1.0)]
+    pub garbage_tol: f64,
     #[command(flatten)]
     pub check_args: CheckArgs,
     #[command(flatten)]
@@ -224,11 +232,20 @@ struct PrivateStats {
     guard_refused_input: usize,
     /// Results the range guard refused because the revealed logits left the calibrated range.
     guard_refused_logits: usize,
-    /// Private predictions that differ from the plaintext one and were not refused (garbage the
-    /// guard did not detect, or a small fixed-point error flipping a close call).
+    /// Results the guard did not refuse whose logits differ from the plaintext f32 logits by more
+    /// than `--garbage-tol` (a protocol failure the guard did not detect; should be 0).
     undetected_garbage: usize,
+    /// Results not refused, within `--garbage-tol` of plaintext, whose prediction still differs
+    /// from the f32 one: near-ties flipped by fixed-point error.
+    near_tie_flips: usize,
+    /// Private predictions equal to the plaintext fixed-point twin's prediction.
+    agree_fixed_twin: usize,
+    /// Images whose fixed-point twin prediction differs from the f32 one (precision alone).
+    twin_vs_f32_disagree: usize,
     /// Largest |private logit - plaintext f32 logit| over the results that were not refused.
     max_abs_logit_error: f64,
+    /// Largest |private logit - fixed-point twin logit| over the results that were not refused.
+    max_abs_logit_error_vs_twin: f64,
 }
 
 #[derive(Serialize)]
@@ -278,6 +295,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             ds.shape
         );
     }
+    if !(a.garbage_tol >= 0.0 && a.garbage_tol.is_finite()) {
+        bail!("--garbage-tol must be a finite number >= 0, got {}", a.garbage_tol);
+    }
     let n = a.limit.map_or(ds.len(), |l| l.min(ds.len()));
     if n == 0 {
         bail!("no test images to evaluate (--limit 0 or an empty test set)");
@@ -305,8 +325,24 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let correct = (0..n).filter(|&i| plain_pred[i] == ds.labels[i] as usize).count();
     let plaintext_accuracy = correct as f64 / n as f64;
 
-    // Private, batch 1 per image, sessions of CHUNK inferences.
+    // Plaintext fixed-point twin of the images that also run privately, batched.
     let np = a.private.min(n);
+    let mut twin_logits: Vec<f32> = Vec::new();
+    if np > 0 {
+        let enc = EncodedPlan::new(plan).context("cannot encode the model in fixed point")?;
+        for start in (0..np).step_by(BATCH) {
+            let end = (start + BATCH).min(np);
+            let x: Vec<f32> = (start..end).flat_map(input).collect();
+            let logits = run_fixed(plan, &enc, &x, end - start)
+                .context("plaintext fixed-point inference failed")?;
+            twin_logits.extend_from_slice(&logits);
+        }
+    }
+
+    // Private, batch 1 per image, sessions of CHUNK inferences.
+    let max_err = |x: &[f32], y: &[f32]| {
+        x.iter().zip(y).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max)
+    };
     let private = if np > 0 {
         const CHUNK: usize = 16;
         let pb = bar(np, "private", a.json);
@@ -329,20 +365,24 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             for (k, r) in res.iter().enumerate() {
                 let i = start + k;
                 let p = common::argmax(&r.logits);
+                let want = &plain_logits[i * classes..(i + 1) * classes];
+                let twin = &twin_logits[i * classes..(i + 1) * classes];
                 st.agree += usize::from(p == plain_pred[i]);
+                st.agree_fixed_twin += usize::from(p == common::argmax(twin));
+                st.twin_vs_f32_disagree += usize::from(common::argmax(twin) != plain_pred[i]);
                 match r.range_violation.map(|v| v.check) {
                     Some(GuardCheck::Input) => st.guard_refused_input += 1,
                     Some(GuardCheck::Logits) => st.guard_refused_logits += 1,
                     None => {
-                        st.undetected_garbage += usize::from(p != plain_pred[i]);
-                        let want = &plain_logits[i * classes..(i + 1) * classes];
-                        let err = r
-                            .logits
-                            .iter()
-                            .zip(want)
-                            .map(|(a, b)| (a - b).abs() as f64)
-                            .fold(0.0, f64::max);
+                        let err = max_err(&r.logits, want);
+                        if err > a.garbage_tol {
+                            st.undetected_garbage += 1;
+                        } else if p != plain_pred[i] {
+                            st.near_tie_flips += 1;
+                        }
                         st.max_abs_logit_error = st.max_abs_logit_error.max(err);
+                        st.max_abs_logit_error_vs_twin =
+                            st.max_abs_logit_error_vs_twin.max(max_err(&r.logits, twin));
                     }
                 }
                 right += usize::from(p == ds.labels[i] as usize);
@@ -399,8 +439,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 p.mean_setup_ms
             );
             println!(
-                "  range guard {}: refused {} (input) + {} (logits); undetected garbage {}; max \
-                 |private - plaintext| logit {:.4}",
+                "  range guard {}: refused {} (input) + {} (logits); undetected garbage {} \
+                 (logit error > {}); near-tie flips {}; max |private - plaintext| logit {:.4}",
                 if p.range_guard {
                     "on"
                 } else {
@@ -409,7 +449,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 p.guard_refused_input,
                 p.guard_refused_logits,
                 p.undetected_garbage,
+                a.garbage_tol,
+                p.near_tie_flips,
                 p.max_abs_logit_error
+            );
+            println!(
+                "  fixed-point twin: private == twin {}/{}, twin != f32 on {}, max |private - \
+                 twin| logit {:.4}",
+                p.agree_fixed_twin, p.images, p.twin_vs_f32_disagree, p.max_abs_logit_error_vs_twin
             );
         }
     }

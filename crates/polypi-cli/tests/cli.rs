@@ -600,11 +600,32 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
     let p = &json(&o)["private"];
     assert_eq!(p["range_guard"], true);
     assert_eq!(p["undetected_garbage"], 0);
+    assert_eq!(p["agree_fixed_twin"], 4, "{p}");
     let o = run(&["eval", "--model", huge_s, "--data", d_s, "--private", "2", "--json"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let p = &json(&o)["private"];
     assert_eq!(p["guard_refused_logits"], 2, "{p}");
     assert_eq!(p["undetected_garbage"], 0);
+    // Without the guard the same garbage is counted as undetected, not as a near-tie.
+    let o = run(&[
+        "eval",
+        "--model",
+        huge_s,
+        "--data",
+        d_s,
+        "--private",
+        "2",
+        "--range-guard",
+        "off",
+        "--range-check",
+        "off",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = &json(&o)["private"];
+    assert_eq!(p["guard_refused_logits"], 0, "{p}");
+    assert_eq!(p["undetected_garbage"], 2, "{p}");
+    assert_eq!(p["near_tie_flips"], 0, "{p}");
 
     // Deployed roles: the client (query) refuses the garbage with exit code 3, ends the session
     // cleanly, and the server keeps serving.
