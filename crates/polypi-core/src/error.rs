@@ -9,29 +9,74 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A model file could not be read or is malformed (bad header, missing tensor, wrong dtype).
     #[error("model file {path}: {reason}")]
-    ModelFile { path: String, reason: String },
+    ModelFile {
+        /// The model file's path.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The graph is invalid at a node (unknown op, dangling edge, bad attribute).
     #[error("invalid graph at node '{node}': {reason}")]
-    Graph { node: String, reason: String },
+    Graph {
+        /// Name of the offending node or layer.
+        node: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A tensor has the wrong shape (input image, weight, or an edge between two nodes).
     #[error("shape mismatch at '{node}': expected {expected:?}, got {got:?}")]
-    ShapeMismatch { node: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        /// Name of the node (or `input`) whose tensor has the wrong shape.
+        node: String,
+        /// The shape the node needs.
+        expected: Vec<usize>,
+        /// The shape it was given.
+        got: Vec<usize>,
+    },
     /// A value cannot be represented in the fixed-point ring (|x| * 2^frac_bits >= 2^63), or a
     /// layer's values left the safe range of the ring.
     #[error("fixed-point range exceeded at {location}: |value| {value} > bound {bound}")]
-    RangeExceeded { location: String, value: f64, bound: f64 },
+    RangeExceeded {
+        /// Where (tensor, layer or input element).
+        location: String,
+        /// The offending value (real units).
+        value: f64,
+        /// The largest representable or safe magnitude (real units).
+        bound: f64,
+    },
     /// The range guard refused a result (see [`crate::engine::guard`] and
     /// [`crate::model::range`]): a value (`check` says which: the client's input, the revealed
     /// logits, or the plan's failure probability) exceeds its calibrated bound, so the private
     /// result could be (or is) garbage from a fixed-point wrap-around or truncation failure.
     #[error("range guard: {check} = {value:.4e} exceeds the bound {bound:.4e}")]
-    RangeGuard { check: String, value: f64, bound: f64 },
+    RangeGuard {
+        /// Which check fired, in words (starts with `input`, `logits` or `plan`).
+        check: String,
+        /// The measured value (real units, or a probability for `plan`).
+        value: f64,
+        /// The calibrated bound it exceeds.
+        bound: f64,
+    },
     /// The peer closed the connection or stopped answering.
     #[error("peer {peer} disconnected after {after_bytes} bytes: {reason}")]
-    PeerDisconnected { peer: String, after_bytes: u64, reason: String },
+    PeerDisconnected {
+        /// The peer's role or address.
+        peer: String,
+        /// Bytes received from it before the disconnect.
+        after_bytes: u64,
+        /// The underlying I/O error or timeout.
+        reason: String,
+    },
     /// The peer speaks another protocol version or is not a polypi peer.
     #[error("protocol version mismatch with {peer}: ours {ours}, theirs {theirs}")]
-    VersionMismatch { peer: String, ours: String, theirs: String },
+    VersionMismatch {
+        /// The peer's role or address.
+        peer: String,
+        /// Our protocol version string.
+        ours: String,
+        /// What the peer sent instead.
+        theirs: String,
+    },
     /// The peer sent a message that does not fit the protocol (wrong length or kind).
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -13,6 +13,7 @@
 //! - [`engine`]: the one graph walk over a backend trait, and the runners of each role.
 //! - [`cost`]: the cost model.
 #![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod cost;
 pub mod engine;

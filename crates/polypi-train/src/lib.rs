@@ -11,6 +11,7 @@
 //!
 //! Built on burn 0.22 with its pure-Rust `flex` CPU backend; the crate feature `cuda` adds
 //! `--device cuda`.
+#![warn(missing_docs)]
 
 pub mod data;
 pub mod export;

@@ -48,18 +48,38 @@ use crate::ring::RingTensor;
 pub enum Material {
     /// Linear layer: the client's input mask `A` (None at the server) and the party's
     /// precomputed output share (server: `c0`; client: `A*F + c1`).
-    Linear { mask: Option<Vec<u64>>, share: Vec<u64> },
+    Linear {
+        /// The client's input mask `A` (ring elements, the layer's input layout); `None` at the
+        /// server.
+        mask: Option<Vec<u64>>,
+        /// This party's precomputed share of the masked product (the layer's output layout).
+        share: Vec<u64>,
+    },
     /// Polynomial (dealer powers): per power group, this party's shares of `r^1..r^m`.
-    Poly { r_pows: Vec<Vec<Vec<u64>>> },
+    Poly {
+        /// `r_pows[group][k]`: this party's shares of `r^(k+1)` for the group's elements.
+        r_pows: Vec<Vec<Vec<u64>>>,
+    },
     /// Polynomial (ESPN share powers): per power group, this party's Beaver masks of its share
     /// powers `1..m-1` and its shares of the cross products ([`espn::cross_pairs`] order).
-    SharePowers { masks: Vec<Vec<Vec<u64>>>, prods: Vec<Vec<Vec<u64>>> },
+    SharePowers {
+        /// `masks[group][k]`: this party's Beaver masks of its share power `k + 1`.
+        masks: Vec<Vec<Vec<u64>>>,
+        /// `prods[group][j]`: this party's shares of cross product `j` (`espn::cross_pairs`).
+        prods: Vec<Vec<Vec<u64>>>,
+    },
     /// Input: this party's share of a dealer-made sharing of zero (server: `R0`, client: `-R0`),
     /// added to the trivial sharing `(0, x)` of the client's input so that both shares are
     /// uniform (SecureML local truncation is only correct on uniformly random shares).
-    Input { zero_share: Vec<u64> },
+    Input {
+        /// This party's share of zero, one ring element per input element (NCHW).
+        zero_share: Vec<u64>,
+    },
     /// ReLU (one level) or max-pool (one per tree level): this party's comparison material.
-    Compare { levels: Vec<ReluMaterial> },
+    Compare {
+        /// One entry per comparison level (ReLU: one; max-pool: one per tree level).
+        levels: Vec<ReluMaterial>,
+    },
 }
 
 fn numel(shape: &[usize]) -> usize {

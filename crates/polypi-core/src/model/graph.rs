@@ -72,38 +72,58 @@ pub enum Op {
     Input,
     /// 2-D convolution; weight `[c_out, c_in/groups, kh, kw]`, optional bias `[c_out]`.
     Conv2d {
+        /// Name of the weight tensor `[c_out, c_in/groups, kh, kw]`.
         weight: String,
+        /// Name of the bias tensor `[c_out]`, if any.
         #[serde(default)]
         bias: Option<String>,
+        /// Step in H and W (default 1).
         #[serde(default = "one")]
         stride: usize,
+        /// Zero padding on each side of H and W (default 0).
         #[serde(default)]
         padding: usize,
+        /// Channel groups (default 1).
         #[serde(default = "one")]
         groups: usize,
     },
     /// Fully connected layer on `[N, in]`; weight `[out, in]` (PyTorch order), optional bias `[out]`.
     Linear {
+        /// Name of the weight tensor `[out, in]`.
         weight: String,
+        /// Name of the bias tensor `[out]`, if any.
         #[serde(default)]
         bias: Option<String>,
     },
     /// Batch normalisation (inference form) with tensors `[C]`; folded into the preceding conv.
     BatchNorm2d {
+        /// Name of the scale tensor gamma `[C]`.
         weight: String,
+        /// Name of the shift tensor beta `[C]`.
         bias: String,
+        /// Name of the running mean `[C]`.
         running_mean: String,
+        /// Name of the running variance `[C]`.
         running_var: String,
+        /// Added to the variance before the square root.
         eps: f32,
     },
     /// Average pooling, square window `kernel`, step `stride`, no padding.
-    AvgPool2d { kernel: usize, stride: usize },
+    AvgPool2d {
+        /// Window side.
+        kernel: usize,
+        /// Step in H and W.
+        stride: usize,
+    },
     /// Mean over H and W: `[N, C, H, W] -> [N, C]`.
     GlobalAvgPool,
     /// Max pooling, square window, step `stride`, zero padding `padding` (padding counts as -inf).
     MaxPool2d {
+        /// Window side.
         kernel: usize,
+        /// Step in H and W.
         stride: usize,
+        /// Padding on each side (default 0).
         #[serde(default)]
         padding: usize,
     },
@@ -117,17 +137,35 @@ pub enum Op {
     /// channels; or `coefficients_tensor` names a `[C, d+1]` tensor of per-channel coefficients.
     /// Source: Diaa et al. (PILLAR) uses a shared degree-4 polynomial.
     Poly {
+        /// Shared coefficients `c_0..c_d` (ascending), empty when `coefficients_tensor` is set.
         #[serde(default)]
         coefficients: Vec<f32>,
+        /// Name of a `[C, d+1]` tensor of per-channel coefficients.
         #[serde(default)]
         coefficients_tensor: Option<String>,
     },
     /// PolyMPCNet / PASNet trainable activation `s*w0*x^2 + w1*x + b`, per channel; `w0`, `w1`,
     /// `b` name `[C]` tensors, `s` is the fixed weight scale (1, or 0.1 for ResNet-50).
-    X2Act { s: f32, w0: String, w1: String, b: String },
+    X2Act {
+        /// Fixed weight scale `s`.
+        s: f32,
+        /// Name of the `[C]` tensor of quadratic weights `w0`.
+        w0: String,
+        /// Name of the `[C]` tensor of linear weights `w1`.
+        w1: String,
+        /// Name of the `[C]` tensor of offsets `b`.
+        b: String,
+    },
     /// PolyKervNets polynomial kervolution applied to the preceding conv's output:
     /// `a_p * (x + c_p)^d_p` (PKN: a_p = 1; R-PKN: trained a_p, init 0.009).
-    PolyKerv { c_p: f32, d_p: u32, a_p: f32 },
+    PolyKerv {
+        /// Shift `c_p` added before the power.
+        c_p: f32,
+        /// Power `d_p` (2 in PolyKervNets).
+        d_p: u32,
+        /// Output scale `a_p`.
+        a_p: f32,
+    },
     /// Passes its input through.
     Identity,
 }

@@ -101,11 +101,23 @@ pub enum LayerOp {
     /// Fully connected layer.
     Linear(LinearLayer),
     /// Average pooling, square `kernel`, step `stride`, no padding.
-    AvgPool2d { kernel: usize, stride: usize },
+    AvgPool2d {
+        /// Window side.
+        kernel: usize,
+        /// Step in H and W.
+        stride: usize,
+    },
     /// Mean over H, W: `[N, C, H, W] -> [N, C]`.
     GlobalAvgPool,
     /// Max pooling (square window, zero padding counted as -inf).
-    MaxPool2d { kernel: usize, stride: usize, padding: usize },
+    MaxPool2d {
+        /// Window side.
+        kernel: usize,
+        /// Step in H and W.
+        stride: usize,
+        /// Padding on each side.
+        padding: usize,
+    },
     /// `[N, C, H, W] -> [N, C*H*W]`.
     Flatten,
     /// Elementwise sum of the two inputs.
