@@ -46,21 +46,21 @@ fn run(args: &[&str]) -> Output {
     wait_output(child, WAIT)
 }
 
+/// Waits for `child` (at most `limit`) while draining its pipes on threads so a chatty child
+/// cannot block; a pipe already taken by the caller reads as empty.
 fn wait_output(mut child: Child, limit: Duration) -> Output {
     let t0 = Instant::now();
-    // Drain the pipes on threads so a chatty child cannot block.
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let h1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut so, &mut v).ok();
-        v
-    });
-    let h2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut se, &mut v).ok();
-        v
-    });
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                std::io::Read::read_to_end(&mut p, &mut v).ok();
+            }
+            v
+        })
+    };
+    let h1 = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let h2 = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -270,7 +270,7 @@ fn server_killed_mid_query_client_fails_fast() {
         let _ = std::io::Read::read_to_string(&mut qout, &mut s);
     });
     q.stdout = None;
-    let o = wait_output_stderr(q, Duration::from_secs(20));
+    let o = wait_output(q, Duration::from_secs(20));
     let err = text(&o.stderr);
     assert!(!o.status.success(), "query succeeded after the server was killed");
     assert!(t0.elapsed() < Duration::from_secs(10), "client took {:?} to notice", t0.elapsed());
@@ -278,28 +278,6 @@ fn server_killed_mid_query_client_fails_fast() {
     assert!(err.contains("peer"), "unclear message: {err}");
     assert!(!err.contains("panicked"), "{err}");
     drop(dealer);
-}
-
-fn wait_output_stderr(mut child: Child, limit: Duration) -> Output {
-    let t0 = Instant::now();
-    let mut se = child.stderr.take().unwrap();
-    let h = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut se, &mut v).ok();
-        v
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("query did not exit within {limit:?} after the server was killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: Vec::new(), stderr: h.join().unwrap() }
 }
 
 fn assert_fails(o: &Output, code: i32, needle: &str) {
