@@ -12,7 +12,7 @@
 //! build, which must stay light for servers and clients that never train.
 
 use crate::common;
-use crate::range::{self, CheckArgs, GuardArgs, MarginArgs, ModeArg};
+use crate::range::{self, CheckArgs, GuardArgs, MarginArgs, ModeArg, RetryArgs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -68,6 +68,8 @@ pub struct EvalArgs {
     pub check_args: CheckArgs,
     #[command(flatten)]
     pub guard: GuardArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
     #[command(flatten)]
     pub margin: MarginArgs,
     #[command(flatten)]
@@ -230,8 +232,13 @@ struct PrivateStats {
     range_guard: bool,
     /// Results the range guard refused because the input left the calibrated range.
     guard_refused_input: usize,
-    /// Results the range guard refused because the revealed logits left the calibrated range.
+    /// Results the range guard refused because the revealed logits left the calibrated range
+    /// (after the retries, if any).
     guard_refused_logits: usize,
+    /// Reruns of refused results (`--guard-retries`), all images together.
+    guard_retries: usize,
+    /// Images whose result was refused at first and accepted after a rerun.
+    recovered_by_retry: usize,
     /// Results the guard did not refuse whose logits differ from the plaintext f32 logits by more
     /// than `--garbage-tol` (a protocol failure the guard did not detect; should be 0).
     undetected_garbage: usize,
@@ -357,11 +364,32 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             let end = (start + CHUNK).min(np);
             let inputs: Vec<(Vec<f32>, usize)> = (start..end).map(|i| (input(i), 1)).collect();
             let opts = LocalOpts { transport: Transport::Tcp, check: false };
-            let (setup, res) =
+            let (setup, mut res) =
                 run_local_guarded(plan, guard, policy, &inputs, opts, LinkModel::none())
                     .context("private inference failed")?;
             sessions += 1;
             st.mean_setup_ms += setup.ms;
+            // --guard-retries: rerun the results refused by the logit check (fresh session, so
+            // fresh correlated randomness).
+            let refused = |r: &polypi_core::engine::session::LocalInference| {
+                matches!(r.range_violation.map(|v| v.check), Some(GuardCheck::Logits))
+            };
+            for _ in 0..a.retry.guard_retries {
+                let redo: Vec<usize> = (0..res.len()).filter(|&k| refused(&res[k])).collect();
+                if redo.is_empty() {
+                    break;
+                }
+                let again: Vec<(Vec<f32>, usize)> =
+                    redo.iter().map(|&k| inputs[k].clone()).collect();
+                let (_, res2) =
+                    run_local_guarded(plan, guard, policy, &again, opts, LinkModel::none())
+                        .context("private inference failed (guard retry)")?;
+                st.guard_retries += redo.len();
+                for (&k, r) in redo.iter().zip(res2) {
+                    st.recovered_by_retry += usize::from(!refused(&r));
+                    res[k] = r;
+                }
+            }
             for (k, r) in res.iter().enumerate() {
                 let i = start + k;
                 let p = common::argmax(&r.logits);
@@ -453,6 +481,12 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 p.near_tie_flips,
                 p.max_abs_logit_error
             );
+            if a.retry.guard_retries > 0 {
+                println!(
+                    "  guard retries: {} rerun(s), {} result(s) recovered",
+                    p.guard_retries, p.recovered_by_retry
+                );
+            }
             println!(
                 "  fixed-point twin: private == twin {}/{}, twin != f32 on {}, max |private - \
                  twin| logit {:.4}",

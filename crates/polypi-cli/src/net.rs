@@ -7,7 +7,7 @@
 //! shares, inputs, weights) is ever printed or logged.
 
 use crate::common::{self, ClassProb};
-use crate::range::{self, CheckArgs, GuardArgs, MarginArgs};
+use crate::range::{self, CheckArgs, GuardArgs, MarginArgs, RetryArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use polypi_core::engine::party::check_supported;
@@ -84,6 +84,8 @@ pub struct QueryArgs {
     pub connect_retry_s: f64,
     #[command(flatten)]
     pub guard: GuardArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
     #[command(flatten)]
     pub margin: MarginArgs,
 }
@@ -240,6 +242,8 @@ struct QueryResult {
     offline_bytes_received: u64,
     /// A failed range-guard check (only with --range-guard warn).
     range_violation: Option<polypi_core::engine::guard::RangeViolation>,
+    /// Reruns after a refused result (`--guard-retries`).
+    retries: u32,
 }
 
 #[derive(Serialize)]
@@ -299,7 +303,22 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
     }
     let mut results = Vec::new();
     for (f, x) in a.input.iter().zip(&inputs) {
-        let r = match sess.infer(x, 1, false) {
+        let mut retries = 0u32;
+        let r = loop {
+            match sess.infer(x, 1, false) {
+                Err(e) if range::is_logit_refusal(&e) && retries < a.retry.guard_retries => {
+                    retries += 1;
+                    eprintln!(
+                        "note: {}: the range guard refused the result (truncation failure); \
+                         retry {retries} of {} with fresh randomness",
+                        f.display(),
+                        a.retry.guard_retries
+                    );
+                }
+                other => break other,
+            }
+        };
+        let r = match r {
             Ok(r) => r,
             Err(e) => {
                 // A refused input or result leaves the session usable: end it cleanly.
@@ -328,6 +347,7 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
             online_bytes_received: received,
             offline_bytes_received: offline,
             range_violation: r.range_violation,
+            retries,
         };
         if let Some(v) = &q.range_violation {
             eprintln!(

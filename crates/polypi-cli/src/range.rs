@@ -50,6 +50,24 @@ pub struct GuardArgs {
     pub range_guard: ModeArg,
 }
 
+/// `--guard-retries` (client side, `polypi query` and `polypi eval`).
+#[derive(Args, Debug, Clone)]
+pub struct RetryArgs {
+    /// Rerun an inference whose revealed logits the range guard refused (a SecureML truncation
+    /// failure: probabilistic, caught w.h.p.) up to N times, each with fresh correlated
+    /// randomness. Off by default: the server and dealer see the extra inference, so they learn
+    /// that a failure happened, an event whose probability (at most the plan bound, `polypi
+    /// inspect`) grows with the magnitude of the secret values: at most one bit per retry about
+    /// the input. Input refusals are deterministic and never retried.
+    #[arg(long, default_value_t = 0)]
+    pub guard_retries: u32,
+}
+
+/// Whether `e` is the runtime guard refusing the revealed logits (the retryable refusal).
+pub fn is_logit_refusal(e: &polypi_core::Error) -> bool {
+    matches!(e, polypi_core::Error::RangeGuard { check, .. } if check.starts_with("logits"))
+}
+
 /// `--range-check`, `--max-fail-prob` (model side).
 #[derive(Args, Debug, Clone)]
 pub struct CheckArgs {

@@ -584,6 +584,25 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
     let p = &json(&o)["private"];
     assert_eq!(p["guard_refused_logits"], 2, "{p}");
     assert_eq!(p["undetected_garbage"], 0);
+    // A wrap-around is deterministic: retries rerun it and refuse it again, never accept it.
+    let o = run(&[
+        "eval",
+        "--model",
+        huge_s,
+        "--data",
+        d_s,
+        "--private",
+        "2",
+        "--guard-retries",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = &json(&o)["private"];
+    assert_eq!(p["guard_refused_logits"], 2, "{p}");
+    assert_eq!(p["guard_retries"], 4, "{p}");
+    assert_eq!(p["recovered_by_retry"], 0, "{p}");
+    assert_eq!(p["undetected_garbage"], 0, "{p}");
     // Without the guard the same garbage is counted as undetected, not as a near-tie.
     let o = run(&[
         "eval",
@@ -614,6 +633,20 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
     assert!(line.contains("session 1") && !line.contains("failed"), "server: {line}");
     let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", png_s]);
     assert_fails(&o, 3, "logits");
+    // With retries the deterministic garbage is rerun on the same session and still refused.
+    let o = run(&[
+        "query",
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--input",
+        png_s,
+        "--guard-retries",
+        "2",
+    ]);
+    assert_fails(&o, 3, "logits");
+    assert_eq!(text(&o.stderr).matches("retry").count(), 2, "{}", text(&o.stderr));
 }
 
 #[test]
