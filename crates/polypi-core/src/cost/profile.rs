@@ -42,8 +42,8 @@ pub struct CpuProfile {
     /// ns per element of the dealer's DCF key generation at the same width
     /// ([`crate::mpc::fss::gen`]).
     pub dcf_gen_ns: f64,
-    /// Fixed cost of one message (loopback TCP, framing, writer thread, wake-up), µs, from half the
-    /// median round trip of a ping-pong of 8-byte messages.
+    /// Fixed cost of one message (loopback TCP, framing, writer thread, wake-up), µs, from half a
+    /// ping-pong of 8-byte messages.
     pub per_message_us: f64,
     /// Loopback message throughput including ring (de)serialisation, GB/s (10^9 bytes), from a
     /// ping-pong of 4 MB ring messages.
@@ -391,17 +391,13 @@ fn loopback() -> Result<(f64, f64, f64)> {
         a.flush()?;
         a.recv()?;
     }
-    // Median round trip (a mean would be dominated by the few that wait for a busy core).
-    let mut rtt = Vec::with_capacity(small);
+    let t = Instant::now();
     for _ in 0..small {
-        let t = Instant::now();
         a.send(&msg)?;
         a.flush()?;
         a.recv()?;
-        rtt.push(t.elapsed().as_secs_f64());
     }
-    rtt.sort_by(|x, y| x.total_cmp(y));
-    let per_msg = rtt[small / 2] / 2.0;
+    let per_msg = t.elapsed().as_secs_f64() / (2 * small) as f64;
     let data = vec![7u64; big_n];
     let mut times = Vec::new();
     for i in 0..big_reps + 1 {
