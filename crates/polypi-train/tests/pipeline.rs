@@ -241,6 +241,12 @@ fn netc_and_r18_export_match_burn() {
     train_export_check(NetKind::NetR18, ActKind::X2act, DatasetKind::Cifar10, 0.0625, |c| {
         c.max_steps_per_epoch = Some(1)
     });
+    // PolyKervNets on the ResNet (issue #7): R-PKN sites, Adam, near-identity init.
+    train_export_check(NetKind::NetR18, ActKind::Rpkn, DatasetKind::Cifar10, 0.0625, |c| {
+        c.max_steps_per_epoch = Some(1);
+        c.optimizer = polypi_train::OptimKind::Adam;
+        c.kerv_init = Some((4.0, 0.125));
+    });
 }
 
 #[test]
