@@ -306,7 +306,10 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         let mut retries = 0u32;
         let r = loop {
             match sess.infer(x, 1, false) {
-                Err(e) if range::is_logit_refusal(&e) && retries < a.retry.guard_retries => {
+                Err(e)
+                    if polypi_core::engine::guard::is_logit_refusal(&e)
+                        && retries < a.retry.guard_retries =>
+                {
                     retries += 1;
                     eprintln!(
                         "note: {}: the range guard refused the result (truncation failure); \

@@ -63,11 +63,6 @@ pub struct RetryArgs {
     pub guard_retries: u32,
 }
 
-/// Whether `e` is the runtime guard refusing the revealed logits (the retryable refusal).
-pub fn is_logit_refusal(e: &polypi_core::Error) -> bool {
-    matches!(e, polypi_core::Error::RangeGuard { check, .. } if check.starts_with("logits"))
-}
-
 /// `--range-check`, `--max-fail-prob` (model side).
 #[derive(Args, Debug, Clone)]
 pub struct CheckArgs {

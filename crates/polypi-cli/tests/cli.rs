@@ -573,53 +573,28 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
     );
 
     // eval: the guard's counts; nothing undetected.
-    let o = run(&["eval", "--model", cal_s, "--data", d_s, "--private", "4", "--json"]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let p = &json(&o)["private"];
+    let eval_private = |model: &str, n: &str, extra: &[&str]| {
+        let mut args = vec!["eval", "--model", model, "--data", d_s, "--private", n, "--json"];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        json(&o)["private"].clone()
+    };
+    let p = eval_private(cal_s, "4", &[]);
     assert_eq!(p["range_guard"], true);
     assert_eq!(p["undetected_garbage"], 0);
     assert_eq!(p["agree_fixed_twin"], 4, "{p}");
-    let o = run(&["eval", "--model", huge_s, "--data", d_s, "--private", "2", "--json"]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let p = &json(&o)["private"];
+    let p = eval_private(huge_s, "2", &[]);
     assert_eq!(p["guard_refused_logits"], 2, "{p}");
     assert_eq!(p["undetected_garbage"], 0);
     // A wrap-around is deterministic: retries rerun it and refuse it again, never accept it.
-    let o = run(&[
-        "eval",
-        "--model",
-        huge_s,
-        "--data",
-        d_s,
-        "--private",
-        "2",
-        "--guard-retries",
-        "2",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let p = &json(&o)["private"];
+    let p = eval_private(huge_s, "2", &["--guard-retries", "2"]);
     assert_eq!(p["guard_refused_logits"], 2, "{p}");
     assert_eq!(p["guard_retries"], 4, "{p}");
     assert_eq!(p["recovered_by_retry"], 0, "{p}");
     assert_eq!(p["undetected_garbage"], 0, "{p}");
     // Without the guard the same garbage is counted as undetected, not as a near-tie.
-    let o = run(&[
-        "eval",
-        "--model",
-        huge_s,
-        "--data",
-        d_s,
-        "--private",
-        "2",
-        "--range-guard",
-        "off",
-        "--range-check",
-        "off",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let p = &json(&o)["private"];
+    let p = eval_private(huge_s, "2", &["--range-guard", "off", "--range-check", "off"]);
     assert_eq!(p["guard_refused_logits"], 0, "{p}");
     assert_eq!(p["undetected_garbage"], 2, "{p}");
     assert_eq!(p["near_tie_flips"], 0, "{p}");

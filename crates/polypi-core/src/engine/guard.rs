@@ -112,6 +112,13 @@ impl RangeViolation {
     }
 }
 
+/// Whether `e` is [`RangeViolation::to_error`] of a [`GuardCheck::Logits`] violation: the
+/// refusal of a result whose logits left the calibrated range (a probabilistic truncation
+/// failure, worth a retry with fresh randomness; an input refusal is deterministic).
+pub fn is_logit_refusal(e: &Error) -> bool {
+    matches!(e, Error::RangeGuard { check, .. } if check.starts_with("logits"))
+}
+
 /// Largest `|v|` of `values` (infinity when one is NaN or infinite).
 pub fn max_abs(values: &[f32]) -> f64 {
     values
@@ -146,5 +153,8 @@ mod tests {
         let e = v.to_error().to_string();
         assert!(e.contains("range guard") && e.contains("logits") && e.contains("4.0000e0"), "{e}");
         assert!(GuardBounds { input_max_abs: 1.0, logit_max_abs: f64::NAN }.check().is_err());
+        assert!(is_logit_refusal(&v.to_error()));
+        let i = check_values(GuardCheck::Input, &[9.0], 2.0, 2.0).unwrap();
+        assert!(!is_logit_refusal(&i.to_error()));
     }
 }
