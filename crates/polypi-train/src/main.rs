@@ -207,6 +207,9 @@ struct Args {
     /// Weight decay.
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f64,
+    /// Exempt the activation coefficients (X2act w0/w1/b, PolyKerv c_p/a_p) from weight decay.
+    #[arg(long)]
+    no_decay_act: bool,
     /// Linear warm-up epochs (capped at epochs/4).
     #[arg(long, default_value_t = 5)]
     warmup_epochs: usize,
@@ -374,6 +377,7 @@ fn train(a: Args) -> Result<()> {
         lr: a.lr,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
+        no_decay_act: a.no_decay_act,
         warmup_epochs: a.warmup_epochs,
         grad_clip: a.grad_clip,
         poly_clip: a.poly_clip,

@@ -91,6 +91,9 @@ pub struct TrainConfig {
     pub nesterov: bool,
     /// L2 weight decay (added to the gradient).
     pub weight_decay: f64,
+    /// Exempt the activation coefficients (X2act `w0`, `w1`, `b`; PolyKerv `c_p`, `a_p`) from
+    /// `weight_decay` (decay then only pulls conv / linear / batch-norm parameters toward 0).
+    pub no_decay_act: bool,
     /// Linear warm-up epochs (capped at a quarter of `epochs`); then cosine decay to 0.
     pub warmup_epochs: usize,
     /// Clip each parameter's gradient to this L2 norm (None = off).
@@ -155,6 +158,7 @@ impl Default for TrainConfig {
             momentum: 0.9,
             nesterov: false,
             weight_decay: 5e-4,
+            no_decay_act: false,
             warmup_epochs: 5,
             grad_clip: None,
             poly_clip: None,
@@ -261,6 +265,9 @@ impl TrainConfig {
             self.warmup_epochs,
             self.seed
         );
+        if self.no_decay_act {
+            r += ", no decay on activation coefficients";
+        }
         if let Some(c) = self.grad_clip {
             r += &format!(", grad clip {c}");
         }
@@ -503,7 +510,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
                     .with_nesterov(cfg.nesterov)
                     .with_dampening(0.0),
             ));
-            if cfg.weight_decay > 0.0 {
+            if cfg.weight_decay > 0.0 && !cfg.no_decay_act {
                 c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
                     cfg.weight_decay as f32,
                 )));
@@ -517,7 +524,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         }
         OptimKind::Adam => {
             let mut c = AdamConfig::new();
-            if cfg.weight_decay > 0.0 {
+            if cfg.weight_decay > 0.0 && !cfg.no_decay_act {
                 c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
                     cfg.weight_decay as f32,
                 )));
@@ -606,7 +613,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
             seen += idx.len();
             loss_sum += lv as f64;
             lr = cfg.lr_at(epoch as f64 + s as f64 / steps as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if cfg.no_decay_act && cfg.weight_decay > 0.0 {
+                add_weight_decay(&model, &mut grads, cfg.weight_decay);
+            }
             model = optim.step(lr, model, grads);
             bar.inc(1);
             if s % 20 == 0 {
@@ -678,4 +688,90 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         report.model_file = Some(out.clone());
     }
     Ok(report)
+}
+
+/// Adds L2 weight decay `wd * p` to the gradient of every float parameter of `model` except the
+/// activation coefficients (parameters of an `X2Act` or `PolyKerv` module): the same update as
+/// burn's `WeightDecayConfig` (decay added to the gradient before momentum), restricted to the
+/// conv / linear / batch-norm parameters. Used by [`TrainConfig::no_decay_act`].
+fn add_weight_decay<M: Module>(model: &M, grads: &mut GradientsParams, wd: f64) {
+    struct Decay<'a> {
+        grads: &'a mut GradientsParams,
+        wd: f64,
+        /// Depth of nested activation modules currently entered.
+        in_act: usize,
+    }
+    impl burn::module::ModuleVisitor for Decay<'_> {
+        fn enter_module(&mut self, _name: &str, container_type: &str) {
+            if is_act_module(container_type) {
+                self.in_act += 1;
+            }
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            if is_act_module(container_type) {
+                self.in_act -= 1;
+            }
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if self.in_act > 0 {
+                return;
+            }
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let decay = param.val().inner().mul_scalar(self.wd);
+                self.grads.register(param.id, g.add(decay));
+            }
+        }
+    }
+    fn is_act_module(container_type: &str) -> bool {
+        matches!(container_type, "Struct:X2Act" | "Struct:PolyKerv")
+    }
+    model.visit(&mut Decay { grads, wd, in_act: 0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{ModuleVisitor, Param, ParamId};
+
+    /// Registers a zero gradient for every float parameter and records `(id, rank)`.
+    struct ZeroGrads<'a>(&'a mut GradientsParams, Vec<ParamId>);
+    impl ModuleVisitor for ZeroGrads<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.register(param.id, param.val().zeros_like());
+            self.1.push(param.id);
+        }
+    }
+
+    /// With `no_decay_act`, the decay term `wd * p` reaches every conv / linear / batch-norm
+    /// parameter and no X2act coefficient.
+    #[test]
+    fn weight_decay_skips_exactly_the_x2act_coefficients() {
+        let cfg = TrainConfig { act: ActKind::X2act, width: 0.5, ..TrainConfig::default() };
+        let dev = device(DeviceKind::Flex).unwrap();
+        let net = build_model(&cfg, &dev).unwrap();
+        let mut grads = GradientsParams::new();
+        let mut zero = ZeroGrads(&mut grads, vec![]);
+        net.visit(&mut zero);
+        let all = zero.1;
+        add_weight_decay(&net, &mut grads, 1.0);
+        let mut act_ids = vec![];
+        for u in net.pre.iter().chain(&net.post) {
+            if let Some(x2) = u.act.as_ref().and_then(|a| a.x2.as_ref()) {
+                act_ids.extend([x2.w0.id, x2.w1.id, x2.b.id]);
+            }
+            if let Some(conv) = &u.conv {
+                let g: Tensor<4> = grads.get(conv.weight.id).unwrap();
+                let w = conv.weight.val();
+                assert_eq!(g.into_data(), w.into_data(), "conv weight gets wd * w");
+            }
+        }
+        assert!(act_ids.len() >= 6, "NET-M has X2act sites");
+        for id in &act_ids {
+            let g: Tensor<1> = grads.get(*id).unwrap();
+            let m: f32 = g.abs().max().into_scalar();
+            assert_eq!(m, 0.0, "X2act coefficient must not be decayed");
+        }
+        let decayed = all.iter().filter(|id| !act_ids.contains(id)).count();
+        assert!(decayed > act_ids.len());
+    }
 }

@@ -275,6 +275,34 @@ fn kd_from_relu_teacher_runs() {
     assert!(r2.epochs[0].train_loss.is_finite());
 }
 
+/// `--no-decay-act` applies weight decay itself (outside burn's optimizer); on a ReLU net, which
+/// has no activation coefficients, it must give bit-identical weights to burn's own decay, and on
+/// an X2act net it must change the result (the coefficients are no longer decayed).
+#[test]
+fn no_decay_act_matches_burn_decay_where_there_is_nothing_to_exempt() {
+    let d = tmpdir("nodecay");
+    idx_fixture(&d, false);
+    let run = |act: ActKind, no_decay_act: bool, name: &str| {
+        let cfg = TrainConfig {
+            act,
+            width: 0.5,
+            data_dir: d.clone(),
+            epochs: 1,
+            batch_size: 16,
+            max_steps_per_epoch: Some(3),
+            weight_decay: 0.05,
+            no_decay_act,
+            out: Some(d.join(format!("{name}.safetensors"))),
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let r = train::train(&cfg).unwrap();
+        std::fs::read(r.checkpoint.unwrap()).unwrap()
+    };
+    assert_eq!(run(ActKind::Relu, false, "relu-burn"), run(ActKind::Relu, true, "relu-own"));
+    assert_ne!(run(ActKind::X2act, false, "x2-burn"), run(ActKind::X2act, true, "x2-own"));
+}
+
 /// The committed Fashion-MNIST model, compiled by polypi-core and run by its f32 executor, keeps
 /// its accuracy on the first 1,000 test images (skipped when the data has not been fetched).
 #[test]
