@@ -93,6 +93,8 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Exempt the activation coefficients (X2act `w0`, `w1`, `b`; PolyKerv `c_p`, `a_p`) from
     /// `weight_decay` (decay then only pulls conv / linear / batch-norm parameters toward 0).
+    /// The decay term is then added to the gradient before burn's optimizer runs, so with
+    /// `grad_clip` set it is clipped together with the gradient (burn clips before its decay).
     pub no_decay_act: bool,
     /// Linear warm-up epochs (capped at a quarter of `epochs`); then cosine decay to 0.
     pub warmup_epochs: usize,
