@@ -275,30 +275,12 @@ fn kd_from_relu_teacher_runs() {
     assert!(r2.epochs[0].train_loss.is_finite());
 }
 
-/// Reads every f32 tensor of a burn checkpoint (safetensors) as `name -> values`.
-fn checkpoint_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
-        .map(|(name, t)| {
-            let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()));
-            (name, v.collect())
-        })
-        .collect()
-}
-
 /// Largest |a - b| over the tensors of `a` whose name satisfies `pick` (same names in `b`).
-fn max_diff(
-    a: &std::collections::BTreeMap<String, Vec<f32>>,
-    b: &std::collections::BTreeMap<String, Vec<f32>>,
-    pick: impl Fn(&str) -> bool,
-) -> f32 {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+fn max_diff(a: &ModelFile, b: &ModelFile, pick: impl Fn(&str) -> bool) -> f32 {
+    assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
     let mut m = 0f32;
-    for (name, va) in a.iter().filter(|(n, _)| pick(n)) {
-        for (x, y) in va.iter().zip(&b[name]) {
+    for (name, ta) in a.tensors.iter().filter(|(n, _)| pick(n)) {
+        for (x, y) in ta.data.iter().zip(&b.tensors[name].data) {
             m = m.max((x - y).abs());
         }
     }
@@ -311,6 +293,7 @@ fn max_diff(
 /// that tolerates f32 summation-order noise (the flex backend's parallel reductions may associate
 /// differently from run to run) but not a missing or doubled decay term. On an X2act net the
 /// X2act `w1` (init 1.0, so decay moves it by ~lr * wd per step) must end up measurably different.
+/// Weights are compared as the exported polypi model files hold them (`ModelFile::tensors`).
 #[test]
 fn no_decay_act_matches_burn_decay_where_there_is_nothing_to_exempt() {
     let d = tmpdir("nodecay");
@@ -330,20 +313,20 @@ fn no_decay_act_matches_burn_decay_where_there_is_nothing_to_exempt() {
             ..TrainConfig::default()
         };
         let r = train::train(&cfg).unwrap();
-        checkpoint_tensors(&r.checkpoint.unwrap())
+        ModelFile::load(r.model_file.unwrap()).unwrap()
     };
     let burn = run(ActKind::Relu, 0.5, false, "relu-burn");
     let own = run(ActKind::Relu, 0.5, true, "relu-own");
     let none = run(ActKind::Relu, 0.0, false, "relu-none");
-    assert!(!burn.is_empty());
+    assert!(!burn.tensors.is_empty());
     let (relu, decay) = (max_diff(&burn, &own, |_| true), max_diff(&burn, &none, |_| true));
     eprintln!("max |diff| on ReLU weights: own vs burn decay {relu:e}, decay vs none {decay:e}");
     assert!(decay > 1e-4, "decay 0.5 changed the ReLU weights by only {decay}");
     assert!(relu <= 0.01 * decay, "own decay differs from burn's by {relu} (decay effect {decay})");
     let burn = run(ActKind::X2act, 0.05, false, "x2-burn");
     let own = run(ActKind::X2act, 0.05, true, "x2-own");
-    let w1: Vec<_> = burn.keys().filter(|n| n.ends_with(".w1")).collect();
-    assert!(w1.len() >= 2, "X2act w1 tensors in {:?}", burn.keys().collect::<Vec<_>>());
+    let w1: Vec<_> = burn.tensors.keys().filter(|n| n.ends_with(".w1")).collect();
+    assert!(w1.len() >= 2, "X2act w1 tensors in {:?}", burn.tensors.keys().collect::<Vec<_>>());
     let x2 = max_diff(&burn, &own, |n| n.ends_with(".w1"));
     assert!(x2 > 1e-3, "X2act w1 moved by only {x2} without decay");
 }
