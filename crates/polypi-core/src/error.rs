@@ -77,6 +77,15 @@ pub enum Error {
         /// What the peer sent instead.
         theirs: String,
     },
+    /// The TLS handshake or a TLS record failed: the peer does not speak TLS, its certificate is
+    /// not from our CA or not valid for its name or role, or a record did not authenticate.
+    #[error("TLS with {peer} failed: {reason}")]
+    Tls {
+        /// The peer's role or address.
+        peer: String,
+        /// rustls' reason, with a hint.
+        reason: String,
+    },
     /// The peer sent a message that does not fit the protocol (wrong length or kind).
     #[error("protocol error: {0}")]
     Protocol(String),

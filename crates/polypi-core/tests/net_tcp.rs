@@ -536,3 +536,147 @@ fn net_peer_role_with_control_characters() {
     let ch = h.join().unwrap().unwrap();
     assert_eq!(ch.peer_role(), "cli?ent?");
 }
+
+/// Development certificates for the TLS tests (one set per test process).
+fn tls_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("polypi-net-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        polypi_core::net::tls::write_dev_certs(
+            &d,
+            &["localhost".into(), "127.0.0.1".into()],
+            false,
+        )
+        .unwrap();
+        d
+    })
+    .clone()
+}
+
+fn tls_opts(role: &str, auth: polypi_core::net::ClientAuth) -> TcpOptions {
+    let files = polypi_core::net::TlsFiles::in_dir(&tls_dir(), role);
+    let cfg = polypi_core::net::TlsConfig::load(&files, auth).unwrap();
+    TcpOptions { tls: Some(std::sync::Arc::new(cfg)), ..opts() }
+}
+
+/// TLS pair: `a` accepts with `a_opts`, `b` connects with `b_opts`.
+fn tls_pair(
+    a_opts: TcpOptions,
+    b_opts: TcpOptions,
+) -> (Result<TcpChannel, Error>, Result<TcpChannel, Error>) {
+    let listener = bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = thread::spawn(move || TcpChannel::accept(&listener, "server", &a_opts));
+    let b = TcpChannel::connect(addr, "client", &b_opts);
+    (h.join().unwrap(), b)
+}
+
+#[test]
+fn net_tls_roundtrip_large_exchange_and_identity() {
+    use polypi_core::net::{tls, ClientAuth};
+    let (a, b) = tls_pair(
+        tls_opts("server", ClientAuth::Required),
+        tls_opts("client", ClientAuth::Optional),
+    );
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    assert!(a.is_tls() && b.is_tls());
+    // Each side sees the other's verified certificate.
+    assert!(tls::cert_valid_for(a.peer_certificate().unwrap(), tls::CLIENT_IDENTITY));
+    assert!(tls::cert_valid_for(b.peer_certificate().unwrap(), tls::SERVER_IDENTITY));
+    assert!(!tls::cert_valid_for(a.peer_certificate().unwrap(), tls::SERVER_IDENTITY));
+    // Simultaneous large exchange (both send 24 MB before reading) does not deadlock, and
+    // payloads arrive intact.
+    let big_a = payload(1, 24 << 20);
+    let big_b = payload(2, 24 << 20);
+    let (ea, eb) = (big_a.clone(), big_b.clone());
+    let h = thread::spawn(move || {
+        let got = a.exchange(&ea).unwrap();
+        (a, got)
+    });
+    let got_b = b.exchange(&eb).unwrap();
+    let (mut a, got_a) = h.join().unwrap();
+    assert!(got_a == big_b && got_b == big_a);
+    // Many small messages each way.
+    roundtrip_small(&mut a, &mut b);
+    assert_eq!(a.stats().bytes_sent, b.stats().bytes_received);
+}
+
+fn roundtrip_small(a: &mut TcpChannel, b: &mut TcpChannel) {
+    for i in 0..200u32 {
+        a.send(&i.to_le_bytes()).unwrap();
+        a.flush().unwrap();
+        assert_eq!(b.recv().unwrap(), i.to_le_bytes());
+        b.send(&[i as u8; 3]).unwrap();
+        b.flush().unwrap();
+        assert_eq!(a.recv().unwrap(), vec![i as u8; 3]);
+    }
+}
+
+#[test]
+fn net_tls_refuses_plaintext_peers_and_missing_client_cert() {
+    use polypi_core::net::ClientAuth;
+    // A plaintext client at a TLS server (and the reverse) fails the handshake with an error on
+    // both sides, never a hang.
+    let (a, b) = tls_pair(tls_opts("server", ClientAuth::Optional), opts());
+    assert!(a.is_err() && b.is_err(), "{a:?} {b:?}");
+    let (a, b) = tls_pair(opts(), tls_opts("client", ClientAuth::Optional));
+    assert!(a.is_err() && b.is_err(), "{a:?} {b:?}");
+    let b = b.unwrap_err().to_string();
+    assert!(b.contains("TLS"), "{b}");
+    // Certificate for another name than the one dialled.
+    let mut wrong = tls_opts("client", ClientAuth::Optional);
+    wrong.tls_server_name = Some("polypi-dealer".into());
+    let (_a, b) = tls_pair(tls_opts("server", ClientAuth::Optional), wrong);
+    let e = b.unwrap_err().to_string();
+    assert!(e.contains("TLS") && e.contains("name"), "{e}");
+}
+
+#[test]
+fn net_tls_frame_limit_checked_before_payload() {
+    use polypi_core::net::ClientAuth;
+    let (a, b) = tls_pair(
+        tls_opts("server", ClientAuth::Optional),
+        tls_opts("client", ClientAuth::Optional),
+    );
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    b.send(&[7u8; 100]).unwrap();
+    b.flush().unwrap();
+    let e = a.recv_max(64).unwrap_err();
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(a.recv_expect(4).is_err(), "a channel is unusable after a refused frame");
+}
+
+#[test]
+fn net_slowloris_bounded_by_message_deadline() {
+    // One byte every 300 ms with a 1 s message deadline: the receive fails after ~1 s, though
+    // no single read() waits longer than the timeout.
+    let o = TcpOptions { read_timeout: Some(Duration::from_secs(1)), ..opts() };
+    let (mut raw, h) = raw_peer_and_channel(o);
+    let mut ch = h.join().unwrap().unwrap();
+    let t = thread::spawn(move || {
+        let frame = [8u64.to_le_bytes().to_vec(), vec![1u8; 8]].concat();
+        for b in frame {
+            if raw.write_all(&[b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let start = Instant::now();
+    let r = ch.recv();
+    let took = start.elapsed();
+    assert!(matches!(r, Err(Error::PeerDisconnected { .. })), "{r:?}");
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    t.join().unwrap();
+}
+
+#[test]
+fn net_phase_deadline_cuts_a_waiting_recv() {
+    let (mut a, _b) = tcp_loopback_pair("a", "b", &opts()).unwrap();
+    a.set_deadline(Some(Instant::now() + Duration::from_millis(300)));
+    let start = Instant::now();
+    let e = a.recv().unwrap_err().to_string();
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(e.contains("deadline"), "{e}");
+}

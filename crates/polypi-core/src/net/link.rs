@@ -256,7 +256,12 @@ impl<C: Channel> Channel for EmulatedChannel<C> {
     /// Receives from the inner channel, then sleeps until the message's emulated delivery time.
     /// Errors: the inner channel's.
     fn recv(&mut self) -> Result<Vec<u8>> {
-        let m = self.inner.recv()?;
+        self.recv_max(usize::MAX)
+    }
+
+    /// [`Channel::recv_max`] of the inner channel, then the emulated delay.
+    fn recv_max(&mut self, max_bytes: usize) -> Result<Vec<u8>> {
+        let m = self.inner.recv_max(max_bytes)?;
         if !self.model.is_none() {
             let due = lock(&self.incoming).deliveries.pop_front();
             if let Some(due) = due {
@@ -278,6 +283,10 @@ impl<C: Channel> Channel for EmulatedChannel<C> {
 
     fn stats(&self) -> ChannelStats {
         self.inner.stats()
+    }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.inner.set_deadline(deadline)
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`mem`]: [`mem_pair`], two in-process endpoints over `std::sync::mpsc`.
 //! - [`tcp`]: [`TcpChannel`] (length-prefixed frames over `std::net::TcpStream`, hello with
 //!   [`PROTOCOL_VERSION`], timeouts), [`bind`], [`tcp_loopback_pair`].
+//! - [`tls`]: [`TlsConfig`] (TLS 1.3 via rustls, certificates of one CA) and
+//!   [`tls::write_dev_certs`] (a development CA, `polypi certs`).
 //! - [`link`]: [`LinkModel`] (`lan`, `wan`, `none`, `<mbit>mbit:<rtt>ms`) and
 //!   [`EmulatedChannel`] / [`emulated_pair`], which delay delivery as a real link would
 //!   (in-process only).
@@ -18,15 +20,17 @@ use crate::error::{Error, Result};
 pub mod link;
 pub mod mem;
 pub mod tcp;
+pub mod tls;
 
 pub use link::{emulated_mem_pair, emulated_pair, EmulatedChannel, LinkModel};
 pub use mem::{mem_pair, MemChannel};
 pub use tcp::{bind, tcp_loopback_pair, TcpChannel, TcpOptions};
+pub use tls::{ClientAuth, TlsConfig, TlsFiles};
 
 /// Version of the wire protocol, exchanged in the hello of every TCP connection. Peers with a
 /// different version are refused with [`Error::VersionMismatch`]. Bump it on any change of the
 /// framing or of the message sequence of a protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Counters of one endpoint of a channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,6 +120,39 @@ pub trait Channel: Send {
     fn send(&mut self, msg: &[u8]) -> Result<()>;
     /// Receives the next message (flushes pending sends first).
     fn recv(&mut self) -> Result<Vec<u8>>;
+    /// Receives the next message, refusing with `Protocol` one longer than `max_bytes`. Network
+    /// channels check the announced length *before* reading or allocating the payload, so a
+    /// peer cannot make us buffer more than the protocol expects. The default receives, then
+    /// checks.
+    fn recv_max(&mut self, max_bytes: usize) -> Result<Vec<u8>> {
+        let m = self.recv()?;
+        if m.len() > max_bytes {
+            return Err(Error::Protocol(format!(
+                "received a message of {} bytes where at most {max_bytes} were expected",
+                m.len()
+            )));
+        }
+        Ok(m)
+    }
+    /// Receives a message of exactly `len` bytes (checked before allocation on network
+    /// channels, see [`Channel::recv_max`]). Errors: `Protocol` for any other length.
+    fn recv_expect(&mut self, len: usize) -> Result<Vec<u8>> {
+        let m = self.recv_max(len)?;
+        if m.len() != len {
+            return Err(Error::Protocol(format!(
+                "expected a message of {len} bytes, got {} bytes",
+                m.len()
+            )));
+        }
+        Ok(m)
+    }
+    /// Sets a phase deadline (e.g. the end of the session setup or of one inference): every
+    /// later receive and send fails with `PeerDisconnected` once it passes, until it is
+    /// cleared with `None`. Network channels honour it; the default ignores it (in-process
+    /// channels have no slow peers).
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>) {
+        let _ = deadline;
+    }
     /// Forces pending sends out.
     fn flush(&mut self) -> Result<()>;
     /// Counters so far.
@@ -139,6 +176,12 @@ impl<C: Channel + ?Sized> Channel for Box<C> {
     fn recv(&mut self) -> Result<Vec<u8>> {
         (**self).recv()
     }
+    fn recv_max(&mut self, max_bytes: usize) -> Result<Vec<u8>> {
+        (**self).recv_max(max_bytes)
+    }
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>) {
+        (**self).set_deadline(deadline)
+    }
     fn flush(&mut self) -> Result<()> {
         (**self).flush()
     }
@@ -158,6 +201,12 @@ impl<C: Channel + ?Sized> Channel for &mut C {
     }
     fn recv(&mut self) -> Result<Vec<u8>> {
         (**self).recv()
+    }
+    fn recv_max(&mut self, max_bytes: usize) -> Result<Vec<u8>> {
+        (**self).recv_max(max_bytes)
+    }
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>) {
+        (**self).set_deadline(deadline)
     }
     fn flush(&mut self) -> Result<()> {
         (**self).flush()
@@ -184,14 +233,18 @@ pub fn ring_bytes(xs: &[u64]) -> Vec<u8> {
     buf
 }
 
-/// Receives one message of exactly `n` ring elements. Errors: `Protocol` if the length differs.
+/// Receives one message of exactly `n` ring elements; a longer frame is refused before it is
+/// read (see [`Channel::recv_max`]). Errors: `Protocol` if the length differs.
 pub fn recv_ring(ch: &mut (impl Channel + ?Sized), n: usize) -> Result<Vec<u64>> {
-    let buf = ch.recv()?;
-    if buf.len() != n * 8 {
+    let bytes = n
+        .checked_mul(8)
+        .ok_or_else(|| Error::InvalidArgument(format!("{n} ring elements do not fit in memory")))?;
+    let buf = ch.recv_max(bytes)?;
+    if buf.len() != bytes {
         return Err(Error::Protocol(format!(
             "expected {} ring elements ({} bytes), got {} bytes",
             n,
-            n * 8,
+            bytes,
             buf.len()
         )));
     }

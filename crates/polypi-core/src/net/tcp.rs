@@ -1,10 +1,13 @@
-//! TCP channel with framing and a protocol-version handshake. OWNER: net helper.
+//! TCP channel with framing, a protocol-version handshake and optional TLS 1.3. OWNER: net
+//! helper.
 //!
-//! Plain `std::net` (blocking sockets, one channel per peer, no async runtime).
+//! Plain `std::net` (blocking sockets, one channel per peer, no async runtime); TLS records by
+//! rustls ([`super::tls`]) when [`TcpOptions::tls`] is set, which every deployed link must do.
 //!
 //! # Wire format
 //!
-//! On every new connection both sides first send a *hello* and read the other's:
+//! With TLS, the TLS 1.3 handshake runs first and everything below travels inside TLS records.
+//! On every new connection both sides then send a *hello* and read the other's:
 //!
 //! ```text
 //! "POLYPI" (6 bytes) | protocol version (u32 LE, = PROTOCOL_VERSION) | role length (u8) | role (UTF-8)
@@ -14,15 +17,26 @@
 //! refused with [`Error::VersionMismatch`] `{ theirs: "not a polypi peer" }` as soon as the first
 //! differing byte arrives; a peer with another version with `VersionMismatch { ours, theirs }`
 //! (the version numbers); a silent peer with [`Error::PeerDisconnected`] after
-//! [`TcpOptions::handshake_timeout`]. Then every message is one frame:
+//! [`TcpOptions::handshake_timeout`] (which bounds the TLS handshake and the hello together); a
+//! peer that fails the TLS handshake (no TLS, unknown CA, wrong name, missing client
+//! certificate) with [`Error::Tls`]. Then every message is one frame:
 //!
 //! ```text
 //! payload length in bytes (u64 LE) | payload
 //! ```
 //!
 //! Frames longer than [`TcpOptions::max_frame_bytes`] are refused with [`Error::Protocol`] on
-//! both the sending and the receiving side. Neither hello nor frame headers are counted in
-//! [`ChannelStats`].
+//! both the sending and the receiving side, and [`Channel::recv_max`] refuses a frame longer
+//! than the caller expects *before* reading or allocating it. Neither hello nor frame headers
+//! nor TLS overhead are counted in [`ChannelStats`].
+//!
+//! # Timeouts
+//!
+//! [`TcpOptions::read_timeout`] bounds a whole message (from the call to `recv` to its last
+//! byte), not one `read()`: a peer that trickles one byte at a time is cut off when the message
+//! deadline passes. [`Channel::set_deadline`] adds a phase deadline (setup, one inference) that
+//! bounds every read and write until it is cleared. Writes of one batch are bounded by
+//! [`TcpOptions::write_timeout`] in the same way.
 //!
 //! # Example
 //!
@@ -47,21 +61,26 @@
 //!
 //! `send` appends the frame to a local buffer; the buffer is handed to the channel's writer
 //! thread on `flush`, on `recv`, and whenever it exceeds [`TcpOptions::write_buffer_bytes`]. The
-//! writer thread puts it on the socket while this thread goes on (typically into `recv`), so two
-//! parties that both send a large message and then receive — opening a shared value — cannot
-//! deadlock on full socket buffers. `flush` therefore does not wait for the bytes to reach the
-//! peer; dropping (or [`TcpChannel::close`]) a channel waits until everything handed over is
-//! written (bounded by the write timeout), so a last message is not lost when a process exits.
+//! writer thread puts it on the socket (encrypting it first with TLS) while this thread goes on
+//! (typically into `recv`), so two parties that both send a large message and then receive —
+//! opening a shared value — cannot deadlock on full socket buffers. `flush` therefore does not
+//! wait for the bytes to reach the peer; dropping (or [`TcpChannel::close`]) a channel waits
+//! until everything handed over is written (bounded by the write timeout), so a last message is
+//! not lost when a process exits. [`TcpOptions::max_queued_bytes`] bounds what waits for the
+//! writer thread (backpressure: `send`/`flush` block while more is queued), for one-way streams
+//! such as the dealer's.
 //!
 //! After any error a `TcpChannel` is *broken*: the byte stream may be out of step, so every
 //! later call returns `PeerDisconnected` with the first error's reason.
 
+use super::tls::TlsConfig;
 use super::{fmt_secs, Channel, ChannelStats, StatsCounter, PROTOCOL_VERSION};
 use crate::error::{Error, Result};
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,19 +88,22 @@ use std::time::{Duration, Instant};
 const MAGIC: &[u8; 6] = b"POLYPI";
 /// Longest role string accepted in a hello, in bytes.
 const MAX_ROLE_BYTES: usize = 255;
+/// Plaintext bytes encrypted per lock of the TLS connection (bounds the ciphertext buffer).
+const TLS_CHUNK: usize = 1 << 20;
 
-/// Settings of a [`TcpChannel`]. `TcpOptions::default()` suits deployment; tests usually shorten
-/// the timeouts: `TcpOptions { read_timeout: Some(Duration::from_secs(5)), ..Default::default() }`.
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of a [`TcpChannel`]. `TcpOptions::default()` suits deployment (add [`Self::tls`]);
+/// tests usually shorten the timeouts:
+/// `TcpOptions { read_timeout: Some(Duration::from_secs(5)), ..Default::default() }`.
+#[derive(Debug, Clone)]
 pub struct TcpOptions {
-    /// How long `recv` waits without any byte arriving before it returns `PeerDisconnected`
-    /// ("timed out after N s"). `None`: wait forever. Default: 60 s.
+    /// How long one `recv` may take, from the call to the last byte of the message, before it
+    /// returns `PeerDisconnected` ("timed out after N s"). `None`: wait forever. Default: 60 s.
     pub read_timeout: Option<Duration>,
-    /// How long a write may block on a peer that does not read; then the next `send`/`flush`
-    /// returns `PeerDisconnected`. Dropping a channel waits at most about this long for its
-    /// pending writes. `None`: forever. Default: 60 s.
+    /// How long writing one batch of frames may take on a peer that does not read; then the next
+    /// `send`/`flush` returns `PeerDisconnected`. Dropping a channel waits at most about this
+    /// long for its pending writes. `None`: forever. Default: 60 s.
     pub write_timeout: Option<Duration>,
-    /// How long to wait for the peer's hello (and to send ours). Default: 10 s.
+    /// How long the TLS handshake and the hello may take together. Default: 10 s.
     pub handshake_timeout: Duration,
     /// Timeout of one TCP connection attempt in [`TcpChannel::connect`]. Default: 5 s.
     pub connect_timeout: Duration,
@@ -98,6 +120,18 @@ pub struct TcpOptions {
     /// If set, the handshake fails with `Protocol` unless the peer announces exactly this role
     /// (e.g. the server expects "client"). Default: `None` (any role).
     pub expect_peer_role: Option<String>,
+    /// TLS 1.3 (rustls): certificates and CA of this process. `None`: plaintext TCP, for
+    /// in-process loopback runs and `--insecure-plaintext` only (anyone on the path reads and
+    /// changes everything). Default: `None`.
+    pub tls: Option<Arc<TlsConfig>>,
+    /// When connecting with TLS: the name (DNS name or IP address) the peer's certificate must
+    /// be valid for. `None`: the IP address dialled. Default: `None`.
+    pub tls_server_name: Option<String>,
+    /// Bytes handed to the writer thread but not yet written beyond which `send`/`flush` wait
+    /// (backpressure, bounded by the write timeout). `None`: unbounded (default; needed where
+    /// both peers send large messages before reading, as in an exchange). Use it for one-way
+    /// streams (the dealer's).
+    pub max_queued_bytes: Option<usize>,
 }
 
 impl Default for TcpOptions {
@@ -112,15 +146,20 @@ impl Default for TcpOptions {
             max_frame_bytes: 1 << 32,
             write_buffer_bytes: 256 << 10,
             expect_peer_role: None,
+            tls: None,
+            tls_server_name: None,
+            max_queued_bytes: None,
         }
     }
 }
 
-/// A [`Channel`] over one TCP connection: length-prefixed frames, buffered writes through a
-/// writer thread, TCP_NODELAY, read/write timeouts, and a versioned hello (see the
-/// [module docs](self)).
+/// A [`Channel`] over one TCP connection: optional TLS 1.3, length-prefixed frames, buffered
+/// writes through a writer thread, TCP_NODELAY, per-message and per-phase deadlines, and a
+/// versioned hello (see the [module docs](self)).
 pub struct TcpChannel {
-    reader: BufReader<TcpStream>,
+    source: Source,
+    /// Our handle of the socket (shutdown, addresses).
+    sock: TcpStream,
     /// Frames not yet handed to the writer thread.
     pending: Vec<u8>,
     write_buffer_bytes: usize,
@@ -129,6 +168,9 @@ pub struct TcpChannel {
     writer: Option<JoinHandle<()>>,
     /// The writer thread's error, if a write failed: (kind, message).
     write_error: Arc<Mutex<Option<(ErrorKind, String)>>>,
+    /// Bytes handed to the writer thread and not yet written (backpressure).
+    queued: Arc<(Mutex<usize>, Condvar)>,
+    max_queued_bytes: Option<usize>,
     counter: StatsCounter,
     /// "ROLE at ADDR", for error messages.
     peer: String,
@@ -137,11 +179,259 @@ pub struct TcpChannel {
     local_addr: SocketAddr,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// Phase deadline ([`Channel::set_deadline`]).
+    phase_deadline: Option<Instant>,
     max_frame_bytes: u64,
+    /// The peer's verified TLS end-entity certificate, if it presented one.
+    peer_cert: Option<CertificateDer<'static>>,
+    tls: bool,
     /// Reason of the first error; set once the stream may be out of step.
     broken: Option<String>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+fn deadline_passed() -> io::Error {
+    io::Error::new(ErrorKind::TimedOut, "deadline passed")
+}
+
+/// The socket timeout that ends at `deadline` (`Err(TimedOut)` once it passed), or `idle`.
+fn timeout_until(
+    deadline: Option<Instant>,
+    idle: Option<Duration>,
+) -> io::Result<Option<Duration>> {
+    match deadline {
+        None => Ok(idle),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(deadline_passed())
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
+
+/// The reading half of the socket, with a deadline applied to every `read()`.
+struct DeadlineSocket {
+    sock: TcpStream,
+    /// Reads fail with `TimedOut` once this passes.
+    deadline: Option<Instant>,
+    /// Timeout of one read without a deadline.
+    idle: Option<Duration>,
+    /// The timeout last set on the socket.
+    applied: Option<Option<Duration>>,
+}
+
+impl Read for DeadlineSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = timeout_until(self.deadline, self.idle)?;
+        if self.applied != Some(t) {
+            self.sock.set_read_timeout(t)?;
+            self.applied = Some(t);
+        }
+        self.sock.read(buf)
+    }
+}
+
+/// Writes all of `buf`, failing with `TimedOut` once `deadline` passes.
+fn write_all_until(s: &mut TcpStream, mut buf: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+    while !buf.is_empty() {
+        if deadline.is_some() {
+            s.set_write_timeout(timeout_until(deadline, None)?)?;
+        }
+        match s.write(buf) {
+            Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "socket accepted no bytes")),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The TLS state shared by the reading thread and the writer thread. Records must reach the
+/// socket in the order rustls produced them, so `write_tls` is only called while `out` is held.
+struct TlsShared {
+    conn: Mutex<rustls::Connection>,
+    /// The writing half of the socket.
+    out: Mutex<TcpStream>,
+    write_timeout: Option<Duration>,
+}
+
+/// Takes every TLS record rustls has ready.
+fn drain_records(c: &mut rustls::Connection) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    while c.wants_write() {
+        c.write_tls(&mut v)?;
+    }
+    Ok(v)
+}
+
+impl TlsShared {
+    /// Encrypts `plain` and writes its records, in chunks of [`TLS_CHUNK`].
+    fn write_plain(&self, plain: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+        let mut out = lock(&self.out);
+        for chunk in plain.chunks(TLS_CHUNK) {
+            let records = {
+                let mut c = lock(&self.conn);
+                c.writer().write_all(chunk)?;
+                drain_records(&mut c)?
+            };
+            write_all_until(&mut out, &records, deadline)?;
+        }
+        self.write_ready(&mut out, deadline)?;
+        drop(out);
+        self.try_flush()
+    }
+
+    /// Writes what rustls has ready (alerts, key updates, close_notify); `out` is held.
+    fn write_ready(&self, out: &mut TcpStream, deadline: Option<Instant>) -> io::Result<()> {
+        loop {
+            let records = drain_records(&mut lock(&self.conn))?;
+            if records.is_empty() {
+                return Ok(());
+            }
+            write_all_until(out, &records, deadline)?;
+        }
+    }
+
+    /// Writes ready records unless the writer thread holds the socket (it writes them itself
+    /// after releasing it, see [`Self::write_plain`]).
+    fn try_flush(&self) -> io::Result<()> {
+        loop {
+            match self.out.try_lock() {
+                Ok(mut out) => {
+                    let deadline = self.write_timeout.map(|t| Instant::now() + t);
+                    self.write_ready(&mut out, deadline)?;
+                }
+                Err(_) => return Ok(()),
+            }
+            if !lock(&self.conn).wants_write() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends close_notify (best effort).
+    fn close(&self, deadline: Option<Instant>) {
+        let mut out = lock(&self.out);
+        lock(&self.conn).send_close_notify();
+        let _ = self.write_ready(&mut out, deadline);
+    }
+}
+
+/// The reading half of a TLS connection: socket bytes in, plaintext out.
+struct TlsReader {
+    sock: DeadlineSocket,
+    shared: Arc<TlsShared>,
+    raw: Vec<u8>,
+    pos: usize,
+    len: usize,
+}
+
+impl Read for TlsReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let mut c = lock(&self.shared.conn);
+            let mut feed_err = None;
+            while self.pos < self.len {
+                match c.read_tls(&mut &self.raw[self.pos..self.len]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        self.pos += n;
+                        if let Err(e) = c.process_new_packets() {
+                            drop(c);
+                            // Tell the peer why (a fatal alert), then fail.
+                            let _ = self.shared.try_flush();
+                            return Err(io::Error::new(ErrorKind::InvalidData, e));
+                        }
+                    }
+                    // rustls' plaintext buffer is full: hand out plaintext first.
+                    Err(e) => {
+                        feed_err = Some(e);
+                        break;
+                    }
+                }
+            }
+            match c.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(e) = feed_err {
+                return Err(e);
+            }
+            let wants_write = c.wants_write();
+            drop(c);
+            if wants_write {
+                let _ = self.shared.try_flush();
+            }
+            let n = self.sock.read(&mut self.raw)?;
+            (self.pos, self.len) = (0, n);
+            if n == 0 {
+                // EOF: rustls then reports a clean close (Ok(0)) or a truncation.
+                let mut c = lock(&self.shared.conn);
+                c.read_tls(&mut &[][..])?;
+                let _ = c.process_new_packets();
+            }
+        }
+    }
+}
+
+/// Where frames are read from.
+enum Source {
+    Plain(BufReader<DeadlineSocket>),
+    Tls(TlsReader),
+}
+
+impl Source {
+    fn socket(&mut self) -> &mut DeadlineSocket {
+        match self {
+            Source::Plain(r) => r.get_mut(),
+            Source::Tls(t) => &mut t.sock,
+        }
+    }
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Plain(r) => r.read(buf),
+            Source::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+/// Where the writer thread puts batches of frames.
+enum Sink {
+    Plain(TcpStream),
+    Tls(Arc<TlsShared>),
+}
+
+impl Sink {
+    fn write_batch(&mut self, batch: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+        match self {
+            Sink::Plain(s) => write_all_until(s, batch, deadline),
+            Sink::Tls(t) => t.write_plain(batch, deadline),
+        }
+    }
+}
 /// Outcome of reading into a whole buffer.
 enum ReadFail {
     /// The peer closed the connection after `got` bytes of the buffer.
@@ -261,16 +551,37 @@ pub fn tcp_loopback_pair(
     Ok((a, b))
 }
 
+/// Which side of the TLS handshake a connection takes.
+enum TlsSide {
+    /// We dialled: verify the peer's certificate for this name.
+    Connect(ServerName<'static>),
+    /// We accepted.
+    Accept,
+}
+
+/// The name a connecting side checks the peer's certificate against.
+fn server_name_for(opts: &TcpOptions, addr: SocketAddr) -> Result<ServerName<'static>> {
+    match &opts.tls_server_name {
+        Some(n) => ServerName::try_from(n.clone()).map_err(|e| {
+            Error::InvalidArgument(format!("TLS server name '{n}' is not a DNS name or IP: {e}"))
+        }),
+        None => Ok(ServerName::IpAddress(addr.ip().into())),
+    }
+}
+
 impl TcpChannel {
-    /// Connects to `addr` (e.g. `"10.0.0.2:7000"`) and runs the hello, announcing `role` (e.g.
-    /// "client"). While the peer is not listening yet, retries (with back-off up to 0.5 s) for
-    /// [`TcpOptions::connect_retry_for`].
+    /// Connects to `addr` (e.g. `"10.0.0.2:7000"`), runs the TLS handshake when
+    /// [`TcpOptions::tls`] is set (verifying the peer's certificate for
+    /// [`TcpOptions::tls_server_name`] or the address dialled, and presenting ours), then the
+    /// hello, announcing `role` (e.g. "client"). While the peer is not listening yet, retries
+    /// (with back-off up to 0.5 s) for [`TcpOptions::connect_retry_for`].
     ///
     /// Errors: `Io` ("could not connect to ADDR within N s: ...") when no attempt succeeded;
-    /// `VersionMismatch` when the peer is not a polypi peer or has another
-    /// [`PROTOCOL_VERSION`]; `PeerDisconnected` when it closes or stays silent during the hello;
-    /// `Protocol` when it announces a role other than [`TcpOptions::expect_peer_role`];
-    /// `InvalidArgument` for a role over 255 bytes or a zero timeout.
+    /// `Tls` when the TLS handshake fails; `VersionMismatch` when the peer is not a polypi peer
+    /// or has another [`PROTOCOL_VERSION`]; `PeerDisconnected` when it closes or stays silent
+    /// during the handshake; `Protocol` when it announces a role other than
+    /// [`TcpOptions::expect_peer_role`]; `InvalidArgument` for a role over 255 bytes, a zero
+    /// timeout or a TLS server name that is not a DNS name or IP address.
     pub fn connect(addr: impl ToSocketAddrs, role: &str, opts: &TcpOptions) -> Result<TcpChannel> {
         hello_bytes(role)?;
         check_timeout(opts.read_timeout, "read_timeout")?;
@@ -292,7 +603,13 @@ impl TcpChannel {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let attempt = opts.connect_timeout.min(remaining).max(Duration::from_millis(50));
                 match TcpStream::connect_timeout(a, attempt) {
-                    Ok(stream) => return Self::handshake(stream, role, opts),
+                    Ok(stream) => {
+                        let side = match opts.tls {
+                            Some(_) => Some(TlsSide::Connect(server_name_for(opts, *a)?)),
+                            None => None,
+                        };
+                        return Self::handshake(stream, role, opts, side);
+                    }
                     Err(e) => last_err = e,
                 }
             }
@@ -311,10 +628,12 @@ impl TcpChannel {
         }
     }
 
-    /// Accepts one connection on `listener` and runs the hello, announcing `role` (e.g.
-    /// "server"). Waits for a connection for [`TcpOptions::accept_timeout`] (default forever).
-    /// A failed hello (say, an HTTP client probing the port) is returned as an error; the
-    /// listener stays usable, so a server may log it and call `accept` again.
+    /// Accepts one connection on `listener` and runs the TLS handshake (when
+    /// [`TcpOptions::tls`] is set) and the hello, announcing `role` (e.g. "server"). Waits for a
+    /// connection for [`TcpOptions::accept_timeout`] (default forever). A failed handshake (say,
+    /// an HTTP client probing the port) is returned as an error; the listener stays usable.
+    /// A server that must not be held up by a slow peer accepts the socket itself and hands it
+    /// to [`TcpChannel::from_accepted`] on another thread.
     ///
     /// Errors: `Io` with kind `TimedOut` when no peer connected in time; otherwise as
     /// [`TcpChannel::connect`].
@@ -351,21 +670,35 @@ impl TcpChannel {
                 res?
             }
         };
-        stream.set_nonblocking(false)?;
-        Self::handshake(stream, role, opts)
+        Self::from_accepted(stream, role, opts)
     }
 
-    /// Sends our hello, reads and checks the peer's, then switches to the steady-state timeouts.
-    fn handshake(stream: TcpStream, role: &str, opts: &TcpOptions) -> Result<TcpChannel> {
+    /// Runs the accepting side's TLS handshake (when [`TcpOptions::tls`] is set) and hello on a
+    /// socket a listener returned, announcing `role`; bounded by
+    /// [`TcpOptions::handshake_timeout`]. Errors: as [`TcpChannel::accept`].
+    pub fn from_accepted(stream: TcpStream, role: &str, opts: &TcpOptions) -> Result<TcpChannel> {
+        hello_bytes(role)?;
+        check_timeout(opts.read_timeout, "read_timeout")?;
+        check_timeout(opts.write_timeout, "write_timeout")?;
+        stream.set_nonblocking(false)?;
+        let side = opts.tls.as_ref().map(|_| TlsSide::Accept);
+        Self::handshake(stream, role, opts, side)
+    }
+
+    /// TLS handshake (if any), our hello, the peer's hello, then the steady-state timeouts and
+    /// the writer thread.
+    fn handshake(
+        stream: TcpStream,
+        role: &str,
+        opts: &TcpOptions,
+        tls: Option<TlsSide>,
+    ) -> Result<TcpChannel> {
         let hello = hello_bytes(role)?;
         stream.set_nodelay(true)?;
         let peer_addr = stream.peer_addr()?;
         let local_addr = stream.local_addr()?;
         let ht = opts.handshake_timeout.max(Duration::from_millis(1));
-        stream.set_read_timeout(Some(ht))?;
-        stream.set_write_timeout(Some(ht))?;
-        let mut reader = BufReader::with_capacity(256 << 10, stream.try_clone()?);
-        let mut writer = stream;
+        let deadline = Instant::now() + ht;
         let at = peer_addr.to_string();
         let fail =
             |reason: String| Error::PeerDisconnected { peer: at.clone(), after_bytes: 0, reason };
@@ -374,11 +707,62 @@ impl TcpChannel {
                 fail(format!("timed out after {} s {doing}", fmt_secs(ht)))
             } else if is_disconnect(&e) {
                 fail(format!("{doing}: {e}"))
+            } else if e.kind() == ErrorKind::InvalidData {
+                tls_error(&at, &e)
             } else {
                 Error::Io(io::Error::new(e.kind(), format!("{doing} with {at}: {e}")))
             }
         };
-        writer.write_all(&hello).map_err(|e| io_fail(e, "sending the polypi hello"))?;
+        let dsock = |s: TcpStream| DeadlineSocket {
+            sock: s,
+            deadline: Some(deadline),
+            idle: opts.read_timeout,
+            applied: None,
+        };
+        let (mut source, mut sink, peer_cert) = match (&opts.tls, tls) {
+            (Some(cfg), Some(side)) => {
+                let conn: rustls::Connection = match side {
+                    TlsSide::Connect(name) => {
+                        rustls::ClientConnection::new(cfg.client.clone(), name)
+                            .map_err(|e| tls_error(&at, &e))?
+                            .into()
+                    }
+                    TlsSide::Accept => rustls::ServerConnection::new(cfg.server.clone())
+                        .map_err(|e| tls_error(&at, &e))?
+                        .into(),
+                };
+                let mut conn = conn;
+                conn.set_buffer_limit(None);
+                let mut io = TlsHandshakeIo { sock: stream.try_clone()?, deadline };
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut io)
+                        .map_err(|e| io_fail(e, "during the TLS handshake"))?;
+                }
+                let rest = drain_records(&mut conn).map_err(|e| io_fail(e, "TLS handshake"))?;
+                write_all_until(&mut io.sock, &rest, Some(deadline))
+                    .map_err(|e| io_fail(e, "finishing the TLS handshake"))?;
+                let cert = conn.peer_certificates().and_then(|c| c.first()).cloned();
+                let shared = Arc::new(TlsShared {
+                    conn: Mutex::new(conn),
+                    out: Mutex::new(stream.try_clone()?),
+                    write_timeout: opts.write_timeout,
+                });
+                let reader = TlsReader {
+                    sock: dsock(stream.try_clone()?),
+                    shared: shared.clone(),
+                    raw: vec![0u8; 64 << 10],
+                    pos: 0,
+                    len: 0,
+                };
+                (Source::Tls(reader), Sink::Tls(shared), cert)
+            }
+            _ => {
+                let reader = BufReader::with_capacity(256 << 10, dsock(stream.try_clone()?));
+                (Source::Plain(reader), Sink::Plain(stream.try_clone()?), None)
+            }
+        };
+        sink.write_batch(&hello, Some(deadline))
+            .map_err(|e| io_fail(e, "sending the polypi hello"))?;
 
         let not_polypi = || Error::VersionMismatch {
             peer: at.clone(),
@@ -389,7 +773,7 @@ impl TcpChannel {
         let mut magic = [0u8; 6];
         let mut got = 0;
         while got < magic.len() {
-            match reader.read(&mut magic[got..]) {
+            match source.read(&mut magic[got..]) {
                 Ok(0) => {
                     return Err(fail(format!(
                         "connection closed during the polypi hello (after {got} bytes)"
@@ -406,7 +790,7 @@ impl TcpChannel {
             }
         }
         let mut rest = |buf: &mut [u8]| {
-            read_full(&mut reader, buf).map_err(|f| match f {
+            read_full(&mut source, buf).map_err(|f| match f {
                 ReadFail::Eof { .. } => {
                     fail("connection closed during the polypi hello".to_string())
                 }
@@ -440,30 +824,48 @@ impl TcpChannel {
             }
         }
 
-        writer.set_read_timeout(opts.read_timeout)?;
-        writer.set_write_timeout(opts.write_timeout)?;
+        source.socket().deadline = None;
+        stream.set_write_timeout(opts.write_timeout)?;
         let write_error = Arc::new(Mutex::new(None));
+        let queued = Arc::new((Mutex::new(0usize), Condvar::new()));
         let (to_writer, batches) = channel::<Vec<u8>>();
         let slot = write_error.clone();
+        let queued_w = queued.clone();
+        let write_timeout = opts.write_timeout;
         let handle = std::thread::Builder::new()
             .name(format!("polypi-net-writer ({peer_role} at {at})"))
             .spawn(move || {
                 // Exits when the channel is dropped (all batches written) or on the first error.
                 for batch in batches {
-                    if let Err(e) = writer.write_all(&batch) {
-                        *slot.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((e.kind(), e.to_string()));
+                    let deadline = write_timeout.map(|t| Instant::now() + t);
+                    let r = sink.write_batch(&batch, deadline);
+                    {
+                        let (m, cv) = &*queued_w;
+                        let mut q = lock(m);
+                        *q = q.saturating_sub(batch.len());
+                        cv.notify_all();
+                    }
+                    if let Err(e) = r {
+                        *lock(&slot) = Some((e.kind(), e.to_string()));
+                        let (_, cv) = &*queued_w;
+                        cv.notify_all();
                         return;
                     }
                 }
+                if let Sink::Tls(t) = &sink {
+                    t.close(write_timeout.map(|t| Instant::now() + t));
+                }
             })?;
         Ok(TcpChannel {
-            reader,
+            source,
+            sock: stream,
             pending: Vec::new(),
             write_buffer_bytes: opts.write_buffer_bytes,
             to_writer: Some(to_writer),
             writer: Some(handle),
             write_error,
+            queued,
+            max_queued_bytes: opts.max_queued_bytes,
             counter: StatsCounter::default(),
             peer: format!("{peer_role} at {at}"),
             peer_role,
@@ -471,16 +873,19 @@ impl TcpChannel {
             local_addr,
             read_timeout: opts.read_timeout,
             write_timeout: opts.write_timeout,
+            phase_deadline: None,
             max_frame_bytes: opts.max_frame_bytes,
+            peer_cert,
+            tls: opts.tls.is_some(),
             broken: None,
         })
     }
 
-    /// Sets how long `recv` waits without any byte arriving (`None`: forever). Takes effect on
-    /// the next read. Errors: `InvalidArgument` for a zero duration; `Io` from the socket.
+    /// Sets how long one `recv` may take (`None`: forever). Takes effect on the next read.
+    /// Errors: `InvalidArgument` for a zero duration.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         check_timeout(timeout, "read timeout")?;
-        self.reader.get_ref().set_read_timeout(timeout)?;
+        self.source.socket().idle = timeout;
         self.read_timeout = timeout;
         Ok(())
     }
@@ -490,7 +895,7 @@ impl TcpChannel {
     pub fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         check_timeout(timeout, "write timeout")?;
         // Socket options are shared with the writer thread's handle of the same socket.
-        self.reader.get_ref().set_write_timeout(timeout)?;
+        self.sock.set_write_timeout(timeout)?;
         self.write_timeout = timeout;
         Ok(())
     }
@@ -510,15 +915,27 @@ impl TcpChannel {
         self.local_addr
     }
 
+    /// Whether the link runs TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The peer's TLS end-entity certificate (DER), verified against our CA during the
+    /// handshake; `None` without TLS or when the peer presented none (allowed only where client
+    /// authentication is optional).
+    pub fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
+        self.peer_cert.as_ref()
+    }
+
     /// Writes out every pending send (waiting for the writer thread, bounded by the write
-    /// timeout) and closes our sending half, so the peer's `recv` after the last message returns
-    /// `PeerDisconnected` at once instead of waiting for its timeout.
+    /// timeout), sends TLS close_notify and closes our sending half, so the peer's `recv` after
+    /// the last message returns `PeerDisconnected` at once instead of waiting for its timeout.
     /// Errors: `PeerDisconnected`/`Io` if a write failed.
     pub fn close(mut self) -> Result<()> {
         self.flush()?;
         self.finish_writes();
         self.check_writer()?;
-        let _ = self.reader.get_ref().shutdown(Shutdown::Write);
+        let _ = self.sock.shutdown(Shutdown::Write);
         Ok(())
     }
 
@@ -537,7 +954,7 @@ impl TcpChannel {
 
     /// The writer thread's error, mapped like a read error, if it had one.
     fn check_writer(&mut self) -> Result<()> {
-        let failed = self.write_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let failed = lock(&self.write_error).clone();
         match failed {
             None => Ok(()),
             Some((kind, msg)) => {
@@ -547,13 +964,46 @@ impl TcpChannel {
         }
     }
 
+    /// Waits while more than `max_queued_bytes` wait for the writer thread (bounded by the
+    /// write timeout and the phase deadline).
+    fn wait_for_queue(&mut self) -> Result<()> {
+        let Some(max) = self.max_queued_bytes else { return Ok(()) };
+        let deadline =
+            earliest(self.write_timeout.map(|t| Instant::now() + t), self.phase_deadline);
+        let (m, cv) = &*self.queued;
+        let mut q = lock(m);
+        while *q > max {
+            if lock(&self.write_error).is_some() {
+                break;
+            }
+            let wait = match deadline {
+                None => Duration::from_secs(1),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        drop(q);
+                        let e = self.map_write(io::Error::new(ErrorKind::TimedOut, "queue full"));
+                        return Err(self.poison(e));
+                    }
+                    left.min(Duration::from_secs(1))
+                }
+            };
+            q = cv.wait_timeout(q, wait).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        Ok(())
+    }
+
     /// Hands the pending frames to the writer thread.
     fn hand_off(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         self.check_writer()?;
+        self.wait_for_queue()?;
+        self.check_writer()?;
         let batch = std::mem::take(&mut self.pending);
+        let n = batch.len();
+        *lock(&self.queued.0) += n;
         let sent = match &self.to_writer {
             Some(tx) => tx.send(batch).is_ok(),
             None => false,
@@ -597,9 +1047,15 @@ impl TcpChannel {
     fn map_io(&self, e: io::Error, timeout: Option<Duration>, doing: &str) -> Error {
         if is_timeout(&e) {
             let t = timeout.map(fmt_secs).unwrap_or_else(|| "?".into());
-            self.disconnected(format!("timed out after {t} s {doing}"))
+            if self.phase_deadline.is_some_and(|d| Instant::now() >= d) {
+                self.disconnected(format!("the phase deadline passed {doing}"))
+            } else {
+                self.disconnected(format!("timed out after {t} s {doing}"))
+            }
         } else if is_disconnect(&e) {
             self.disconnected(format!("{doing}: {e}"))
+        } else if e.kind() == ErrorKind::InvalidData && self.tls {
+            tls_error(&self.peer, &e)
         } else {
             Error::Io(e)
         }
@@ -613,9 +1069,19 @@ impl TcpChannel {
         }
     }
 
-    fn read_frame(&mut self) -> Result<Vec<u8>> {
+    /// Reads one frame of at most `max` bytes (checked from the header, before reading or
+    /// allocating the payload), within the message deadline.
+    fn read_frame(&mut self, max: u64) -> Result<Vec<u8>> {
+        let deadline = earliest(self.read_timeout.map(|t| Instant::now() + t), self.phase_deadline);
+        self.source.socket().deadline = deadline;
+        let r = self.read_frame_inner(max);
+        self.source.socket().deadline = None;
+        r
+    }
+
+    fn read_frame_inner(&mut self, max: u64) -> Result<Vec<u8>> {
         let mut header = [0u8; 8];
-        match read_full(&mut self.reader, &mut header) {
+        match read_full(&mut self.source, &mut header) {
             Ok(()) => {}
             Err(ReadFail::Eof { got: 0 }) => {
                 return Err(self.disconnected("connection closed by peer".into()))
@@ -637,6 +1103,12 @@ impl TcpChannel {
                 self.peer, self.max_frame_bytes
             )));
         }
+        if len > max {
+            return Err(Error::Protocol(format!(
+                "{} announced a message of {len} bytes where the protocol expects at most {max}",
+                self.peer
+            )));
+        }
         let len = usize::try_from(len).map_err(|_| {
             Error::Protocol(format!("message of {len} bytes does not fit in memory"))
         })?;
@@ -647,7 +1119,7 @@ impl TcpChannel {
         while filled < len {
             let next = len.min(filled.saturating_mul(2).max(STEP));
             buf.resize(next, 0);
-            match read_full(&mut self.reader, &mut buf[filled..next]) {
+            match read_full(&mut self.source, &mut buf[filled..next]) {
                 Ok(()) => filled = next,
                 Err(ReadFail::Eof { got }) => {
                     return Err(self.disconnected(format!(
@@ -664,6 +1136,51 @@ impl TcpChannel {
         }
         Ok(buf)
     }
+}
+
+/// The socket of a TLS handshake, as `Read + Write` with one deadline for the whole handshake.
+struct TlsHandshakeIo {
+    sock: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for TlsHandshakeIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.set_read_timeout(timeout_until(Some(self.deadline), None)?)?;
+        self.sock.read(buf)
+    }
+}
+
+impl Write for TlsHandshakeIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(timeout_until(Some(self.deadline), None)?)?;
+        self.sock.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
+
+/// [`Error::Tls`] from a rustls error, with a hint for the usual causes.
+fn tls_error(peer: &str, e: &dyn std::fmt::Display) -> Error {
+    let reason = e.to_string();
+    let hint = if reason.contains("CorruptMessage")
+        || reason.contains("InvalidContentType")
+        || reason.contains("corrupt message")
+        || reason.contains("invalid content type")
+    {
+        " (the peer does not speak TLS: give both sides --tls-dir, or both --insecure-plaintext)"
+    } else if reason.contains("UnknownIssuer") || reason.contains("unknown issuer") {
+        " (its certificate is not from our CA: use the ca.pem of the same `polypi certs` run)"
+    } else if reason.contains("NotValidForName") || reason.contains("not valid for name") {
+        " (its certificate does not name the address dialled: use --tls-server-name or \
+         regenerate the certificates with this host)"
+    } else if reason.contains("CertificateRequired") || reason.contains("certificate required") {
+        " (the peer requires a client certificate)"
+    } else {
+        ""
+    };
+    Error::Tls { peer: peer.to_string(), reason: format!("{reason}{hint}") }
 }
 
 impl Channel for TcpChannel {
@@ -692,12 +1209,18 @@ impl Channel for TcpChannel {
     /// Flushes pending sends, then reads one frame. Errors: `PeerDisconnected` on EOF, reset or
     /// `read_timeout`; `Protocol` for a frame over `max_frame_bytes`.
     fn recv(&mut self) -> Result<Vec<u8>> {
+        self.recv_max(u64::MAX as usize)
+    }
+
+    /// [`Channel::recv`] that refuses (with `Protocol`, before reading the payload) a frame
+    /// longer than `max_bytes`.
+    fn recv_max(&mut self, max_bytes: usize) -> Result<Vec<u8>> {
         self.check_usable()?;
         self.counter.on_recv_start();
         // Only fails on a write error if there is something to write: a message the peer sent
         // before it went away is still delivered.
         self.hand_off()?;
-        match self.read_frame() {
+        match self.read_frame(max_bytes as u64) {
             Ok(m) => {
                 self.counter.on_recv(m.len());
                 Ok(m)
@@ -717,6 +1240,10 @@ impl Channel for TcpChannel {
     fn stats(&self) -> ChannelStats {
         self.counter.stats()
     }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.phase_deadline = deadline;
+    }
 }
 
 impl Drop for TcpChannel {
@@ -731,6 +1258,7 @@ impl std::fmt::Debug for TcpChannel {
         f.debug_struct("TcpChannel")
             .field("peer", &self.peer)
             .field("local_addr", &self.local_addr)
+            .field("tls", &self.tls)
             .field("stats", &self.counter.stats())
             .field("broken", &self.broken)
             .finish()
