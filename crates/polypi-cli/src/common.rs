@@ -264,6 +264,15 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
                     "run the same polypi version for server, client and dealer, and check that the \
                      addresses point at polypi processes"
                 }
+                E::Tls { .. } => {
+                    "TLS failed: give every role --tls-dir with certificates from the same \
+                     `polypi certs` run (or the same CA), and dial the names the certificates \
+                     carry (--host when generating them, or --server-name / --dealer-name)"
+                }
+                E::Refused { .. } => {
+                    "the server is at its session or memory limit: retry later, or ask its \
+                     operator to raise --max-concurrent / --memory-budget-mb or add replicas"
+                }
                 E::Protocol(_) => {
                     "the peer sent something unexpected: check that --connect and --dealer point \
                      at a polypi server and a polypi dealer of the same version"

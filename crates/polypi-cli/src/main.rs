@@ -7,10 +7,12 @@
 
 mod bench;
 mod calibrate;
+mod certs;
 mod common;
 mod cost;
 mod eval;
 mod forward;
+mod health;
 mod infer;
 mod inspect;
 mod net;
@@ -35,9 +37,10 @@ struct Cli {
 enum Command {
     /// Private inference with server, client and dealer in this process (TCP on loopback).
     Infer(infer::InferArgs),
-    /// Server: holds the model, serves clients one after another.
+    /// Server: holds the model, serves clients concurrently over TLS.
     Serve(net::ServeArgs),
-    /// Dealer: streams correlated randomness to one server and one client per session.
+    /// Dealer: streams correlated randomness to the server and client of each session (paired by
+    /// session id, over TLS).
     Dealer(net::DealerArgs),
     /// Client: private inference of images against a running server and dealer.
     Query(net::QueryArgs),
@@ -48,6 +51,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Shows a model's graph, shapes, parameters, MACs, activations and model card.
     Inspect(inspect::InspectArgs),
+    /// Writes a development CA and TLS certificates for server, dealer and client.
+    Certs(certs::CertsArgs),
     /// Writes a reference network with random weights (for tests and benchmarks).
     Zoo(zoo::ZooArgs),
     /// Measures private inference: online/offline time, bytes, rounds, memory (optionally over
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         Command::Calibrate(a) => calibrate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Zoo(a) => zoo::run(a),
+        Command::Certs(a) => certs::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Cost(a) => cost::run(a),
         Command::Train(a) => forward::run(Some("train"), a),

@@ -1,25 +1,98 @@
 //! The three deployed roles as separate processes: `polypi serve` (server, holds the model),
-//! `polypi dealer` (correlated randomness) and `polypi query` (client, holds the input).
+//! `polypi dealer` (correlated randomness) and `polypi query` (client, holds the input), over
+//! TLS 1.3 links (`--tls-dir`, or `--insecure-plaintext` for experiments), with session binding
+//! and concurrent sessions ([`polypi_core::engine::deploy`]).
 //!
 //! `serve` and `dealer` print `listening on ADDR` as the first line of stdout (so `--listen
-//! 127.0.0.1:0` can be used and the chosen port read back), then one line per finished session.
-//! Session errors are logged on stderr and the process keeps serving. Nothing secret (seeds,
-//! shares, inputs, weights) is ever printed or logged.
+//! 127.0.0.1:0` can be used and the chosen port read back), then one line per finished or
+//! refused session. Session errors are logged on stderr and the process keeps serving. Nothing
+//! secret (seeds, shares, inputs, weights, session ids) is ever printed or logged.
 
 use crate::common::{self, ClassProb};
 use crate::range::{self, CheckArgs, GuardArgs, MarginArgs, RetryArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use polypi_core::engine::deploy::{
+    self, ClientLinks, DealerOptions, DeployedDealer, DeployedServer, ServerOptions,
+    SessionOutcome, SessionReport,
+};
 use polypi_core::engine::party::check_supported;
-use polypi_core::engine::session::{deal_session, serve_session_guarded, ClientSession};
-use polypi_core::engine::EncodedPlan;
-use polypi_core::net::{bind, TcpChannel, TcpOptions};
+use polypi_core::engine::session::{ClientSession, SessionLimits};
+use polypi_core::net::{bind, ClientAuth, TcpOptions, TlsConfig, TlsFiles};
 use serde::Serialize;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// TLS options shared by `serve`, `dealer` and `query`.
+#[derive(Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// Directory with `ca.pem` and this role's `ROLE.pem` / `ROLE.key` (as written by
+    /// `polypi certs --out DIR`).
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// CA certificate(s) to trust (PEM); overrides DIR/ca.pem.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This role's certificate chain (PEM); overrides DIR/ROLE.pem.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This role's private key (PEM); overrides DIR/ROLE.key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Run every link in plaintext: anyone on the path reads the masked weights, the seeds and
+    /// the client's masked input, and can recover the weights and the image. Only for
+    /// experiments on one trusted machine; a warning is logged at every session.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+impl TlsArgs {
+    /// The TLS configuration of `role`, or `None` with `--insecure-plaintext`.
+    fn config(&self, role: &str, auth: ClientAuth) -> Result<Option<Arc<TlsConfig>>> {
+        let any_file = self.tls_dir.is_some()
+            || self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some();
+        if self.insecure_plaintext {
+            if any_file {
+                bail!("--insecure-plaintext cannot be combined with TLS files; choose one");
+            }
+            tracing::warn!(
+                "--insecure-plaintext: the {role}'s links are NOT encrypted or authenticated"
+            );
+            eprintln!(
+                "warning: --insecure-plaintext: the {role}'s links carry secrets in the clear \
+                 (use --tls-dir in any real deployment)"
+            );
+            return Ok(None);
+        }
+        if !any_file {
+            bail!(
+                "no TLS material for the {role}: give --tls-dir DIR (create one with `polypi \
+                 certs --out DIR`), or --insecure-plaintext to run unprotected"
+            );
+        }
+        let dir_file = |name: String| self.tls_dir.as_ref().map(|d| d.join(name));
+        let pick = |explicit: &Option<PathBuf>, name: String, flag: &str| {
+            explicit
+                .clone()
+                .or_else(|| dir_file(name))
+                .with_context(|| format!("{flag} is needed when --tls-dir is not given"))
+        };
+        let files = TlsFiles {
+            ca: pick(&self.tls_ca, "ca.pem".into(), "--tls-ca")?,
+            cert: pick(&self.tls_cert, format!("{role}.pem"), "--tls-cert")?,
+            key: pick(&self.tls_key, format!("{role}.key"), "--tls-key")?,
+        };
+        let cfg = TlsConfig::load(&files, auth)
+            .with_context(|| format!("cannot set up TLS for the {role}"))?;
+        Ok(Some(Arc::new(cfg)))
+    }
+}
 
 /// Arguments of `polypi serve`.
 #[derive(Args, Debug)]
@@ -33,12 +106,47 @@ pub struct ServeArgs {
     /// Address of the dealer (`polypi dealer --listen ...`).
     #[arg(long)]
     pub dealer: String,
-    /// Read/write timeout on every connection, seconds (0 = wait forever).
+    /// Name the dealer's certificate must be valid for (default: the host of --dealer).
+    #[arg(long)]
+    pub dealer_name: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Refuse clients without a certificate from the CA (mutual TLS with clients).
+    #[arg(long)]
+    pub require_client_cert: bool,
+    /// Longest one message may take to arrive (and idle wait between a client's inferences),
+    /// seconds (0 = wait forever).
     #[arg(long, default_value_t = 60.0)]
     pub timeout_s: f64,
-    /// Stop after this many sessions (default: serve forever).
+    /// Longest TLS handshake + hello of a new connection, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub handshake_timeout_s: f64,
+    /// Longest session setup (seeds, plan, masked weights), seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub setup_timeout_s: f64,
+    /// Longest single inference (offline + online phase), seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub inference_timeout_s: f64,
+    /// Largest batch a client may ask for in one inference.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Most sessions served at once (fewer if the memory budget holds fewer).
+    #[arg(long, default_value_t = 32)]
+    pub max_concurrent: usize,
+    /// Memory the sessions may reserve together, MB (10^6 bytes); each session reserves the
+    /// cost model's estimate at --max-batch.
+    #[arg(long, default_value_t = 4000.0)]
+    pub memory_budget_mb: f64,
+    /// Most connections in their handshake at once; beyond, new connections are closed.
+    #[arg(long, default_value_t = 256)]
+    pub max_pending: usize,
+    /// Stop after this many admitted sessions (default: serve forever).
     #[arg(long)]
     pub max_sessions: Option<u64>,
+    /// Serve an HTTP health check on this address (`GET /health`: 200 with JSON while a
+    /// session slot is free, 503 when full), for load balancers.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<String>,
     #[command(flatten)]
     pub poly: crate::common::PolyProtocolArg,
     #[command(flatten)]
@@ -53,9 +161,40 @@ pub struct DealerArgs {
     /// Address to listen on for servers and clients (`127.0.0.1:0` picks a free port).
     #[arg(long, default_value = "127.0.0.1:7001")]
     pub listen: String,
-    /// Read/write timeout on every connection, seconds (0 = wait forever).
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Name (DNS subject alternative name) a certificate must be valid for to connect in the
+    /// server role.
+    #[arg(long, default_value = polypi_core::net::tls::SERVER_IDENTITY)]
+    pub server_identity: String,
+    /// Longest one message may take, seconds (0 = wait forever).
     #[arg(long, default_value_t = 60.0)]
     pub timeout_s: f64,
+    /// Longest TLS handshake + hello of a new connection, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub handshake_timeout_s: f64,
+    /// How long a server or client connection waits for its partner, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub pair_timeout_s: f64,
+    /// Longest session setup, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub setup_timeout_s: f64,
+    /// Longest single inference, seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub inference_timeout_s: f64,
+    /// Largest batch of one inference (the server's limit applies too).
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Most sessions dealt at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrent: usize,
+    /// Most connections in their handshake or waiting for a partner.
+    #[arg(long, default_value_t = 256)]
+    pub max_pending: usize,
+    /// Correlated randomness queued per connection before the dealer waits for the peer to
+    /// read (backpressure), MB.
+    #[arg(long, default_value_t = 16.0)]
+    pub queue_mb: f64,
     /// Stop after this many sessions (default: deal forever).
     #[arg(long)]
     pub max_sessions: Option<u64>,
@@ -70,13 +209,21 @@ pub struct QueryArgs {
     /// Address of the dealer (`polypi dealer --listen ...`).
     #[arg(long)]
     pub dealer: String,
+    /// Name the server's certificate must be valid for (default: the host of --connect).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Name the dealer's certificate must be valid for (default: the host of --dealer).
+    #[arg(long)]
+    pub dealer_name: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Input images (PNG, PGM/PPM) of the model's input size; one private inference each.
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Read/write timeout, seconds (0 = wait forever).
+    /// Longest one message may take, seconds (0 = wait forever).
     #[arg(long, default_value_t = 60.0)]
     pub timeout_s: f64,
     /// How long to keep retrying while the server or dealer is not listening yet, seconds.
@@ -105,126 +252,126 @@ impl QueryArgs {
     }
 }
 
-fn with_role(opts: &TcpOptions, role: &str) -> TcpOptions {
-    TcpOptions { expect_peer_role: Some(role.to_string()), ..opts.clone() }
+/// Seconds from a command-line option (> 0).
+fn secs(v: f64, flag: &str) -> Result<Duration> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{flag} must be a positive number of seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The TLS name for dialling `addr`: `explicit`, or the address's host.
+fn tls_name(explicit: &Option<String>, addr: &str) -> Option<String> {
+    explicit.clone().or_else(|| deploy::host_of(addr))
+}
+
+/// Prints one line per session on stdout (what tests and scripts read).
+fn print_report(role: &str, r: &SessionReport) {
+    let peers: Vec<String> = r.peers.iter().map(|p| p.to_string()).collect();
+    let who = match role {
+        "server" => format!("client {}", peers.join(", ")),
+        _ => format!("peers {}", peers.join(", ")),
+    };
+    let line = match &r.outcome {
+        SessionOutcome::Done { inferences, online_ms } if role == "server" => format!(
+            "session {}: {who}, {inferences} inference(s), server online {online_ms:.2} ms",
+            r.number
+        ),
+        SessionOutcome::Done { inferences, .. } => {
+            format!("session {}: {who}, {inferences} inference(s)", r.number)
+        }
+        SessionOutcome::Refused(why) => format!("refused {who}: {why}"),
+        SessionOutcome::Failed(e) if r.number > 0 => {
+            tracing::warn!("session {} with {who} failed: {e}", r.number);
+            format!("session {}: {who}, failed: {e}", r.number)
+        }
+        // Handshake failures, probes and expired connections: log only.
+        SessionOutcome::Failed(e) => {
+            tracing::info!("{who}: {e}");
+            return;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Runs `polypi serve`.
 pub fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let auth = if a.require_client_cert { ClientAuth::Required } else { ClientAuth::Optional };
+    let tls = a.tls.config("server", auth)?;
     let path = common::model_path(a.model.as_deref())?;
     let mut model = common::load_model(&path)?;
     model.plan.poly_protocol = a.poly.poly_protocol;
     check_supported(&model.plan)
         .with_context(|| format!("model {} cannot be served privately", path.display()))?;
-    let enc = EncodedPlan::new(&model.plan).context("cannot encode the model's weights")?;
     range::gate(&model, &a.check_args, &a.margin)?;
     let guard = range::guard_bounds(&model);
-    let opts = common::tcp_options(a.timeout_s)?;
-    let listener = listen(&a.listen)?;
-    tracing::info!(model = %path.display(), dealer = %a.dealer, "serving");
-    let mut sessions = 0u64;
-    while a.max_sessions.is_none_or(|m| sessions < m) {
-        let mut client = match TcpChannel::accept(&listener, "server", &with_role(&opts, "client"))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("rejected a connection: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        sessions += 1;
-        let peer = client.peer_addr();
-        tracing::info!(session = sessions, %peer, "client connected");
-        let mut dealer = match TcpChannel::connect(&a.dealer, "server", &with_role(&opts, "dealer"))
-        {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(
-                    "session {sessions}: cannot reach the dealer at {}: {e} (start `polypi dealer` \
-                     there); dropping client {peer}",
-                    a.dealer
-                );
-                continue;
-            }
-        };
-        match serve_session_guarded(&model.plan, &enc, guard, &mut client, &mut dealer, false) {
-            Ok(tr) => {
-                let online: f64 = tr.iter().map(|t| t.online_ms).sum();
-                println!(
-                    "session {sessions}: client {peer}, {} inference(s), server online {:.2} ms",
-                    tr.len(),
-                    online
-                );
-                let _ = client.close();
-                let _ = dealer.close();
-            }
-            Err(e) => {
-                tracing::warn!("session {sessions} with client {peer} failed: {e}; still serving");
-                println!("session {sessions}: client {peer}, failed: {e}");
-            }
-        }
-        std::io::stdout().flush().ok();
+    let mut base = common::tcp_options(a.timeout_s)?;
+    base.handshake_timeout = secs(a.handshake_timeout_s, "--handshake-timeout-s")?;
+    base.tls = tls;
+    let mut dealer_tcp = base.clone();
+    dealer_tcp.tls_server_name = tls_name(&a.dealer_name, &a.dealer);
+    dealer_tcp.connect_retry_for = Duration::from_secs(2);
+    if !(a.memory_budget_mb.is_finite() && a.memory_budget_mb > 0.0) {
+        bail!("--memory-budget-mb must be positive, got {}", a.memory_budget_mb);
     }
+    let opts = ServerOptions {
+        client_tcp: base,
+        dealer_addr: a.dealer.clone(),
+        dealer_tcp,
+        limits: SessionLimits {
+            max_batch: a.max_batch,
+            setup_timeout: Some(secs(a.setup_timeout_s, "--setup-timeout-s")?),
+            inference_timeout: Some(secs(a.inference_timeout_s, "--inference-timeout-s")?),
+        },
+        max_sessions: a.max_concurrent,
+        max_pending: a.max_pending,
+        memory_budget_bytes: (a.memory_budget_mb * 1e6) as u64,
+    };
+    let server = DeployedServer::new(model.plan, guard, opts)
+        .with_context(|| format!("cannot serve {}", path.display()))?;
+    let listener = listen(&a.listen)?;
+    tracing::info!(
+        model = %path.display(),
+        dealer = %a.dealer,
+        capacity = server.capacity(),
+        session_mb = server.session_bytes() as f64 / 1e6,
+        "serving"
+    );
+    let server = Arc::new(server);
+    if let Some(h) = &a.health_listen {
+        crate::health::spawn(h, server.clone())?;
+    }
+    server.run(&listener, a.max_sessions, &|r| print_report("server", &r))?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `polypi dealer`.
 pub fn dealer(a: DealerArgs) -> Result<ExitCode> {
-    let opts = common::tcp_options(a.timeout_s)?;
-    let listener = listen(&a.listen)?;
-    let mut sessions = 0u64;
-    let mut server: Option<TcpChannel> = None;
-    let mut client: Option<TcpChannel> = None;
-    while a.max_sessions.is_none_or(|m| sessions < m) {
-        let ch = match TcpChannel::accept(&listener, "dealer", &opts) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("rejected a connection: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let slot = match ch.peer_role() {
-            "server" => &mut server,
-            "client" => &mut client,
-            other => {
-                tracing::warn!(
-                    "{}: unknown role '{other}' (expected server or client); closed",
-                    ch.peer_addr()
-                );
-                continue;
-            }
-        };
-        if let Some(old) = slot.replace(ch) {
-            tracing::warn!(
-                "a second {} connected before the session started; dropping the older one ({})",
-                old.peer_role(),
-                old.peer_addr()
-            );
-        }
-        let (mut s, mut c) = match (server.take(), client.take()) {
-            (Some(s), Some(c)) => (s, c),
-            (s, c) => {
-                (server, client) = (s, c);
-                continue;
-            }
-        };
-        sessions += 1;
-        let (sa, ca) = (s.peer_addr(), c.peer_addr());
-        match deal_session(&mut s, &mut c) {
-            Ok(tr) => {
-                println!("session {sessions}: server {sa}, client {ca}, {} inference(s)", tr.len());
-                let _ = s.close();
-                let _ = c.close();
-            }
-            Err(e) => {
-                tracing::warn!("session {sessions} failed: {e}; still dealing");
-                println!("session {sessions}: server {sa}, client {ca}, failed: {e}");
-            }
-        }
-        std::io::stdout().flush().ok();
+    let tls = a.tls.config("dealer", ClientAuth::Optional)?;
+    let mut tcp = common::tcp_options(a.timeout_s)?;
+    tcp.handshake_timeout = secs(a.handshake_timeout_s, "--handshake-timeout-s")?;
+    tcp.tls = tls;
+    if !(a.queue_mb.is_finite() && a.queue_mb > 0.0) {
+        bail!("--queue-mb must be positive, got {}", a.queue_mb);
     }
+    tcp.max_queued_bytes = Some((a.queue_mb * 1e6) as usize);
+    let opts = DealerOptions {
+        tcp,
+        server_identity: a.server_identity.clone(),
+        pair_timeout: secs(a.pair_timeout_s, "--pair-timeout-s")?,
+        limits: SessionLimits {
+            max_batch: a.max_batch,
+            setup_timeout: Some(secs(a.setup_timeout_s, "--setup-timeout-s")?),
+            inference_timeout: Some(secs(a.inference_timeout_s, "--inference-timeout-s")?),
+        },
+        max_sessions: a.max_concurrent,
+        max_pending: a.max_pending,
+    };
+    let dealer = DeployedDealer::new(opts)?;
+    let listener = listen(&a.listen)?;
+    dealer.run(&listener, a.max_sessions, &|r| print_report("dealer", &r))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -268,10 +415,21 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
             bail!("input image {} not found: check the path", f.display());
         }
     }
-    let mut server = TcpChannel::connect(&a.connect, "client", &with_role(&opts, "server"))
-        .with_context(|| format!("cannot connect to the server at {}", a.connect))?;
-    let mut dealer = TcpChannel::connect(&a.dealer, "client", &with_role(&opts, "dealer"))
-        .with_context(|| format!("cannot connect to the dealer at {}", a.dealer))?;
+    let tls = a.tls.config("client", ClientAuth::Optional)?;
+    opts.tls = tls;
+    let server_tcp =
+        TcpOptions { tls_server_name: tls_name(&a.server_name, &a.connect), ..opts.clone() };
+    let dealer_tcp = TcpOptions { tls_server_name: tls_name(&a.dealer_name, &a.dealer), ..opts };
+    let ClientLinks { mut server, mut dealer, max_batch } =
+        deploy::client_open(&a.connect, &server_tcp, &a.dealer, &dealer_tcp).with_context(
+            || {
+                format!(
+                    "cannot open a session with the server at {} and the dealer at {}",
+                    a.connect, a.dealer
+                )
+            },
+        )?;
+    tracing::info!(max_batch, "session opened");
     let mut sess = ClientSession::connect(&mut server, &mut dealer)
         .context("session setup with the server and dealer failed")?;
     sess.set_guard_policy(policy)?;

@@ -79,10 +79,31 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Development TLS certificates (`polypi certs`), one set per test process.
+fn certs() -> &'static str {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("polypi-cli-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let ds = d.to_str().unwrap().to_string();
+        let o = run(&["certs", "--out", &ds]);
+        assert!(o.status.success(), "polypi certs: {}", text(&o.stderr));
+        ds
+    })
+}
+
 /// Starts `polypi dealer` and `polypi serve --model MODEL` on free loopback ports (30 s
-/// timeouts); returns them with the dealer's and the server's addresses.
+/// timeouts, TLS with [`certs`]); returns them with the dealer's and the server's addresses.
 fn deploy(model: &str) -> (Daemon, Daemon, String, String) {
-    let dealer = Daemon::spawn(&["dealer", "--listen", "127.0.0.1:0", "--timeout-s", "30"]);
+    let dealer = Daemon::spawn(&[
+        "dealer",
+        "--listen",
+        "127.0.0.1:0",
+        "--timeout-s",
+        "30",
+        "--tls-dir",
+        certs(),
+    ]);
     let daddr = dealer.addr();
     let server = Daemon::spawn(&[
         "serve",
@@ -94,6 +115,8 @@ fn deploy(model: &str) -> (Daemon, Daemon, String, String) {
         &daddr,
         "--timeout-s",
         "30",
+        "--tls-dir",
+        certs(),
     ]);
     let saddr = server.addr();
     (dealer, server, daddr, saddr)
@@ -218,7 +241,18 @@ fn serve_dealer_query_three_processes() {
 
     let (_dealer, server, daddr, saddr) = deploy(m);
     for round in 0..2 {
-        let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img, "--json"]);
+        let o = run(&[
+            "query",
+            "--tls-dir",
+            certs(),
+            "--connect",
+            &saddr,
+            "--dealer",
+            &daddr,
+            "--input",
+            img,
+            "--json",
+        ]);
         assert!(o.status.success(), "query {round} failed: {}", text(&o.stderr));
         let v = json(&o);
         assert_eq!(v["results"][0]["class"].as_u64().unwrap(), want, "query {round}");
@@ -226,7 +260,17 @@ fn serve_dealer_query_three_processes() {
         assert!(line.contains("1 inference(s)"), "server: {line}");
     }
     // Text output of the client, too.
-    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img]);
+    let o = run(&[
+        "query",
+        "--tls-dir",
+        certs(),
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--input",
+        img,
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("online"), "{}", text(&o.stdout));
 }
@@ -239,8 +283,18 @@ fn server_killed_mid_query_client_fails_fast() {
     let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
 
     let (dealer, mut server, daddr, saddr) = deploy(m);
-    let mut args =
-        vec!["query", "--connect", &saddr, "--dealer", &daddr, "--timeout-s", "30", "--input"];
+    let mut args = vec![
+        "query",
+        "--tls-dir",
+        certs(),
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--timeout-s",
+        "30",
+        "--input",
+    ];
     args.extend(std::iter::repeat_n(img, 400));
     let mut q = Command::new(BIN)
         .args(&args)
@@ -325,9 +379,18 @@ fn bad_inputs_give_clear_errors() {
     // Port in use.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
-    let o = run(&["serve", "--model", ms, "--listen", &addr, "--dealer", "127.0.0.1:9"]);
+    let o = run(&[
+        "serve",
+        "--insecure-plaintext",
+        "--model",
+        ms,
+        "--listen",
+        &addr,
+        "--dealer",
+        "127.0.0.1:9",
+    ]);
     assert_fails(&o, 1, "already in use");
-    let o = run(&["dealer", "--listen", &addr]);
+    let o = run(&["dealer", "--insecure-plaintext", "--listen", &addr]);
     assert_fails(&o, 1, "already in use");
     drop(held);
 
@@ -337,6 +400,8 @@ fn bad_inputs_give_clear_errors() {
     drop(free);
     let o = run(&[
         "query",
+        "--tls-dir",
+        certs(),
         "--connect",
         &faddr,
         "--dealer",
@@ -346,7 +411,7 @@ fn bad_inputs_give_clear_errors() {
         "--connect-retry-s",
         "0.5",
     ]);
-    assert_fails(&o, 1, "cannot connect to the server");
+    assert_fails(&o, 1, "could not connect to");
 
     // Usage errors exit with 2.
     let o = run(&["zoo", "--net", "NET-X", "--act", "x2", "--out", "x.safetensors"]);
@@ -446,7 +511,8 @@ fn server_and_dealer_survive_a_client_killed_mid_query() {
     let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
 
     let (_dealer, server, daddr, saddr) = deploy(m);
-    let mut args = vec!["query", "--connect", &saddr, "--dealer", &daddr, "--input"];
+    let mut args =
+        vec!["query", "--tls-dir", certs(), "--connect", &saddr, "--dealer", &daddr, "--input"];
     args.extend(std::iter::repeat_n(img, 400));
     let mut q = Command::new(BIN)
         .args(&args)
@@ -467,7 +533,18 @@ fn server_and_dealer_survive_a_client_killed_mid_query() {
     assert!(l.contains("failed"), "server: {l}");
 
     // The next client is served normally.
-    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", img, "--json"]);
+    let o = run(&[
+        "query",
+        "--tls-dir",
+        certs(),
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--input",
+        img,
+        "--json",
+    ]);
     assert!(o.status.success(), "query after a killed client failed: {}", text(&o.stderr));
     assert_eq!(json(&o)["results"].as_array().unwrap().len(), 1);
 }
@@ -602,15 +679,37 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
     // Deployed roles: the client (query) refuses the garbage with exit code 3, ends the session
     // cleanly, and the server keeps serving.
     let (_dealer, server, daddr, saddr) = deploy(huge_s);
-    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", png_s]);
+    let o = run(&[
+        "query",
+        "--tls-dir",
+        certs(),
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--input",
+        png_s,
+    ]);
     assert_fails(&o, 3, "range guard");
     let line = server.line(Duration::from_secs(30));
     assert!(line.contains("session 1") && !line.contains("failed"), "server: {line}");
-    let o = run(&["query", "--connect", &saddr, "--dealer", &daddr, "--input", png_s]);
+    let o = run(&[
+        "query",
+        "--tls-dir",
+        certs(),
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--input",
+        png_s,
+    ]);
     assert_fails(&o, 3, "logits");
     // With retries the deterministic garbage is rerun on the same session and still refused.
     let o = run(&[
         "query",
+        "--tls-dir",
+        certs(),
         "--connect",
         &saddr,
         "--dealer",

@@ -86,6 +86,15 @@ pub enum Error {
         /// rustls' reason, with a hint.
         reason: String,
     },
+    /// The server refused to open a session (admission control: too many sessions, memory
+    /// budget); the reason is the server's.
+    #[error("refused by {peer}: {reason}")]
+    Refused {
+        /// Who refused.
+        peer: String,
+        /// Why, in the refusing side's words.
+        reason: String,
+    },
     /// The peer sent a message that does not fit the protocol (wrong length or kind).
     #[error("protocol error: {0}")]
     Protocol(String),

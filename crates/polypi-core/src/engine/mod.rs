@@ -1,10 +1,12 @@
 //! The engine: the one graph walk ([`walk`]) and its backends — plaintext ([`plain`]), the secure
 //! parties ([`party`]) — the session protocol between server, client and dealer ([`session`]),
-//! reports ([`report`]), calibration of value ranges ([`calibrate`]) and the client's runtime
+//! deployment of the three roles as processes ([`deploy`]: session binding, concurrency,
+//! admission), reports ([`report`]), calibration of value ranges ([`calibrate`]) and the client's runtime
 //! range guard ([`guard`]).
 
 pub mod bench;
 pub mod calibrate;
+pub mod deploy;
 pub mod guard;
 pub mod party;
 pub mod plain;

@@ -25,13 +25,41 @@ use crate::mpc::prg::Seed;
 use crate::mpc::{CLIENT, SERVER};
 use crate::net::{emulated_pair, mem_pair, recv_ring, send_ring, Channel, LinkModel};
 use crate::ring::{FixedPoint, RingTensor};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Largest batch a peer may ask for (guards allocations against a hostile peer).
 pub const MAX_BATCH: usize = 4096;
 
+/// Largest plan skeleton message accepted, in bytes (the public JSON plan without weights; the
+/// seeds' largest networks need well under 1 MB).
+pub const MAX_SKELETON_BYTES: usize = 16 << 20;
+
+/// What one session may ask for and how long its phases may take. Deployed servers and dealers
+/// set all of them (`polypi serve --max-batch ...`); in-process runs use the default (batch up to
+/// [`MAX_BATCH`], no phase deadlines).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionLimits {
+    /// Largest batch of one inference; a larger request ends the session with `Protocol`.
+    pub max_batch: usize,
+    /// Deadline of the setup (seeds, skeleton, `F = W - B`), from the session's start.
+    pub setup_timeout: Option<Duration>,
+    /// Deadline of one inference (offline and online phase and the output), from the batch
+    /// request.
+    pub inference_timeout: Option<Duration>,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { max_batch: MAX_BATCH, setup_timeout: None, inference_timeout: None }
+    }
+}
+
+fn deadline_after(t: Option<Duration>) -> Option<Instant> {
+    t.map(|t| Instant::now() + t)
+}
+
 fn recv_seed(ch: &mut dyn Channel) -> Result<Seed> {
-    let m = ch.recv()?;
+    let m = ch.recv_expect(32)?;
     let s: [u8; 32] = m
         .as_slice()
         .try_into()
@@ -44,15 +72,18 @@ fn send_batch(ch: &mut dyn Channel, batch: usize) -> Result<()> {
     ch.flush()
 }
 
-fn recv_batch(ch: &mut dyn Channel) -> Result<usize> {
-    let m = ch.recv()?;
+fn recv_batch(ch: &mut dyn Channel, max_batch: usize) -> Result<usize> {
+    let m = ch.recv_expect(8)?;
     let b: [u8; 8] =
         m.as_slice().try_into().map_err(|_| Error::Protocol("expected a batch size".into()))?;
-    let b = u64::from_le_bytes(b) as usize;
-    if b > MAX_BATCH {
-        return Err(Error::Protocol(format!("batch {b} > {MAX_BATCH}")));
+    let b = u64::from_le_bytes(b);
+    let max = max_batch.min(MAX_BATCH);
+    if b > max as u64 {
+        return Err(Error::Protocol(format!(
+            "the client asked for batch {b}; this session allows at most {max}"
+        )));
     }
-    Ok(b)
+    Ok(b as usize)
 }
 
 /// The range-guard field of the skeleton message (absent: no calibrated ranges).
@@ -81,7 +112,7 @@ fn skeleton_message(plan: &Plan, guard: Option<GuardBounds>) -> Result<Vec<u8>> 
 }
 
 fn recv_skeleton(ch: &mut dyn Channel) -> Result<(Plan, Option<GuardBounds>)> {
-    let m = ch.recv()?;
+    let m = ch.recv_max(MAX_SKELETON_BYTES)?;
     let p: Plan = serde_json::from_slice(&m)
         .map_err(|e| Error::Protocol(format!("bad plan skeleton: {e}")))?;
     p.check_skeleton()?;
@@ -136,7 +167,27 @@ pub fn serve_session_guarded(
     dealer: &mut dyn Channel,
     record: bool,
 ) -> Result<Vec<PartyTraces>> {
+    serve_session_limited(plan, enc, guard, &SessionLimits::default(), client, dealer, record)
+}
+
+/// [`serve_session_guarded`] under `limits`: the setup and every inference must finish within
+/// their deadlines (set on both channels with [`Channel::set_deadline`]), and a batch above
+/// `limits.max_batch` ends the session.
+/// Errors: as [`serve_session`]; `PeerDisconnected` when a deadline passes; `Protocol` for a
+/// batch over the limit.
+pub fn serve_session_limited(
+    plan: &Plan,
+    enc: &EncodedPlan,
+    guard: Option<GuardBounds>,
+    limits: &SessionLimits,
+    client: &mut dyn Channel,
+    dealer: &mut dyn Channel,
+    record: bool,
+) -> Result<Vec<PartyTraces>> {
     check_supported(plan)?;
+    let setup_deadline = deadline_after(limits.setup_timeout);
+    client.set_deadline(setup_deadline);
+    dealer.set_deadline(setup_deadline);
     let seed = recv_seed(dealer)?;
     let skeleton = plan.public_skeleton();
     let json = skeleton_message(plan, guard)?;
@@ -164,13 +215,18 @@ pub fn serve_session_guarded(
     }
     client.flush()?;
     drop(masks);
+    client.set_deadline(None);
+    dealer.set_deadline(None);
     let mut out = Vec::new();
     let mut inference = 0u64;
     loop {
-        let batch = recv_batch(client)?;
+        let batch = recv_batch(client, limits.max_batch)?;
         if batch == 0 {
             return Ok(out);
         }
+        let deadline = deadline_after(limits.inference_timeout);
+        client.set_deadline(deadline);
+        dealer.set_deadline(deadline);
         inference += 1;
         let mut tr = PartyTraces::default();
         let t0 = Instant::now();
@@ -197,6 +253,8 @@ pub fn serve_session_guarded(
         tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
         // Freed after the output is sent (see `Online::finish`).
         drop(spent);
+        client.set_deadline(None);
+        dealer.set_deadline(None);
         out.push(tr);
     }
 }
@@ -209,6 +267,20 @@ pub fn deal_session(
     server: &mut dyn Channel,
     client: &mut dyn Channel,
 ) -> Result<Vec<PartyTraces>> {
+    deal_session_limited(server, client, &SessionLimits::default())
+}
+
+/// [`deal_session`] under `limits` (batch limit, setup and per-inference deadlines on both
+/// channels). Errors: as [`deal_session`]; `PeerDisconnected` when a deadline passes;
+/// `Protocol` for a batch over the limit.
+pub fn deal_session_limited(
+    server: &mut dyn Channel,
+    client: &mut dyn Channel,
+    limits: &SessionLimits,
+) -> Result<Vec<PartyTraces>> {
+    let setup_deadline = deadline_after(limits.setup_timeout);
+    server.set_deadline(setup_deadline);
+    client.set_deadline(setup_deadline);
     let seed_s = Seed::from_os()?;
     let seed_c = Seed::from_os()?;
     server.send(&seed_s.0)?;
@@ -217,17 +289,26 @@ pub fn deal_session(
     client.flush()?;
     let (skeleton, _) = recv_skeleton(server)?;
     let masks = weight_masks(&skeleton, &seed_s)?;
+    server.set_deadline(None);
+    client.set_deadline(None);
     let mut out = Vec::new();
     let mut inference = 0u64;
     loop {
-        let batch = recv_batch(client)?;
+        let batch = recv_batch(client, limits.max_batch)?;
         if batch == 0 {
             return Ok(out);
         }
+        let deadline = deadline_after(limits.inference_timeout);
+        server.set_deadline(deadline);
+        client.set_deadline(deadline);
         inference += 1;
         let t0 = Instant::now();
         let mut d = Dealer::new(&seed_s, &seed_c, inference, &masks, client).with_server(server);
         let (_, traces) = walk(&skeleton, &mut d, batch)?;
+        server.flush()?;
+        client.flush()?;
+        server.set_deadline(None);
+        client.set_deadline(None);
         out.push(PartyTraces {
             offline: traces,
             offline_ms: t0.elapsed().as_secs_f64() * 1e3,

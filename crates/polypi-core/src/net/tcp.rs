@@ -782,6 +782,15 @@ impl TcpChannel {
                 Ok(n) => {
                     got += n;
                     if magic[..got] != MAGIC[..got] {
+                        // 0x16 0x03: a TLS handshake record, from a peer with TLS on.
+                        if opts.tls.is_none() && magic[0] == 0x16 {
+                            return Err(Error::Tls {
+                                peer: at.clone(),
+                                reason: "the peer speaks TLS and this side runs without it \
+                                         (give both sides --tls-dir)"
+                                    .into(),
+                            });
+                        }
                         return Err(not_polypi());
                     }
                 }

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | client -> server | client verifies the server's certificate for the address it dials; the server may require a client certificate ([`ClientAuth::Required`]) |
 //! | server -> dealer | mutual: the server verifies the dealer for its address; the dealer requires a certificate valid for [`SERVER_IDENTITY`] (or the configured name) before it accepts the `server` role |
-//! | client -> dealer | the client verifies the dealer; the dealer accepts a client only with a session id a server registered ([`crate::engine::pairing`]) |
+//! | client -> dealer | the client verifies the dealer; the dealer accepts a client only with a session id a server registered ([`crate::engine::deploy`]) |
 //!
 //! [`write_dev_certs`] writes a development CA and one certificate per role (`polypi certs`).
 //! Production deployments bring their own CA; each role needs its certificate to carry the
