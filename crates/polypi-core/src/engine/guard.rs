@@ -50,7 +50,7 @@
 //! plan bound (`polypi inspect`, `fail_prob`) whenever every layer's values stay inside the
 //! calibrated range x margin. An input driving some layer beyond that range can fail more often,
 //! up to certainty (a wrap-around is deterministic: each retry fails again and the server sees
-//! `N + 1` inferences). A garbage that lands below `T` (above) is not retried either, so it leaks
+//! `N + 1` inferences). A garbage vector that lands in `(B, T]` is not retried either: it leaks
 //! nothing but is delivered flagged as plausible.
 //!
 //! Both bounds come from `polypi calibrate` ([`crate::model::range::Ranges`]); the server sends
