@@ -1,7 +1,8 @@
 //! `polypi eval`: plaintext f32 accuracy of a model on a test split, and private inference of its
 //! first N images (in-process, TCP on loopback) with the agreement rate against the plaintext
 //! predictions, mean online latency and bytes per image, and the range guard's counts: results
-//! it refused, and "undetected garbage" (a result the guard did not refuse whose logits are off
+//! it refused (input, garbage logits), results it delivered flagged as plausible (logits outside
+//! the calibrated range but below the garbage threshold, see `polypi_core::engine::guard`), and "undetected garbage" (a result the guard did not refuse whose logits are off
 //! the plaintext f32 logits by more than `--garbage-tol`; should be 0). Each private result is also
 //! compared with the plaintext fixed-point twin (same ring, same frac bits, exact truncation), which
 //! separates precision effects (a near-tie that fixed point flips, twin included) from protocol
@@ -16,7 +17,7 @@ use crate::range::{self, CheckArgs, GuardArgs, MarginArgs, ModeArg, RetryArgs};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use polypi_core::engine::guard::{GuardCheck, GuardMode, GuardPolicy};
+use polypi_core::engine::guard::{GuardCheck, GuardMode, GuardPolicy, ViolationKind};
 use polypi_core::engine::session::{run_local_guarded, LocalOpts, Transport};
 use polypi_core::engine::{run_f32, run_fixed, EncodedPlan};
 use polypi_core::net::LinkModel;
@@ -232,10 +233,14 @@ struct PrivateStats {
     range_guard: bool,
     /// Results the range guard refused because the input left the calibrated range.
     guard_refused_input: usize,
-    /// Results the range guard refused because the revealed logits left the calibrated range
-    /// (after the retries, if any).
+    /// Results the range guard refused because the revealed logits were garbage (above the
+    /// garbage threshold, or NaN), after the retries, if any.
     guard_refused_logits: usize,
-    /// Reruns of refused results (`--guard-retries`), all images together.
+    /// Results delivered with a plausible logit violation (outside the calibrated range x
+    /// margin, below the garbage threshold): not refused, not retried, compared with plaintext
+    /// like any delivered result.
+    guard_plausible_logits: usize,
+    /// Reruns of refused (garbage) results (`--guard-retries`), all images together.
     guard_retries: usize,
     /// Images whose result was refused at first and accepted after a rerun.
     recovered_by_retry: usize,
@@ -369,10 +374,21 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                     .context("private inference failed")?;
             sessions += 1;
             st.mean_setup_ms += setup.ms;
-            // --guard-retries: rerun the results refused by the logit check (fresh session, so
-            // fresh correlated randomness).
+            // The violations classified at the plan's frac bits.
+            let classify = |rs: &mut [polypi_core::engine::session::LocalInference]| {
+                for r in rs {
+                    r.range_violation = r.range_violation.map(|v| v.reclassify(plan.frac_bits));
+                }
+            };
+            classify(&mut res);
+            // --guard-retries: rerun the results refused by the logit check as garbage (fresh
+            // session, so fresh correlated randomness); a plausible result is delivered, never
+            // rerun.
             let refused = |r: &polypi_core::engine::session::LocalInference| {
-                matches!(r.range_violation.map(|v| v.check), Some(GuardCheck::Logits))
+                matches!(
+                    r.range_violation.map(|v| (v.check, v.kind)),
+                    Some((GuardCheck::Logits, ViolationKind::Garbage))
+                )
             };
             for _ in 0..a.retry.guard_retries {
                 let redo: Vec<usize> = (0..res.len()).filter(|&k| refused(&res[k])).collect();
@@ -381,9 +397,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 }
                 let again: Vec<(Vec<f32>, usize)> =
                     redo.iter().map(|&k| inputs[k].clone()).collect();
-                let (_, res2) =
+                let (_, mut res2) =
                     run_local_guarded(plan, guard, policy, &again, opts, LinkModel::none())
                         .context("private inference failed (guard retry)")?;
+                classify(&mut res2);
                 st.guard_retries += redo.len();
                 for (&k, r) in redo.iter().zip(res2) {
                     st.recovered_by_retry += usize::from(!refused(&r));
@@ -398,10 +415,13 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 st.agree += usize::from(p == plain_pred[i]);
                 st.agree_fixed_twin += usize::from(p == common::argmax(twin));
                 st.twin_vs_f32_disagree += usize::from(common::argmax(twin) != plain_pred[i]);
-                match r.range_violation.map(|v| v.check) {
-                    Some(GuardCheck::Input) => st.guard_refused_input += 1,
-                    Some(GuardCheck::Logits) => st.guard_refused_logits += 1,
-                    None => {
+                match r.range_violation.map(|v| (v.check, v.kind)) {
+                    Some((GuardCheck::Input, _)) => st.guard_refused_input += 1,
+                    Some((GuardCheck::Logits, ViolationKind::Garbage)) => {
+                        st.guard_refused_logits += 1
+                    }
+                    plausible_or_none => {
+                        st.guard_plausible_logits += usize::from(plausible_or_none.is_some());
                         let err = max_err(&r.logits, want);
                         if err > a.garbage_tol {
                             st.undetected_garbage += 1;
@@ -467,8 +487,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 p.mean_setup_ms
             );
             println!(
-                "  range guard {}: refused {} (input) + {} (logits); undetected garbage {} \
-                 (logit error > {}); near-tie flips {}; max |private - plaintext| logit {:.4}",
+                "  range guard {}: refused {} (input) + {} (garbage logits); delivered {} \
+                 plausible (logits outside the calibrated range); undetected garbage {} (logit \
+                 error > {}); near-tie flips {}; max |private - plaintext| logit {:.4}",
                 if p.range_guard {
                     "on"
                 } else {
@@ -476,6 +497,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 },
                 p.guard_refused_input,
                 p.guard_refused_logits,
+                p.guard_plausible_logits,
                 p.undetected_garbage,
                 a.garbage_tol,
                 p.near_tie_flips,

@@ -6,7 +6,7 @@ use crate::common::{self, ClassProb};
 use crate::range::{self, CheckArgs, GuardArgs, MarginArgs};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use polypi_core::engine::guard::RangeViolation;
+use polypi_core::engine::guard::{GuardCheck, GuardMode, GuardPolicy, RangeViolation};
 use polypi_core::engine::report::{InferenceReport, SetupReport};
 use polypi_core::engine::run_f32;
 
@@ -86,7 +86,10 @@ struct InputResult {
     private: Prediction,
     plaintext: Prediction,
     agree: bool,
-    /// A failed range-guard check (only with --range-guard warn).
+    /// A failed range-guard check: with --range-guard warn any violation; with refuse (default)
+    /// only a plausible logit violation (`kind` = `plausible`: outside the calibrated range but
+    /// below the garbage threshold), delivered with the result (input and garbage violations are
+    /// refused, exit code 3).
     range_violation: Option<RangeViolation>,
     report: InferenceReport,
 }
@@ -129,7 +132,27 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
     });
     let t0 = Instant::now();
     let opts = LocalOpts { transport, check: a.check };
-    let res = run_local_guarded(plan, guard, policy, &inputs, opts, LinkModel::none());
+    // The guard policy is applied here, at the plan's frac bits: inputs are checked before
+    // anything runs, the roles run in warn mode, then each violation is classified and refused
+    // only when it is an input violation or garbage (a plausible result is delivered).
+    let res = (|| -> polypi_core::Result<_> {
+        if let Some(b) = guard.as_ref().filter(|_| policy.mode == GuardMode::Refuse) {
+            for (x, _) in &inputs {
+                policy.apply(Some(b), GuardCheck::Input, x, plan.frac_bits)?;
+            }
+        }
+        let run_policy = GuardPolicy {
+            mode: if policy.mode == GuardMode::Off { GuardMode::Off } else { GuardMode::Warn },
+            ..policy
+        };
+        let (setup, mut results) =
+            run_local_guarded(plan, guard, run_policy, &inputs, opts, LinkModel::none())?;
+        for r in &mut results {
+            r.range_violation =
+                policy.resolve(r.range_violation.map(|v| v.reclassify(plan.frac_bits)))?;
+        }
+        Ok((setup, results))
+    })();
     if let Some(pb) = spinner {
         pb.finish_and_clear();
     }
@@ -196,8 +219,9 @@ fn print_text(d: &InferOutput, model: &common::Model) {
             r.plaintext.label,
             match (&r.range_violation, r.agree) {
                 (Some(v), _) => format!(
-                    "RANGE WARNING: {:?} max |x| {:.3e} > bound {:.3e}",
-                    v.check, v.value, v.bound
+                    "RANGE WARNING ({:?}): {:?} max |x| {:.3e} > bound {:.3e} (garbage above \
+                     {:.3e})",
+                    v.kind, v.check, v.value, v.bound, v.garbage_threshold
                 ),
                 (None, true) => "agree".into(),
                 (None, false) => "DISAGREE".into(),

@@ -43,9 +43,13 @@ pub struct MarginArgs {
 #[derive(Args, Debug, Clone)]
 pub struct GuardArgs {
     /// The client's runtime range guard (needs a calibrated model): `refuse` returns a range
-    /// error (exit code 3) instead of a result when the input or the revealed logits leave the
-    /// calibrated range x margin (a fixed-point wrap-around or truncation failure makes the
-    /// logits huge); `warn` prints a warning and returns the result; `off` does not check.
+    /// error (exit code 3) instead of a result when the input leaves the calibrated range x
+    /// margin, or when the revealed logits are garbage (above the garbage threshold, about 10^4
+    /// x the bound at 16 frac bits: a fixed-point wrap-around or truncation failure makes the
+    /// logits huge); logits outside the calibrated range but below that threshold are
+    /// plausible (e.g. a correct result for an unusual input): returned with a warning and the
+    /// violation (kind "plausible"); `warn` prints a warning and returns the result; `off`
+    /// does not check.
     #[arg(long, value_enum, default_value = "refuse")]
     pub range_guard: ModeArg,
 }
@@ -53,12 +57,14 @@ pub struct GuardArgs {
 /// `--guard-retries` (client side, `polypi query` and `polypi eval`).
 #[derive(Args, Debug, Clone)]
 pub struct RetryArgs {
-    /// Rerun an inference whose revealed logits the range guard refused (a SecureML truncation
-    /// failure: probabilistic, caught w.h.p.) up to N times, each with fresh correlated
-    /// randomness. Off by default: the server and dealer see the extra inference, so they learn
-    /// that a failure happened, an event whose probability (at most the plan bound, `polypi
-    /// inspect`) grows with the magnitude of the secret values: at most one bit per retry about
-    /// the input. Input refusals are deterministic and never retried.
+    /// Rerun an inference whose revealed logits the range guard refused as garbage (a SecureML
+    /// truncation failure: probabilistic, caught w.h.p.) up to N times, each with fresh
+    /// correlated randomness. Off by default: the server and dealer see the extra inference, so
+    /// they learn that a failure happened, an event whose probability depends on the input only
+    /// through the magnitudes of the secret values (at most the plan bound, `polypi inspect`,
+    /// while they stay in the calibrated range x margin; up to 1 for an input that makes a
+    /// layer wrap): one bit per retry. Plausible results (delivered) and input refusals
+    /// (deterministic, before sending) are never retried.
     #[arg(long, default_value_t = 0)]
     pub guard_retries: u32,
 }

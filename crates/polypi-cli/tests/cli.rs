@@ -739,3 +739,68 @@ fn train_and_search_forward_to_polypi_train() {
         }
     }
 }
+
+/// Audit finding M1: a valid binary PGM (maxval 1, columns in stripes) whose private logits equal
+/// the plaintext ones but leave the calibrated logit range x margin (54.9 and 1798 against
+/// 2 x 23.63 = 47.26 for the shipped model) is a correct out-of-distribution result: the guard
+/// delivers it with a `plausible` violation instead of refusing it, and never retries it (a retry
+/// would tell the server that this input gave an unusual result).
+#[test]
+fn plausible_out_of_range_result_is_delivered_not_refused_nor_retried() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/netm-x2act-fmnist.safetensors");
+    let d = tmp("plausible");
+    let stripes = |name: &str, width: usize| {
+        let mut b = b"P5\n28 28\n1\n".to_vec();
+        b.extend((0..28 * 28).map(|i| ((i % 28 / width) % 2) as u8));
+        let p = d.join(name);
+        std::fs::write(&p, b).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (v2, v1) = (stripes("v2.pgm", 2), stripes("v1.pgm", 1));
+    for (img, at_least) in [(&v2, 50.0), (&v1, 1000.0)] {
+        let o = run(&["infer", "--model", model, "--input", img, "--transport", "mem", "--json"]);
+        assert!(o.status.success(), "{img}: {}", text(&o.stderr));
+        let r = &json(&o)["inputs"][0];
+        assert_eq!(r["agree"], true, "{r}");
+        let v = &r["range_violation"];
+        assert_eq!(v["check"], "logits", "{r}");
+        assert_eq!(v["kind"], "plausible", "{r}");
+        let (value, bound) = (v["value"].as_f64().unwrap(), v["bound"].as_f64().unwrap());
+        assert!(value > at_least && (bound - 47.26).abs() < 0.01, "{v}");
+        assert!(value < v["garbage_threshold"].as_f64().unwrap(), "{v}");
+        // Private == plaintext to fixed-point precision: the result is correct.
+        let (p, q) = (&r["private"]["logits"], &r["plaintext"]["logits"]);
+        let err = (0..10)
+            .map(|k| (p[k].as_f64().unwrap() - q[k].as_f64().unwrap()).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 0.5, "{err}: {r}");
+    }
+
+    // eval-style counts are covered by the garbage test above; here the deployed roles: with
+    // --guard-retries 3 the server and dealer see exactly one inference (no retry).
+    let (dealer, _server, daddr, saddr) = deploy(model);
+    let o = run(&[
+        "query",
+        "--connect",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--input",
+        &v2,
+        "--guard-retries",
+        "3",
+        "--json",
+    ]);
+    let line = dealer.line(Duration::from_secs(30));
+    assert!(line.contains("session 1") && line.contains(" 1 inference(s)"), "dealer: {line}");
+    assert!(!text(&o.stderr).contains("retry"), "{}", text(&o.stderr));
+    if o.status.success() {
+        let r = &json(&o)["results"][0];
+        assert_eq!(r["range_violation"]["kind"], "plausible", "{r}");
+        assert_eq!(r["retries"], 0, "{r}");
+    } else {
+        // A client session layer that still refuses every logit violation: refused as
+        // plausible (exit code 3), never as garbage, and not retried.
+        assert_fails(&o, 3, "logits (plausible)");
+    }
+}

@@ -4,7 +4,9 @@
 //! refused and agree with the plaintext executor.
 
 use polypi_core::engine::calibrate::Calibrator;
-use polypi_core::engine::guard::{GuardBounds, GuardCheck, GuardMode, GuardPolicy};
+use polypi_core::engine::guard::{
+    is_logit_refusal, GuardBounds, GuardCheck, GuardMode, GuardPolicy, ViolationKind,
+};
 use polypi_core::engine::run_f32;
 use polypi_core::engine::session::{run_local_guarded, LocalOpts, Transport};
 use polypi_core::model::compile::compile;
@@ -59,6 +61,11 @@ fn guard_error(e: Error, what: &str) {
         Error::RangeGuard { check, value, bound } => {
             assert!(check.contains(what), "{e}");
             assert!(value > bound, "{e}");
+            // A logit refusal here is garbage (a wrap-around), the only kind worth a retry.
+            assert_eq!(is_logit_refusal(&e), what == "logits", "{e}");
+            if what == "logits" {
+                assert!(check.starts_with("logits (garbage)"), "{e}");
+            }
         }
         other => panic!("expected a RangeGuard error on the {what}, got {other:?}"),
     }
@@ -97,6 +104,7 @@ fn input_scaled_by_1e6_is_refused_never_answered() {
     let r = run(&plan, loose, GuardMode::Warn, &x).unwrap();
     let v = r.range_violation.expect("warn mode reports the violation");
     assert_eq!(v.check, GuardCheck::Logits);
+    assert_eq!(v.reclassify(plan.frac_bits).kind, ViolationKind::Garbage, "{v:?}");
     let off = run(&plan, loose, GuardMode::Off, &x).unwrap();
     assert!(off.range_violation.is_none());
     assert!(off.logits.iter().any(|v| v.abs() > 1e6), "{:?}", off.logits);
@@ -116,4 +124,35 @@ fn weights_grown_after_calibration_wrap_and_are_refused() {
     for x in images(&plan, 3, 123) {
         guard_error(run(&plan, b, GuardMode::Refuse, &x).unwrap_err(), "logits");
     }
+}
+
+/// Audit finding M1: logits a little outside the calibrated range x margin are a real result
+/// (here computed exactly), not garbage. The guard reports them as plausible and delivers them;
+/// only garbage is refused (and retried).
+#[test]
+fn plausible_logits_outside_the_bound_are_delivered_not_refused() {
+    let (plan, ranges) = calibrated();
+    let b = bounds(&plan, &ranges);
+    let x = images(&plan, 1, 77).remove(0);
+    let plain = run_f32(&plan, &x, 1).unwrap();
+    let max = plain.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    // Calibrated max so that max |y| is 8 % above margin x calibrated (the audit: 51.0 > 47.26).
+    let tight = GuardBounds { logit_max_abs: max / 2.0 / 1.08, ..b };
+    let r = run(&plan, tight, GuardMode::Warn, &x).unwrap();
+    let v = r.range_violation.expect("outside the bound").reclassify(plan.frac_bits);
+    assert_eq!((v.check, v.kind), (GuardCheck::Logits, ViolationKind::Plausible), "{v:?}");
+    assert!(v.value > v.bound && v.value < v.garbage_threshold, "{v:?}");
+    // The private logits are the plaintext ones: a correct result.
+    let err = r.logits.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 0.05, "{err}");
+    assert_eq!(argmax(&r.logits), argmax(&plain));
+    // Refuse mode delivers it with the violation (what `polypi infer` / `eval` do with it).
+    let refuse = GuardPolicy { mode: GuardMode::Refuse, margin: 2.0 };
+    assert_eq!(refuse.resolve(Some(v)).unwrap(), Some(v));
+    let direct = refuse
+        .apply(Some(&tight), GuardCheck::Logits, &r.logits, plan.frac_bits)
+        .unwrap()
+        .expect("reported");
+    assert_eq!(direct.kind, ViolationKind::Plausible);
+    assert!(!is_logit_refusal(&v.to_error()));
 }
