@@ -511,10 +511,16 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
             retries,
         };
         if let Some(v) = &q.range_violation {
+            let meaning = match v.kind {
+                polypi_core::engine::guard::ViolationKind::Plausible => {
+                    "outside the calibrated range but far below garbage: most likely a correct \
+                     result for an unusual input"
+                }
+                polypi_core::engine::guard::ViolationKind::Garbage => "the result is garbage",
+            };
             eprintln!(
-                "warning: {}: range guard: {:?} max |x| {:.3e} > bound {:.3e}; the result may be \
-                 garbage",
-                q.file, v.check, v.value, v.bound
+                "warning: {}: range guard: {:?} max |x| {:.3e} > bound {:.3e} ({:?}): {meaning}",
+                q.file, v.check, v.value, v.bound, v.kind
             );
         }
         if !a.json {

@@ -12,7 +12,7 @@
 //!    session); offline phase (dealer -> client corrections, streamed layer by layer); online
 //!    phase; server -> client: its share of the logits.
 
-use super::guard::{check_values, GuardBounds, GuardCheck, GuardMode, GuardPolicy, RangeViolation};
+use super::guard::{GuardBounds, GuardCheck, GuardPolicy, RangeViolation};
 use super::party::{
     check_supported, linear_indices, weight_masks, Dealer, Material, Offline, Online,
 };
@@ -398,23 +398,8 @@ impl<'a> ClientSession<'a> {
     }
 
     /// Applies the guard policy to one check: `Err` in refuse mode, the violation in warn mode.
-    fn guard_check(
-        &self,
-        check: GuardCheck,
-        values: &[f32],
-        calibrated: impl Fn(&GuardBounds) -> f64,
-    ) -> Result<Option<RangeViolation>> {
-        let Some(b) = self.guard.as_ref().filter(|_| self.policy.mode != GuardMode::Off) else {
-            return Ok(None);
-        };
-        match check_values(check, values, calibrated(b), self.policy.margin) {
-            None => Ok(None),
-            Some(v) if self.policy.mode == GuardMode::Refuse => Err(v.to_error()),
-            Some(v) => {
-                tracing::warn!("{}", v.to_error());
-                Ok(Some(v))
-            }
-        }
+    fn guard_check(&self, check: GuardCheck, values: &[f32]) -> Result<Option<RangeViolation>> {
+        self.policy.apply(self.guard.as_ref(), check, values, self.skeleton.frac_bits)
     }
 
     /// The public plan the server sent (shapes, labels, normalisation).
@@ -432,7 +417,7 @@ impl<'a> ClientSession<'a> {
         if batch > MAX_BATCH {
             return Err(Error::InvalidArgument(format!("batch {batch} > {MAX_BATCH}")));
         }
-        let mut violation = self.guard_check(GuardCheck::Input, input, |b| b.input_max_abs)?;
+        let mut violation = self.guard_check(GuardCheck::Input, input)?;
         let fp = FixedPoint { frac_bits: self.skeleton.frac_bits };
         let x = fp.encode_slice(input)?;
         self.inference += 1;
@@ -467,7 +452,7 @@ impl<'a> ClientSession<'a> {
         tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
         // Freed once the logits are out (see `Online::finish`).
         drop(spent);
-        if let Some(v) = self.guard_check(GuardCheck::Logits, &logits, |b| b.logit_max_abs)? {
+        if let Some(v) = self.guard_check(GuardCheck::Logits, &logits)? {
             violation.get_or_insert(v);
         }
         Ok(ClientInference { logits, traces: tr, range_violation: violation })
