@@ -6,7 +6,6 @@ use crate::common::load_model;
 use anyhow::{Context, Result};
 use clap::Args;
 use polypi_core::engine::bench::{bench_local, poly_plan, BenchSummary};
-use polypi_core::engine::session::Transport;
 use polypi_core::model::compile::compile;
 use polypi_core::model::zoo::{self, Act, Pool, RefNet};
 use polypi_core::model::Plan;
@@ -43,6 +42,10 @@ pub struct BenchArgs {
     /// RTT) or <x>mbit:<y>ms.
     #[arg(long, default_value = "none")]
     pub link: LinkModel,
+    /// Channels between the three in-process roles: tcp (loopback), tls (TLS 1.3 on loopback:
+    /// the cost of encrypted links) or mem.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: crate::infer::TransportArg,
     /// Inferences measured (one session; median/min/max reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
@@ -65,10 +68,10 @@ fn reference(net: RefNet, act: Act, pool: Pool) -> Result<Plan> {
 
 fn run_one(name: &str, plan: &Plan, a: &BenchArgs) -> Result<BenchSummary> {
     eprintln!(
-        "bench {name}: batch {}, link {}, {} runs, polynomial protocol {} ...",
-        a.batch, a.link, a.runs, plan.poly_protocol
+        "bench {name}: batch {}, link {}, transport {:?}, {} runs, polynomial protocol {} ...",
+        a.batch, a.link, a.transport, a.runs, plan.poly_protocol
     );
-    bench_local(plan, a.batch, a.runs, Transport::Tcp, a.link, 7)
+    bench_local(plan, a.batch, a.runs, a.transport.transport(), a.link, 7)
         .with_context(|| format!("benchmark of {name} failed"))
 }
 

@@ -24,6 +24,20 @@ pub enum TransportArg {
     Tcp,
     /// In-memory channels.
     Mem,
+    /// TLS 1.3 over TCP on 127.0.0.1 with fresh in-memory certificates (the cost of a
+    /// deployment's encrypted links).
+    Tls,
+}
+
+impl TransportArg {
+    /// The engine's transport.
+    pub fn transport(self) -> Transport {
+        match self {
+            TransportArg::Tcp => Transport::Tcp,
+            TransportArg::Mem => Transport::Mem,
+            TransportArg::Tls => Transport::Tls,
+        }
+    }
 }
 
 /// Arguments of `polypi infer`.
@@ -116,10 +130,7 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
     for f in &files {
         inputs.push((common::load_image(f, plan)?, 1usize));
     }
-    let transport = match a.transport {
-        TransportArg::Tcp => Transport::Tcp,
-        TransportArg::Mem => Transport::Mem,
-    };
+    let transport = a.transport.transport();
     range::gate(&model, &a.check_args, &a.margin)?;
     let guard = range::guard_bounds(&model);
     let policy = range::policy(&a.guard, &a.margin)?;

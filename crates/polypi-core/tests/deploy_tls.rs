@@ -305,6 +305,16 @@ fn observer_of_every_link_sees_only_tls_records_and_no_secret() {
         // The hello's magic travels encrypted too.
         assert!(!contains(bytes, b"POLYPI"), "{link}: cleartext hello");
     }
+    // What TLS costs in bytes on the client-server link: records (5-byte header, 16-byte tag,
+    // 1 content-type byte per record of at most 16 KiB) and the handshake (certificates).
+    let payload: usize = r.client_server.iter().map(|m| m.len() + 8).sum();
+    let wire: usize = r.captures[..2].iter().map(|(_, b)| b.len()).sum();
+    let overhead = wire as f64 / payload as f64 - 1.0;
+    eprintln!(
+        "client-server link: {payload} bytes of frames, {wire} bytes on the wire (+{:.2} %)",
+        overhead * 100.0
+    );
+    assert!(wire > payload && overhead < 0.03, "TLS overhead {:.2} %", overhead * 100.0);
 }
 
 #[test]

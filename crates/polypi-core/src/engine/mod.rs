@@ -18,12 +18,22 @@ pub use plain::{run_f32, run_fixed, EncodedPlan, Tensor};
 pub use walk::{walk, Backend, LayerTrace};
 
 /// TCP links on loopback for [`session::run_local`]: three listeners on 127.0.0.1 ephemeral ports.
-pub(crate) fn tcp_links() -> crate::Result<session::Links> {
-    use crate::net::{tcp_loopback_pair, TcpOptions};
-    let o = TcpOptions::default();
-    let (sc, cs) = tcp_loopback_pair("server", "client", &o)?;
-    let (sd, ds) = tcp_loopback_pair("server", "dealer", &o)?;
-    let (cd, dc) = tcp_loopback_pair("client", "dealer", &o)?;
+pub(crate) fn tcp_links(tls: bool) -> crate::Result<session::Links> {
+    use crate::net::TcpOptions;
+    let (mut s, mut d, mut c) =
+        (TcpOptions::default(), TcpOptions::default(), TcpOptions::default());
+    if tls {
+        // Fresh in-memory certificates (one CA per run): the TLS cost of a deployment, measured.
+        let [ts, td, tc] = crate::net::tls::DevCerts::generate(&["127.0.0.1".into()])?.configs()?;
+        for (o, t) in [(&mut s, ts), (&mut d, td), (&mut c, tc)] {
+            o.tls = Some(t);
+            o.tls_server_name = Some("127.0.0.1".into());
+        }
+    }
+    // As deployed: the server accepts the client; the dealer accepts the server and the client.
+    let (sc, cs) = loopback_pair("server", &s, "client", &c)?;
+    let (ds, sd) = loopback_pair("dealer", &d, "server", &s)?;
+    let (dc, cd) = loopback_pair("dealer", &d, "client", &c)?;
     Ok(session::Links {
         server_client: Box::new(sc),
         server_dealer: Box::new(sd),
@@ -32,4 +42,24 @@ pub(crate) fn tcp_links() -> crate::Result<session::Links> {
         dealer_server: Box::new(ds),
         dealer_client: Box::new(dc),
     })
+}
+
+/// Two connected loopback channels: `a` accepts with `a_opts`, `b` dials with `b_opts`.
+fn loopback_pair(
+    a_role: &str,
+    a_opts: &crate::net::TcpOptions,
+    b_role: &str,
+    b_opts: &crate::net::TcpOptions,
+) -> crate::Result<(crate::net::TcpChannel, crate::net::TcpChannel)> {
+    use crate::net::{bind, TcpChannel};
+    let listener = bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let (role, mut opts) = (a_role.to_string(), a_opts.clone());
+    opts.accept_timeout = opts.accept_timeout.or(Some(std::time::Duration::from_secs(30)));
+    let acceptor = std::thread::spawn(move || TcpChannel::accept(&listener, &role, &opts));
+    let b = TcpChannel::connect(addr, b_role, b_opts);
+    let a = acceptor
+        .join()
+        .map_err(|_| crate::Error::Protocol("loopback accept thread panicked".into()))??;
+    Ok((a, b?))
 }

@@ -472,6 +472,9 @@ pub enum Transport {
     Mem,
     /// TCP on loopback (127.0.0.1, ephemeral ports).
     Tcp,
+    /// TLS 1.3 over TCP on loopback, with fresh in-memory certificates: what a deployment's
+    /// links cost (handshakes are part of the session setup, records of every message).
+    Tls,
 }
 
 /// Options of [`run_local`].
@@ -580,7 +583,8 @@ pub fn run_local_guarded(
     let enc = EncodedPlan::new(plan)?;
     let links = match opts.transport {
         Transport::Mem => Links::mem(),
-        Transport::Tcp => super::tcp_links()?,
+        Transport::Tcp => super::tcp_links(false)?,
+        Transport::Tls => super::tcp_links(true)?,
     };
     let mut links = links;
     if !link.is_none() {

@@ -125,9 +125,45 @@ impl TlsConfig {
         }
         let key = PrivateKeyDer::from_pem_file(&files.key)
             .map_err(|e| tls_err(&format!("cannot read private key {}", files.key.display()), e))?;
+        let what = format!(
+            "cert {}, key {}, CA {}",
+            files.cert.display(),
+            files.key.display(),
+            files.ca.display()
+        );
+        Self::build(ca, chain, key, client_auth, what)
+    }
+
+    /// [`TlsConfig::load`] from PEM text already in memory (`ca`, `cert`: certificates;
+    /// `key`: a private key). Errors: `InvalidArgument` for malformed PEM or a key that does not
+    /// match the certificate.
+    pub fn from_pem(ca: &str, cert: &str, key: &str, client_auth: ClientAuth) -> Result<TlsConfig> {
+        let parse = |pem: &str, what: &str| -> Result<Vec<CertificateDer<'static>>> {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(&format!("bad PEM {what}"), e))
+        };
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| tls_err("bad PEM private key", e))?;
+        Self::build(
+            parse(ca, "CA")?,
+            parse(cert, "certificate")?,
+            key,
+            client_auth,
+            "in-memory certificates".into(),
+        )
+    }
+
+    fn build(
+        ca: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_auth: ClientAuth,
+        what: String,
+    ) -> Result<TlsConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for c in ca {
-            roots.add(c).map_err(|e| tls_err(&format!("CA file {}", files.ca.display()), e))?;
+            roots.add(c).map_err(|e| tls_err(&format!("CA of {what}"), e))?;
         }
         let roots = Arc::new(roots);
         let client = rustls::ClientConfig::builder_with_provider(provider())
@@ -135,16 +171,7 @@ impl TlsConfig {
             .map_err(|e| tls_err("protocol versions", e))?
             .with_root_certificates(roots.clone())
             .with_client_auth_cert(chain.clone(), key.clone_key())
-            .map_err(|e| {
-                tls_err(
-                    &format!(
-                        "certificate {} and key {} do not fit",
-                        files.cert.display(),
-                        files.key.display()
-                    ),
-                    e,
-                )
-            })?;
+            .map_err(|e| tls_err(&format!("certificate and key do not fit ({what})"), e))?;
         let verifier =
             rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
         let verifier = match client_auth {
@@ -158,24 +185,11 @@ impl TlsConfig {
             .map_err(|e| tls_err("protocol versions", e))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
-            .map_err(|e| {
-                tls_err(
-                    &format!(
-                        "certificate {} and key {} do not fit",
-                        files.cert.display(),
-                        files.key.display()
-                    ),
-                    e,
-                )
-            })?;
+            .map_err(|e| tls_err(&format!("certificate and key do not fit ({what})"), e))?;
         let mut server = server;
         // No session resumption: every connection is a full handshake (and no tickets travel).
         server.send_tls13_tickets = 0;
-        Ok(TlsConfig {
-            client: Arc::new(client),
-            server: Arc::new(server),
-            description: format!("cert {}, CA {}", files.cert.display(), files.ca.display()),
-        })
+        Ok(TlsConfig { client: Arc::new(client), server: Arc::new(server), description: what })
     }
 }
 
@@ -210,10 +224,6 @@ pub const DEV_CERT_FILES: [&str; 7] =
 /// Errors: `InvalidArgument` for an existing file without `force` or a host name that is not a
 /// valid DNS name or IP address; `Io` when the directory or a file cannot be written.
 pub fn write_dev_certs(dir: &Path, hosts: &[String], force: bool) -> Result<Vec<PathBuf>> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
     let paths: Vec<PathBuf> = DEV_CERT_FILES.iter().map(|f| dir.join(f)).collect();
     if !force {
         if let Some(p) = paths.iter().find(|p| p.exists()) {
@@ -223,57 +233,97 @@ pub fn write_dev_certs(dir: &Path, hosts: &[String], force: bool) -> Result<Vec<
             )));
         }
     }
-    let cert_err = |e: rcgen::Error| Error::InvalidArgument(format!("certificate generation: {e}"));
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "polypi development CA");
-    ca_params.distinguished_name = dn;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().map_err(cert_err)?;
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |identity: &str,
-                with_hosts: bool,
-                eku: Vec<ExtendedKeyUsagePurpose>|
-     -> Result<(String, String)> {
-        let mut names: Vec<String> = vec![identity.to_string()];
-        if with_hosts {
-            names.extend(hosts.iter().cloned());
-        }
-        let mut p = CertificateParams::new(names).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "host names {hosts:?}: each must be a DNS name or an IP address: {e}"
-            ))
-        })?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, identity);
-        p.distinguished_name = dn;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = eku;
-        let key = KeyPair::generate().map_err(cert_err)?;
-        let cert = p.signed_by(&key, &issuer).map_err(cert_err)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
-    use ExtendedKeyUsagePurpose::{ClientAuth as Cli, ServerAuth as Srv};
-    // The server accepts clients (TLS server) and dials the dealer with mutual TLS (TLS client).
-    let server = leaf(SERVER_IDENTITY, true, vec![Srv, Cli])?;
-    let dealer = leaf(DEALER_IDENTITY, true, vec![Srv])?;
-    let client = leaf(CLIENT_IDENTITY, false, vec![Cli])?;
+    let c = DevCerts::generate(hosts)?;
     std::fs::create_dir_all(dir)?;
     let contents = [
-        (ca_cert.pem(), false),
-        (server.0, false),
-        (server.1, true),
-        (dealer.0, false),
-        (dealer.1, true),
-        (client.0, false),
-        (client.1, true),
+        (&c.ca, false),
+        (&c.server.0, false),
+        (&c.server.1, true),
+        (&c.dealer.0, false),
+        (&c.dealer.1, true),
+        (&c.client.0, false),
+        (&c.client.1, true),
     ];
     for (path, (text, secret)) in paths.iter().zip(contents) {
         write_file(path, text.as_bytes(), secret)?;
     }
     Ok(paths)
+}
+
+/// A development CA and one (certificate, private key) pair per role, as PEM text (see
+/// [`write_dev_certs`]).
+pub struct DevCerts {
+    /// The CA certificate.
+    pub ca: String,
+    /// Server certificate and key.
+    pub server: (String, String),
+    /// Dealer certificate and key.
+    pub dealer: (String, String),
+    /// Client certificate and key.
+    pub client: (String, String),
+}
+
+impl DevCerts {
+    /// Generates a fresh CA and the three role certificates (ECDSA P-256; server and dealer
+    /// valid for `hosts` and their role identity). Errors: `InvalidArgument` for a host that is
+    /// not a DNS name or IP address.
+    pub fn generate(hosts: &[String]) -> Result<DevCerts> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DistinguishedName, DnType,
+            ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let cert_err =
+            |e: rcgen::Error| Error::InvalidArgument(format!("certificate generation: {e}"));
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "polypi development CA");
+        ca_params.distinguished_name = dn;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().map_err(cert_err)?;
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |identity: &str,
+                    with_hosts: bool,
+                    eku: Vec<ExtendedKeyUsagePurpose>|
+         -> Result<(String, String)> {
+            let mut names: Vec<String> = vec![identity.to_string()];
+            if with_hosts {
+                names.extend(hosts.iter().cloned());
+            }
+            let mut p = CertificateParams::new(names).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "host names {hosts:?}: each must be a DNS name or an IP address: {e}"
+                ))
+            })?;
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, identity);
+            p.distinguished_name = dn;
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = eku;
+            let key = KeyPair::generate().map_err(cert_err)?;
+            let cert = p.signed_by(&key, &issuer).map_err(cert_err)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        use ExtendedKeyUsagePurpose::{ClientAuth as Cli, ServerAuth as Srv};
+        // The server accepts clients (TLS server) and dials the dealer (TLS client).
+        Ok(DevCerts {
+            ca: ca_cert.pem(),
+            server: leaf(SERVER_IDENTITY, true, vec![Srv, Cli])?,
+            dealer: leaf(DEALER_IDENTITY, true, vec![Srv])?,
+            client: leaf(CLIENT_IDENTITY, false, vec![Cli])?,
+        })
+    }
+
+    /// The [`TlsConfig`]s of server, dealer and client (client authentication optional), for
+    /// in-process runs over loopback TLS (`polypi bench --transport tls`). Errors: as
+    /// [`TlsConfig::from_pem`].
+    pub fn configs(&self) -> Result<[Arc<TlsConfig>; 3]> {
+        let mk = |(c, k): &(String, String)| -> Result<Arc<TlsConfig>> {
+            Ok(Arc::new(TlsConfig::from_pem(&self.ca, c, k, ClientAuth::Optional)?))
+        };
+        Ok([mk(&self.server)?, mk(&self.dealer)?, mk(&self.client)?])
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename (a failed run leaves the old
