@@ -235,7 +235,7 @@ pub fn serve_session_limited(
         tr.offline = traces;
         tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
         // The client says when its offline phase is done: the online phase starts now.
-        let go = client.recv()?;
+        let go = client.recv_max(0)?;
         if !go.is_empty() {
             return Err(Error::Protocol("expected the online-start message".into()));
         }
