@@ -260,6 +260,15 @@ fn secs(v: f64, flag: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// Session limits from the command line (seconds; each must be positive).
+fn limits(max_batch: usize, setup_s: f64, inference_s: f64) -> Result<SessionLimits> {
+    Ok(SessionLimits {
+        max_batch,
+        setup_timeout: Some(secs(setup_s, "--setup-timeout-s")?),
+        inference_timeout: Some(secs(inference_s, "--inference-timeout-s")?),
+    })
+}
+
 /// The TLS name for dialling `addr`: `explicit`, or the address's host.
 fn tls_name(explicit: &Option<String>, addr: &str) -> Option<String> {
     explicit.clone().or_else(|| deploy::host_of(addr))
@@ -320,11 +329,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         client_tcp: base,
         dealer_addr: a.dealer.clone(),
         dealer_tcp,
-        limits: SessionLimits {
-            max_batch: a.max_batch,
-            setup_timeout: Some(secs(a.setup_timeout_s, "--setup-timeout-s")?),
-            inference_timeout: Some(secs(a.inference_timeout_s, "--inference-timeout-s")?),
-        },
+        limits: limits(a.max_batch, a.setup_timeout_s, a.inference_timeout_s)?,
         max_sessions: a.max_concurrent,
         max_pending: a.max_pending,
         memory_budget_bytes: (a.memory_budget_mb * 1e6) as u64,
@@ -361,11 +366,7 @@ pub fn dealer(a: DealerArgs) -> Result<ExitCode> {
         tcp,
         server_identity: a.server_identity.clone(),
         pair_timeout: secs(a.pair_timeout_s, "--pair-timeout-s")?,
-        limits: SessionLimits {
-            max_batch: a.max_batch,
-            setup_timeout: Some(secs(a.setup_timeout_s, "--setup-timeout-s")?),
-            inference_timeout: Some(secs(a.inference_timeout_s, "--inference-timeout-s")?),
-        },
+        limits: limits(a.max_batch, a.setup_timeout_s, a.inference_timeout_s)?,
         max_sessions: a.max_concurrent,
         max_pending: a.max_pending,
     };

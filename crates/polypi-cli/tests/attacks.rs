@@ -36,17 +36,7 @@ fn attacker(role_files: &str) -> TcpOptions {
 /// One legitimate query: its wall time (panics if it fails).
 fn legit(saddr: &str, daddr: &str) -> Duration {
     let t = Instant::now();
-    let o = run(&[
-        "query",
-        "--tls-dir",
-        certs(),
-        "--connect",
-        saddr,
-        "--dealer",
-        daddr,
-        "--input",
-        IMG,
-    ]);
+    let o = query(saddr, daddr, &["--input", IMG]);
     assert!(o.status.success(), "legitimate query failed: {}", text(&o.stderr));
     t.elapsed()
 }

@@ -47,18 +47,7 @@ fn serve_dealer_query_three_processes() {
 
     let (_dealer, server, daddr, saddr) = deploy(m);
     for round in 0..2 {
-        let o = run(&[
-            "query",
-            "--tls-dir",
-            certs(),
-            "--connect",
-            &saddr,
-            "--dealer",
-            &daddr,
-            "--input",
-            img,
-            "--json",
-        ]);
+        let o = query(&saddr, &daddr, &["--input", img, "--json"]);
         assert!(o.status.success(), "query {round} failed: {}", text(&o.stderr));
         let v = json(&o);
         assert_eq!(v["results"][0]["class"].as_u64().unwrap(), want, "query {round}");
@@ -66,17 +55,7 @@ fn serve_dealer_query_three_processes() {
         assert!(line.contains("1 inference(s)"), "server: {line}");
     }
     // Text output of the client, too.
-    let o = run(&[
-        "query",
-        "--tls-dir",
-        certs(),
-        "--connect",
-        &saddr,
-        "--dealer",
-        &daddr,
-        "--input",
-        img,
-    ]);
+    let o = query(&saddr, &daddr, &["--input", img]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("online"), "{}", text(&o.stdout));
 }
@@ -197,19 +176,7 @@ fn bad_inputs_give_clear_errors() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let faddr = free.local_addr().unwrap().to_string();
     drop(free);
-    let o = run(&[
-        "query",
-        "--tls-dir",
-        certs(),
-        "--connect",
-        &faddr,
-        "--dealer",
-        &faddr,
-        "--input",
-        imgs,
-        "--connect-retry-s",
-        "0.5",
-    ]);
+    let o = query(&faddr, &faddr, &["--input", imgs, "--connect-retry-s", "0.5"]);
     assert_fails(&o, 1, "could not connect to");
 
     // Usage errors exit with 2.
@@ -332,18 +299,7 @@ fn server_and_dealer_survive_a_client_killed_mid_query() {
     assert!(l.contains("failed"), "server: {l}");
 
     // The next client is served normally.
-    let o = run(&[
-        "query",
-        "--tls-dir",
-        certs(),
-        "--connect",
-        &saddr,
-        "--dealer",
-        &daddr,
-        "--input",
-        img,
-        "--json",
-    ]);
+    let o = query(&saddr, &daddr, &["--input", img, "--json"]);
     assert!(o.status.success(), "query after a killed client failed: {}", text(&o.stderr));
     assert_eq!(json(&o)["results"].as_array().unwrap().len(), 1);
 }
@@ -478,46 +434,14 @@ fn calibrate_then_range_guard_refuses_overflow_never_answers() {
     // Deployed roles: the client (query) refuses the garbage with exit code 3, ends the session
     // cleanly, and the server keeps serving.
     let (_dealer, server, daddr, saddr) = deploy(huge_s);
-    let o = run(&[
-        "query",
-        "--tls-dir",
-        certs(),
-        "--connect",
-        &saddr,
-        "--dealer",
-        &daddr,
-        "--input",
-        png_s,
-    ]);
+    let o = query(&saddr, &daddr, &["--input", png_s]);
     assert_fails(&o, 3, "range guard");
     let line = server.line(Duration::from_secs(30));
     assert!(line.contains("session 1") && !line.contains("failed"), "server: {line}");
-    let o = run(&[
-        "query",
-        "--tls-dir",
-        certs(),
-        "--connect",
-        &saddr,
-        "--dealer",
-        &daddr,
-        "--input",
-        png_s,
-    ]);
+    let o = query(&saddr, &daddr, &["--input", png_s]);
     assert_fails(&o, 3, "logits");
     // With retries the deterministic garbage is rerun on the same session and still refused.
-    let o = run(&[
-        "query",
-        "--tls-dir",
-        certs(),
-        "--connect",
-        &saddr,
-        "--dealer",
-        &daddr,
-        "--input",
-        png_s,
-        "--guard-retries",
-        "2",
-    ]);
+    let o = query(&saddr, &daddr, &["--input", png_s, "--guard-retries", "2"]);
     assert_fails(&o, 3, "logits");
     assert_eq!(text(&o.stderr).matches("retry").count(), 2, "{}", text(&o.stderr));
 }
@@ -578,20 +502,7 @@ fn plausible_out_of_range_result_is_delivered_not_refused_nor_retried() {
     // eval-style counts are covered by the garbage test above; here the deployed roles: with
     // --guard-retries 3 the server and dealer see exactly one inference (no retry).
     let (dealer, _server, daddr, saddr) = deploy(model);
-    let o = run(&[
-        "query",
-        "--tls-dir",
-        certs(),
-        "--connect",
-        &saddr,
-        "--dealer",
-        &daddr,
-        "--input",
-        &v2,
-        "--guard-retries",
-        "3",
-        "--json",
-    ]);
+    let o = query(&saddr, &daddr, &["--input", &v2, "--guard-retries", "3", "--json"]);
     let line = dealer.line(Duration::from_secs(30));
     assert!(line.contains("session 1") && line.contains(" 1 inference(s)"), "dealer: {line}");
     assert!(!text(&o.stderr).contains("retry"), "{}", text(&o.stderr));

@@ -209,3 +209,11 @@ pub fn assert_fails(o: &Output, code: i32, needle: &str) {
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Runs `polypi query` against the server at `saddr` and the dealer at `daddr` with the test
+/// certificates ([`certs`]) and the further arguments `extra`.
+pub fn query(saddr: &str, daddr: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["query", "--tls-dir", certs(), "--connect", saddr, "--dealer", daddr];
+    args.extend_from_slice(extra);
+    run(&args)
+}

@@ -309,36 +309,16 @@ impl DeployedServer {
         stop_after: Option<u64>,
         report: &(dyn Fn(SessionReport) + Sync),
     ) -> Result<()> {
-        let done_flag = AtomicBool::new(false);
-        let done = &done_flag;
-        std::thread::scope(|s| {
-            let r = accept_loop(listener, done, stop_after.is_some(), |stream, peer| {
-                if let Some(n) = stop_after {
-                    if self.admitted.load(Ordering::SeqCst) >= n {
-                        done.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                }
-                if self.pending.fetch_add(1, Ordering::SeqCst) >= self.opts.max_pending {
-                    self.pending.fetch_sub(1, Ordering::SeqCst);
-                    tracing::warn!("{peer}: too many handshakes in flight; connection closed");
-                    return;
-                }
-                s.spawn(move || {
-                    self.connection(stream, peer, report);
-                    if let Some(n) = stop_after {
-                        if self.admitted.load(Ordering::SeqCst) >= n {
-                            done.store(true, Ordering::SeqCst);
-                        }
-                    }
-                });
-            });
-            if stop_after.is_some() {
-                // Wait for admitted sessions (the scope joins every thread).
-                done.store(true, Ordering::SeqCst);
-            }
-            r
-        })
+        let done = AtomicBool::new(false);
+        let conn = |stream, peer| self.connection(stream, peer, report);
+        let gate = Gate {
+            done: &done,
+            stop_after,
+            counted: &self.admitted,
+            pending: &self.pending,
+            max_pending: self.opts.max_pending,
+        };
+        std::thread::scope(|s| gate.accept_into(s, listener, &conn))
     }
 
     /// One client connection: handshake, admission, dealer, session.
@@ -422,6 +402,51 @@ impl DeployedServer {
         )?;
         let _ = dealer.close();
         Ok((tr.len(), tr.iter().map(|t| t.online_ms).sum()))
+    }
+}
+
+/// How a listener hands out connections: each to its own scoped thread, at most `max_pending`
+/// unfinished ones (the thread decrements `pending` when its connection is settled), until
+/// `counted` (sessions admitted or paired) reaches `stop_after`.
+struct Gate<'e> {
+    done: &'e AtomicBool,
+    stop_after: Option<u64>,
+    counted: &'e AtomicU64,
+    pending: &'e AtomicUsize,
+    max_pending: usize,
+}
+
+impl<'e> Gate<'e> {
+    fn reached(&self) -> bool {
+        self.stop_after.is_some_and(|n| self.counted.load(Ordering::SeqCst) >= n)
+    }
+
+    /// Accepts until [`Gate::reached`] (then returns; the scope joins the threads) or forever.
+    fn accept_into<'s>(
+        &'s self,
+        s: &'s std::thread::Scope<'s, 'e>,
+        listener: &TcpListener,
+        connection: &'e (dyn Fn(TcpStream, SocketAddr) + Sync),
+    ) -> Result<()> {
+        let r = accept_loop(listener, self.done, self.stop_after.is_some(), |stream, peer| {
+            if self.reached() {
+                self.done.store(true, Ordering::SeqCst);
+                return;
+            }
+            if self.pending.fetch_add(1, Ordering::SeqCst) >= self.max_pending {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!("{peer}: too many connections in their handshake; closed");
+                return;
+            }
+            s.spawn(move || {
+                connection(stream, peer);
+                if self.reached() {
+                    self.done.store(true, Ordering::SeqCst);
+                }
+            });
+        });
+        self.done.store(true, Ordering::SeqCst);
+        r
     }
 }
 
@@ -534,6 +559,14 @@ impl DeployedDealer {
     ) -> Result<()> {
         let done_flag = AtomicBool::new(false);
         let done = &done_flag;
+        let conn = |stream, peer| self.connection(stream, peer, report);
+        let gate = Gate {
+            done,
+            stop_after,
+            counted: &self.paired,
+            pending: &self.pending,
+            max_pending: self.opts.max_pending,
+        };
         std::thread::scope(|s| {
             // Reaper: closes connections whose partner did not come in time.
             s.spawn(move || {
@@ -563,27 +596,7 @@ impl DeployedDealer {
                     }
                 }
             });
-            let r = accept_loop(listener, done, stop_after.is_some(), |stream, peer| {
-                if let Some(n) = stop_after {
-                    if self.paired.load(Ordering::SeqCst) >= n {
-                        done.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                }
-                if self.pending.fetch_add(1, Ordering::SeqCst) >= self.opts.max_pending {
-                    self.pending.fetch_sub(1, Ordering::SeqCst);
-                    tracing::warn!("{peer}: too many unpaired connections; closed");
-                    return;
-                }
-                s.spawn(move || {
-                    self.connection(stream, peer, report);
-                    if let Some(n) = stop_after {
-                        if self.paired.load(Ordering::SeqCst) >= n {
-                            done.store(true, Ordering::SeqCst);
-                        }
-                    }
-                });
-            });
+            let r = gate.accept_into(s, listener, &conn);
             done.store(true, Ordering::SeqCst);
             r
         })
