@@ -240,6 +240,11 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
                     "the input or a tensor has the wrong shape: `polypi inspect --model FILE` \
                      shows the expected input shape"
                 }
+                E::TooLarge { .. } => {
+                    "the model is larger than polypi's size limits at the named node (absurd \
+                     padding, kernel or channel count?): check its graph with `polypi inspect \
+                     --model FILE` and re-export it"
+                }
                 E::RangeExceeded { .. } => {
                     "values left the fixed-point range: normalise the input as the model expects \
                      or use a model with smaller activations / fewer frac bits"
