@@ -241,9 +241,9 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
                      shows the expected input shape"
                 }
                 E::TooLarge { .. } => {
-                    "the model is larger than polypi's size limits at the named node (absurd \
-                     padding, kernel or channel count?): check its graph with `polypi inspect \
-                     --model FILE` and re-export it"
+                    "the model exceeds polypi's size limits at the named node (an absurd \
+                     padding, kernel, stride or channel count, or a network too large for one \
+                     inference): fix that node's attributes and re-export the model"
                 }
                 E::RangeExceeded { .. } => {
                     "values left the fixed-point range: normalise the input as the model expects \

@@ -61,7 +61,10 @@ pub enum Error {
     /// values, a layer or the plan does too much work, or one inference at batch 1 would need
     /// more memory than allowed. Checked when a model is loaded or compiled, before anything is
     /// allocated.
-    #[error("model too large at node '{node}': {what} = {value} exceeds the limit {limit}")]
+    #[error(
+        "model too large at node '{node}': {what} = {} exceeds the limit {limit}",
+        if *.value == u64::MAX { "more than 2^64".to_string() } else { .value.to_string() }
+    )]
     TooLarge {
         /// Name of the offending node (for the plan-wide memory, the node that needs the most).
         node: String,

@@ -76,7 +76,7 @@ impl Limits {
             }
             None => Err(Error::TooLarge {
                 node: node.into(),
-                what: format!("{what} (more than 2^64)"),
+                what: what.into(),
                 value: u64::MAX,
                 limit,
             }),
