@@ -12,9 +12,9 @@ use polypi_core::cost;
 use polypi_core::engine::plain::{run_f32, run_fixed, EncodedPlan};
 use polypi_core::model::compile::{compile, compile_with, CompileOptions};
 use polypi_core::model::file::{ModelFile, TensorF32, KEY_GRAPH, KEY_VERSION};
-use polypi_core::model::limits::{plan_size, Limits};
+use polypi_core::model::limits::{check_geometry, plan_size, Limits};
 use polypi_core::model::zoo::{build, Act, Pool, RefNet};
-use polypi_core::model::{Graph, Node, Op, FORMAT_VERSION};
+use polypi_core::model::{Graph, LayerOp, Node, Op, Plan, FORMAT_VERSION};
 use polypi_core::Error;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -105,9 +105,13 @@ fn audit_padding_16384_is_refused() {
     let mut f = netm(Act::X2Act, Pool::Avg);
     set_conv(&mut f, "conv1", Some(16384), None);
     refused(&f, "conv1", "16384");
-    // Padding up to kernel - 1 is fine (conv1 gives 32x32; the first error is fc1's width).
+    // Padding up to the kernel size is fine (conv1 gives 34x34; the first error is fc1's
+    // width), one more is not.
     let mut f = netm(Act::X2Act, Pool::Avg);
-    set_conv(&mut f, "conv1", Some(4), None);
+    set_conv(&mut f, "conv1", Some(6), None);
+    refused(&f, "conv1", "padding 6");
+    let mut f = netm(Act::X2Act, Pool::Avg);
+    set_conv(&mut f, "conv1", Some(5), None);
     match compile(&f).unwrap_err() {
         Error::ShapeMismatch { node, .. } => assert_eq!(node, "fc1"),
         other => panic!("{other:?}"),
@@ -687,4 +691,128 @@ fn fuzz_mutated_model_files_never_panic() {
     assert!(tally.panics.is_empty(), "{} panics: {:#?}", tally.panics.len(), tally.panics);
     assert!(tally.cases >= 1000);
     assert!(tally.ran >= 100 && tally.refused >= 300, "{tally:?}");
+}
+
+/// One random numeric edit of a compiled plan: a conv / pool attribute, an output shape entry,
+/// an input index or a polynomial degree set to a [`NASTY`] or small value.
+fn mutate_plan(r: &mut ChaCha8Rng, plan: &mut Plan) {
+    let n = plan.layers.len();
+    let l = &mut plan.layers[(r.next_u32() as usize) % n];
+    let v = pick(r, 6);
+    match r.next_u32() % 4 {
+        0 => {
+            if !l.out_shape.is_empty() {
+                let k = (r.next_u32() as usize) % l.out_shape.len();
+                l.out_shape[k] = v;
+            }
+        }
+        1 => {
+            if let Some(x) = l.inputs.first_mut() {
+                *x = v;
+            }
+        }
+        _ => match &mut l.op {
+            LayerOp::Conv2d(c) => {
+                let g = &mut c.geom;
+                let fields = [&mut g.c_in, &mut g.h, &mut g.w, &mut g.c_out, &mut g.kh, &mut g.kw];
+                match r.next_u32() % 9 {
+                    k @ 0..=5 => *fields.into_iter().nth(k as usize).unwrap() = v,
+                    6 => g.stride = v,
+                    7 => g.padding = v,
+                    _ => g.groups = v,
+                }
+            }
+            LayerOp::MaxPool2d { kernel, stride, padding } => match r.next_u32() % 3 {
+                0 => *kernel = v,
+                1 => *stride = v,
+                _ => *padding = v,
+            },
+            LayerOp::AvgPool2d { kernel, stride } => {
+                if one_in(r, 2) {
+                    *kernel = v
+                } else {
+                    *stride = v
+                }
+            }
+            LayerOp::Linear(c) => {
+                if one_in(r, 2) {
+                    c.in_features = v
+                } else {
+                    c.out_features = v
+                }
+            }
+            LayerOp::Poly(p) => p.degree = v,
+            _ => {}
+        },
+    }
+}
+
+#[test]
+fn audit_padding_in_a_peer_skeleton_is_a_protocol_error() {
+    let plan = compile(&netm(Act::X2Act, Pool::Avg)).unwrap();
+    plan.public_skeleton().check_skeleton().unwrap();
+    for padding in [4294967282usize, 2147483636, 16384, 1 << 63] {
+        let mut skel = plan.public_skeleton();
+        match &mut skel.layers[1].op {
+            LayerOp::Conv2d(c) => c.geom.padding = padding,
+            other => panic!("{other:?}"),
+        }
+        let e = skel.check_skeleton().unwrap_err();
+        assert!(matches!(e, Error::Protocol(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("conv1") && msg.contains(&padding.to_string()), "{msg}");
+    }
+}
+
+#[test]
+fn fuzz_mutated_plans_are_refused_or_run() {
+    let t = Instant::now();
+    let mut r = ChaCha8Rng::seed_from_u64(0x5eed_0003);
+    let plans: Vec<Plan> = [
+        netm(Act::X2Act, Pool::Avg),
+        netm(Act::Relu, Pool::Max),
+        build(RefNet::NetC, Act::X2Act, Pool::Max, 0.125, 1).unwrap(),
+    ]
+    .iter()
+    .map(|f| compile(f).unwrap())
+    .collect();
+    let (mut cases, mut refused, mut ran, mut panics) = (0, 0, 0, Vec::new());
+    for i in 0..2000 {
+        let mut plan = plans[i % plans.len()].clone();
+        for _ in 0..1 + r.next_u32() % 2 {
+            mutate_plan(&mut r, &mut plan);
+        }
+        cases += 1;
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            // The peer's view: a skeleton without weights.
+            let skel_ok = plan.public_skeleton().check_skeleton().is_ok();
+            if skel_ok {
+                cost::count(&plan.public_skeleton(), 1).expect("count of a checked skeleton");
+            }
+            let full_ok = check_geometry(&plan, &Limits::default(), true).is_ok();
+            // The full check also sees the weights (a skeleton has none), so it may refuse more.
+            assert!(skel_ok || !full_ok, "a plan passes, its skeleton does not");
+            if full_ok && plan_size(&plan).unwrap().work <= RUN_WORK {
+                let n: usize = plan.input_shape().iter().product();
+                run_f32(&plan, &vec![0.25; n], 1).expect("f32 forward of a checked plan");
+                return true;
+            }
+            false
+        }));
+        match res {
+            Ok(true) => ran += 1,
+            Ok(false) => refused += 1,
+            Err(p) => panics.push(format!(
+                "plan mutation #{i}: {}",
+                p.downcast_ref::<String>().cloned().unwrap_or_default()
+            )),
+        }
+    }
+    eprintln!(
+        "mutated plans: {cases} cases, {refused} refused, {ran} ran, {} panics, {:?}",
+        panics.len(),
+        t.elapsed()
+    );
+    assert!(panics.is_empty(), "{panics:#?}");
+    assert!(ran >= 50 && refused >= 500, "ran {ran}, refused {refused}");
 }

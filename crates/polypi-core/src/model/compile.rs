@@ -36,7 +36,7 @@ use std::collections::HashMap;
 
 use super::file::{effective_degree, ModelFile};
 use super::graph::Op;
-use super::limits::{check_plan, Limits};
+use super::limits::{check_geometry, check_plan, Limits};
 use super::plan::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
 use crate::error::{Error, Result};
 
@@ -59,14 +59,15 @@ impl Default for CompileOptions {
 
 /// Validates `file` and lowers it into a [`Plan`]: `layers[0]` is the input, `inputs` are indices
 /// of earlier layers, `out_shape` is per sample. Errors: those of
-/// [`ModelFile::infer_shapes_with`] (every node, with the default [`Limits`]) and of
+/// [`ModelFile::infer_shapes_with`] (every node, with the default [`Limits`]), of
+/// [`check_geometry`] (the compiled plan re-checked as a peer's skeleton would be) and of
 /// [`check_plan`] ([`crate::Error::TooLarge`] for a plan over the size limits).
 pub fn compile(file: &ModelFile) -> Result<Plan> {
     compile_with(file, CompileOptions::default())
 }
 
 /// [`compile`] with explicit [`CompileOptions`] (the limits of `opts.limits`). Errors: those of
-/// [`ModelFile::infer_shapes_with`] and of [`check_plan`].
+/// [`ModelFile::infer_shapes_with`], [`check_geometry`] and [`check_plan`].
 pub fn compile_with(file: &ModelFile, opts: CompileOptions) -> Result<Plan> {
     let shapes = file.infer_shapes_with(&opts.limits)?;
     let g = &file.graph;
@@ -256,6 +257,8 @@ pub fn compile_with(file: &ModelFile, opts: CompileOptions) -> Result<Plan> {
         normalize: g.normalize.clone(),
         poly_protocol: Default::default(),
     };
+    // The plan itself passes the checks a peer's skeleton gets (defence in depth), then the size.
+    check_geometry(&plan, &opts.limits, true)?;
     check_plan(&plan, &opts.limits)?;
     Ok(plan)
 }

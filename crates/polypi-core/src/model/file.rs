@@ -22,7 +22,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use super::graph::{Graph, ModelCard, Node, Op, FORMAT_VERSION};
-use super::limits::{checked_product, Limits};
+use super::limits::{checked_product, out_side, Limits};
 use super::range::Ranges;
 pub use super::range::KEY_RANGES;
 use crate::error::{Error, Result};
@@ -324,7 +324,7 @@ impl ModelFile {
     /// ([`super::plan::ConvGeom::out_h`]).
     ///
     /// Geometry rules, all in checked arithmetic (nothing can wrap): stride, kernel, groups and
-    /// output channels >= 1; conv padding < the kernel size (`min(kh, kw)`), max-pool padding
+    /// output channels >= 1; conv padding <= the kernel size (`max(kh, kw)`), max-pool padding
     /// <= kernel / 2, average pooling has none; the kernel fits the padded input (so every output
     /// side is >= 1); every output has at most `limits.max_elements` values, and each conv,
     /// linear and pooling layer does at most `limits.max_work` operations per sample
@@ -510,12 +510,12 @@ impl ModelFile {
                         got: wt.shape.clone(),
                     });
                 }
-                if *padding >= kh.min(kw) {
+                if *padding > kh.max(kw) {
                     return Err(gerr(format!(
-                        "padding {padding} must be smaller than the kernel {kh}x{kw}"
+                        "padding {padding} must be at most the kernel size {kh}x{kw}"
                     )));
                 }
-                // padding < kh <= the weight's size, so these cannot overflow; checked anyway.
+                // padding <= kh or kw <= the weight's size, so these cannot overflow; checked anyway.
                 let (oh, ow) = (
                     out_side("height", h, kh, *stride, *padding).map_err(&gerr)?,
                     out_side("width", w, kw, *stride, *padding).map_err(&gerr)?,
@@ -730,31 +730,6 @@ impl ModelFile {
     pub fn num_values(&self) -> usize {
         self.tensors.values().map(|t| t.data.len()).sum()
     }
-}
-
-/// Output side `(len + 2 padding - kernel) / stride + 1` of a conv or pooling window along one
-/// axis (`what`: "height" or "width"), in checked arithmetic. Errors (a reason, for the caller to
-/// wrap with the node's name): the padded input overflows or is smaller than the kernel; stride 0.
-fn out_side(
-    what: &str,
-    len: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> std::result::Result<usize, String> {
-    let padded = padding.checked_mul(2).and_then(|p| p.checked_add(len)).ok_or_else(|| {
-        format!("padding {padding} overflows the padded input {what} ({len} + 2 x {padding})")
-    })?;
-    if padded < kernel {
-        return Err(format!(
-            "kernel {kernel} is larger than the padded input {what} {padded} ({len} + 2 x \
-             {padding})"
-        ));
-    }
-    if stride == 0 {
-        return Err("stride must be >= 1".into());
-    }
-    Ok((padded - kernel) / stride + 1)
 }
 
 /// Bounds the window reads `c x oh x ow x kernel^2` of a pooling node by `limits.max_work`.

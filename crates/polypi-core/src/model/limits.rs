@@ -21,6 +21,7 @@
 
 use serde::Serialize;
 
+use super::file::MAX_POLY_DEGREE;
 use super::plan::{LayerOp, Plan};
 use crate::error::{Error, Result};
 
@@ -87,6 +88,226 @@ impl Limits {
 /// Product of `dims` as `u64`, None on overflow.
 pub fn checked_product(dims: &[usize]) -> Option<u64> {
     dims.iter().try_fold(1u64, |a, &d| a.checked_mul(u64::try_from(d).ok()?))
+}
+
+/// Output side `(len + 2 padding - kernel) / stride + 1` of a conv or pooling window along one
+/// axis (`what`: "height" or "width"), in checked arithmetic. Errors (a reason, for the caller to
+/// wrap with the node's name): the padded input overflows or is smaller than the kernel; kernel
+/// or stride 0.
+pub fn out_side(
+    what: &str,
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> std::result::Result<usize, String> {
+    let padded = padding.checked_mul(2).and_then(|p| p.checked_add(len)).ok_or_else(|| {
+        format!("padding {padding} overflows the padded input {what} ({len} + 2 x {padding})")
+    })?;
+    if kernel == 0 || stride == 0 {
+        return Err(format!("kernel ({kernel}) and stride ({stride}) must be >= 1"));
+    }
+    if padded < kernel {
+        return Err(format!(
+            "kernel {kernel} is larger than the padded input {what} {padded} ({len} + 2 x \
+             {padding})"
+        ));
+    }
+    Ok((padded - kernel) / stride + 1)
+}
+
+/// Checks a plan layer by layer with the load-time rules of
+/// [`super::file::ModelFile::infer_shapes_with`], re-deriving every output shape in checked
+/// arithmetic from the layer's op and its inputs' shapes: inputs refer to earlier layers (one per
+/// op, two for `Add`, none for the first layer, the only `Input`); conv geometry matches the
+/// input, kernel / stride / groups / channels >= 1, groups divide the channels, padding <= kernel
+/// size;
+/// max-pool padding <= kernel / 2; kernels fit the (padded) input; polynomial degree in
+/// `1..=`[`MAX_POLY_DEGREE`] with one row (or one per channel) of `degree + 1` finite
+/// coefficients; every `out_shape` equals the derived one; tensors, im2col matrices and work
+/// within `limits`. Weights and biases must have their full length when `weights` is true, and
+/// may be empty otherwise (a public skeleton, [`Plan::public_skeleton`]).
+/// Errors: [`Error::Graph`] naming the layer and the offending value, [`Error::TooLarge`].
+pub fn check_geometry(plan: &Plan, limits: &Limits, weights: bool) -> Result<()> {
+    let max_el = limits.max_elements as u64;
+    if plan.layers.is_empty() {
+        return Err(Error::graph(super::file::GRAPH_NODE, "the plan has no layers"));
+    }
+    for (i, l) in plan.layers.iter().enumerate() {
+        let name = l.name.as_str();
+        let gerr = |reason: String| Error::graph(name, reason);
+        let arity = match l.op {
+            LayerOp::Input => 0,
+            LayerOp::Add => 2,
+            _ => 1,
+        };
+        if (i == 0) != matches!(l.op, LayerOp::Input) {
+            return Err(gerr("the first layer, and only it, must be the Input".into()));
+        }
+        if l.inputs.len() != arity || l.inputs.iter().any(|&j| j >= i) {
+            return Err(gerr(format!(
+                "op {} takes {arity} input(s) from earlier layers, got {:?}",
+                l.op.kind(),
+                l.inputs
+            )));
+        }
+        let ins: Vec<&[usize]> =
+            l.inputs.iter().map(|&j| plan.layers[j].out_shape.as_slice()).collect();
+        let chw = |s: &[usize]| -> Result<(usize, usize, usize)> {
+            match s {
+                [c, h, w] => Ok((*c, *h, *w)),
+                _ => Err(gerr(format!("op {} needs a [C, H, W] input, got {s:?}", l.op.kind()))),
+            }
+        };
+        let len_ok =
+            |got: usize, want: Option<u64>| (!weights && got == 0) || want == Some(got as u64);
+        let derived: Vec<usize> = match &l.op {
+            LayerOp::Input => {
+                let s = &l.out_shape;
+                if !(s.len() == 1 || s.len() == 3) || s.contains(&0) {
+                    return Err(gerr(format!(
+                        "input shape must be [C, H, W] or [F] with non-zero sizes, got {s:?}"
+                    )));
+                }
+                s.clone()
+            }
+            LayerOp::Conv2d(c) => {
+                let g = &c.geom;
+                let (ci, h, w) = chw(ins[0])?;
+                if (ci, h, w) != (g.c_in, g.h, g.w) {
+                    return Err(gerr(format!(
+                        "conv geometry {}x{}x{} differs from its input {:?}",
+                        g.c_in, g.h, g.w, ins[0]
+                    )));
+                }
+                if g.c_out == 0 || g.groups == 0 || g.kh == 0 || g.kw == 0 || g.stride == 0 {
+                    return Err(gerr(format!("conv sizes must be >= 1: {g:?}")));
+                }
+                if g.c_in % g.groups != 0 || g.c_out % g.groups != 0 {
+                    return Err(gerr(format!(
+                        "groups {} must divide the channels {} -> {}",
+                        g.groups, g.c_in, g.c_out
+                    )));
+                }
+                if g.padding > g.kh.max(g.kw) {
+                    return Err(gerr(format!(
+                        "padding {} must be at most the kernel size {}x{}",
+                        g.padding, g.kh, g.kw
+                    )));
+                }
+                let oh = out_side("height", h, g.kh, g.stride, g.padding).map_err(&gerr)?;
+                let ow = out_side("width", w, g.kw, g.stride, g.padding).map_err(&gerr)?;
+                let cig = g.c_in / g.groups;
+                if !len_ok(c.weight.len(), checked_product(&[g.c_out, cig, g.kh, g.kw]))
+                    || !len_ok(c.bias.len(), Some(g.c_out as u64))
+                {
+                    return Err(gerr(format!(
+                        "conv weight / bias have {} / {} values for {g:?}",
+                        c.weight.len(),
+                        c.bias.len()
+                    )));
+                }
+                Limits::check(
+                    name,
+                    "im2col values per sample",
+                    checked_product(&[g.c_in, g.kh, g.kw, oh, ow]),
+                    max_el,
+                )?;
+                Limits::check(
+                    name,
+                    "multiply-accumulates per sample",
+                    checked_product(&[g.c_out, oh, ow, cig, g.kh, g.kw]),
+                    limits.max_work,
+                )?;
+                vec![g.c_out, oh, ow]
+            }
+            LayerOp::Linear(c) => {
+                if ins[0] != [c.in_features] || c.out_features == 0 {
+                    return Err(gerr(format!(
+                        "linear {} -> {} on an input of shape {:?}",
+                        c.in_features, c.out_features, ins[0]
+                    )));
+                }
+                if !len_ok(c.weight.len(), checked_product(&[c.in_features, c.out_features]))
+                    || !len_ok(c.bias.len(), Some(c.out_features as u64))
+                {
+                    return Err(gerr(format!(
+                        "linear weight / bias have {} / {} values for {} -> {}",
+                        c.weight.len(),
+                        c.bias.len(),
+                        c.in_features,
+                        c.out_features
+                    )));
+                }
+                Limits::check(
+                    name,
+                    "multiply-accumulates per sample",
+                    checked_product(&[c.in_features, c.out_features]),
+                    limits.max_work,
+                )?;
+                vec![c.out_features]
+            }
+            LayerOp::AvgPool2d { kernel, stride } | LayerOp::MaxPool2d { kernel, stride, .. } => {
+                let padding = match l.op {
+                    LayerOp::MaxPool2d { padding, .. } => padding,
+                    _ => 0,
+                };
+                let (c, h, w) = chw(ins[0])?;
+                if padding > kernel / 2 {
+                    return Err(gerr(format!(
+                        "padding {padding} must be at most half the kernel {kernel}"
+                    )));
+                }
+                let oh = out_side("height", h, *kernel, *stride, padding).map_err(&gerr)?;
+                let ow = out_side("width", w, *kernel, *stride, padding).map_err(&gerr)?;
+                Limits::check(
+                    name,
+                    &format!("window reads per sample (kernel {kernel})"),
+                    checked_product(&[c, oh, ow, *kernel, *kernel]),
+                    limits.max_work,
+                )?;
+                vec![c, oh, ow]
+            }
+            LayerOp::GlobalAvgPool => vec![chw(ins[0])?.0],
+            LayerOp::Flatten => {
+                let n = checked_product(ins[0]).and_then(|n| usize::try_from(n).ok());
+                vec![n.ok_or_else(|| gerr(format!("{:?} overflows", ins[0])))?]
+            }
+            LayerOp::Add => {
+                if ins[0] != ins[1] {
+                    return Err(gerr(format!("adds shapes {:?} and {:?}", ins[0], ins[1])));
+                }
+                ins[0].to_vec()
+            }
+            LayerOp::Relu => ins[0].to_vec(),
+            LayerOp::Poly(p) => {
+                let rows_ok = p.coeffs.len() == 1 || p.coeffs.len() == ins[0][0];
+                if !(1..=MAX_POLY_DEGREE).contains(&p.degree)
+                    || !rows_ok
+                    || p.coeffs.iter().any(|r| r.len() != p.degree + 1)
+                    || p.coeffs.iter().flatten().any(|c| !c.is_finite())
+                {
+                    return Err(gerr(format!(
+                        "polynomial of degree {} with {} rows of coefficients on {} channels \
+                         (needs degree 1..={MAX_POLY_DEGREE}, 1 or one row per channel, degree \
+                         + 1 finite coefficients per row)",
+                        p.degree,
+                        p.coeffs.len(),
+                        ins[0][0]
+                    )));
+                }
+                ins[0].to_vec()
+            }
+        };
+        Limits::check(name, "values per sample of the output", checked_product(&derived), max_el)?;
+        if derived != l.out_shape {
+            return Err(gerr(format!(
+                "output shape {:?} differs from the {:?} its op and inputs give",
+                l.out_shape, derived
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Estimated size of one inference of a plan at batch 1 ([`plan_size`]).
