@@ -240,6 +240,11 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
                     "the input or a tensor has the wrong shape: `polypi inspect --model FILE` \
                      shows the expected input shape"
                 }
+                E::TooLarge { .. } => {
+                    "the model exceeds polypi's size limits at the named node (an absurd \
+                     padding, kernel, stride or channel count, or a network too large for one \
+                     inference): fix that node's attributes and re-export the model"
+                }
                 E::RangeExceeded { .. } => {
                     "values left the fixed-point range: normalise the input as the model expects \
                      or use a model with smaller activations / fewer frac bits"

@@ -187,6 +187,47 @@ fn bad_inputs_give_clear_errors() {
 }
 
 #[test]
+fn crafted_geometry_is_refused_by_inspect_and_infer_alike() {
+    use polypi_core::model::{file::ModelFile, Op};
+    let d = tmp("crafted");
+    let m = zoo(&d, "NET-M", "x2");
+    let img = gray_png(&d, "img.png", 28, 28);
+    // The audit's triggers: conv padding near 2^32 (infer panicked in plain.rs / party.rs), a
+    // max-pool kernel of 2^31 (CPU spin), a pool kernel of 2^32 (mpc/ops.rs).
+    let cases: [(&str, Op, &str); 3] = [
+        (
+            "conv1",
+            Op::Conv2d {
+                weight: "conv1.weight".into(),
+                bias: Some("conv1.bias".into()),
+                stride: 1,
+                padding: 4294967282,
+                groups: 1,
+            },
+            "4294967282",
+        ),
+        ("pool1", Op::MaxPool2d { kernel: 1 << 31, stride: 1, padding: 1 << 30 }, "2147483648"),
+        ("pool1", Op::AvgPool2d { kernel: 1 << 32, stride: 2 }, "4294967296"),
+    ];
+    for (i, (node, op, value)) in cases.into_iter().enumerate() {
+        let mut f = ModelFile::load(&m).unwrap();
+        f.graph.nodes.iter_mut().find(|n| n.name == node).unwrap().op = op;
+        let bad = d.join(format!("bad{i}.safetensors"));
+        std::fs::write(&bad, f.to_bytes().unwrap()).unwrap();
+        let bs = bad.to_str().unwrap();
+        let t = Instant::now();
+        let inspect = run(&["inspect", "--model", bs]);
+        let infer = run(&["infer", "--model", bs, "--input", img.to_str().unwrap()]);
+        assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+        for o in [&inspect, &infer] {
+            assert_fails(o, 1, "cannot load model");
+            let err = text(&o.stderr);
+            assert!(err.contains(&format!("'{node}'")) && err.contains(value), "{err}");
+        }
+    }
+}
+
+#[test]
 fn inspect_and_zoo() {
     let d = tmp("inspect");
     let m = zoo(&d, "NET-M", "pillar");

@@ -57,6 +57,24 @@ pub enum Error {
         /// The calibrated bound it exceeds.
         bound: f64,
     },
+    /// A model exceeds a size limit ([`crate::model::limits::Limits`]): one tensor has too many
+    /// values, a layer or the plan does too much work, or one inference at batch 1 would need
+    /// more memory than allowed. Checked when a model is loaded or compiled, before anything is
+    /// allocated.
+    #[error(
+        "model too large at node '{node}': {what} = {} exceeds the limit {limit}",
+        if *.value == u64::MAX { "more than 2^64".to_string() } else { .value.to_string() }
+    )]
+    TooLarge {
+        /// Name of the offending node (for the plan-wide memory, the node that needs the most).
+        node: String,
+        /// What was measured, with its unit (e.g. "output values", "memory at batch 1, bytes").
+        what: String,
+        /// The measured value (`u64::MAX` when it does not even fit in 64 bits).
+        value: u64,
+        /// The limit it exceeds, same unit.
+        limit: u64,
+    },
     /// The peer closed the connection or stopped answering.
     #[error("peer {peer} disconnected after {after_bytes} bytes: {reason}")]
     PeerDisconnected {

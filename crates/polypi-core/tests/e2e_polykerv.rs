@@ -63,7 +63,8 @@ fn poly_rows(plan: &Plan) -> Vec<Vec<f32>> {
 fn check(net: RefNet, a_p: f32) -> Plan {
     let file = pkn(net, a_p);
     let folded = compile(&file).unwrap();
-    let reference = compile_with(&file, CompileOptions { fold_polykerv: false }).unwrap();
+    let reference =
+        compile_with(&file, CompileOptions { fold_polykerv: false, ..Default::default() }).unwrap();
     assert_eq!(folded.layers.len(), reference.layers.len(), "folding adds or removes no layer");
     let x = input(&folded, 3);
     let f32_ref = run_f32(&reference, &x, 1).unwrap();

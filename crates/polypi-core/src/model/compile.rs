@@ -36,6 +36,7 @@ use std::collections::HashMap;
 
 use super::file::{effective_degree, ModelFile};
 use super::graph::Op;
+use super::limits::{check_geometry, check_plan, Limits};
 use super::plan::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
 use crate::error::{Error, Result};
 
@@ -45,23 +46,30 @@ pub struct CompileOptions {
     /// Fold PolyKerv's `c_p` into the preceding bias and `a_p` into the next layer's weights
     /// where possible (module docs). Default true; false keeps them as public coefficients.
     pub fold_polykerv: bool,
+    /// Size limits the model must respect (checked on the graph and on the compiled plan, see
+    /// [`super::limits`]). Default [`Limits::default`].
+    pub limits: Limits,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { fold_polykerv: true }
+        CompileOptions { fold_polykerv: true, limits: Limits::default() }
     }
 }
 
 /// Validates `file` and lowers it into a [`Plan`]: `layers[0]` is the input, `inputs` are indices
-/// of earlier layers, `out_shape` is per sample. Errors: those of [`ModelFile::validate`].
+/// of earlier layers, `out_shape` is per sample. Errors: those of
+/// [`ModelFile::infer_shapes_with`] (every node, with the default [`Limits`]), of
+/// [`check_geometry`] (the compiled plan re-checked as a peer's skeleton would be) and of
+/// [`check_plan`] ([`crate::Error::TooLarge`] for a plan over the size limits).
 pub fn compile(file: &ModelFile) -> Result<Plan> {
     compile_with(file, CompileOptions::default())
 }
 
-/// [`compile`] with explicit [`CompileOptions`]. Errors: those of [`ModelFile::validate`].
+/// [`compile`] with explicit [`CompileOptions`] (the limits of `opts.limits`). Errors: those of
+/// [`ModelFile::infer_shapes_with`], [`check_geometry`] and [`check_plan`].
 pub fn compile_with(file: &ModelFile, opts: CompileOptions) -> Result<Plan> {
-    let shapes = file.infer_shapes()?;
+    let shapes = file.infer_shapes_with(&opts.limits)?;
     let g = &file.graph;
     let n = g.nodes.len();
     let index: HashMap<&str, usize> =
@@ -242,13 +250,17 @@ pub fn compile_with(file: &ModelFile, opts: CompileOptions) -> Result<Plan> {
     for sc in &scales {
         fold_scale(&mut layers, sc);
     }
-    Ok(Plan {
+    let plan = Plan {
         layers,
         frac_bits: g.frac_bits,
         labels: g.labels.clone(),
         normalize: g.normalize.clone(),
         poly_protocol: Default::default(),
-    })
+    };
+    // The plan itself passes the checks a peer's skeleton gets (defence in depth), then the size.
+    check_geometry(&plan, &opts.limits, true)?;
+    check_plan(&plan, &opts.limits)?;
+    Ok(plan)
 }
 
 /// A PolyKerv whose output scale `a_p` may fold into the next layer (after pruning).
@@ -697,7 +709,9 @@ mod tests {
         ];
         let f = file(vec![2, 6, 6], nodes, t);
         let plan = compile(&f).unwrap();
-        let reference = compile_with(&f, CompileOptions { fold_polykerv: false }).unwrap();
+        let reference =
+            compile_with(&f, CompileOptions { fold_polykerv: false, ..Default::default() })
+                .unwrap();
         let kinds: Vec<&str> = plan.layers.iter().map(|l| l.op.kind()).collect();
         assert_eq!(
             kinds,
@@ -753,7 +767,9 @@ mod tests {
         let LayerOp::Conv2d(c2) = &plan.layers[3].op else { panic!() };
         assert_eq!(c2.weight, f.tensors["w2"].data);
         assert!(c2.bias.iter().all(|b| (b - 0.3).abs() < 1e-7));
-        let reference = compile_with(&f, CompileOptions { fold_polykerv: false }).unwrap();
+        let reference =
+            compile_with(&f, CompileOptions { fold_polykerv: false, ..Default::default() })
+                .unwrap();
         let x = r.v(32);
         let got = naive::forward(&plan, &x).pop().unwrap();
         let want = naive::forward(&reference, &x).pop().unwrap();

@@ -22,7 +22,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use super::graph::{Graph, ModelCard, Node, Op, FORMAT_VERSION};
-use super::plan::ConvGeom;
+use super::limits::{checked_product, out_side, Limits};
 use super::range::Ranges;
 pub use super::range::KEY_RANGES;
 use crate::error::{Error, Result};
@@ -54,9 +54,6 @@ pub const KNOWN_OPS: &[&str] = &[
     "Identity",
 ];
 
-/// Largest number of values of one per-sample input (and largest padding) a graph may declare.
-pub const MAX_DIM: usize = 1 << 32;
-
 /// Pseudo node name used in errors about graph-wide attributes (`input_shape`, `frac_bits`, ...).
 pub const GRAPH_NODE: &str = "(graph)";
 
@@ -73,8 +70,9 @@ impl TensorF32 {
     /// A tensor from a shape and row-major data. Errors with [`Error::InvalidArgument`] when
     /// `data.len()` differs from the product of `shape`.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
+        let n = checked_product(&shape);
+        if n != Some(data.len() as u64) {
+            let n = n.map_or("more than 2^64".to_string(), |n| n.to_string());
             return Err(Error::InvalidArgument(format!(
                 "tensor of shape {shape:?} needs {n} values, got {}",
                 data.len()
@@ -83,9 +81,9 @@ impl TensorF32 {
         Ok(Self { shape, data })
     }
 
-    /// Number of elements (product of the shape).
+    /// Number of elements (product of the shape; `usize::MAX` when the product overflows).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        checked_product(&self.shape).and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX)
     }
 }
 
@@ -174,7 +172,7 @@ impl ModelFile {
             let data: Vec<f32> =
                 raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             let shape = view.shape().to_vec();
-            if data.len() != shape.iter().product::<usize>() {
+            if checked_product(&shape) != Some(data.len() as u64) {
                 return Err(bad(format!("tensor '{tname}': data does not match shape {shape:?}")));
             }
             tensors.insert(tname, TensorF32 { shape, data });
@@ -222,7 +220,9 @@ impl ModelFile {
                     t.shape
                 )));
             }
-            let end = offset + 4 * t.data.len();
+            let end = offset.checked_add(4 * t.data.len()).ok_or_else(|| {
+                Error::InvalidArgument("the tensors hold more than 2^64 bytes".into())
+            })?;
             let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
             header.push_str(&format!(
                 ",{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
@@ -279,11 +279,23 @@ impl ModelFile {
     /// node's name: first node is the only `Input`, unique names, inputs name earlier nodes, arity
     /// (`Add` 2, `Input` 0, others 1), referenced tensors exist with the right shapes and finite
     /// values, sane hyper-parameters (stride/kernel >= 1, groups divide channels, eps > 0,
-    /// polynomial degree <= [`MAX_POLY_DEGREE`]), label count = output size; every layer of the
-    /// calibrated ranges names a node.
-    /// Errors: [`Error::Graph`] or [`Error::ShapeMismatch`].
+    /// polynomial degree <= [`MAX_POLY_DEGREE`], geometry as in [`ModelFile::infer_shapes_with`]),
+    /// label count = output size; the compiled plan is within the default [`Limits`]; every layer
+    /// of the calibrated ranges names a node. This is the one check every load runs
+    /// ([`ModelFile::load`], [`ModelFile::from_bytes`]): `polypi inspect` and `polypi infer`
+    /// refuse the same files.
+    /// Errors: [`Error::Graph`], [`Error::ShapeMismatch`] or [`Error::TooLarge`].
     pub fn validate(&self) -> Result<()> {
-        self.infer_shapes()?;
+        self.validate_with(&Limits::default())
+    }
+
+    /// [`ModelFile::validate`] with explicit size limits. Compiles the plan once
+    /// ([`super::compile::compile_with`]) to check its size. Same errors.
+    pub fn validate_with(&self, limits: &Limits) -> Result<()> {
+        super::compile::compile_with(
+            self,
+            super::compile::CompileOptions { limits: *limits, ..Default::default() },
+        )?;
         if let Some(r) = &self.ranges {
             for l in &r.layers {
                 if !self.graph.nodes.iter().any(|n| n.name == l.name) {
@@ -301,10 +313,26 @@ impl ModelFile {
         Ok(())
     }
 
-    /// Validates (as [`ModelFile::validate`]) and returns the per-sample output shape of every
-    /// node, in node order: `[C, H, W]` or `[F]`. Flatten gives `[C*H*W]`, GlobalAvgPool `[C]`,
-    /// pooling `(h + 2p - k)/s + 1`, conv as [`ConvGeom::out_h`].
+    /// [`ModelFile::infer_shapes_with`] with the default [`Limits`].
     pub fn infer_shapes(&self) -> Result<Vec<Vec<usize>>> {
+        self.infer_shapes_with(&Limits::default())
+    }
+
+    /// Validates every node (as [`ModelFile::validate`], without compiling) and returns the
+    /// per-sample output shape of every node, in node order: `[C, H, W]` or `[F]`. Flatten gives
+    /// `[C*H*W]`, GlobalAvgPool `[C]`, pooling and conv `(h + 2p - k)/s + 1`
+    /// ([`super::plan::ConvGeom::out_h`]).
+    ///
+    /// Geometry rules, all in checked arithmetic (nothing can wrap): stride, kernel, groups and
+    /// output channels >= 1; conv padding <= the kernel size (`max(kh, kw)`), max-pool padding
+    /// <= kernel / 2, average pooling has none; the kernel fits the padded input (so every output
+    /// side is >= 1); every output has at most `limits.max_elements` values, and each conv,
+    /// linear and pooling layer does at most `limits.max_work` operations per sample
+    /// ([`super::limits::layer_work`]; the conv's im2col matrix, `C_in*kh*kw*out_h*out_w`, is
+    /// also bounded by `max_elements`).
+    /// Errors: [`Error::Graph`] / [`Error::ShapeMismatch`] naming the node and the offending
+    /// value, [`Error::TooLarge`] for a node over the limits.
+    pub fn infer_shapes_with(&self, limits: &Limits) -> Result<Vec<Vec<usize>>> {
         let g = &self.graph;
         if g.nodes.is_empty() {
             return Err(Error::graph(GRAPH_NODE, "the graph has no nodes"));
@@ -372,13 +400,19 @@ impl ModelFile {
                     }
                 }
             }
-            let out = self.node_shape(node, &ins)?;
+            let out = self.node_shape(node, &ins, limits)?;
+            Limits::check(
+                name,
+                &format!("values per sample of the output {out:?}"),
+                checked_product(&out),
+                limits.max_elements as u64,
+            )?;
             seen.insert(name, i);
             shapes.push(out);
         }
         let last = g.nodes.last().map(|n| n.name.as_str()).unwrap_or(GRAPH_NODE);
-        let n_out: usize = shapes.last().map(|s| s.iter().product()).unwrap_or(0);
-        if !g.labels.is_empty() && g.labels.len() != n_out {
+        let n_out = shapes.last().and_then(|s| checked_product(s)).unwrap_or(0);
+        if !g.labels.is_empty() && g.labels.len() as u64 != n_out {
             return Err(Error::graph(
                 last,
                 format!(
@@ -391,7 +425,7 @@ impl ModelFile {
     }
 
     /// Checks one node (tensors, attributes, input shapes) and returns its output shape.
-    fn node_shape(&self, node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>> {
+    fn node_shape(&self, node: &Node, ins: &[&[usize]], limits: &Limits) -> Result<Vec<usize>> {
         let name = node.name.as_str();
         let gerr = |reason: String| Error::graph(name, reason);
         let chw = |s: &[usize]| -> Result<(usize, usize, usize)> {
@@ -418,14 +452,15 @@ impl ModelFile {
         match &node.op {
             Op::Input => {
                 let s = &self.graph.input_shape;
-                let total = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                let max = limits.max_elements;
+                let total = checked_product(s);
                 if !(s.len() == 3 || s.len() == 1)
                     || s.contains(&0)
-                    || total.is_none_or(|t| t > MAX_DIM)
+                    || total.is_none_or(|t| t > max as u64)
                 {
                     return Err(gerr(format!(
                         "input_shape must be [C, H, W] (or [F]) with non-zero sizes and at most \
-                         {MAX_DIM} values, got {s:?}"
+                         {max} values, got {s:?}"
                     )));
                 }
                 if let Some(nm) = &self.graph.normalize {
@@ -450,9 +485,6 @@ impl ModelFile {
             Op::Conv2d { weight, bias, stride, padding, groups } => {
                 let (c, h, w) = chw(ins[0])?;
                 pos("stride", *stride)?;
-                if *padding > MAX_DIM {
-                    return Err(gerr(format!("padding {padding} is absurdly large")));
-                }
                 pos("groups", *groups)?;
                 let wt = self.tensor(name, "weight", weight)?;
                 if wt.shape.len() != 4 {
@@ -478,28 +510,36 @@ impl ModelFile {
                         got: wt.shape.clone(),
                     });
                 }
-                if h + 2 * padding < kh || w + 2 * padding < kw {
+                if *padding > kh.max(kw) {
                     return Err(gerr(format!(
-                        "kernel {kh}x{kw} is larger than the padded input {}x{}",
-                        h + 2 * padding,
-                        w + 2 * padding
+                        "padding {padding} must be at most the kernel size {kh}x{kw}"
                     )));
                 }
+                // padding <= kh or kw <= the weight's size, so these cannot overflow; checked anyway.
+                let (oh, ow) = (
+                    out_side("height", h, kh, *stride, *padding).map_err(&gerr)?,
+                    out_side("width", w, kw, *stride, *padding).map_err(&gerr)?,
+                );
                 if let Some(b) = bias {
                     self.vector(name, "bias", b, co)?;
                 }
-                let geom = ConvGeom {
-                    c_in: c,
-                    h,
-                    w,
-                    c_out: co,
-                    kh,
-                    kw,
-                    stride: *stride,
-                    padding: *padding,
-                    groups: *groups,
-                };
-                Ok(vec![co, geom.out_h(), geom.out_w()])
+                Limits::check(
+                    name,
+                    &format!("im2col values per sample (C_in {c} x {kh}x{kw} x out {oh}x{ow})"),
+                    checked_product(&[c, kh, kw, oh, ow]),
+                    limits.max_elements as u64,
+                )?;
+                Limits::check(
+                    name,
+                    &format!(
+                        "multiply-accumulates per sample (C_out {co} x out {oh}x{ow} x C_in/groups \
+                         {} x {kh}x{kw})",
+                        c / groups
+                    ),
+                    checked_product(&[co, oh, ow, c / groups, kh, kw]),
+                    limits.max_work,
+                )?;
+                Ok(vec![co, oh, ow])
             }
             Op::Linear { weight, bias } => {
                 let s = ins[0];
@@ -521,6 +561,12 @@ impl ModelFile {
                 if let Some(b) = bias {
                     self.vector(name, "bias", b, out)?;
                 }
+                Limits::check(
+                    name,
+                    &format!("multiply-accumulates per sample ({out} x {})", s[0]),
+                    checked_product(&[out, s[0]]),
+                    limits.max_work,
+                )?;
                 Ok(vec![out])
             }
             Op::BatchNorm2d { weight, bias, running_mean, running_var, eps } => {
@@ -546,7 +592,9 @@ impl ModelFile {
                 if h < *kernel || w < *kernel {
                     return Err(gerr(format!("kernel {kernel} is larger than the input {h}x{w}")));
                 }
-                Ok(vec![c, (h - kernel) / stride + 1, (w - kernel) / stride + 1])
+                let (oh, ow) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+                pool_work(name, c, oh, ow, *kernel, limits)?;
+                Ok(vec![c, oh, ow])
             }
             Op::MaxPool2d { kernel, stride, padding } => {
                 let (c, h, w) = chw(ins[0])?;
@@ -557,19 +605,21 @@ impl ModelFile {
                         "padding {padding} must be at most half the kernel {kernel}"
                     )));
                 }
-                let (hp, wp) = (h + 2 * padding, w + 2 * padding);
-                if hp < *kernel || wp < *kernel {
-                    return Err(gerr(format!(
-                        "kernel {kernel} is larger than the padded input {hp}x{wp}"
-                    )));
-                }
-                Ok(vec![c, (hp - kernel) / stride + 1, (wp - kernel) / stride + 1])
+                let (oh, ow) = (
+                    out_side("height", h, *kernel, *stride, *padding).map_err(&gerr)?,
+                    out_side("width", w, *kernel, *stride, *padding).map_err(&gerr)?,
+                );
+                pool_work(name, c, oh, ow, *kernel, limits)?;
+                Ok(vec![c, oh, ow])
             }
             Op::GlobalAvgPool => {
                 let (c, _, _) = chw(ins[0])?;
                 Ok(vec![c])
             }
-            Op::Flatten => Ok(vec![ins[0].iter().product()]),
+            Op::Flatten => {
+                let n = checked_product(ins[0]).and_then(|n| usize::try_from(n).ok());
+                Ok(vec![n.ok_or_else(|| gerr(format!("{:?} has more than 2^64 values", ins[0])))?])
+            }
             Op::Add => {
                 if ins[0] != ins[1] {
                     return Err(Error::ShapeMismatch {
@@ -680,6 +730,24 @@ impl ModelFile {
     pub fn num_values(&self) -> usize {
         self.tensors.values().map(|t| t.data.len()).sum()
     }
+}
+
+/// Bounds the window reads `c x oh x ow x kernel^2` of a pooling node by `limits.max_work`.
+fn pool_work(
+    node: &str,
+    c: usize,
+    oh: usize,
+    ow: usize,
+    kernel: usize,
+    limits: &Limits,
+) -> Result<()> {
+    Limits::check(
+        node,
+        &format!("window reads per sample (C {c} x out {oh}x{ow} x kernel {kernel}^2)"),
+        checked_product(&[c, oh, ow, kernel, kernel]),
+        limits.max_work,
+    )?;
+    Ok(())
 }
 
 /// Highest power with a non-zero coefficient (0 for a constant or empty polynomial).

@@ -267,8 +267,11 @@ impl Plan {
         p
     }
 
-    /// Checks that a plan received from a peer is self-consistent (inputs refer to earlier
-    /// layers, first layer is the input, shapes are non-empty). Errors: `Protocol`.
+    /// Checks that a plan received from a peer is self-consistent and within the default size
+    /// limits, so that no bad geometry can make this party panic or allocate without bound:
+    /// inputs refer to earlier layers, first layer is the input, shapes are non-empty, every
+    /// layer as [`super::limits::check_geometry`] (weights may be absent) and the plan as
+    /// [`super::limits::check_plan`]. Errors: `Protocol` naming the layer.
     pub fn check_skeleton(&self) -> crate::Result<()> {
         let bad = |m: String| crate::Error::Protocol(format!("peer sent an invalid plan: {m}"));
         if self.layers.is_empty() || self.layers[0].op != LayerOp::Input {
@@ -285,6 +288,9 @@ impl Plan {
                 return Err(bad(format!("layer {}", l.name)));
             }
         }
-        Ok(())
+        let limits = super::limits::Limits::default();
+        super::limits::check_geometry(self, &limits, false)
+            .and_then(|()| super::limits::check_plan(self, &limits).map(|_| ()))
+            .map_err(|e| bad(e.to_string()))
     }
 }

@@ -385,10 +385,31 @@ pub fn pool_sizes(
     let valid = |o: usize, len: usize| {
         (0..k).filter(|&q| (o * s + q) >= p && (o * s + q - p) < len).count()
     };
-    let vy: Vec<usize> = (0..oh).map(|o| valid(o, h)).collect();
-    let vx: Vec<usize> = (0..ow).map(|o| valid(o, w)).collect();
-    let sizes = (0..n * c).flat_map(|_| vy.iter().flat_map(|a| vx.iter().map(move |b| a * b)));
-    Ok((vec![n, c, oh, ow], pool_levels(sizes)))
+    // Window sizes as a histogram (few distinct values), so that counting never allocates one
+    // entry per window.
+    let hist = |o: usize, len: usize| {
+        let mut m = std::collections::BTreeMap::<usize, usize>::new();
+        for i in 0..o {
+            *m.entry(valid(i, len)).or_default() += 1;
+        }
+        m
+    };
+    let (hy, hx) = (hist(oh, h), hist(ow, w));
+    let sizes =
+        hy.iter().flat_map(|(a, ca)| hx.iter().map(move |(b, cb)| (a * b, ca * cb * n * c)));
+    Ok((vec![n, c, oh, ow], pool_levels_weighted(sizes.collect())))
+}
+
+/// [`pool_levels`] of `count` windows of each `size`, given as `(size, count)` pairs.
+fn pool_levels_weighted(mut hist: Vec<(usize, usize)>) -> Vec<usize> {
+    let mut levels = Vec::new();
+    while hist.iter().any(|&(s, k)| s > 1 && k > 0) {
+        levels.push(hist.iter().map(|&(s, k)| (s / 2) * k).sum());
+        for (s, _) in hist.iter_mut() {
+            *s = s.div_ceil(2);
+        }
+    }
+    levels
 }
 
 /// Comparisons per level of the max-pool tree over windows of the given sizes (pairs of each
