@@ -229,6 +229,9 @@ def one_n(args, n, tls, samples, workdir):
         "server_sessions": sum(1 for l in s_lines if l.startswith("session ")),
         "server_refused": sum(1 for l in s_lines if l.startswith("refused")),
         "server_failed_sessions": sum(1 for l in s_lines if ", failed:" in l),
+        # the dealer prints finished sessions only (a pair it refuses as busy is logged at -v)
+        "dealer_sessions": sum(1 for l in d_lines if l.startswith("session ")),
+        "dealer_failed_sessions": sum(1 for l in d_lines if ", failed:" in l),
         "errors": errors,
         "classes_per_image": {k: sorted(v) for k, v in sorted(classes.items())},
     }
@@ -266,6 +269,8 @@ def main():
     ap.add_argument("--query-opt", action="append", default=[],
                     help="extra option for `polypi query` (repeat)")
     ap.add_argument("--samples", default=os.path.join(ROOT, "data/samples"))
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work directory (daemon stdout/stderr, certificates)")
     args = ap.parse_args()
     args.binary = os.path.abspath(args.binary)
     if not os.access(args.binary, os.X_OK):
@@ -310,7 +315,10 @@ def main():
                            "machine": info, "rows": rows}, f, indent=1)
         return 1 if failed else 0
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
