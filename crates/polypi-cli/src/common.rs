@@ -275,8 +275,9 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
                      carry (--host when generating them, or --server-name / --dealer-name)"
                 }
                 E::Refused { .. } => {
-                    "the server is at its session or memory limit: retry later, or ask its \
-                     operator to raise --max-concurrent / --memory-budget-mb or add replicas"
+                    "the server or the dealer named above is at its session or memory limit: \
+                     retry later, or ask its operator to raise --max-concurrent / \
+                     --memory-budget-mb or add server replicas"
                 }
                 E::Protocol(_) => {
                     "the peer sent something unexpected: check that --connect and --dealer point \

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Name the dealer's certificate must be valid for (default: the host of --dealer).
     #[arg(long)]
     pub dealer_name: Option<String>,
+    /// How long a session keeps retrying to reach the dealer (refused, unreachable or
+    /// dropped connection attempts), seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub dealer_connect_retry_s: f64,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Refuse clients without a certificate from the CA (mutual TLS with clients).
@@ -185,11 +189,12 @@ pub struct DealerArgs {
     /// Largest batch of one inference (the server's limit applies too).
     #[arg(long, default_value_t = 64)]
     pub max_batch: usize,
-    /// Most sessions dealt at once.
-    #[arg(long, default_value_t = 64)]
+    /// Most sessions dealt at once (keep it at least the sum of the servers' --max-concurrent;
+    /// a pair beyond it is refused with the reason).
+    #[arg(long, default_value_t = 256)]
     pub max_concurrent: usize,
     /// Most connections in their handshake or waiting for a partner.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 1024)]
     pub max_pending: usize,
     /// Correlated randomness queued per connection before the dealer waits for the peer to
     /// read (backpressure), MB.
@@ -321,7 +326,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     base.tls = tls;
     let mut dealer_tcp = base.clone();
     dealer_tcp.tls_server_name = tls_name(&a.dealer_name, &a.dealer);
-    dealer_tcp.connect_retry_for = Duration::from_secs(2);
+    dealer_tcp.connect_retry_for = secs(a.dealer_connect_retry_s, "--dealer-connect-retry-s")?;
     if !(a.memory_budget_mb.is_finite() && a.memory_budget_mb > 0.0) {
         bail!("--memory-budget-mb must be positive, got {}", a.memory_budget_mb);
     }

@@ -7,7 +7,7 @@
 //! there the detector finds the seeds and `F` in the capture, so the test can fail.
 
 use polypi_core::engine::deploy::{
-    client_open, Admission, DealerOptions, DeployedDealer, SessionId,
+    await_pairing, client_open, Admission, DealerOptions, DeployedDealer, SessionId,
 };
 use polypi_core::engine::session::{serve_session_limited, ClientSession, SessionLimits};
 use polypi_core::engine::EncodedPlan;
@@ -209,6 +209,7 @@ fn run_session(with_tls: bool) -> Run {
             open.extend_from_slice(&4u64.to_le_bytes());
             d.send(&open).unwrap();
             d.flush().unwrap();
+            await_pairing(&mut d, "dealer").unwrap();
             let mut rd = Rec { inner: &mut d, log: vec![] };
             let limits = SessionLimits::default();
             serve_session_limited(plan, enc, None, &limits, &mut client, &mut rd, false).unwrap();

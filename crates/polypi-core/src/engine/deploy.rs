@@ -11,9 +11,11 @@
 //! 2. The server connects to the dealer (mutual TLS: the dealer accepts the `server` role only
 //!    from a certificate valid for the configured server identity) and sends `id | max_batch`.
 //! 3. The client connects to the dealer (TLS; it verifies the dealer) and sends `id`.
-//! 4. The dealer pairs the two connections strictly by id; a connection that finds no partner
-//!    within [`DealerOptions::pair_timeout`] is closed. Then the session runs as in
-//!    [`super::session`] (seeds, skeleton, `F`, inferences).
+//! 4. The dealer pairs the two connections strictly by id and answers both with `1`; a
+//!    connection that finds no partner within [`DealerOptions::pair_timeout`], or a pair beyond
+//!    the dealer's session limit, is answered with a refusal and its reason (the encoding of
+//!    [`Admission::Refused`]) and closed. Then the session runs as in [`super::session`]
+//!    (seeds, skeleton, `F`, inferences).
 //!
 //! The id is a bearer secret known to the server and the client only (it travels inside TLS);
 //! it is never logged. Knowing it lets a peer take the client's place at the dealer, which gives
@@ -391,6 +393,7 @@ impl DeployedServer {
         open.extend_from_slice(&(max_batch as u64).to_le_bytes());
         dealer.send(&open)?;
         dealer.flush()?;
+        await_pairing(&mut dealer, &self.opts.dealer_addr)?;
         let tr = serve_session_limited(
             &self.plan,
             &self.enc,
@@ -581,17 +584,19 @@ impl DeployedDealer {
                             .collect();
                         ids.iter().filter_map(|k| w.remove(k)).collect()
                     };
-                    for x in expired {
+                    for mut x in expired {
                         self.pending.fetch_sub(1, Ordering::SeqCst);
                         let role = if x.server_side { "server" } else { "client" };
+                        let why = format!(
+                            "no partner with this session id reached the dealer within {} s",
+                            self.opts.pair_timeout.as_secs_f64()
+                        );
+                        let _ = x.ch.send(&Admission::Refused(why.clone()).to_bytes());
+                        let _ = x.ch.flush();
                         report(SessionReport {
                             number: 0,
                             peers: vec![x.ch.peer_addr()],
-                            outcome: SessionOutcome::Failed(format!(
-                                "{role} connection expired: no partner with its session id \
-                                 within {} s",
-                                self.opts.pair_timeout.as_secs_f64()
-                            )),
+                            outcome: SessionOutcome::Failed(format!("{role} connection: {why}")),
                         });
                     }
                 }
@@ -698,14 +703,29 @@ impl DeployedDealer {
         let peers = vec![server.peer_addr(), client.peer_addr()];
         if self.active.fetch_add(1, Ordering::SeqCst) >= self.opts.max_sessions {
             self.active.fetch_sub(1, Ordering::SeqCst);
-            report(SessionReport {
-                number: 0,
-                peers,
-                outcome: SessionOutcome::Failed(
-                    "dealer busy: too many sessions; pair closed".into(),
-                ),
-            });
+            let why = format!(
+                "dealer busy: {} sessions running, the most it deals at once; retry later",
+                self.opts.max_sessions
+            );
+            for ch in [&mut server, &mut client] {
+                let _ = ch.send(&Admission::Refused(why.clone()).to_bytes());
+                let _ = ch.flush();
+            }
+            let _ = server.close();
+            let _ = client.close();
+            report(SessionReport { number: 0, peers, outcome: SessionOutcome::Refused(why) });
             return;
+        }
+        for ch in [&mut server, &mut client] {
+            if let Err(e) = ch.send(&[1u8]).and_then(|_| ch.flush()) {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                report(SessionReport {
+                    number: 0,
+                    peers,
+                    outcome: SessionOutcome::Failed(format!("pairing: {e}")),
+                });
+                return;
+            }
         }
         let number = self.paired.fetch_add(1, Ordering::SeqCst) + 1;
         let limits = SessionLimits {
@@ -759,7 +779,25 @@ pub fn client_open(
     let mut dealer = TcpChannel::connect(dealer_addr, "client", &dopts)?;
     dealer.send(&id.0)?;
     dealer.flush()?;
+    await_pairing(&mut dealer, dealer_addr)?;
     Ok(ClientLinks { server, dealer, max_batch })
+}
+
+/// Waits for the dealer's answer to a session id: `1` once the partner arrived (the session
+/// starts), or a refusal with its reason (dealer busy, partner never came).
+/// Errors: `Refused` with the dealer's reason; `PeerDisconnected` when the dealer closes
+/// without an answer; `Protocol` for another message.
+pub fn await_pairing(dealer: &mut TcpChannel, dealer_addr: &str) -> Result<()> {
+    let m = dealer.recv_max(1 + MAX_REASON_BYTES)?;
+    if m == [1u8] {
+        return Ok(());
+    }
+    match Admission::from_bytes(&m) {
+        Ok(Admission::Refused(reason)) => {
+            Err(Error::Refused { peer: format!("dealer at {dealer_addr}"), reason })
+        }
+        _ => Err(Error::Protocol("malformed pairing answer from the dealer".into())),
+    }
 }
 
 /// The host part of `host:port` (brackets of an IPv6 literal removed), the name a TLS peer's

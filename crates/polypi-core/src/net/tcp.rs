@@ -493,7 +493,7 @@ fn hello_bytes(role: &str) -> Result<Vec<u8>> {
     Ok(h)
 }
 
-/// Binds a listening socket (e.g. `"0.0.0.0:7000"`, or `"127.0.0.1:0"` for a free port; read it
+/// Binds a listening socket with a queue of [`LISTEN_BACKLOG`] (e.g. `"0.0.0.0:7000"`, or `"127.0.0.1:0"` for a free port; read it
 /// back with `local_addr()`).
 ///
 /// Errors: `Io` with kind `AddrInUse` and a message naming the address when another process
@@ -507,7 +507,7 @@ pub fn bind(addr: impl ToSocketAddrs) -> Result<TcpListener> {
         })?
         .collect();
     let shown = addrs.first().map(|a| a.to_string()).unwrap_or_else(|| "(no address)".into());
-    TcpListener::bind(&addrs[..]).map_err(|e| {
+    listen_any(&addrs).map_err(|e| {
         let msg = match e.kind() {
             ErrorKind::AddrInUse => format!(
                 "address {shown} is already in use (another polypi server or another program \
@@ -523,6 +523,32 @@ pub fn bind(addr: impl ToSocketAddrs) -> Result<TcpListener> {
         };
         Error::Io(io::Error::new(e.kind(), msg))
     })
+}
+
+/// Length of a listener's queue of connections not yet accepted (the OS may cap it: Linux at
+/// `net.core.somaxconn`, 4096 by default). `std`'s default of 128 drops connections in bursts
+/// of clients.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds the first of `addrs` that works, with [`LISTEN_BACKLOG`] (socket2).
+fn listen_any(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut last = io::Error::new(ErrorKind::InvalidInput, "address resolved to nothing");
+    for a in addrs {
+        let attempt = (|| {
+            let s = Socket::new(Domain::for_address(*a), Type::STREAM, Some(Protocol::TCP))?;
+            #[cfg(unix)]
+            s.set_reuse_address(true)?;
+            s.bind(&(*a).into())?;
+            s.listen(LISTEN_BACKLOG)?;
+            Ok::<TcpListener, io::Error>(s.into())
+        })();
+        match attempt {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Two connected TCP channels over the loopback interface (127.0.0.1, a free port), for tests
