@@ -131,8 +131,9 @@ pub struct ServeArgs {
     /// Longest single inference (offline + online phase), seconds.
     #[arg(long, default_value_t = 120.0)]
     pub inference_timeout_s: f64,
-    /// Largest batch a client may ask for in one inference.
-    #[arg(long, default_value_t = 8)]
+    /// Largest batch a client may ask for in one inference (each session reserves memory for
+    /// this batch, see --memory-budget-mb).
+    #[arg(long, default_value_t = 4)]
     pub max_batch: usize,
     /// Most sessions served at once (fewer if the memory budget holds fewer).
     #[arg(long, default_value_t = 32)]

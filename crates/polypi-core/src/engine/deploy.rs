@@ -363,14 +363,17 @@ impl DeployedServer {
                  on the path can read the client's input and the model's masked weights"
             );
         }
-        let outcome = match self.session(&mut client) {
+        let result = self.session(&mut client);
+        // The slot is free as soon as the session's work is: the client may already be opening
+        // its next session while our last bytes drain.
+        self.release();
+        let outcome = match result {
             Ok((inferences, online_ms)) => {
                 let _ = client.close();
                 SessionOutcome::Done { inferences, online_ms }
             }
             Err(e) => SessionOutcome::Failed(e.to_string()),
         };
-        self.release();
         report(SessionReport { number, peers: vec![peer], outcome });
     }
 
