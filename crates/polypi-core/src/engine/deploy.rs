@@ -731,6 +731,12 @@ impl DeployedDealer {
             }
         }
         let number = self.paired.fetch_add(1, Ordering::SeqCst) + 1;
+        if !server.is_tls() {
+            tracing::warn!(
+                "session {number}: plaintext links to the server and the client \
+                 (--insecure-plaintext): anyone on the path can read the seeds"
+            );
+        }
         let limits = SessionLimits {
             max_batch: self.opts.limits.max_batch.min(server_batch),
             ..self.opts.limits
