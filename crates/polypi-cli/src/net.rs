@@ -109,6 +109,9 @@ pub struct ServeArgs {
     /// Name the dealer's certificate must be valid for (default: the host of --dealer).
     #[arg(long)]
     pub dealer_name: Option<String>,
+    /// With TLS: the identity (DNS subject alternative name) the dealer's certificate must carry.
+    #[arg(long, default_value = polypi_core::net::tls::DEALER_IDENTITY)]
+    pub dealer_identity: String,
     /// How long a session keeps retrying to reach the dealer (refused, unreachable or
     /// dropped connection attempts), seconds.
     #[arg(long, default_value_t = 10.0)]
@@ -221,6 +224,12 @@ pub struct QueryArgs {
     /// Name the dealer's certificate must be valid for (default: the host of --dealer).
     #[arg(long)]
     pub dealer_name: Option<String>,
+    /// With TLS: the identity (DNS subject alternative name) the server's certificate must carry.
+    #[arg(long, default_value = polypi_core::net::tls::SERVER_IDENTITY)]
+    pub server_identity: String,
+    /// With TLS: the identity the dealer's certificate must carry.
+    #[arg(long, default_value = polypi_core::net::tls::DEALER_IDENTITY)]
+    pub dealer_identity: String,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Input images (PNG, PGM/PPM) of the model's input size; one private inference each.
@@ -327,6 +336,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     base.tls = tls;
     let mut dealer_tcp = base.clone();
     dealer_tcp.tls_server_name = tls_name(&a.dealer_name, &a.dealer);
+    dealer_tcp.expect_peer_identity = Some(a.dealer_identity.clone());
     dealer_tcp.connect_retry_for = secs(a.dealer_connect_retry_s, "--dealer-connect-retry-s")?;
     if !(a.memory_budget_mb.is_finite() && a.memory_budget_mb > 0.0) {
         bail!("--memory-budget-mb must be positive, got {}", a.memory_budget_mb);
@@ -424,9 +434,16 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
     }
     let tls = a.tls.config("client", ClientAuth::Optional)?;
     opts.tls = tls;
-    let server_tcp =
-        TcpOptions { tls_server_name: tls_name(&a.server_name, &a.connect), ..opts.clone() };
-    let dealer_tcp = TcpOptions { tls_server_name: tls_name(&a.dealer_name, &a.dealer), ..opts };
+    let server_tcp = TcpOptions {
+        tls_server_name: tls_name(&a.server_name, &a.connect),
+        expect_peer_identity: Some(a.server_identity.clone()),
+        ..opts.clone()
+    };
+    let dealer_tcp = TcpOptions {
+        tls_server_name: tls_name(&a.dealer_name, &a.dealer),
+        expect_peer_identity: Some(a.dealer_identity.clone()),
+        ..opts
+    };
     let ClientLinks { mut server, mut dealer, max_batch } =
         deploy::client_open(&a.connect, &server_tcp, &a.dealer, &dealer_tcp).with_context(
             || {

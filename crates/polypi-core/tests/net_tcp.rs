@@ -630,6 +630,15 @@ fn net_tls_refuses_plaintext_peers_and_missing_client_cert() {
     let (_a, b) = tls_pair(tls_opts("server", ClientAuth::Optional), wrong);
     let e = b.unwrap_err().to_string();
     assert!(e.contains("TLS") && e.contains("name"), "{e}");
+    // A certificate of another role of the same CA (valid for the same address) does not pass
+    // as the dealer's; the right identity does.
+    let mut want_dealer = tls_opts("client", ClientAuth::Optional);
+    want_dealer.expect_peer_identity = Some(polypi_core::net::tls::DEALER_IDENTITY.into());
+    let (_a, b) = tls_pair(tls_opts("server", ClientAuth::Optional), want_dealer.clone());
+    let e = b.unwrap_err().to_string();
+    assert!(e.contains("polypi-dealer"), "{e}");
+    let (a, b) = tls_pair(tls_opts("dealer", ClientAuth::Optional), want_dealer);
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
 }
 
 #[test]

@@ -127,6 +127,11 @@ pub struct TcpOptions {
     /// When connecting with TLS: the name (DNS name or IP address) the peer's certificate must
     /// be valid for. `None`: the IP address dialled. Default: `None`.
     pub tls_server_name: Option<String>,
+    /// With TLS: a name (DNS subject alternative name, e.g. [`super::tls::DEALER_IDENTITY`]) the
+    /// peer's certificate must also be valid for: the role identity, so that a certificate of
+    /// another role of the same CA (valid for the same host names) cannot stand in for it.
+    /// `None`: no check beyond the CA and the name dialled. Default: `None`.
+    pub expect_peer_identity: Option<String>,
     /// Bytes handed to the writer thread but not yet written beyond which `send`/`flush` wait
     /// (backpressure, bounded by the write timeout). `None`: unbounded (default; needed where
     /// both peers send large messages before reading, as in an exchange). Use it for one-way
@@ -148,6 +153,7 @@ impl Default for TcpOptions {
             expect_peer_role: None,
             tls: None,
             tls_server_name: None,
+            expect_peer_identity: None,
             max_queued_bytes: None,
         }
     }
@@ -768,6 +774,17 @@ impl TcpChannel {
                 write_all_until(&mut io.sock, &rest, Some(deadline))
                     .map_err(|e| io_fail(e, "finishing the TLS handshake"))?;
                 let cert = conn.peer_certificates().and_then(|c| c.first()).cloned();
+                if let Some(name) = &opts.expect_peer_identity {
+                    if !cert.as_ref().is_some_and(|c| super::tls::cert_valid_for(c, name)) {
+                        return Err(Error::Tls {
+                            peer: at.clone(),
+                            reason: format!(
+                                "its certificate is not valid for the identity '{name}' (a \
+                                 certificate of another role, or of no role)"
+                            ),
+                        });
+                    }
+                }
                 let shared = Arc::new(TlsShared {
                     conn: Mutex::new(conn),
                     out: Mutex::new(stream.try_clone()?),
