@@ -7,7 +7,8 @@
 #   scripts/private-eval.sh OUT_DIR MODEL...                     # CIFAR-10 subset, all 932 images
 #   DATASET=fashion-mnist DATA=data/fetched PRIVATE=1000 scripts/private-eval.sh OUT_DIR MODEL...
 #
-# Environment: DATASET (cifar10), DATA (../shared/data/cifar10-subset), PRIVATE (932 test images
+# Environment: DATASET (cifar10), DATA (data/fetched: run scripts/fetch-data.sh cifar10 first, or
+# data/cifar10-subset, the compressed copy in the repository), PRIVATE (932 test images
 # run privately), RUNS (5 bench runs per link), EXTRA (more `polypi eval` flags, e.g.
 # "--guard-retries 1" or "--range-check warn"). The input model files are not modified: the
 # calibrated copies go to OUT_DIR/<name>.safetensors.
@@ -16,7 +17,7 @@ set -euo pipefail
 OUT="${1:?usage: scripts/private-eval.sh OUT_DIR MODEL...}"
 shift
 DATASET="${DATASET:-cifar10}"
-DATA="${DATA:-../shared/data/cifar10-subset}"
+DATA="${DATA:-data/fetched}"
 PRIVATE="${PRIVATE:-932}"
 RUNS="${RUNS:-5}"
 EXTRA="${EXTRA:-}"

@@ -20,8 +20,8 @@ pub struct CalibrateArgs {
     /// Model file (.safetensors). Default: the shipped models/netm-x2act-fmnist.safetensors.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Data folder (as for `polypi eval`: `data/fetched` for (Fashion-)MNIST, the folder of the
-    /// CIFAR-10 binary batches for CIFAR-10).
+    /// Data folder (as for `polypi eval`: `data/fetched` after `scripts/fetch-data.sh`, or the
+    /// folder of the IDX files or of the CIFAR-10 binary batches).
     #[arg(long)]
     pub data: PathBuf,
     /// Which dataset.

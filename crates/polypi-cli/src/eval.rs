@@ -43,9 +43,10 @@ pub struct EvalArgs {
     /// Model file (.safetensors). Default: the shipped models/netm-x2act-fmnist.safetensors.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Data folder: for (Fashion-)MNIST the fetch folder (`data/fetched`, holding
-    /// `fashion-mnist/`, `mnist/`) or the folder of the IDX files; for CIFAR-10 the folder of the
-    /// binary batches.
+    /// Data folder: the fetch folder `data/fetched` (holding `fashion-mnist/`, `mnist/`,
+    /// `cifar10-subset/`; `scripts/fetch-data.sh` fills it), or the folder of the IDX files, or
+    /// for CIFAR-10 the folder of the binary batches (plain or `.gz`: `data/cifar10-subset` works
+    /// as committed).
     #[arg(long)]
     pub data: PathBuf,
     /// Which test set.
@@ -172,24 +173,33 @@ pub fn load_split(kind: DatasetArg, dir: &Path, split: SplitArg) -> Result<TestS
         }
         DatasetArg::Cifar10 => {
             const REC: usize = 1 + 3 * 32 * 32;
+            // The fetch folder (`data/fetched`) holds the subset in `cifar10-subset/`.
+            let sub = dir.join("cifar10-subset");
+            let has = |d: &Path, stems: &[&str]| stems.iter().any(|s| find(d, s).is_some());
+            let own = [
+                "data_batch_1.bin",
+                "test_batch.bin",
+                "train_subset_4660.bin",
+                "test_batch_first932.bin",
+            ];
+            let dir = if !has(dir, &own) && sub.is_dir() { sub.as_path() } else { dir };
             let full: Vec<PathBuf> =
-                (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
+                (1..=5).filter_map(|i| find(dir, &format!("data_batch_{i}.bin"))).collect();
             let files: Vec<PathBuf> = if split == SplitArg::Test {
                 ["test_batch.bin", "test_batch_first932.bin"]
                     .iter()
-                    .map(|f| dir.join(f))
-                    .find(|p| p.exists())
+                    .find_map(|f| find(dir, f))
                     .into_iter()
                     .collect()
-            } else if full[0].exists() {
-                full.into_iter().filter(|p| p.exists()).collect()
+            } else if !full.is_empty() {
+                full
             } else {
-                Some(dir.join("train_subset_4660.bin")).filter(|p| p.exists()).into_iter().collect()
+                find(dir, "train_subset_4660.bin").into_iter().collect()
             };
             if files.is_empty() {
                 bail!(
-                    "no CIFAR-10 {} batch ({}) in {}: pass --data with the folder of the CIFAR-10 \
-                     binary files",
+                    "no CIFAR-10 {} batch ({}, plain or .gz) in {}: run scripts/fetch-data.sh cifar10 and pass \
+                     --data data/fetched, or pass --data with the folder of the CIFAR-10 binary files",
                     prefix,
                     if split == SplitArg::Test {
                         "test_batch.bin or test_batch_first932.bin"

@@ -63,7 +63,7 @@ per layer server + client + dealer work (the three roles share the cores in-proc
 
 FPGA (`Profile::Fpga`): an analytic accelerator model. PolyMPCNet's and PASNet's FPGA designs
 (board, DSPs, clock, bandwidth, performance-model equations) are not public: NOT FOUND in the
-sources of `shared/research/seeds-digest.md` §1-2. Our assumed default: a ZCU104-class part
+sources of `docs/sources.md` §1-2. Our assumed default: a ZCU104-class part
 (1728 DSP48E2 at 300 MHz, 10 DSPs per pipelined 64-bit wrapping MAC = the limb products of the
 low 64 bits with 17-bit limbs, so 172.8 MAC/cycle = 51.8 GMAC/s; 4.75 MiB on-chip; 19.2 GB/s
 DDR4; elementwise ops 64/cycle; ChaCha20 64 B/cycle; 8 AES blocks/cycle, a DCF eval on the
@@ -73,7 +73,7 @@ output exceed on-chip memory, network = bytes/bandwidth + rounds x RTT/2 + 10 us
 layers pipelined, communication overlapped with compute.
 
 PASNet (`Profile::Pasnet`): the per-site table hard-coded in PASNet's code
-(`models/gate_tmp.py`, seeds-digest §2), n = elements per sample of the site's input: ReLU
+(`models/gate_tmp.py`, docs/sources.md §2), n = elements per sample of the site's input: ReLU
 `13.6n + 0.4`, X2act / polynomial `0.03n + 0.2`, MaxPool `0.75 x ReLU`, AvgPool `0.01n`
 (GlobalAvgPool counted as AvgPool), times the batch. Units are not stated in the source and are
 reported as published (\"PASNet units\", not ms). Linear layers, bytes, rounds and the link are

@@ -3,7 +3,11 @@
 //! The engine of polypi: two-party private inference (2PC, semi-honest, with a non-colluding
 //! dealer) of neural networks whose activations are polynomials.
 //!
-//! Layout (see `design.md` §2):
+//! The documents cited in the module docs of this crate and of polypi-train — `design.md` §N,
+//! `reference.md`, `sources.md` §N — are `docs/design.md`, `docs/reference.md` and
+//! `docs/sources.md` in the repository.
+//!
+//! Layout (see `docs/design.md` §2):
 //! - [`ring`]: Z_2^64 fixed-point arithmetic, [`ring::RingTensor`] (NCHW), the u64 wrapping GEMM,
 //!   im2col, local truncation.
 //! - [`model`]: the graph IR, the model file (safetensors + `polypi.graph`), validation, compile

@@ -3,7 +3,9 @@
 //! batching into NCHW `f32` buffers.
 //!
 //! Nothing is downloaded at run time: `scripts/fetch-data.sh` puts MNIST and Fashion-MNIST under
-//! `data/fetched/`; the CIFAR-10 subset lives in `../shared/data/cifar10-subset/`.
+//! `data/fetched/`; the CIFAR-10 subset is stored compressed in the repository
+//! (`data/cifar10-subset/`) and `scripts/fetch-data.sh cifar10` unpacks it into
+//! `data/fetched/cifar10-subset/`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -49,8 +51,8 @@ pub enum DatasetKind {
     Mnist,
     /// Fashion-MNIST, 60,000 train / 10,000 test (Debian `dataset-fashion-mnist`).
     FashionMnist,
-    /// CIFAR-10 binary format; by default the 4,660 / 932 real subset in
-    /// `../shared/data/cifar10-subset/`.
+    /// CIFAR-10 binary format; by default the 4,660 / 932 real subset unpacked by
+    /// `scripts/fetch-data.sh cifar10` into `data/fetched/cifar10-subset/`.
     Cifar10,
 }
 
@@ -246,21 +248,18 @@ pub fn load_cifar_bin(files: &[PathBuf], hint: &str) -> Result<Dataset, DataErro
     Ok(Dataset { images, labels, shape: [3, 32, 32] })
 }
 
-/// Default folder of the CIFAR-10 subset: `../shared/data/cifar10-subset` relative to the current
-/// directory (the repository root in CI), else `/work/shared/data/cifar10-subset`.
+/// Default folder of the CIFAR-10 subset: `data/fetched/cifar10-subset`, relative to the current
+/// directory (the repository root), where `scripts/fetch-data.sh cifar10` unpacks the copy stored
+/// in `data/cifar10-subset/`.
 pub fn default_cifar_dir() -> PathBuf {
-    let rel = PathBuf::from("../shared/data/cifar10-subset");
-    if rel.exists() {
-        rel
-    } else {
-        PathBuf::from("/work/shared/data/cifar10-subset")
-    }
+    PathBuf::from("data/fetched/cifar10-subset")
 }
 
 /// Loads (train, test) of `kind`. `data_dir` is the fetch folder (`data/fetched`, holding `mnist/`
 /// and `fashion-mnist/`) for the IDX sets; for CIFAR-10 it is the folder holding either the subset
 /// files (`train_subset_4660.bin`, `test_batch_first932.bin`) or the official
-/// `data_batch_{1..5}.bin` / `test_batch.bin`.
+/// `data_batch_{1..5}.bin` / `test_batch.bin`, or the fetch folder (`data/fetched`, holding
+/// `cifar10-subset/`).
 ///
 /// # Errors
 /// [`DataError::Missing`] (with a hint to run `scripts/fetch-data.sh`) if a file is absent,
@@ -275,7 +274,7 @@ pub fn load(kind: DatasetKind, data_dir: &Path) -> Result<(Dataset, Dataset), Da
                 data_dir.to_path_buf()
             };
             let hint = format!(
-                "run scripts/fetch-data.sh (it writes data/fetched/{sub}/) and pass --data-dir data/fetched"
+                "run scripts/fetch-data.sh {sub} (it writes data/fetched/{sub}/) and pass --data-dir data/fetched"
             );
             let train = load_idx(
                 &idx_path(&dir, "train-images-idx3-ubyte"),
@@ -290,8 +289,18 @@ pub fn load(kind: DatasetKind, data_dir: &Path) -> Result<(Dataset, Dataset), Da
             Ok((train, test))
         }
         DatasetKind::Cifar10 => {
-            let hint = "the CIFAR-10 subset is in ../shared/data/cifar10-subset/ (pass --data-dir there), \
-                        or point --data-dir at the official data_batch_*.bin / test_batch.bin";
+            let hint = "run scripts/fetch-data.sh cifar10 (it unpacks the subset stored in \
+                        data/cifar10-subset/ into data/fetched/cifar10-subset/), or point --data-dir \
+                        at the official data_batch_*.bin / test_batch.bin";
+            let sub = data_dir.join("cifar10-subset");
+            let data_dir = if !data_dir.join("data_batch_1.bin").exists()
+                && !data_dir.join("train_subset_4660.bin").exists()
+                && sub.is_dir()
+            {
+                sub.as_path()
+            } else {
+                data_dir
+            };
             let official: Vec<PathBuf> =
                 (1..=5).map(|i| data_dir.join(format!("data_batch_{i}.bin"))).collect();
             if official.iter().all(|p| p.exists()) {

@@ -48,7 +48,7 @@ impl ActKind {
     }
 }
 
-/// PILLAR range penalty settings (seeds-digest §3): per site `coef * sum(|x / range|^gamma)` over
+/// PILLAR range penalty settings (sources.md §3): per site `coef * sum(|x / range|^gamma)` over
 /// every element of the batch at that site (PILLAR-ESPN `pillar/PolyRelu.py::get_penalty`: L1 norm
 /// of the flattened powers, not their mean), averaged over sites. A mean would make the penalty
 /// ~N*C*H*W times weaker and let rare outliers through, which then blow up the polynomial at

@@ -1,5 +1,6 @@
 //! polypi-train: trains the networks the polypi engine runs and exports them as polypi model
-//! files (design.md §5).
+//! files (design.md §5). Cited documents (`design.md`, `reference.md`, `sources.md`) are in the
+//! repository's `docs/` folder.
 //!
 //! - [`data`]: IDX (MNIST, Fashion-MNIST) and CIFAR-10 binary loaders, normalisation, augmentation.
 //! - [`layers`]: ReLU, X2Act (PASNet / PolyMPCNet), PILLAR's fixed degree-4 polynomial, PolyKerv

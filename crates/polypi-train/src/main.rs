@@ -55,7 +55,7 @@ struct DataArgs {
     #[arg(long, value_enum, default_value = "fashion-mnist")]
     data: DatasetKind,
     /// Dataset folder (default: data/fetched for MNIST / Fashion-MNIST,
-    /// ../shared/data/cifar10-subset for cifar10).
+    /// data/fetched/cifar10-subset for cifar10; scripts/fetch-data.sh fills both).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Use only the first N training images (for search: search and retraining).

@@ -1,5 +1,5 @@
 //! Latency-aware differentiable architecture search (PolyMPCNet, Peng et al., arXiv 2209.09424;
-//! PASNet, Peng et al., DAC 2023, code `models/gate_tmp.py` + `config.py`; seeds-digest §1-2).
+//! PASNet, Peng et al., DAC 2023, code `models/gate_tmp.py` + `config.py`; docs/sources.md §1-2).
 //!
 //! **Supernet.** The reference network is built with X2act at every activation site (STPAI init
 //! w0 = 0.005, w1 = 1, b = 0). Every activation site becomes PASNet's `GateAct`:

@@ -43,7 +43,7 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// Everything a training run needs. Defaults follow the papers (seeds-digest.md): SGD momentum
+/// Everything a training run needs. Defaults follow the papers (docs/sources.md): SGD momentum
 /// 0.9, cosine learning rate with 5 warm-up epochs, batch 128, weight decay 5e-4 (PILLAR
 /// `training_scripts`); X2Act init of PASNet; PILLAR's clip to [-5, 5] and range penalty
 /// (γ = 10, range 4.8, coef 5e-5) with its 4-epoch warm-up for `act = poly`.
@@ -211,7 +211,7 @@ impl TrainConfig {
         self.penalty_coef.or((self.act == ActKind::Poly).then_some(5e-5))
     }
 
-    /// Penalty for `epoch` and the cross-entropy weight (PILLAR warm-up, seeds-digest §3):
+    /// Penalty for `epoch` and the cross-entropy weight (PILLAR warm-up, docs/sources.md §3):
     /// ep0 0·CE + pen(γ=4, coef/100); ep1 pen(6, coef/50); ep2 pen(8, coef/10); ep3 pen(10, coef/5);
     /// then pen(γ, coef). γ of the warm-up epochs is scaled by `penalty_gamma/10`.
     pub fn penalty_at(&self, epoch: usize) -> (Option<Penalty>, f64) {

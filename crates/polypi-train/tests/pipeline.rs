@@ -51,6 +51,20 @@ fn idx_roundtrip_plain_and_gz() {
     }
 }
 
+/// The fetch folder (`data/fetched`, holding `cifar10-subset/` as `scripts/fetch-data.sh cifar10`
+/// writes it) is accepted as well as the subset's own folder.
+#[test]
+fn cifar_loader_reads_the_fetch_folder() {
+    let d = tmpdir("cifar-fetched");
+    let sub = d.join("cifar10-subset");
+    std::fs::create_dir_all(&sub).unwrap();
+    cifar_fixture(&sub);
+    let (tr, te) = data::load(DatasetKind::Cifar10, &d).unwrap();
+    assert_eq!((tr.len(), te.len()), (120, 60));
+    let e = data::load(DatasetKind::Cifar10, &d.join("nothing")).err().unwrap().to_string();
+    assert!(e.contains("scripts/fetch-data.sh cifar10"), "{e}");
+}
+
 #[test]
 fn cifar_loader_reads_records() {
     let d = tmpdir("cifar");

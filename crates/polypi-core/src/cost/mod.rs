@@ -438,7 +438,7 @@ pub fn predict(
             fpga_times(&layers, p, link),
             p.name.clone(),
             vec!["fpga: analytic model with assumed parameters (PolyMPCNet/PASNet FPGA details \
-                 are not public, seeds-digest §1-2); layers pipelined, communication overlapped"
+                 are not public, sources.md §1-2); layers pipelined, communication overlapped"
                 .into()],
         ),
         Profile::Pasnet => unreachable!("handled above"),

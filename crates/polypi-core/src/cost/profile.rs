@@ -61,7 +61,7 @@ pub struct CpuProfile {
 ///
 /// Assumptions (no public source gives PolyMPCNet's or PASNet's FPGA design: board, DSP count,
 /// clock, bandwidth and performance-model equations are NOT FOUND, see
-/// `shared/research/seeds-digest.md` §1-2; these defaults are ours):
+/// `docs/sources.md` §1-2; these defaults are ours):
 /// - default device: a Zynq UltraScale+ ZCU104-class part (XCZU7EV: 1728 DSP48E2, 300 MHz,
 ///   ~4.75 MiB BRAM+URAM, one DDR4-2400 x64 channel ~19.2 GB/s);
 /// - one 64-bit wrapping MAC takes `dsp_per_mac64` DSPs: with 17-bit limbs, the low 64 bits of a
@@ -138,7 +138,7 @@ pub enum Profile {
     /// An analytic FPGA accelerator.
     Fpga(FpgaProfile),
     /// PASNet's per-site latency table (Peng et al., DAC 2023, code `models/gate_tmp.py`; see
-    /// seeds-digest §2), `n` = elements per sample of the site's input: ReLU `13.6n + 0.4`,
+    /// docs/sources.md §2), `n` = elements per sample of the site's input: ReLU `13.6n + 0.4`,
     /// X2act/polynomial `0.03n + 0.2`, MaxPool `0.75 x ReLU`, AvgPool `0.01n`. Units are not
     /// stated in the source: reported as published (not ms). Linear layers are not in the table
     /// (cost 0), nor are bytes or rounds.

@@ -1,7 +1,7 @@
 //! The u64 wrapping GEMM: `C = A * B` over Z_2^64 (row-major), with runtime ISA dispatch.
 //!
-//! No existing crate multiplies `u64` matrices modulo 2^64 fast (see
-//! `shared/research/deps-and-data.md` §C), so this module carries its own kernel:
+//! No existing crate multiplies `u64` matrices modulo 2^64 fast (see `docs/sources.md` §7), so
+//! this module carries its own kernel:
 //!
 //! - `B` (`k x n`, row-major) is packed once into column strips of [`NR`] = 8 columns
 //!   ([`PackedB`]); strip `s` holds, for every `p in 0..k`, the 8 values `B[p][8s .. 8s+8]`
