@@ -172,19 +172,19 @@ pub fn load_split(kind: DatasetArg, dir: &Path, split: SplitArg) -> Result<TestS
         }
         DatasetArg::Cifar10 => {
             const REC: usize = 1 + 3 * 32 * 32;
+            // Each file plain or gzipped (`.bin.gz`, as the repository's subset ships).
             let full: Vec<PathBuf> =
-                (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
+                (1..=5).filter_map(|i| find(dir, &format!("data_batch_{i}.bin"))).collect();
             let files: Vec<PathBuf> = if split == SplitArg::Test {
                 ["test_batch.bin", "test_batch_first932.bin"]
                     .iter()
-                    .map(|f| dir.join(f))
-                    .find(|p| p.exists())
+                    .find_map(|f| find(dir, f))
                     .into_iter()
                     .collect()
-            } else if full[0].exists() {
-                full.into_iter().filter(|p| p.exists()).collect()
+            } else if !full.is_empty() {
+                full
             } else {
-                Some(dir.join("train_subset_4660.bin")).filter(|p| p.exists()).into_iter().collect()
+                find(dir, "train_subset_4660.bin").into_iter().collect()
             };
             if files.is_empty() {
                 bail!(
