@@ -10,8 +10,11 @@ use std::time::Duration;
 
 /// The model shipped with the repository, used by `polypi infer` without `--model`.
 pub const DEFAULT_MODEL: &str = "models/netm-x2act-fmnist.safetensors";
-/// The folder of the shipped sample images, used by `polypi infer` without `--input`.
-pub const DEFAULT_SAMPLES: &str = "data/samples";
+/// The folder of the shipped sample images, used by `polypi infer` without `--input`: one
+/// folder per input shape `[C, H, W]` (Fashion-MNIST test images for `[1, 28, 28]`, CIFAR-10
+/// test images for `[3, 32, 32]`).
+pub const DEFAULT_SAMPLES: &[([usize; 3], &str)] =
+    &[([1, 28, 28], "data/samples"), ([3, 32, 32], "data/samples/cifar")];
 
 /// Resolves a repository-relative path: first against the current directory, then against the
 /// repository this binary was built from. `None` if neither exists.
@@ -68,17 +71,27 @@ pub fn load_model(path: &Path) -> Result<Model> {
     Ok(Model { file, plan })
 }
 
-/// The sample images shipped with the repository (`data/samples/*.png`, sorted by name).
-pub fn default_inputs() -> Result<Vec<PathBuf>> {
-    let dir = resolve_repo_path(DEFAULT_SAMPLES).with_context(|| {
-        format!(
-            "no --input given and the sample folder {DEFAULT_SAMPLES} is missing: pass --input IMG"
-        )
+/// The sample images shipped with the repository for `plan`'s input shape (`*.png` of the
+/// [`DEFAULT_SAMPLES`] folder of that shape, sorted by name). Errors, saying to pass `--input`,
+/// when no shipped samples fit the shape or the folder is missing.
+pub fn default_inputs(plan: &Plan) -> Result<Vec<PathBuf>> {
+    let shape = plan.input_shape();
+    let Some((_, rel)) = DEFAULT_SAMPLES.iter().find(|(s, _)| s.as_slice() == shape) else {
+        let have: Vec<String> =
+            DEFAULT_SAMPLES.iter().map(|(s, d)| format!("{s:?} in {d}")).collect();
+        bail!(
+            "no --input given and no shipped sample images fit the model's input shape {shape:?} \
+             (shipped: {}): pass --input IMG",
+            have.join(", ")
+        );
+    };
+    let dir = resolve_repo_path(rel).with_context(|| {
+        format!("no --input given and the sample folder {rel} is missing: pass --input IMG")
     })?;
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")))
         .collect();
     v.sort();
     if v.is_empty() {
@@ -87,18 +100,38 @@ pub fn default_inputs() -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// Reads and decodes an image file (PNG, PGM/PPM) without looking at any model: a missing,
+/// unreadable or corrupt file fails here (`polypi query` decodes every input before it
+/// connects, so a bad file costs the server nothing).
+pub fn decode_image(path: &Path) -> Result<image::DynamicImage> {
+    image::open(path).with_context(|| {
+        format!(
+            "cannot read image {} (supported: PNG, PGM/PPM; check the path and that the file is \
+             a valid image)",
+            path.display()
+        )
+    })
+}
+
 /// Loads an image file (PNG, PGM/PPM) as one normalised NCHW sample of `plan`'s input shape:
-/// grayscale or RGB by the input's channel count, `x/255`, then the plan's per-channel
-/// `(x - mean) / std`. Errors when the size differs from the model's input (no resizing).
+/// [`decode_image`], then [`image_to_input`].
 pub fn load_image(path: &Path, plan: &Plan) -> Result<Vec<f32>> {
+    image_to_input(&decode_image(path)?, path, plan)
+}
+
+/// Converts a decoded image (read from `path`, named in messages) to one normalised NCHW sample
+/// of `plan`'s input shape: grayscale or RGB by the input's channel count, `x/255`, then the
+/// plan's per-channel `(x - mean) / std`. Errors when the size differs from the model's input
+/// (no resizing). A colour image given to a grayscale model (or the reverse) is converted (luma,
+/// or the gray value in all three channels) with a warning on stderr: the conversion is well
+/// defined and often what the user wants, but a model sees a different kind of image than it was
+/// trained on, which the user should know.
+pub fn image_to_input(img: &image::DynamicImage, path: &Path, plan: &Plan) -> Result<Vec<f32>> {
     let shape = plan.input_shape();
     let (c, h, w) = match shape {
         [c, h, w] => (*c, *h, *w),
         _ => bail!("the model's input shape {shape:?} is not an image [C, H, W]"),
     };
-    let img = image::open(path).with_context(|| {
-        format!("cannot read image {} (supported: PNG, PGM/PPM; check the path)", path.display())
-    })?;
     if img.width() as usize != w || img.height() as usize != h {
         bail!(
             "image {} is {}x{} pixels but the model expects {w}x{h} (width x height): resize it \
@@ -108,11 +141,25 @@ pub fn load_image(path: &Path, plan: &Plan) -> Result<Vec<f32>> {
             img.height()
         );
     }
+    let colour = img.color().has_color();
     let pixels: Vec<u8> = match c {
         1 => img.to_luma8().into_raw(),
         3 => img.to_rgb8().into_raw(),
         _ => bail!("the model expects {c} input channels; only 1 (grayscale) and 3 (RGB) images are supported"),
     };
+    if colour && c == 1 {
+        eprintln!(
+            "warning: {} is a colour image but the model expects grayscale: converted to \
+             grayscale (luma)",
+            path.display()
+        );
+    } else if !colour && c == 3 {
+        eprintln!(
+            "warning: {} is a grayscale image but the model expects RGB: its gray value is used \
+             in all three channels",
+            path.display()
+        );
+    }
     Ok(pixels_to_input(&pixels, c, h, w, true, plan))
 }
 

@@ -173,7 +173,8 @@ pub fn load_split(kind: DatasetArg, dir: &Path, split: SplitArg) -> Result<TestS
         }
         DatasetArg::Cifar10 => {
             const REC: usize = 1 + 3 * 32 * 32;
-            // The fetch folder (`data/fetched`) holds the subset in `cifar10-subset/`.
+            // The fetch folder (`data/fetched`) holds the subset in `cifar10-subset/`; each file
+            // plain or gzipped (`.bin.gz`, as the repository's subset ships).
             let sub = dir.join("cifar10-subset");
             let has = |d: &Path, stems: &[&str]| stems.iter().any(|s| find(d, s).is_some());
             let own = [

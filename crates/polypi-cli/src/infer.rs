@@ -46,7 +46,9 @@ pub struct InferArgs {
     /// Model file (.safetensors). Default: the shipped models/netm-x2act-fmnist.safetensors.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Input images (PNG, PGM/PPM), exactly the model's input size. Default: data/samples/*.png.
+    /// Input images (PNG, PGM/PPM), exactly the model's input size. Default: the shipped samples
+    /// of the model's input shape (data/samples/*.png for [1, 28, 28], data/samples/cifar/*.png for
+    /// [3, 32, 32]).
     #[arg(long, num_args = 1..)]
     pub input: Vec<PathBuf>,
     /// Compare every layer with the fixed-point twin and report the max |error|.
@@ -125,7 +127,7 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
     let mut model = common::load_model(&path)?;
     model.plan.poly_protocol = a.poly.poly_protocol;
     let plan = &model.plan;
-    let files = if a.input.is_empty() { common::default_inputs()? } else { a.input.clone() };
+    let files = if a.input.is_empty() { common::default_inputs(plan)? } else { a.input.clone() };
     let mut inputs = Vec::with_capacity(files.len());
     for f in &files {
         inputs.push((common::load_image(f, plan)?, 1usize));

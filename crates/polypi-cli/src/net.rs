@@ -427,10 +427,14 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
     }
     opts.connect_retry_for = Duration::from_secs_f64(a.connect_retry_s);
     let policy = range::policy(&a.guard, &a.margin)?;
+    // Decode every image before connecting: a missing or corrupt file costs the server nothing.
+    // The size and channel checks need the plan's input shape (known after connecting).
+    let mut images = Vec::with_capacity(a.input.len());
     for f in &a.input {
         if !f.exists() {
             bail!("input image {} not found: check the path", f.display());
         }
+        images.push(common::decode_image(f)?);
     }
     let tls = a.tls.config("client", ClientAuth::Optional)?;
     opts.tls = tls;
@@ -474,8 +478,8 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         );
     }
     let mut inputs = Vec::new();
-    for f in &a.input {
-        match common::load_image(f, &plan) {
+    for (f, img) in a.input.iter().zip(&images) {
+        match common::image_to_input(img, f, &plan) {
             Ok(x) => inputs.push(x),
             Err(e) => {
                 let _ = sess.close();

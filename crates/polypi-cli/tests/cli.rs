@@ -36,6 +36,19 @@ fn infer_zoo_model_private_equals_plaintext() {
 }
 
 #[test]
+fn infer_without_input_uses_the_samples_of_the_models_input_shape() {
+    let d = tmp("samples");
+    let m = zoo(&d, "NET-C", "x2");
+    let o = run(&["infer", "--model", m.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "infer failed: {}", text(&o.stderr));
+    let v = json(&o);
+    let inputs = v["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 8);
+    assert!(inputs[0]["file"].as_str().unwrap().contains("samples/cifar/0-3.png"), "{v}");
+    assert!(!text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+}
+
+#[test]
 fn serve_dealer_query_three_processes() {
     let d = tmp("three");
     let m = zoo(&d, "NET-M", "square");
@@ -178,6 +191,35 @@ fn bad_inputs_give_clear_errors() {
     drop(free);
     let o = query(&faddr, &faddr, &["--input", imgs, "--connect-retry-s", "0.5"]);
     assert_fails(&o, 1, "could not connect to");
+
+    // A corrupt image fails before query connects (nobody listens at the addresses, and the
+    // error is about the image, not the connection).
+    let corrupt = d.join("corrupt.png");
+    std::fs::write(&corrupt, &std::fs::read(&img).unwrap()[..40]).unwrap();
+    let o = query(
+        &faddr,
+        &faddr,
+        &["--input", imgs, corrupt.to_str().unwrap(), "--connect-retry-s", "5"],
+    );
+    assert_fails(&o, 1, "cannot read image");
+    assert!(!text(&o.stderr).contains("connect"), "{}", text(&o.stderr));
+
+    // A colour image into a grayscale model is converted, with a warning.
+    let rgb = rgb_png(&d, "rgb.png", 28, 28);
+    let o = run(&["infer", "--model", ms, "--input", rgb.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("converted to grayscale"), "{}", text(&o.stderr));
+    let o = run(&["infer", "--model", ms, "--input", imgs, "--json"]);
+    assert!(!text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+
+    // A model file with a flipped weight byte is refused at load (tensor checksum).
+    let mut bytes = std::fs::read(&m).unwrap();
+    let n = bytes.len();
+    bytes[n - 7] ^= 0x10;
+    let flipped = d.join("flipped.safetensors");
+    std::fs::write(&flipped, bytes).unwrap();
+    let o = run(&["infer", "--model", flipped.to_str().unwrap(), "--input", imgs]);
+    assert_fails(&o, 1, "tensor checksum mismatch");
 
     // Usage errors exit with 2.
     let o = run(&["zoo", "--net", "NET-X", "--act", "x2", "--out", "x.safetensors"]);

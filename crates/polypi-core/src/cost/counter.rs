@@ -728,3 +728,30 @@ pub fn count(plan: &Plan, batch: usize) -> Result<Vec<LayerCost>> {
     layers.push(reveal_cost(plan, batch));
     Ok(layers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::compile::compile;
+    use crate::model::zoo::{build, Act, Pool, RefNet};
+
+    /// Counting holds no per-sample (or per-window) state: a batch of 2^24 NET-C images with ReLU
+    /// and max-pool (2^40 activation elements) is counted at once, and every count is exactly
+    /// the batch-1 count times the batch. (Per-window state once made the memory-budget test
+    /// allocate gigabytes at batch 100,000.)
+    #[test]
+    fn counting_a_huge_batch_allocates_nothing_per_sample() {
+        let plan = compile(&build(RefNet::NetC, Act::Relu, Pool::Max, 1.0, 1).unwrap()).unwrap();
+        let big = 1usize << 24;
+        let one = count(&plan, 1).unwrap();
+        let many = count(&plan, big).unwrap();
+        assert_eq!(one.len(), many.len());
+        let b = big as u64;
+        for (a, m) in one.iter().zip(&many) {
+            assert_eq!(m.in_elements, a.in_elements * b, "{}", a.name);
+            assert_eq!(m.macs, a.macs * b, "{}", a.name);
+            assert_eq!(m.activation_elements, a.activation_elements * b, "{}", a.name);
+            assert_eq!(m.rounds, a.rounds, "{}", a.name);
+        }
+    }
+}

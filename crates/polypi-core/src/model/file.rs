@@ -5,7 +5,9 @@
 //!   `[out, in]`, per-channel vectors `[C]`, per-channel polynomial coefficients `[C, d+1]`);
 //! - safetensors `__metadata__`: [`KEY_GRAPH`] (the [`Graph`] as JSON), [`KEY_VERSION`]
 //!   (= [`FORMAT_VERSION`]), optionally [`KEY_CARD`] (the [`ModelCard`] as JSON) and
-//!   [`KEY_RANGES`] (calibrated value ranges, [`Ranges`] as JSON, see [`super::range`]).
+//!   [`KEY_RANGES`] (calibrated value ranges, [`Ranges`] as JSON, see [`super::range`]) and
+//!   [`KEY_CHECKSUM`] (SHA-256 of the tensors, [`tensor_checksum`]; written by every save, checked
+//!   by every load when present: files written before it existed still load).
 //!
 //! [`ModelFile::load`] / [`ModelFile::from_bytes`] parse and validate everything (version, graph,
 //! tensor shapes, hyper-parameters, finite weights) and report the first problem with the node's
@@ -33,6 +35,10 @@ pub const KEY_GRAPH: &str = "polypi.graph";
 pub const KEY_VERSION: &str = "polypi.format_version";
 /// Metadata key of the optional model card JSON.
 pub const KEY_CARD: &str = "polypi.card";
+/// Metadata key of the tensors' checksum: lower-case hex SHA-256 of [`tensor_checksum`]'s
+/// canonical stream. Optional (older files have none); when present, a load that computes a
+/// different value fails with "corrupt file: tensor checksum mismatch".
+pub const KEY_CHECKSUM: &str = "polypi.tensors_sha256";
 /// Highest polynomial degree a model may use (`Poly` after trimming trailing zeros, `PolyKerv`'s
 /// `d_p`).
 pub const MAX_POLY_DEGREE: usize = 8;
@@ -53,6 +59,28 @@ pub const KNOWN_OPS: &[&str] = &[
     "PolyKerv",
     "Identity",
 ];
+
+/// SHA-256 (lower-case hex) of the tensors in a canonical form independent of the file layout:
+/// for each tensor in name order, the name's length (u64 LE), the name (UTF-8), the rank (u64 LE),
+/// each dimension (u64 LE), then the values (f32 LE). Stored under [`KEY_CHECKSUM`] by
+/// [`ModelFile::to_bytes`] and checked by [`ModelFile::from_bytes_unchecked`].
+pub fn tensor_checksum(tensors: &BTreeMap<String, TensorF32>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = Vec::new();
+    for (name, t) in tensors {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((t.shape.len() as u64).to_le_bytes());
+        for d in &t.shape {
+            h.update((*d as u64).to_le_bytes());
+        }
+        buf.clear();
+        buf.extend(t.data.iter().flat_map(|v| v.to_le_bytes()));
+        h.update(&buf);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Pseudo node name used in errors about graph-wide attributes (`input_shape`, `frac_bits`, ...).
 pub const GRAPH_NODE: &str = "(graph)";
@@ -161,6 +189,7 @@ impl ModelFile {
         };
 
         let mut tensors = BTreeMap::new();
+        let checksum = kv.get(KEY_CHECKSUM);
         for (tname, view) in st.tensors() {
             if view.dtype() != Dtype::F32 {
                 return Err(bad(format!(
@@ -176,6 +205,16 @@ impl ModelFile {
                 return Err(bad(format!("tensor '{tname}': data does not match shape {shape:?}")));
             }
             tensors.insert(tname, TensorF32 { shape, data });
+        }
+        if let Some(want) = checksum {
+            let got = tensor_checksum(&tensors);
+            if !got.eq_ignore_ascii_case(want.trim()) {
+                return Err(bad(format!(
+                    "corrupt file: tensor checksum mismatch (the metadata's '{KEY_CHECKSUM}' is \
+                     {want}, the tensors hash to {got}): the weights were changed after the file \
+                     was written; restore the file from its source"
+                )));
+            }
         }
         Ok(ModelFile { graph, card, ranges, tensors })
     }
@@ -194,6 +233,7 @@ impl ModelFile {
         if let Some(r) = &self.ranges {
             meta.insert(KEY_RANGES, r.to_json()?);
         }
+        meta.insert(KEY_CHECKSUM, tensor_checksum(&self.tensors));
         let q = |s: &str| serde_json::to_string(s).map_err(json_err);
 
         let mut header = String::from("{\"__metadata__\":{");
@@ -838,6 +878,47 @@ mod tests {
         // Only the model file is left in the directory (no temp files).
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tensor_checksum_catches_flipped_weight_bytes_and_old_files_still_load() {
+        let f = small();
+        let bytes = f.to_bytes().unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let md = meta.metadata().clone().unwrap();
+        assert_eq!(md[KEY_CHECKSUM], tensor_checksum(&f.tensors));
+        assert_eq!(md[KEY_CHECKSUM].len(), 64);
+        // One flipped bit in the last weight: refused at load, by name.
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 3] ^= 0x01;
+        match ModelFile::from_bytes(&bad, "flipped") {
+            Err(Error::ModelFile { path, reason }) => {
+                assert_eq!(path, "flipped");
+                assert!(reason.contains("corrupt file: tensor checksum mismatch"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ModelFile::from_bytes_unchecked(&bad, "flipped").is_err());
+        // A file without a checksum (older versions, other tools) still loads, and gains one when
+        // saved again.
+        let old = with_graph_json(&f, |_| {});
+        let (_, meta) = SafeTensors::read_metadata(&old).unwrap();
+        assert!(!meta.metadata().as_ref().unwrap().contains_key(KEY_CHECKSUM));
+        let g = ModelFile::from_bytes(&old, "old").unwrap();
+        assert_eq!(g.tensors, f.tensors);
+        let resaved = g.to_bytes().unwrap();
+        let (_, m2) = SafeTensors::read_metadata(&resaved).unwrap();
+        assert_eq!(m2.metadata().as_ref().unwrap()[KEY_CHECKSUM], md[KEY_CHECKSUM]);
+        // The checksum does not depend on the file layout (the other tool's tensor order).
+        let st = SafeTensors::deserialize(&old).unwrap();
+        let mut md = meta.metadata().clone().unwrap();
+        md.insert(KEY_CHECKSUM.to_string(), tensor_checksum(&f.tensors).to_uppercase());
+        let b = safetensors::serialize(st.tensors(), Some(md.clone())).unwrap();
+        assert_eq!(ModelFile::from_bytes(&b, "m").unwrap().tensors, f.tensors);
+        md.insert(KEY_CHECKSUM.to_string(), "0".repeat(64));
+        let b = safetensors::serialize(st.tensors(), Some(md)).unwrap();
+        assert!(matches!(ModelFile::from_bytes(&b, "m"), Err(Error::ModelFile { .. })));
     }
 
     #[test]
