@@ -59,6 +59,15 @@ pub fn load_model(path: &Path) -> Result<Model> {
             path.display()
         );
     }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Some(stem) = name.strip_suffix(".ckpt.safetensors") {
+        bail!(
+            "{} is a training checkpoint of polypi-train (burn record: the teacher of \
+             `--teacher`), not a model file; the model exported by the same run is {}.safetensors",
+            path.display(),
+            path.with_file_name(stem).display()
+        );
+    }
     let file = ModelFile::load(path).with_context(|| {
         format!(
             "cannot load model {} (is it a polypi .safetensors model written by polypi-train or \

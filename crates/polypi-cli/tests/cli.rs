@@ -167,6 +167,13 @@ fn bad_inputs_give_clear_errors() {
     let o = run(&["inspect", "--model", garbage.to_str().unwrap()]);
     assert_fails(&o, 1, "cannot load model");
 
+    // A training checkpoint shipped next to a model is named as such, with the model to use.
+    let ckpt =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/netm-relu-fmnist.ckpt.safetensors");
+    let o = run(&["infer", "--model", ckpt]);
+    assert_fails(&o, 1, "is a training checkpoint");
+    assert!(text(&o.stderr).contains("netm-relu-fmnist.safetensors"), "{}", text(&o.stderr));
+
     // Port in use.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
