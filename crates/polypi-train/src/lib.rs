@@ -7,6 +7,7 @@
 //!   (PolyKervNets / R-PKN).
 //! - [`nets`]: NET-M, NET-C, NET-R18 of reference.md in every activation variant, by width.
 //! - [`train`]: [`TrainConfig`] (defaults from the papers) and [`train()`], the training loop.
+//! - [`polyfit`]: PILLAR's integer-coefficient least-squares fit of ReLU (`fit-poly`).
 //! - [`export`]: conversion to `polypi_core::model::file::ModelFile` with a model card.
 //! - [`report`]: metrics CSV and SVG plot.
 //!
@@ -18,6 +19,7 @@ pub mod data;
 pub mod export;
 pub mod layers;
 pub mod nets;
+pub mod polyfit;
 pub mod report;
 pub mod search;
 pub mod sweep;

@@ -38,6 +38,29 @@ enum Cmd {
     /// Rewrites the table (sweep.md, sweep.csv) and Pareto plot of a sweep folder from its
     /// sweep.json, measuring nothing.
     Report(ReportArgs),
+    /// PILLAR's fitter: the degree-D polynomial with coefficients n / 2^P (|c| <= 1/2) closest to
+    /// ReLU in least squares on [-R, R] (grid 0.01); prints the coefficients, lowest degree first.
+    FitPoly(FitPolyArgs),
+}
+
+/// Arguments of `polypi-train fit-poly`.
+#[derive(clap::Args, Debug)]
+struct FitPolyArgs {
+    /// Degree D of the polynomial.
+    #[arg(long, default_value_t = 4)]
+    degree: usize,
+    /// Precision P: coefficients are integers divided by 2^P (PILLAR: 10).
+    #[arg(long, default_value_t = 10)]
+    precision_bits: u32,
+    /// Half-width R of the fitting interval [-R, R] (PILLAR: 5).
+    #[arg(long, default_value_t = 5.0)]
+    range: f64,
+    /// Grid step (PILLAR: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    step: f64,
+    /// Print JSON (`coefficients`, lowest degree first; `numerators`; errors) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `polypi-train report`.
@@ -278,6 +301,30 @@ fn main() -> Result<()> {
             let sw = polypi_train::sweep::load_sweep(&a.dir)?;
             polypi_train::sweep::write_reports(&sw, &a.dir)?;
             print!("{}", polypi_train::sweep::markdown(&sw));
+            Ok(())
+        }
+        Some(Cmd::FitPoly(a)) => {
+            let fit = polypi_train::polyfit::fit_relu(a.degree, a.precision_bits, a.range, a.step)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&fit)?);
+            } else {
+                let den = 1u64 << fit.precision_bits;
+                let nums: Vec<String> = fit.numerators.iter().map(|n| n.to_string()).collect();
+                println!(
+                    "degree {} fit of ReLU on [-{r}, {r}] ({} points, step {}), coefficients / {den}, \
+                     lowest degree first:",
+                    fit.degree,
+                    fit.points,
+                    fit.step,
+                    r = fit.range
+                );
+                println!("  numerators   [{}]", nums.join(", "));
+                println!("  coefficients {:?}", fit.coefficients);
+                println!(
+                    "  squared error {:.6} (real least squares {:.6}), rms {:.6}, max |error| {:.6}",
+                    fit.sse, fit.real_sse, fit.rmse, fit.max_abs_error
+                );
+            }
             Ok(())
         }
     }
