@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use polypi_core::model::file::{ModelFile, TensorF32};
 use polypi_core::model::graph::{Graph, ModelCard, Node, Normalize, Op};
 
-use crate::layers::{ActKind, Activation, PILLAR_DEG4};
+use crate::layers::{ActKind, Activation};
 use crate::nets::{Net, Unit, POOL_AVG, POOL_MAX};
 use crate::train::{TrainConfig, TrainReport};
 
@@ -109,7 +109,7 @@ impl Builder {
                 self.push(
                     n,
                     input,
-                    Op::Poly { coefficients: PILLAR_DEG4.to_vec(), coefficients_tensor: None },
+                    Op::Poly { coefficients: a.poly_coefficients(), coefficients_tensor: None },
                 )
             }
             ActKind::Pkn | ActKind::Rpkn => {

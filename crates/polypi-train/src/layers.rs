@@ -222,18 +222,25 @@ pub struct Activation {
     pub x2: Option<X2Act>,
     /// PolyKerv parameters (kinds pkn, rpkn).
     pub kerv: Option<PolyKerv>,
+    /// PILLAR polynomial coefficients, lowest degree first, shape `[D + 1]`, not trainable
+    /// (kind poly; None in records of older versions: [`PILLAR_DEG4`]).
+    pub poly: Option<Param<Tensor<1>>>,
 }
 
 impl Activation {
     /// A site of `kind` for `channels` channels. `x2_scale` is X2Act's `s`; `kerv_init` = `(c_p,
-    /// a_p)` overrides the PolyKerv init (default PKN 1 / 1, R-PKN 0.47 / 0.009).
+    /// a_p)` overrides the PolyKerv init (default PKN 1 / 1, R-PKN 0.47 / 0.009); `poly` are the
+    /// coefficients of kind poly (lowest degree first, at least 2), ignored by other kinds.
     pub fn new(
         kind: ActKind,
         channels: usize,
         x2_scale: f32,
         kerv_init: Option<(f32, f32)>,
+        poly: &[f32],
         device: &Device,
     ) -> Self {
+        let poly = (kind == ActKind::Poly)
+            .then(|| Param::from_tensor(Tensor::from_floats(poly, device)).set_require_grad(false));
         let (x2, kerv) = match kind {
             ActKind::X2act => (Some(X2Act::new(channels, x2_scale, device)), None),
             ActKind::Pkn => {
@@ -246,7 +253,17 @@ impl Activation {
             }
             _ => (None, None),
         };
-        Activation { kind: kind_to_u8(kind), x2, kerv }
+        Activation { kind: kind_to_u8(kind), x2, kerv, poly }
+    }
+
+    /// Coefficients of a poly site, lowest degree first ([`PILLAR_DEG4`] when the record has none).
+    pub fn poly_coefficients(&self) -> Vec<f32> {
+        match &self.poly {
+            Some(p) => {
+                p.val().into_data().try_to_vec::<f32>().unwrap_or_else(|_| PILLAR_DEG4.to_vec())
+            }
+            None => PILLAR_DEG4.to_vec(),
+        }
     }
 
     /// The site's kind.
@@ -275,7 +292,7 @@ impl Activation {
                     (true, Some(c)) => x.clamp(-c, c),
                     _ => x,
                 };
-                poly_horner(x, &PILLAR_DEG4)
+                poly_horner(x, &self.poly_coefficients())
             }
             ActKind::Pkn | ActKind::Rpkn => match &self.kerv {
                 Some(k) => k.forward(x),

@@ -207,6 +207,16 @@ struct Args {
     /// PolyKerv init `C_P,A_P` for --act pkn/rpkn (default: the paper's, 1,1 / 0.47,0.009).
     #[arg(long, value_delimiter = ',')]
     kerv_init: Option<Vec<f32>>,
+    /// With --act poly: fit PILLAR's polynomial of this degree (`fit-poly`) instead of using the
+    /// seed's cached degree 4.
+    #[arg(long)]
+    pillar_degree: Option<usize>,
+    /// Precision P of the fitted polynomial (coefficients n / 2^P).
+    #[arg(long, default_value_t = 10)]
+    pillar_precision_bits: u32,
+    /// Fitting interval [-R, R] of the fitted polynomial.
+    #[arg(long, default_value_t = 5.0)]
+    pillar_range: f64,
     #[command(flatten)]
     data: DataArgs,
     /// Force augmentation on/off (default: on for CIFAR-10).
@@ -412,6 +422,16 @@ fn train(a: Args) -> Result<()> {
             None => None,
             Some(&[c_p, a_p]) => Some((c_p, a_p)),
             Some(v) => anyhow::bail!("--kerv-init takes two numbers C_P,A_P, got {v:?}"),
+        },
+        pillar: match a.pillar_degree {
+            None => None,
+            Some(_) if a.act != ActKind::Poly => {
+                anyhow::bail!("--pillar-degree needs --act poly (PILLAR's polynomial activation)")
+            }
+            Some(d) => Some(
+                polypi_train::nets::PillarSpec::fit(d, a.pillar_precision_bits, a.pillar_range)
+                    .context("--pillar-degree")?,
+            ),
         },
         data: a.data.data,
         data_dir: a.data.dir(),

@@ -77,10 +77,63 @@ pub struct NetSpec {
     /// PolyKerv init `(c_p, a_p)` (None = the paper's: PKN 1 / 1, R-PKN 0.47 / 0.009).
     #[serde(default)]
     pub kerv_init: Option<(f32, f32)>,
+    /// PILLAR polynomial of the `poly` activation (None = the seed's cached degree 4,
+    /// [`crate::layers::PILLAR_DEG4`]).
+    #[serde(default)]
+    pub pillar: Option<PillarSpec>,
     /// Input channels.
     pub in_channels: usize,
     /// Number of classes.
     pub classes: usize,
+}
+
+/// A PILLAR polynomial fitted by [`crate::polyfit::fit_relu`]: degree, precision, range and the
+/// resulting coefficients (lowest degree first, `coeffs[degree + 1..]` zero).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PillarSpec {
+    /// Degree D (1..=10).
+    pub degree: u8,
+    /// Precision P: coefficients are integers / 2^P.
+    pub precision_bits: u8,
+    /// Fitting interval [-R, R].
+    pub range: f32,
+    /// Coefficients, lowest degree first.
+    pub coeffs: [f32; 11],
+}
+
+impl PillarSpec {
+    /// Fits the degree-`degree` polynomial with `precision_bits` on `[-range, range]` (grid 0.01).
+    ///
+    /// # Errors
+    /// The fitter's argument errors (degree outside 1..=10, precision outside 1..=30, bad range).
+    pub fn fit(degree: usize, precision_bits: u32, range: f64) -> anyhow::Result<Self> {
+        let fit = crate::polyfit::fit_relu(degree, precision_bits, range, 0.01)?;
+        let mut coeffs = [0.0f32; 11];
+        for (c, v) in coeffs.iter_mut().zip(&fit.coefficients) {
+            *c = *v as f32;
+        }
+        Ok(PillarSpec {
+            degree: degree as u8,
+            precision_bits: precision_bits as u8,
+            range: range as f32,
+            coeffs,
+        })
+    }
+
+    /// The coefficients `c_0..=c_D`.
+    pub fn coefficients(&self) -> &[f32] {
+        &self.coeffs[..=self.degree as usize]
+    }
+}
+
+impl NetSpec {
+    /// Coefficients of the `poly` activation, lowest degree first.
+    pub fn poly_coeffs(&self) -> Vec<f32> {
+        match &self.pillar {
+            Some(p) => p.coefficients().to_vec(),
+            None => crate::layers::PILLAR_DEG4.to_vec(),
+        }
+    }
 }
 
 /// Pool code stored in [`Unit::pool`].
@@ -272,7 +325,14 @@ fn conv_unit(
     Unit {
         conv: Some(conv(cin, cout, k, 1, pad, !spec.batch_norm, device)),
         bn: spec.batch_norm.then(|| bn(cout, device)),
-        act: Some(Activation::new(spec.act, cout, spec.x2_scale, spec.kerv_init, device)),
+        act: Some(Activation::new(
+            spec.act,
+            cout,
+            spec.x2_scale,
+            spec.kerv_init,
+            &spec.poly_coeffs(),
+            device,
+        )),
         padding: pad,
         ..Unit::empty()
     }
@@ -288,7 +348,9 @@ fn pool_code(p: PoolKind) -> u8 {
 fn fc_unit(fin: usize, fout: usize, act: Option<(&NetSpec, usize)>, device: &Device) -> Unit {
     Unit {
         linear: Some(LinearConfig::new(fin, fout).init(device)),
-        act: act.map(|(s, c)| Activation::new(s.act, c, s.x2_scale, s.kerv_init, device)),
+        act: act.map(|(s, c)| {
+            Activation::new(s.act, c, s.x2_scale, s.kerv_init, &s.poly_coeffs(), device)
+        }),
         ..Unit::empty()
     }
 }
@@ -343,7 +405,14 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
             let stem = Unit {
                 conv: Some(conv(cin, c0, 3, 1, 1, false, device)),
                 bn: Some(bn(c0, device)),
-                act: Some(Activation::new(spec.act, c0, spec.x2_scale, spec.kerv_init, device)),
+                act: Some(Activation::new(
+                    spec.act,
+                    c0,
+                    spec.x2_scale,
+                    spec.kerv_init,
+                    &spec.poly_coeffs(),
+                    device,
+                )),
                 padding: 1,
                 ..Unit::empty()
             };
@@ -362,6 +431,7 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
                             cout,
                             spec.x2_scale,
                             spec.kerv_init,
+                            &spec.poly_coeffs(),
                             device,
                         ),
                         conv2: conv(cout, cout, 3, 1, 1, false, device),
@@ -373,6 +443,7 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
                             cout,
                             spec.x2_scale,
                             spec.kerv_init,
+                            &spec.poly_coeffs(),
                             device,
                         ),
                         stride,

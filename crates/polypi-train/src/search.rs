@@ -129,7 +129,7 @@ pub fn apply_arch(net: &mut Net, arch: &Arch, x2_scale: f32, device: &Device) ->
     }
     for a in acts {
         match arch.acts[ai] {
-            ActKind::Relu => *a = Activation::new(ActKind::Relu, 1, x2_scale, None, device),
+            ActKind::Relu => *a = Activation::new(ActKind::Relu, 1, x2_scale, None, &[], device),
             ActKind::X2act => {}
             k => bail!("activation site {ai}: the search space is relu / x2act, not {}", k.name()),
         }
@@ -567,6 +567,7 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
         pool: PoolKind::Avg,
         x2_scale: cfg.x2_scale,
         kerv_init: None,
+        pillar: None,
         in_channels: c,
         classes: 10,
     };

@@ -66,6 +66,8 @@ pub struct TrainConfig {
     /// `(c, 1/(2c))` with a large `c` gives `x + c/2 + x^2/(2c)`: a near-identity start in the
     /// spirit of PolyMPCNet's STPAI.
     pub kerv_init: Option<(f32, f32)>,
+    /// PILLAR polynomial of `poly` sites from the fitter (None = the seed's degree 4).
+    pub pillar: Option<crate::nets::PillarSpec>,
     /// Dataset.
     pub data: DatasetKind,
     /// Folder holding the dataset (see [`data::load`]).
@@ -148,6 +150,7 @@ impl Default for TrainConfig {
             pool: PoolKind::Avg,
             x2_scale: 1.0,
             kerv_init: None,
+            pillar: None,
             data: DatasetKind::FashionMnist,
             data_dir: PathBuf::from("data/fetched"),
             train_limit: None,
@@ -196,6 +199,7 @@ impl TrainConfig {
             pool: self.pool,
             x2_scale: self.x2_scale,
             kerv_init: self.kerv_init,
+            pillar: self.pillar,
             in_channels: c,
             classes: 10,
         }
@@ -275,6 +279,21 @@ impl TrainConfig {
         }
         if let (Some((c, a)), ActKind::Pkn | ActKind::Rpkn) = (self.kerv_init, self.act) {
             r += &format!(", PolyKerv init c_p {c} a_p {a}");
+        }
+        if let (Some(p), ActKind::Poly) = (&self.pillar, self.act) {
+            let c: Vec<String> = p
+                .coefficients()
+                .iter()
+                .map(|c| format!("{}", c * (1u32 << p.precision_bits) as f32))
+                .collect();
+            r += &format!(
+                ", PILLAR degree {} fit (fit-poly P {} R {}): ({}) / 2^{}",
+                p.degree,
+                p.precision_bits,
+                p.range,
+                c.join(", "),
+                p.precision_bits
+            );
         }
         if let Some(c) = self.effective_clip() {
             r += &format!(", PILLAR clip [-{c},{c}]");

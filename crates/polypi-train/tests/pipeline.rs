@@ -127,18 +127,18 @@ fn schedule_and_penalty_warmup() {
 #[test]
 fn penalty_is_a_sum_and_kerv_init_is_applied() {
     use burn::tensor::{Device, Tensor, TensorData};
-    use polypi_train::layers::{Activation, Ctx, Penalty};
+    use polypi_train::layers::{Activation, Ctx, Penalty, PILLAR_DEG4};
     let dev = Device::flex();
     // 2 * 3 * 2 * 2 = 24 elements, all equal to 2: per site 0.5 * 24 * (2/4)^2 = 3.
     let x = Tensor::<4>::from_data(TensorData::new(vec![2.0f32; 24], [2, 3, 2, 2]), &dev);
     let pen = Penalty { coef: 0.5, gamma: 2.0, range: 4.0 };
     let mut ctx = Ctx::train(Some(5.0), Some(pen));
-    let act = Activation::new(ActKind::Poly, 3, 1.0, None, &dev);
+    let act = Activation::new(ActKind::Poly, 3, 1.0, None, &PILLAR_DEG4, &dev);
     let _ = act.forward(x.clone(), &mut ctx);
     let p: f32 = ctx.penalty_mean().unwrap().into_scalar();
     assert!((p - 3.0).abs() < 1e-5, "penalty {p}");
     // (c, 1/(2c)) = (4, 0.125): 0.125 * (2 + 4)^2 = 4.5 at x = 2.
-    let k = Activation::new(ActKind::Rpkn, 3, 1.0, Some((4.0, 0.125)), &dev);
+    let k = Activation::new(ActKind::Rpkn, 3, 1.0, Some((4.0, 0.125)), &[], &dev);
     let y: Vec<f32> = k.forward(x, &mut Ctx::eval(None)).into_data().try_to_vec().unwrap();
     assert!(y.iter().all(|v| (v - 4.5).abs() < 1e-5), "{:?}", &y[..3]);
 }
@@ -150,7 +150,7 @@ fn train_export_check(
     kind: DatasetKind,
     width: f32,
     extra: impl Fn(&mut TrainConfig),
-) {
+) -> ModelFile {
     let d = tmpdir(&format!("{}-{}", net.short(), act.name()));
     let data_dir = if kind == DatasetKind::Cifar10 {
         cifar_fixture(&d);
@@ -220,6 +220,7 @@ fn train_export_check(
             "image {i}"
         );
     }
+    mf
 }
 
 #[test]
@@ -232,6 +233,28 @@ fn netm_poly_and_pkn_export_match_burn() {
     train_export_check(NetKind::NetM, ActKind::Poly, DatasetKind::FashionMnist, 0.5, |c| {
         c.penalty_warmup = false
     });
+    // A polynomial of PILLAR's fitter (degree 6, P = 14) is trained and exported with its own
+    // coefficients at every poly site.
+    let pillar = polypi_train::nets::PillarSpec::fit(6, 14, 5.0).unwrap();
+    let mf =
+        train_export_check(NetKind::NetM, ActKind::Poly, DatasetKind::FashionMnist, 0.5, |c| {
+            c.penalty_warmup = false;
+            c.pillar = Some(pillar);
+        });
+    let polys: Vec<Vec<f32>> = mf
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            polypi_core::model::graph::Op::Poly { coefficients, .. } => Some(coefficients.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(polys.len(), 3, "NET-M has three activation sites");
+    for c in &polys {
+        assert_eq!(c.as_slice(), pillar.coefficients());
+        assert_eq!(c.len(), 7);
+    }
     train_export_check(NetKind::NetM, ActKind::Rpkn, DatasetKind::FashionMnist, 0.5, |c| {
         c.optimizer = polypi_train::OptimKind::Adam
     });

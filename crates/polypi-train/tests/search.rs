@@ -60,6 +60,7 @@ fn supernet_step_gives_alpha_gradients_and_expected_latency() {
         pool: PoolKind::Avg,
         x2_scale: 1.0,
         kerv_init: None,
+        pillar: None,
         in_channels: 1,
         classes: 10,
     };
