@@ -334,7 +334,9 @@ fn pasnet_site(kind: SiteKind, n: f64) -> f64 {
     let relu = 1360.0 * 0.01 * n + 0.4;
     match kind {
         SiteKind::Relu => relu,
-        SiteKind::Poly { .. } => 3.0 * 0.01 * n + 0.2,
+        // PASNet's table prices X2act (degree 2); a degree-d polynomial shares its one opening
+        // (the 0.2 round term) and evaluates d - 1 powers, each priced as X2act's element work.
+        SiteKind::Poly { degree } => 3.0 * 0.01 * n * degree.saturating_sub(1) as f64 + 0.2,
         SiteKind::MaxPool => 0.75 * relu,
         SiteKind::AvgPool => 0.01 * n,
     }
@@ -344,6 +346,8 @@ fn pasnet_site(kind: SiteKind, n: f64) -> f64 {
 fn site_of(l: &Layer) -> Option<SiteKind> {
     match &l.op {
         LayerOp::Relu => Some(SiteKind::Relu),
+        // Degree <= 1 (an affine map, e.g. a BatchNorm kept as a layer) is local: no site.
+        LayerOp::Poly(p) if p.degree <= 1 => None,
         LayerOp::Poly(p) => Some(SiteKind::Poly { degree: p.degree }),
         LayerOp::MaxPool2d { .. } => Some(SiteKind::MaxPool),
         LayerOp::AvgPool2d { .. } | LayerOp::GlobalAvgPool => Some(SiteKind::AvgPool),
@@ -601,6 +605,20 @@ mod tests {
                 < 1e-9
         );
         assert!((site_latency(SiteKind::AvgPool, 100, &Profile::Pasnet, &l) - 1.0).abs() < 1e-9);
+        // Degree 4 (PILLAR): one opening, three powers of X2act's element work.
+        assert!(
+            (site_latency(SiteKind::Poly { degree: 4 }, 100, &Profile::Pasnet, &l) - 9.2).abs()
+                < 1e-9
+        );
+        // A degree-1 polynomial (affine, e.g. a BatchNorm kept as a layer) is local: no site.
+        let poly = |degree: usize| Layer {
+            name: "p".into(),
+            op: LayerOp::Poly(PolyLayer { degree, coeffs: vec![vec![0.5; degree + 1]] }),
+            inputs: vec![0],
+            out_shape: vec![1, 100],
+        };
+        assert_eq!(site_of(&poly(1)), None);
+        assert_eq!(site_of(&poly(2)), Some(SiteKind::Poly { degree: 2 }));
     }
 
     #[test]

@@ -139,7 +139,8 @@ pub enum Profile {
     Fpga(FpgaProfile),
     /// PASNet's per-site latency table (Peng et al., DAC 2023, code `models/gate_tmp.py`; see
     /// docs/sources.md §2), `n` = elements per sample of the site's input: ReLU `13.6n + 0.4`,
-    /// X2act/polynomial `0.03n + 0.2`, MaxPool `0.75 x ReLU`, AvgPool `0.01n`. Units are not
+    /// X2act `0.03n + 0.2` (degree d: `0.03n(d - 1) + 0.2`; degree 1 is local, no site), MaxPool
+    /// `0.75 x ReLU`, AvgPool `0.01n`. Units are not
     /// stated in the source: reported as published (not ms). Linear layers are not in the table
     /// (cost 0), nor are bytes or rounds.
     Pasnet,
