@@ -27,7 +27,17 @@ fn check_with(
     transport: Transport,
     protocol: PolyProtocol,
 ) {
-    let mut plan = compile(&build(net, act, Pool::Avg, 1.0, 11).unwrap()).unwrap();
+    check_file(&build(net, act, Pool::Avg, 1.0, 11).unwrap(), batches, transport, protocol);
+}
+
+fn check_file(
+    file: &polypi_core::model::file::ModelFile,
+    batches: &[usize],
+    transport: Transport,
+    protocol: PolyProtocol,
+) {
+    let acts: Vec<&str> = file.graph.nodes.iter().map(|n| n.op.kind()).collect();
+    let mut plan = compile(file).unwrap();
     plan.poly_protocol = protocol;
     let enc = EncodedPlan::new(&plan).unwrap();
     let per: usize = plan.input_shape().iter().product();
@@ -50,7 +60,7 @@ fn check_with(
         let err = run.logits.iter().zip(&twin).map(|(a, t)| (a - t).abs()).fold(0.0, f32::max);
         assert!(
             err < 1e-3,
-            "{net:?} {act:?} {protocol} batch {b}: max |secure - twin| = {err}\n{}",
+            "{acts:?} {protocol} batch {b}: max |secure - twin| = {err}\n{}",
             run.report.table()
         );
         for i in 0..*b {
@@ -109,4 +119,37 @@ fn net_r18_square_mem_and_tcp() {
 #[test]
 fn net_r18_x2act_mem() {
     check(RefNet::NetR18, Act::X2Act, &[1], Transport::Mem);
+}
+
+/// PASNet's X2act has one scalar set (w0, w1, b) per site: `[1]` tensors are accepted next to
+/// per-channel `[C]` ones, run privately == twin, and a mix of the two is refused.
+#[test]
+fn net_m_x2act_one_scalar_set_per_site() {
+    use polypi_core::model::file::TensorF32;
+    use polypi_core::model::graph::Op;
+    let mut f = build(RefNet::NetM, Act::X2Act, Pool::Avg, 1.0, 11).unwrap();
+    let names: Vec<String> = f
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::X2Act { w0, w1, b, .. } => Some([w0.clone(), w1.clone(), b.clone()]),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(names.len(), 9, "NET-M has three X2act sites");
+    for (i, t) in names.iter().enumerate() {
+        // Distinct per-site values so that a broadcasting mistake changes the logits.
+        let v = [0.02 + 0.01 * i as f32, 0.9, 0.05][i % 3];
+        f.tensors.insert(t.clone(), TensorF32 { shape: vec![1], data: vec![v] });
+    }
+    f.validate().unwrap();
+    check_file(&f, &[1, 3], Transport::Mem, PolyProtocol::DealerPowers);
+    // w0 per site but w1 per channel: refused with the node's name.
+    let c = f.graph.nodes.iter().find(|n| matches!(n.op, Op::X2Act { .. })).unwrap().name.clone();
+    let w1 = names[1].clone();
+    f.tensors.insert(w1, TensorF32 { shape: vec![3], data: vec![1.0; 3] });
+    let e = f.validate().unwrap_err().to_string();
+    assert!(e.contains(&c), "{e}");
 }

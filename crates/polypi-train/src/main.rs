@@ -207,6 +207,9 @@ struct Args {
     /// PolyKerv init `C_P,A_P` for --act pkn/rpkn (default: the paper's, 1,1 / 0.47,0.009).
     #[arg(long, value_delimiter = ',')]
     kerv_init: Option<Vec<f32>>,
+    /// X2act with one scalar set (w0, w1, b) per site, as PASNet (default: one per channel).
+    #[arg(long)]
+    x2act_per_site: bool,
     /// With --act poly: fit PILLAR's polynomial of this degree (`fit-poly`) instead of using the
     /// seed's cached degree 4.
     #[arg(long)]
@@ -423,6 +426,7 @@ fn train(a: Args) -> Result<()> {
             Some(&[c_p, a_p]) => Some((c_p, a_p)),
             Some(v) => anyhow::bail!("--kerv-init takes two numbers C_P,A_P, got {v:?}"),
         },
+        x2act_per_site: a.x2act_per_site,
         pillar: match a.pillar_degree {
             None => None,
             Some(_) if a.act != ActKind::Poly => {

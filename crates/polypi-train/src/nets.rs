@@ -81,6 +81,10 @@ pub struct NetSpec {
     /// [`crate::layers::PILLAR_DEG4`]).
     #[serde(default)]
     pub pillar: Option<PillarSpec>,
+    /// X2act with one scalar set (w0, w1, b) per site, as PASNet's `x2act` (false: one per
+    /// channel, polypi's earlier default).
+    #[serde(default)]
+    pub x2act_per_site: bool,
     /// Input channels.
     pub in_channels: usize,
     /// Number of classes.
@@ -127,6 +131,12 @@ impl PillarSpec {
 }
 
 impl NetSpec {
+    /// The activation site of this spec after a layer with `channels` output channels.
+    pub fn activation(&self, channels: usize, device: &Device) -> Activation {
+        let c = if self.x2act_per_site && self.act == ActKind::X2act { 1 } else { channels };
+        Activation::new(self.act, c, self.x2_scale, self.kerv_init, &self.poly_coeffs(), device)
+    }
+
     /// Coefficients of the `poly` activation, lowest degree first.
     pub fn poly_coeffs(&self) -> Vec<f32> {
         match &self.pillar {
@@ -325,14 +335,7 @@ fn conv_unit(
     Unit {
         conv: Some(conv(cin, cout, k, 1, pad, !spec.batch_norm, device)),
         bn: spec.batch_norm.then(|| bn(cout, device)),
-        act: Some(Activation::new(
-            spec.act,
-            cout,
-            spec.x2_scale,
-            spec.kerv_init,
-            &spec.poly_coeffs(),
-            device,
-        )),
+        act: Some(spec.activation(cout, device)),
         padding: pad,
         ..Unit::empty()
     }
@@ -348,9 +351,7 @@ fn pool_code(p: PoolKind) -> u8 {
 fn fc_unit(fin: usize, fout: usize, act: Option<(&NetSpec, usize)>, device: &Device) -> Unit {
     Unit {
         linear: Some(LinearConfig::new(fin, fout).init(device)),
-        act: act.map(|(s, c)| {
-            Activation::new(s.act, c, s.x2_scale, s.kerv_init, &s.poly_coeffs(), device)
-        }),
+        act: act.map(|(s, c)| s.activation(c, device)),
         ..Unit::empty()
     }
 }
@@ -405,14 +406,7 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
             let stem = Unit {
                 conv: Some(conv(cin, c0, 3, 1, 1, false, device)),
                 bn: Some(bn(c0, device)),
-                act: Some(Activation::new(
-                    spec.act,
-                    c0,
-                    spec.x2_scale,
-                    spec.kerv_init,
-                    &spec.poly_coeffs(),
-                    device,
-                )),
+                act: Some(spec.activation(c0, device)),
                 padding: 1,
                 ..Unit::empty()
             };
@@ -426,26 +420,12 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
                     blocks.push(ResBlock {
                         conv1: conv(cprev, cout, 3, stride, 1, false, device),
                         bn1: bn(cout, device),
-                        act1: Activation::new(
-                            spec.act,
-                            cout,
-                            spec.x2_scale,
-                            spec.kerv_init,
-                            &spec.poly_coeffs(),
-                            device,
-                        ),
+                        act1: spec.activation(cout, device),
                         conv2: conv(cout, cout, 3, 1, 1, false, device),
                         bn2: bn(cout, device),
                         short_conv: proj.then(|| conv(cprev, cout, 1, stride, 0, false, device)),
                         short_bn: proj.then(|| bn(cout, device)),
-                        act2: Activation::new(
-                            spec.act,
-                            cout,
-                            spec.x2_scale,
-                            spec.kerv_init,
-                            &spec.poly_coeffs(),
-                            device,
-                        ),
+                        act2: spec.activation(cout, device),
                         stride,
                     });
                     cprev = cout;

@@ -568,6 +568,7 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
         x2_scale: cfg.x2_scale,
         kerv_init: None,
         pillar: None,
+        x2act_per_site: false,
         in_channels: c,
         classes: 10,
     };

@@ -68,6 +68,8 @@ pub struct TrainConfig {
     pub kerv_init: Option<(f32, f32)>,
     /// PILLAR polynomial of `poly` sites from the fitter (None = the seed's degree 4).
     pub pillar: Option<crate::nets::PillarSpec>,
+    /// X2act with one scalar set per site (PASNet) instead of one per channel.
+    pub x2act_per_site: bool,
     /// Dataset.
     pub data: DatasetKind,
     /// Folder holding the dataset (see [`data::load`]).
@@ -151,6 +153,7 @@ impl Default for TrainConfig {
             x2_scale: 1.0,
             kerv_init: None,
             pillar: None,
+            x2act_per_site: false,
             data: DatasetKind::FashionMnist,
             data_dir: PathBuf::from("data/fetched"),
             train_limit: None,
@@ -200,6 +203,7 @@ impl TrainConfig {
             x2_scale: self.x2_scale,
             kerv_init: self.kerv_init,
             pillar: self.pillar,
+            x2act_per_site: self.x2act_per_site,
             in_channels: c,
             classes: 10,
         }
@@ -279,6 +283,9 @@ impl TrainConfig {
         }
         if let (Some((c, a)), ActKind::Pkn | ActKind::Rpkn) = (self.kerv_init, self.act) {
             r += &format!(", PolyKerv init c_p {c} a_p {a}");
+        }
+        if self.x2act_per_site && self.act == ActKind::X2act {
+            r += ", X2act one scalar set per site (PASNet)";
         }
         if let (Some(p), ActKind::Poly) = (&self.pillar, self.act) {
             let c: Vec<String> = p

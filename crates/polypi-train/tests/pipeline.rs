@@ -226,6 +226,21 @@ fn train_export_check(
 #[test]
 fn netm_x2act_export_matches_burn() {
     train_export_check(NetKind::NetM, ActKind::X2act, DatasetKind::FashionMnist, 0.5, |_| {});
+    // PASNet's granularity: one scalar set (w0, w1, b) per site, exported as [1] tensors.
+    let mf =
+        train_export_check(NetKind::NetM, ActKind::X2act, DatasetKind::FashionMnist, 0.5, |c| {
+            c.x2act_per_site = true
+        });
+    let mut sites = 0;
+    for n in &mf.graph.nodes {
+        if let polypi_core::model::graph::Op::X2Act { w0, w1, b, .. } = &n.op {
+            sites += 1;
+            for t in [w0, w1, b] {
+                assert_eq!(mf.tensors[t].shape, vec![1], "{t}");
+            }
+        }
+    }
+    assert_eq!(sites, 3);
 }
 
 #[test]

@@ -61,6 +61,7 @@ fn supernet_step_gives_alpha_gradients_and_expected_latency() {
         x2_scale: 1.0,
         kerv_init: None,
         pillar: None,
+        x2act_per_site: false,
         in_channels: 1,
         classes: 10,
     };

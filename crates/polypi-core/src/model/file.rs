@@ -711,11 +711,16 @@ impl ModelFile {
                 Ok(ins[0].to_vec())
             }
             Op::X2Act { s, w0, w1, b } => {
+                // One scalar set per site (PASNet) or one per channel; all three alike.
                 let c = ins[0][0];
                 finite("s", *s)?;
-                self.vector(name, "w0", w0, c)?;
-                self.vector(name, "w1", w1, c)?;
-                self.vector(name, "b", b, c)?;
+                let len = match self.tensors.get(w0).map(|t| t.shape.as_slice()) {
+                    Some([1]) => 1,
+                    _ => c,
+                };
+                self.vector(name, "w0", w0, len)?;
+                self.vector(name, "w1", w1, len)?;
+                self.vector(name, "b", b, len)?;
                 Ok(ins[0].to_vec())
             }
             Op::PolyKerv { c_p, d_p, a_p } => {

@@ -144,16 +144,17 @@ pub enum Op {
         #[serde(default)]
         coefficients_tensor: Option<String>,
     },
-    /// PolyMPCNet / PASNet trainable activation `s*w0*x^2 + w1*x + b`, per channel; `w0`, `w1`,
-    /// `b` name `[C]` tensors, `s` is the fixed weight scale (1, or 0.1 for ResNet-50).
+    /// PolyMPCNet / PASNet trainable activation `s*w0*x^2 + w1*x + b`; `w0`, `w1`, `b` name
+    /// `[C]` tensors (per channel) or `[1]` tensors (one scalar set per site, as in PASNet's
+    /// `x2act`), all three alike; `s` is the fixed weight scale (1, or 0.1 for ResNet-50).
     X2Act {
         /// Fixed weight scale `s`.
         s: f32,
-        /// Name of the `[C]` tensor of quadratic weights `w0`.
+        /// Name of the `[C]` or `[1]` tensor of quadratic weights `w0`.
         w0: String,
-        /// Name of the `[C]` tensor of linear weights `w1`.
+        /// Name of the `[C]` or `[1]` tensor of linear weights `w1`.
         w1: String,
-        /// Name of the `[C]` tensor of offsets `b`.
+        /// Name of the `[C]` or `[1]` tensor of offsets `b`.
         b: String,
     },
     /// PolyKervNets polynomial kervolution applied to the preceding conv's output:
