@@ -79,9 +79,7 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
     const BATCH: usize = 50;
     for start in (0..n).step_by(BATCH) {
         let end = (start + BATCH).min(n);
-        let x: Vec<f32> = (start..end)
-            .flat_map(|i| ds.input(i, &m.plan))
-            .collect();
+        let x: Vec<f32> = (start..end).flat_map(|i| ds.input(i, &m.plan)).collect();
         cal.add_batch(&x, end - start)
             .with_context(|| format!("calibration failed on images {start}..{end}"))?;
         pb.set_position(end as u64);

@@ -172,8 +172,7 @@ pub fn is_npy(path: &Path) -> bool {
 /// Errors (naming the file): unreadable, not a `.npy` file, another dtype (e.g. float64: save
 /// with `x.astype(np.float32)`), Fortran order.
 pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let arr = npyz::NpyFile::new(&bytes[..])
         .with_context(|| format!("{} is not a valid .npy file", path.display()))?;
     let descr = arr.dtype().descr();
@@ -200,7 +199,8 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 /// normalisation is not applied). Returns one NCHW sample.
 pub fn npy_to_input(shape: &[usize], data: Vec<f32>, path: &Path, plan: &Plan) -> Result<Vec<f32>> {
     let want = plan.input_shape();
-    let ok = shape == want || (shape.len() == want.len() + 1 && shape[0] == 1 && &shape[1..] == want);
+    let ok =
+        shape == want || (shape.len() == want.len() + 1 && shape[0] == 1 && &shape[1..] == want);
     if !ok {
         bail!(
             "{} has shape {shape:?} but the model takes {want:?} (or [1, ...] with the batch \

@@ -158,25 +158,38 @@ pub fn load_split(kind: DatasetArg, dir: &Path, split: SplitArg) -> Result<TestS
     match kind {
         DatasetArg::Npy => {
             let pre = if split == SplitArg::Train { "train_" } else { "" };
-            let (ip, lp) = (dir.join(format!("{pre}inputs.npy")), dir.join(format!("{pre}labels.npy")));
+            let (ip, lp) =
+                (dir.join(format!("{pre}inputs.npy")), dir.join(format!("{pre}labels.npy")));
             let (shape, floats) = common::read_npy(&ip)?;
             let [n, c, h, w] = shape[..] else {
                 bail!("{} has shape {shape:?}; --dataset npy needs [N, C, H, W]", ip.display());
             };
-            let bytes = std::fs::read(&lp).with_context(|| format!("cannot read {}", lp.display()))?;
+            let bytes =
+                std::fs::read(&lp).with_context(|| format!("cannot read {}", lp.display()))?;
             let arr = npyz::NpyFile::new(&bytes[..])
                 .with_context(|| format!("{} is not a valid .npy file", lp.display()))?;
             let labels: Vec<i64> = match arr.dtype().descr() {
                 d if d.contains("i8") => arr.into_vec::<i64>()?,
-                d if d.contains("i4") => arr.into_vec::<i32>()?.into_iter().map(i64::from).collect(),
+                d if d.contains("i4") => {
+                    arr.into_vec::<i32>()?.into_iter().map(i64::from).collect()
+                }
                 d => bail!("{} holds {d}; labels must be int64 or int32", lp.display()),
             };
             if labels.len() != n {
-                bail!("{} has {} labels for {n} inputs in {}", lp.display(), labels.len(), ip.display());
+                bail!(
+                    "{} has {} labels for {n} inputs in {}",
+                    lp.display(),
+                    labels.len(),
+                    ip.display()
+                );
             }
             let labels = labels
                 .iter()
-                .map(|&l| u8::try_from(l).map_err(|_| anyhow::anyhow!("label {l} in {} is outside 0..=255", lp.display())))
+                .map(|&l| {
+                    u8::try_from(l).map_err(|_| {
+                        anyhow::anyhow!("label {l} in {} is outside 0..=255", lp.display())
+                    })
+                })
                 .collect::<Result<Vec<u8>>>()?;
             Ok(TestSet { images: Vec::new(), floats, labels, shape: [c, h, w] })
         }

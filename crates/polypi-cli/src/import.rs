@@ -75,7 +75,11 @@ pub fn run(a: ImportArgs) -> Result<ExitCode> {
         g.nodes.len(),
         imp.model.num_values(),
         g.input_shape,
-        imp.model.infer_shapes().ok().and_then(|v| v.last().map(|l| l.iter().product::<usize>())).unwrap_or(0),
+        imp.model
+            .infer_shapes()
+            .ok()
+            .and_then(|v| v.last().map(|l| l.iter().product::<usize>()))
+            .unwrap_or(0),
         g.frac_bits
     );
     for act in &imp.activations {

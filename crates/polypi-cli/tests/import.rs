@@ -14,7 +14,8 @@ fn fixture(name: &str) -> PathBuf {
 /// `data`.
 fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape =
+        if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     while (10 + h.len() + 1) % 64 != 0 {
         h.push(' ');
@@ -49,8 +50,18 @@ fn import_then_infer_query_eval_with_npy_inputs() {
     std::fs::write(&labels, (0..10).map(|i| format!("class{i}\n")).collect::<String>()).unwrap();
     let onnx = fixture("pasnet_resnet.dynamo18.onnx");
     let o = run(&[
-        "import", "--onnx", onnx.to_str().unwrap(), "--out", out.to_str().unwrap(), "--labels",
-        labels.to_str().unwrap(), "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--name",
+        "import",
+        "--onnx",
+        onnx.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--name",
         "pasnet fixture",
     ]);
     assert!(o.status.success(), "import failed: {}", text(&o.stderr));
@@ -63,7 +74,16 @@ fn import_then_infer_query_eval_with_npy_inputs() {
 
     // infer with the .npy input: private and plaintext logits against torch's.
     let x = fixture("pasnet_resnet.input.npy");
-    let o = run(&["infer", "--model", m, "--input", x.to_str().unwrap(), "--json", "--transport", "mem"]);
+    let o = run(&[
+        "infer",
+        "--model",
+        m,
+        "--input",
+        x.to_str().unwrap(),
+        "--json",
+        "--transport",
+        "mem",
+    ]);
     assert!(o.status.success(), "infer failed: {}", text(&o.stderr));
     let v = json(&o);
     let torch = torch_logits("pasnet_resnet");
@@ -93,9 +113,21 @@ fn import_then_infer_query_eval_with_npy_inputs() {
     let set = d.join("set");
     std::fs::create_dir_all(&set).unwrap();
     write_npy(&set.join("inputs.npy"), "<f4", &[2, 3, 16, 16], &two);
-    let labs: Vec<u8> = [class as i64, (class as i64 + 1) % 10].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let labs: Vec<u8> =
+        [class as i64, (class as i64 + 1) % 10].iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(&set.join("labels.npy"), "<i8", &[2], &labs);
-    let o = run(&["eval", "--model", m, "--data", set.to_str().unwrap(), "--dataset", "npy", "--private", "2", "--json"]);
+    let o = run(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        set.to_str().unwrap(),
+        "--dataset",
+        "npy",
+        "--private",
+        "2",
+        "--json",
+    ]);
     assert!(o.status.success(), "eval failed: {}", text(&o.stderr));
     let v = json(&o);
     assert_eq!(v["plaintext_accuracy"].as_f64(), Some(0.5), "{v}");
@@ -132,14 +164,23 @@ fn bad_npy_inputs_give_clear_errors() {
     // Wrong shape.
     let wrong = d.join("wrong.npy");
     write_npy(&wrong, "<f4", &[1, 3, 8, 8], &vec![0u8; 4 * 192]);
-    assert_fails(&run(&["infer", "--model", m, "--input", wrong.to_str().unwrap()]), 1, "has shape [1, 3, 8, 8]");
+    assert_fails(
+        &run(&["infer", "--model", m, "--input", wrong.to_str().unwrap()]),
+        1,
+        "has shape [1, 3, 8, 8]",
+    );
     // Without the batch dimension it is accepted.
     let nobatch = d.join("nobatch.npy");
     write_npy(&nobatch, "<f4", &[3, 16, 16], &vec![0u8; 4 * 768]);
-    let o = run(&["infer", "--model", m, "--input", nobatch.to_str().unwrap(), "--transport", "mem"]);
+    let o =
+        run(&["infer", "--model", m, "--input", nobatch.to_str().unwrap(), "--transport", "mem"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     // Not a .npy file at all.
     let junk = d.join("junk.npy");
     std::fs::write(&junk, b"not numpy").unwrap();
-    assert_fails(&run(&["infer", "--model", m, "--input", junk.to_str().unwrap()]), 1, "not a valid .npy file");
+    assert_fails(
+        &run(&["infer", "--model", m, "--input", junk.to_str().unwrap()]),
+        1,
+        "not a valid .npy file",
+    );
 }

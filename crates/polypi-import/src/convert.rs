@@ -67,10 +67,46 @@ type R<T> = Result<T, String>;
 /// Shape-preserving element-wise ops: after refusing one, conversion goes on with a stand-in of
 /// its input's shape, so that every unsupported node of the graph is listed in one error.
 const ELEMENTWISE: &[&str] = &[
-    "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Relu", "Relu6", "LeakyRelu", "PRelu", "Elu",
-    "Selu", "Celu", "Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish", "Clip",
-    "Exp", "Log", "Abs", "Erf", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin",
-    "Cos", "Mul", "Add", "Sub", "Div", "Pow", "Max", "Min", "Neg", "Cast", "Identity",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "LogSoftmax",
+    "Relu",
+    "Relu6",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "Clip",
+    "Exp",
+    "Log",
+    "Abs",
+    "Erf",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Mul",
+    "Add",
+    "Sub",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Neg",
+    "Cast",
+    "Identity",
 ];
 
 impl Converter {
@@ -126,7 +162,9 @@ impl Converter {
         let result = if ins.iter().any(|v| matches!(v, Some(Value::Poisoned))) {
             Ok(vec![Value::Poisoned; n.output.len()])
         } else if let Some((i, _)) = missing {
-            Err(format!("input '{i}' is produced by no earlier node (graph not in topological order?)"))
+            Err(format!(
+                "input '{i}' is produced by no earlier node (graph not in topological order?)"
+            ))
         } else if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             Err(format!("operators of domain '{}' are not supported", n.domain))
         } else {
@@ -169,7 +207,9 @@ impl Converter {
         let d = match self.values.get(v) {
             Some(Value::Dyn(d)) => d.clone(),
             Some(Value::Const(_)) => {
-                return Err(format!("input '{v}' is a constant; polypi needs the network input here"))
+                return Err(format!(
+                    "input '{v}' is a constant; polypi needs the network input here"
+                ))
             }
             _ => return Err(format!("input '{v}' is not available")),
         };
@@ -188,14 +228,21 @@ impl Converter {
         let (op, kind) = if let Some((c, dp, a)) = d.poly.as_polykerv() {
             (Op::PolyKerv { c_p: c as f32, d_p: dp, a_p: a as f32 }, "PolyKerv")
         } else if rows.len() > 1 && rows[0].len() <= 3 {
-            let col = |k: usize| rows.iter().map(|r| r.get(k).copied().unwrap_or(0.0) as f32).collect();
+            let col =
+                |k: usize| rows.iter().map(|r| r.get(k).copied().unwrap_or(0.0) as f32).collect();
             let c = rows.len();
             let w0 = self.tensor(format!("{name}.w0"), vec![c], col(2));
             let w1 = self.tensor(format!("{name}.w1"), vec![c], col(1));
             let b = self.tensor(format!("{name}.b"), vec![c], col(0));
             (Op::X2Act { s: 1.0, w0, w1, b }, "X2Act")
         } else if rows.len() == 1 {
-            (Op::Poly { coefficients: rows[0].iter().map(|&v| v as f32).collect(), coefficients_tensor: None }, "Poly")
+            (
+                Op::Poly {
+                    coefficients: rows[0].iter().map(|&v| v as f32).collect(),
+                    coefficients_tensor: None,
+                },
+                "Poly",
+            )
         } else {
             let k = rows[0].len();
             let data = rows.iter().flat_map(|r| r.iter().map(|&v| v as f32)).collect();
@@ -204,7 +251,12 @@ impl Converter {
         };
         self.activations.push(format!("{name}: {} -> {kind}", d.poly.describe()));
         self.push(name.clone(), vec![d.node.clone()], op);
-        Ok(Dyn { node: name, shape: d.shape.clone(), pshape: d.pshape.clone(), poly: Poly::identity() })
+        Ok(Dyn {
+            node: name,
+            shape: d.shape.clone(),
+            pshape: d.pshape.clone(),
+            poly: Poly::identity(),
+        })
     }
 
     /// A constant's values as a degree-0 polynomial broadcast against `d` (one value, or one per
@@ -249,16 +301,25 @@ impl Converter {
     fn konst<'v>(&self, ins: &'v [Option<Value>], i: usize, what: &str) -> R<&'v Const> {
         match ins.get(i) {
             Some(Some(Value::Const(c))) => Ok(c),
-            Some(Some(_)) => Err(format!("{what} must be a constant (initializer), not computed from the input")),
+            Some(Some(_)) => {
+                Err(format!("{what} must be a constant (initializer), not computed from the input"))
+            }
             _ => Err(format!("{what} is missing")),
         }
     }
 
-    fn opt_konst<'v>(&self, ins: &'v [Option<Value>], i: usize, what: &str) -> R<Option<&'v Const>> {
+    fn opt_konst<'v>(
+        &self,
+        ins: &'v [Option<Value>],
+        i: usize,
+        what: &str,
+    ) -> R<Option<&'v Const>> {
         match ins.get(i) {
             None | Some(None) => Ok(None),
             Some(Some(Value::Const(c))) => Ok(Some(c)),
-            _ => Err(format!("{what} must be a constant (initializer), not computed from the input")),
+            _ => {
+                Err(format!("{what} must be a constant (initializer), not computed from the input"))
+            }
         }
     }
 
@@ -311,23 +372,24 @@ impl Converter {
                 }
                 _ => Err("no input".into()),
             },
-            "Sqrt" | "Reciprocal" | "Exp" | "Sigmoid" | "Tanh" | "Abs" | "Floor" | "Ceil" | "Erf" | "Log" => {
-                match &ins[0] {
-                    Some(Value::Const(c)) if matches!(n.op_type.as_str(), "Sqrt" | "Reciprocal" | "Abs") => {
-                        let f: fn(f64) -> f64 = match n.op_type.as_str() {
-                            "Sqrt" => f64::sqrt,
-                            "Reciprocal" => |v| 1.0 / v,
-                            _ => f64::abs,
-                        };
-                        one(Value::Const(map(c, f)))
-                    }
-                    _ => Err(format!(
-                        "{} of a tensor is not a polynomial (polypi runs only polynomials, ReLU and \
-                         max-pooling between linear layers)",
-                        n.op_type
-                    )),
+            "Sqrt" | "Reciprocal" | "Exp" | "Sigmoid" | "Tanh" | "Abs" | "Floor" | "Ceil"
+            | "Erf" | "Log" => match &ins[0] {
+                Some(Value::Const(c))
+                    if matches!(n.op_type.as_str(), "Sqrt" | "Reciprocal" | "Abs") =>
+                {
+                    let f: fn(f64) -> f64 = match n.op_type.as_str() {
+                        "Sqrt" => f64::sqrt,
+                        "Reciprocal" => |v| 1.0 / v,
+                        _ => f64::abs,
+                    };
+                    one(Value::Const(map(c, f)))
                 }
-            }
+                _ => Err(format!(
+                    "{} of a tensor is not a polynomial (polypi runs only polynomials, ReLU and \
+                         max-pooling between linear layers)",
+                    n.op_type
+                )),
+            },
             "Cast" => match &ins[0] {
                 Some(Value::Const(c)) => {
                     let to = a.int("to", 1);
@@ -342,7 +404,9 @@ impl Converter {
             },
             "Shape" => {
                 let dims: Vec<f64> = match &ins[0] {
-                    Some(Value::Dyn(d)) => std::iter::once(1.0).chain(d.shape.iter().map(|&s| s as f64)).collect(),
+                    Some(Value::Dyn(d)) => {
+                        std::iter::once(1.0).chain(d.shape.iter().map(|&s| s as f64)).collect()
+                    }
                     Some(Value::Const(c)) => c.dims.iter().map(|&s| s as f64).collect(),
                     _ => return Err("no input".into()),
                 };
@@ -369,7 +433,8 @@ impl Converter {
                 one(Value::Const(Const { dims: idx.dims.clone(), data: out }))
             }
             "Unsqueeze" | "Squeeze" => {
-                let c = self.konst(ins, 0, "the data (a computed tensor cannot be reshaped this way)")?;
+                let c =
+                    self.konst(ins, 0, "the data (a computed tensor cannot be reshaped this way)")?;
                 let axes = match a.ints("axes") {
                     Some(v) => Some(v),
                     None => self.opt_konst(ins, 1, "axes")?.map(|t| t.ints()).transpose()?,
@@ -378,7 +443,8 @@ impl Converter {
                 if n.op_type == "Unsqueeze" {
                     let axes = axes.ok_or("Unsqueeze without axes")?;
                     let r = (dims.len() + axes.len()) as i64;
-                    let mut ax: Vec<usize> = axes.iter().map(|&x| (if x < 0 { x + r } else { x }) as usize).collect();
+                    let mut ax: Vec<usize> =
+                        axes.iter().map(|&x| (if x < 0 { x + r } else { x }) as usize).collect();
                     ax.sort();
                     for x in ax {
                         if x > dims.len() {
@@ -391,8 +457,16 @@ impl Converter {
                     match axes {
                         None => dims.retain(|&d| d != 1),
                         Some(axes) => {
-                            let ax: HashSet<usize> = axes.iter().map(|&x| (if x < 0 { x + r } else { x }) as usize).collect();
-                            dims = dims.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect();
+                            let ax: HashSet<usize> = axes
+                                .iter()
+                                .map(|&x| (if x < 0 { x + r } else { x }) as usize)
+                                .collect();
+                            dims = dims
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, _)| !ax.contains(i))
+                                .map(|(_, &d)| d)
+                                .collect();
                         }
                     }
                 }
@@ -401,7 +475,11 @@ impl Converter {
             "Concat" => {
                 let mut data = Vec::new();
                 for i in 0..ins.len() {
-                    let c = self.konst(ins, i, "every Concat input (a computed tensor cannot be concatenated)")?;
+                    let c = self.konst(
+                        ins,
+                        i,
+                        "every Concat input (a computed tensor cannot be concatenated)",
+                    )?;
                     if c.dims.len() > 1 {
                         return Err("Concat is supported on 1-D constants only".into());
                     }
@@ -415,7 +493,11 @@ impl Converter {
             "MatMul" => {
                 let d = self.dyn_input(&in0())?;
                 let b = self.konst(ins, 1, "MatMul's second operand")?;
-                if d.pshape.len() != 1 || d.shape.len() != 1 || b.dims.len() != 2 || b.dims[0] != d.shape[0] {
+                if d.pshape.len() != 1
+                    || d.shape.len() != 1
+                    || b.dims.len() != 2
+                    || b.dims[0] != d.shape[0]
+                {
                     return Err(format!(
                         "MatMul of [N, {:?}] by a constant {:?}: only [N, F] x [F, out] is supported",
                         d.shape, b.dims
@@ -426,7 +508,8 @@ impl Converter {
                 self.linear(n, &n.input[1], d, wt, fout, fin, None)
             }
             "BatchNormalization" => {
-                if a.int("training_mode", 0) != 0 || n.output.iter().skip(1).any(|o| !o.is_empty()) {
+                if a.int("training_mode", 0) != 0 || n.output.iter().skip(1).any(|o| !o.is_empty())
+                {
                     return Err("BatchNormalization in training mode".into());
                 }
                 let Some(Value::Dyn(d)) = &ins[0] else {
@@ -441,7 +524,8 @@ impl Converter {
                     }
                     Ok(t.data.clone())
                 };
-                let (g, b, m, v) = (get(1, "scale")?, get(2, "bias")?, get(3, "mean")?, get(4, "var")?);
+                let (g, b, m, v) =
+                    (get(1, "scale")?, get(2, "bias")?, get(3, "mean")?, get(4, "var")?);
                 let k: Vec<f64> = g.iter().zip(&v).map(|(g, v)| g / (v + eps).sqrt()).collect();
                 let shift: Vec<f64> = (0..c).map(|i| b[i] - m[i] * k[i]).collect();
                 let mut d = d.clone();
@@ -462,9 +546,14 @@ impl Converter {
             "ReduceMean" => {
                 let axes = match a.ints("axes") {
                     Some(v) => v,
-                    None => self.opt_konst(ins, 1, "axes")?.map(|t| t.ints()).transpose()?.unwrap_or_default(),
+                    None => self
+                        .opt_konst(ins, 1, "axes")?
+                        .map(|t| t.ints())
+                        .transpose()?
+                        .unwrap_or_default(),
                 };
-                let mut ax: Vec<i64> = axes.iter().map(|&x| if x < 0 { x + 4 } else { x }).collect();
+                let mut ax: Vec<i64> =
+                    axes.iter().map(|&x| if x < 0 { x + 4 } else { x }).collect();
                 ax.sort();
                 let d = match &ins[0] {
                     Some(Value::Dyn(d)) if d.shape.len() == 3 && ax == [2, 3] => self.dyn_input(&in0())?,
@@ -476,13 +565,15 @@ impl Converter {
                 };
                 self.global_pool(n, d, a.int("keepdims", 1) != 0)
             }
-            "Relu6" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Gelu" | "HardSigmoid" | "HardSwish" | "Softplus" | "Clip" | "Max" | "Min" => Err(format!(
+            "Relu6" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Gelu" | "HardSigmoid"
+            | "HardSwish" | "Softplus" | "Clip" | "Max" | "Min" => Err(format!(
                 "{} is not supported: polypi runs polynomial activations, ReLU and max-pooling",
                 n.op_type
             )),
             "Softmax" | "LogSoftmax" => {
                 let out = n.output.first().cloned().unwrap_or_default();
-                let at_output = self.outputs.contains(&out) && self.uses.get(&out).copied().unwrap_or(0) == 0;
+                let at_output =
+                    self.outputs.contains(&out) && self.uses.get(&out).copied().unwrap_or(0) == 0;
                 match &ins[0] {
                     Some(Value::Dyn(d)) if at_output => {
                         self.notes.push(format!(
@@ -506,7 +597,8 @@ impl Converter {
     /// Add, Sub, Mul, Div.
     fn binary(&mut self, n: &NodeProto, ins: &[Option<Value>]) -> R<Vec<Value>> {
         let op = n.op_type.as_str();
-        let (Some(x), Some(y)) = (ins.first().cloned().flatten(), ins.get(1).cloned().flatten()) else {
+        let (Some(x), Some(y)) = (ins.first().cloned().flatten(), ins.get(1).cloned().flatten())
+        else {
             return Err(format!("{op} needs two inputs"));
         };
         let f: fn(f64, f64) -> f64 = match op {
@@ -594,7 +686,10 @@ impl Converter {
             a.int("axis", 1) == 1 || a.int("axis", 1) == -(d0.shape.len() as i64)
         } else {
             let t = self.konst(ins, 1, "the target shape")?.ints()?;
-            t.len() == 2 && matches!(t[0], 1 | 0 | -1) && (t[1] == -1 || t[1] == feat as i64) && !(t[0] == -1 && t[1] == -1)
+            t.len() == 2
+                && (-1..=1).contains(&t[0])
+                && (t[1] == -1 || t[1] == feat as i64)
+                && !(t[0] == -1 && t[1] == -1)
         };
         if !ok {
             return Err(format!(
@@ -612,7 +707,12 @@ impl Converter {
         }
         let name = self.unique(&format!("{}.flatten", d.node));
         self.push(name.clone(), vec![d.node.clone()], Op::Flatten);
-        Ok(vec![Value::Dyn(Dyn { node: name, shape: vec![feat], pshape: vec![feat], poly: Poly::identity() })])
+        Ok(vec![Value::Dyn(Dyn {
+            node: name,
+            shape: vec![feat],
+            pshape: vec![feat],
+            poly: Poly::identity(),
+        })])
     }
 
     /// Conv (2-D; groups, strides, symmetric pads).
@@ -624,10 +724,15 @@ impl Converter {
         }
         let auto_pad = a.string("auto_pad", "NOTSET");
         if !matches!(auto_pad.as_str(), "NOTSET" | "VALID" | "") {
-            return Err(format!("auto_pad {auto_pad} is not supported (export with explicit pads)"));
+            return Err(format!(
+                "auto_pad {auto_pad} is not supported (export with explicit pads)"
+            ));
         }
         if a.ints("dilations").is_some_and(|d| d.iter().any(|&x| x != 1)) {
-            return Err(format!("dilations {:?} are not supported", a.ints("dilations").unwrap_or_default()));
+            return Err(format!(
+                "dilations {:?} are not supported",
+                a.ints("dilations").unwrap_or_default()
+            ));
         }
         let strides = a.ints("strides").unwrap_or(vec![1, 1]);
         let pads = a.ints("pads").unwrap_or(vec![0; 4]);
@@ -647,18 +752,28 @@ impl Converter {
         let (c, h, wd) = (d.shape[0], d.shape[1], d.shape[2]);
         let (co, kh, kw) = (w.dims[0], w.dims[2], w.dims[3]);
         if groups < 1 || c % groups as usize != 0 || w.dims[1] * groups as usize != c {
-            return Err(format!("weight {:?} with group {groups} does not fit {c} input channels", w.dims));
+            return Err(format!(
+                "weight {:?} with group {groups} does not fit {c} input channels",
+                w.dims
+            ));
         }
         let (s, p) = (strides[0] as usize, pads[0] as usize);
         let side = |x: usize, k: usize| -> R<usize> {
-            (x + 2 * p).checked_sub(k).map(|v| v / s + 1).ok_or(format!("kernel {kh}x{kw} larger than the padded input {h}x{wd}"))
+            (x + 2 * p)
+                .checked_sub(k)
+                .map(|v| v / s + 1)
+                .ok_or(format!("kernel {kh}x{kw} larger than the padded input {h}x{wd}"))
         };
         let (oh, ow) = (side(h, kh)?, side(wd, kw)?);
         let name = self.node_name(n, Some(&n.input[1]));
         let wt = self.tensor(format!("{name}.weight"), w.dims.clone(), w.f32());
         let bias = match b {
-            Some(b) if b.data.len() == co => Some(self.tensor(format!("{name}.bias"), vec![co], b.f32())),
-            Some(b) => return Err(format!("bias has {} values for {co} output channels", b.data.len())),
+            Some(b) if b.data.len() == co => {
+                Some(self.tensor(format!("{name}.bias"), vec![co], b.f32()))
+            }
+            Some(b) => {
+                return Err(format!("bias has {} values for {co} output channels", b.data.len()))
+            }
             None => None,
         };
         self.push(
@@ -667,7 +782,12 @@ impl Converter {
             Op::Conv2d { weight: wt, bias, stride: s, padding: p, groups: groups as usize },
         );
         let shape = vec![co, oh, ow];
-        Ok(vec![Value::Dyn(Dyn { node: name, shape: shape.clone(), pshape: shape, poly: Poly::identity() })])
+        Ok(vec![Value::Dyn(Dyn {
+            node: name,
+            shape: shape.clone(),
+            pshape: shape,
+            poly: Poly::identity(),
+        })])
     }
 
     /// Gemm: `alpha * A * op(B) + beta * C` with A the input `[N, F]`, B and C constants.
@@ -679,7 +799,10 @@ impl Converter {
         let c = self.opt_konst(ins, 2, "Gemm's C (the bias)")?.cloned();
         let d = self.dyn_input(&n.input[0])?;
         if d.shape.len() != 1 || b.dims.len() != 2 {
-            return Err(format!("Gemm needs an [N, F] input and a 2-D weight, got [N, {:?}] and {:?}", d.shape, b.dims));
+            return Err(format!(
+                "Gemm needs an [N, F] input and a 2-D weight, got [N, {:?}] and {:?}",
+                d.shape, b.dims
+            ));
         }
         let (alpha, beta) = (a.float("alpha", 1.0), a.float("beta", 1.0));
         let trans_b = a.int("transB", 0) != 0;
@@ -693,21 +816,37 @@ impl Converter {
         }
         let bias = match c {
             None => None,
-            Some(c) if c.data.len() == fout || c.data.len() == 1 => {
-                Some((0..fout).map(|i| c.data[if c.data.len() == 1 { 0 } else { i }] as f32 * beta).collect())
-            }
+            Some(c) if c.data.len() == fout || c.data.len() == 1 => Some(
+                (0..fout)
+                    .map(|i| c.data[if c.data.len() == 1 { 0 } else { i }] as f32 * beta)
+                    .collect(),
+            ),
             Some(c) => return Err(format!("C has shape {:?} for {fout} outputs", c.dims)),
         };
         self.linear(n, &n.input[1], d, wt, fout, fin, bias)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn linear(&mut self, n: &NodeProto, wname: &str, d: Dyn, wt: Vec<f32>, fout: usize, fin: usize, bias: Option<Vec<f32>>) -> R<Vec<Value>> {
+    fn linear(
+        &mut self,
+        n: &NodeProto,
+        wname: &str,
+        d: Dyn,
+        wt: Vec<f32>,
+        fout: usize,
+        fin: usize,
+        bias: Option<Vec<f32>>,
+    ) -> R<Vec<Value>> {
         let name = self.node_name(n, Some(wname));
         let weight = self.tensor(format!("{name}.weight"), vec![fout, fin], wt);
         let bias = bias.map(|b| self.tensor(format!("{name}.bias"), vec![fout], b));
         self.push(name.clone(), vec![d.node.clone()], Op::Linear { weight, bias });
-        Ok(vec![Value::Dyn(Dyn { node: name, shape: vec![fout], pshape: vec![fout], poly: Poly::identity() })])
+        Ok(vec![Value::Dyn(Dyn {
+            node: name,
+            shape: vec![fout],
+            pshape: vec![fout],
+            poly: Poly::identity(),
+        })])
     }
 
     /// MaxPool and AveragePool: square window, one stride; max-pool pads all sides equally,
@@ -731,7 +870,9 @@ impl Converter {
             return Err(format!("pads {p:?}: polypi pads all four sides equally"));
         }
         if !max && p[0] != 0 {
-            return Err(format!("AveragePool with pads {p:?}: polypi's average pooling has no padding"));
+            return Err(format!(
+                "AveragePool with pads {p:?}: polypi's average pooling has no padding"
+            ));
         }
         if a.int("ceil_mode", 0) != 0 {
             return Err("ceil_mode = 1 is not supported".into());
@@ -744,22 +885,42 @@ impl Converter {
         }
         let d = self.dyn_input(&n.input[0])?;
         if d.shape.len() != 3 || d.pshape != d.shape {
-            return Err(format!("{} needs an [N, C, H, W] input, got [N, {:?}]", n.op_type, d.shape));
+            return Err(format!(
+                "{} needs an [N, C, H, W] input, got [N, {:?}]",
+                n.op_type, d.shape
+            ));
         }
         let (k, s, p) = (k[0] as usize, s[0] as usize, p[0] as usize);
-        let side = |x: usize| (x + 2 * p).checked_sub(k).map(|v| v / s + 1).ok_or(format!("kernel {k} larger than the input"));
+        let side = |x: usize| {
+            (x + 2 * p)
+                .checked_sub(k)
+                .map(|v| v / s + 1)
+                .ok_or(format!("kernel {k} larger than the input"))
+        };
         let shape = vec![d.shape[0], side(d.shape[1])?, side(d.shape[2])?];
         let name = self.unique(if n.name.is_empty() { &n.op_type } else { &n.name });
-        let op = if max { Op::MaxPool2d { kernel: k, stride: s, padding: p } } else { Op::AvgPool2d { kernel: k, stride: s } };
+        let op = if max {
+            Op::MaxPool2d { kernel: k, stride: s, padding: p }
+        } else {
+            Op::AvgPool2d { kernel: k, stride: s }
+        };
         self.push(name.clone(), vec![d.node.clone()], op);
-        Ok(vec![Value::Dyn(Dyn { node: name, shape: shape.clone(), pshape: shape, poly: Poly::identity() })])
+        Ok(vec![Value::Dyn(Dyn {
+            node: name,
+            shape: shape.clone(),
+            pshape: shape,
+            poly: Poly::identity(),
+        })])
     }
 
     /// GlobalAveragePool / ReduceMean over H, W: a GlobalAvgPool node (`[C]`), standing for
     /// ONNX's `[C, 1, 1]` when `keepdims`.
     fn global_pool(&mut self, n: &NodeProto, d: Dyn, keepdims: bool) -> R<Vec<Value>> {
         if d.shape.len() != 3 || d.pshape != d.shape {
-            return Err(format!("global average pooling needs an [N, C, H, W] input, got [N, {:?}]", d.shape));
+            return Err(format!(
+                "global average pooling needs an [N, C, H, W] input, got [N, {:?}]",
+                d.shape
+            ));
         }
         let c = d.shape[0];
         let name = self.unique(if n.name.is_empty() { "global_avg_pool" } else { &n.name });
@@ -840,17 +1001,26 @@ impl Converter {
     fn affine_of(&self, i: usize) -> Option<(Vec<f64>, Vec<f64>)> {
         let t = |n: &str| self.tensors[n].data.iter().map(|&v| v as f64).collect::<Vec<f64>>();
         match &self.nodes[i].op {
-            Op::X2Act { s, w0, w1, b } if self.tensors[w0].data.iter().all(|&v| v * s == 0.0) => Some((t(w1), t(b))),
+            Op::X2Act { s, w0, w1, b } if self.tensors[w0].data.iter().all(|&v| v * s == 0.0) => {
+                Some((t(w1), t(b)))
+            }
             Op::Poly { coefficients, coefficients_tensor: None } if coefficients.len() <= 2 => {
                 let c = |k: usize| coefficients.get(k).copied().unwrap_or(0.0) as f64;
                 Some((vec![c(1)], vec![c(0)]))
             }
             Op::Poly { coefficients_tensor: Some(name), .. } => {
                 let tt = &self.tensors[name];
-                if tt.shape[1] > 2 && tt.data.chunks(tt.shape[1]).any(|r| r[2..].iter().any(|&v| v != 0.0)) {
+                if tt.shape[1] > 2
+                    && tt.data.chunks(tt.shape[1]).any(|r| r[2..].iter().any(|&v| v != 0.0))
+                {
                     return None;
                 }
-                let col = |k: usize| tt.data.chunks(tt.shape[1]).map(|r| r.get(k).copied().unwrap_or(0.0) as f64).collect();
+                let col = |k: usize| {
+                    tt.data
+                        .chunks(tt.shape[1])
+                        .map(|r| r.get(k).copied().unwrap_or(0.0) as f64)
+                        .collect()
+                };
                 Some((col(1), col(0)))
             }
             _ => None,
@@ -872,7 +1042,9 @@ impl Converter {
 /// Element-wise `f(a, b)` with numpy broadcasting.
 fn broadcast(a: &Const, b: &Const, f: impl Fn(f64, f64) -> f64) -> R<Const> {
     let r = a.dims.len().max(b.dims.len());
-    let pad = |d: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, r - d.len()).chain(d.iter().copied()).collect() };
+    let pad = |d: &[usize]| -> Vec<usize> {
+        std::iter::repeat_n(1, r - d.len()).chain(d.iter().copied()).collect()
+    };
     let (da, db) = (pad(&a.dims), pad(&b.dims));
     let mut dims = Vec::with_capacity(r);
     for i in 0..r {
@@ -944,7 +1116,7 @@ fn resolve_shape(dims: &[usize], t: &[i64]) -> R<Vec<usize>> {
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("Reshape target {t:?} does not fit {total} values"));
         }
         out[i] = total / known;
@@ -979,6 +1151,9 @@ mod tests {
 
     #[test]
     fn transpose_swaps_axes() {
-        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(
+            transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
+            vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
     }
 }

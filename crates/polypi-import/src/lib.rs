@@ -122,17 +122,28 @@ pub fn import_onnx(path: &Path, opts: &ImportOptions) -> Result<Imported, Import
     let inputs: Vec<_> = graph.input.iter().filter(|i| !cv.values.contains_key(&i.name)).collect();
     let [input] = inputs.as_slice() else {
         let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
-        return Err(gerr(format!("polypi models take exactly one input, this graph has {names:?}")));
+        return Err(gerr(format!(
+            "polypi models take exactly one input, this graph has {names:?}"
+        )));
     };
-    let input_shape = input_shape(input).map_err(|r| gerr(format!("input '{}': {r}", input.name)))?;
+    let input_shape =
+        input_shape(input).map_err(|r| gerr(format!("input '{}': {r}", input.name)))?;
     let in_name = cv.unique("input");
     cv.push(in_name.clone(), vec![], Op::Input);
     cv.values.insert(
         input.name.clone(),
-        Value::Dyn(Dyn { node: in_name, shape: input_shape.clone(), pshape: input_shape.clone(), poly: Poly::identity() }),
+        Value::Dyn(Dyn {
+            node: in_name,
+            shape: input_shape.clone(),
+            pshape: input_shape.clone(),
+            poly: Poly::identity(),
+        }),
     );
     let [output] = graph.output.as_slice() else {
-        return Err(gerr(format!("polypi models have exactly one output, this graph has {}", graph.output.len())));
+        return Err(gerr(format!(
+            "polypi models have exactly one output, this graph has {}",
+            graph.output.len()
+        )));
     };
     cv.outputs.insert(output.name.clone());
     for n in &graph.node {
@@ -149,8 +160,12 @@ pub fn import_onnx(path: &Path, opts: &ImportOptions) -> Result<Imported, Import
     }
     let out = match cv.values.get(&output.name) {
         Some(Value::Dyn(_)) => cv.dyn_input(&output.name).map_err(gerr)?,
-        Some(Value::Const(_)) => return Err(gerr("the output does not depend on the input".into())),
-        _ => return Err(gerr(format!("the output '{}' is not computed by the graph", output.name))),
+        Some(Value::Const(_)) => {
+            return Err(gerr("the output does not depend on the input".into()))
+        }
+        _ => {
+            return Err(gerr(format!("the output '{}' is not computed by the graph", output.name)))
+        }
     };
     if cv.nodes.last().map(|l| &l.name) != Some(&out.node) {
         let name = cv.unique("output");
@@ -215,14 +230,24 @@ fn input_shape(v: &protos::onnx::ValueInfoProto) -> Result<Vec<usize>, String> {
     let dims: Vec<Option<i64>> = t
         .shape
         .as_ref()
-        .map(|s| s.dim.iter().map(|d| match d.value { Some(D::DimValue(v)) => Some(v), _ => None }).collect())
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(D::DimValue(v)) => Some(v),
+                    _ => None,
+                })
+                .collect()
+        })
         .unwrap_or_default();
     if !(dims.len() == 4 || dims.len() == 2) {
         return Err(format!("rank {} (polypi takes [N, C, H, W] or [N, F])", dims.len()));
     }
     if let Some(b) = dims[0] {
         if b != 1 {
-            return Err(format!("exported with batch size {b}: export with batch 1 or a dynamic batch axis"));
+            return Err(format!(
+                "exported with batch size {b}: export with batch 1 or a dynamic batch axis"
+            ));
         }
     }
     dims[1..]

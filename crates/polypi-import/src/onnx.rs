@@ -7,7 +7,10 @@ use std::path::{Component, Path, PathBuf};
 use protobuf::Message;
 
 use crate::error::ImportError;
-use crate::protos::onnx::{attribute_proto::AttributeType, tensor_proto, AttributeProto, ModelProto, NodeProto, TensorProto};
+use crate::protos::onnx::{
+    attribute_proto::AttributeType, tensor_proto, AttributeProto, ModelProto, NodeProto,
+    TensorProto,
+};
 
 /// ONNX `TensorProto.DataType` codes the importer reads.
 pub(crate) mod dtype {
@@ -97,7 +100,10 @@ impl TensorReader {
         for e in &t.external_data {
             let num = |v: &str| {
                 v.parse::<usize>().map_err(|_| {
-                    self.bad(format!("tensor '{}': external data {} = '{v}' is not a number", t.name, e.key))
+                    self.bad(format!(
+                        "tensor '{}': external data {} = '{v}' is not a number",
+                        t.name, e.key
+                    ))
                 })
             };
             match e.key.as_str() {
@@ -107,8 +113,9 @@ impl TensorReader {
                 _ => {}
             }
         }
-        let loc = location
-            .ok_or_else(|| self.bad(format!("tensor '{}': external data without a location", t.name)))?;
+        let loc = location.ok_or_else(|| {
+            self.bad(format!("tensor '{}': external data without a location", t.name))
+        })?;
         let rel = Path::new(&loc);
         if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
             return Err(self.bad(format!(
@@ -145,17 +152,32 @@ impl TensorReader {
         let dims: Vec<usize> = t
             .dims
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| self.bad(format!("tensor '{}' has dim {d}", t.name))))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| self.bad(format!("tensor '{}' has dim {d}", t.name)))
+            })
             .collect::<Result<_, _>>()?;
-        let n = dims.iter().try_fold(1usize, |a, &d| a.checked_add(0).and_then(|a| a.checked_mul(d)));
+        let n =
+            dims.iter().try_fold(1usize, |a, &d| a.checked_add(0).and_then(|a| a.checked_mul(d)));
         let n = n.ok_or_else(|| self.bad(format!("tensor '{}' dims {dims:?} overflow", t.name)))?;
         let external = t.data_location.enum_value() == Ok(tensor_proto::DataLocation::EXTERNAL);
-        let raw = if external { Some(self.external(t)?) } else if !t.raw_data.is_empty() { Some(t.raw_data.clone()) } else { None };
+        let raw = if external {
+            Some(self.external(t)?)
+        } else if !t.raw_data.is_empty() {
+            Some(t.raw_data.clone())
+        } else {
+            None
+        };
         let data: Vec<f64> = match (t.data_type, raw) {
-            (dtype::FLOAT, Some(r)) => le_chunks::<4>(&r).map(|b| f32::from_le_bytes(b) as f64).collect(),
+            (dtype::FLOAT, Some(r)) => {
+                le_chunks::<4>(&r).map(|b| f32::from_le_bytes(b) as f64).collect()
+            }
             (dtype::DOUBLE, Some(r)) => le_chunks::<8>(&r).map(f64::from_le_bytes).collect(),
-            (dtype::INT64, Some(r)) => le_chunks::<8>(&r).map(|b| i64::from_le_bytes(b) as f64).collect(),
-            (dtype::INT32, Some(r)) => le_chunks::<4>(&r).map(|b| i32::from_le_bytes(b) as f64).collect(),
+            (dtype::INT64, Some(r)) => {
+                le_chunks::<8>(&r).map(|b| i64::from_le_bytes(b) as f64).collect()
+            }
+            (dtype::INT32, Some(r)) => {
+                le_chunks::<4>(&r).map(|b| i32::from_le_bytes(b) as f64).collect()
+            }
             (dtype::FLOAT, None) => t.float_data.iter().map(|&v| v as f64).collect(),
             (dtype::DOUBLE, None) => t.double_data.clone(),
             (dtype::INT64, None) => t.int64_data.iter().map(|&v| v as f64).collect(),
@@ -249,5 +271,7 @@ pub(crate) fn constant_value(n: &NodeProto, reader: &mut TensorReader) -> Result
         .iter()
         .map(|a| format!("{} ({:?})", a.name, a.type_.enum_value_or(AttributeType::UNDEFINED)))
         .collect();
-    Err(format!("Constant with attributes {kinds:?} (sparse or string constants are not supported)"))
+    Err(format!(
+        "Constant with attributes {kinds:?} (sparse or string constants are not supported)"
+    ))
 }

@@ -11,6 +11,9 @@
 
 use polypi_core::model::file::MAX_POLY_DEGREE;
 
+/// A row of each of two polynomials, for the same channel.
+type RowPair<'a> = (&'a [f64], &'a [f64]);
+
 /// `sum_k rows[c][k] * x^k` (ascending powers) for channel `c`; `rows.len() == 1` means one row
 /// shared by every channel. A constant (per channel or not) is a polynomial of degree 0.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,14 +64,19 @@ impl Poly {
 
     /// Pairs the rows of `self` and `o` (one shared row broadcasts to the other's channels).
     /// Errors when both are per channel with different channel counts.
-    fn zip<'a>(&'a self, o: &'a Poly) -> Result<Vec<(&'a [f64], &'a [f64])>, String> {
+    fn zip<'a>(&'a self, o: &'a Poly) -> Result<Vec<RowPair<'a>>, String> {
         let (a, b) = (self.rows.len(), o.rows.len());
         let n = a.max(b);
         if a != n && a != 1 || b != n && b != 1 {
             return Err(format!("per-channel coefficients for {a} and {b} channels do not match"));
         }
         Ok((0..n)
-            .map(|c| (self.rows[if a == 1 { 0 } else { c }].as_slice(), o.rows[if b == 1 { 0 } else { c }].as_slice()))
+            .map(|c| {
+                (
+                    self.rows[if a == 1 { 0 } else { c }].as_slice(),
+                    o.rows[if b == 1 { 0 } else { c }].as_slice(),
+                )
+            })
             .collect())
     }
 

@@ -44,13 +44,18 @@ fn check(net: &str, exporter: &str) -> Vec<Op> {
         .unwrap_or_else(|e| panic!("{net} {exporter}: {e}"));
     let file = &imported.model;
     // Save + load round trip (the file carries version, checksum and card).
-    let out = std::env::temp_dir().join(format!("polypi-import-{net}-{exporter}-{}.safetensors", std::process::id()));
+    let out = std::env::temp_dir()
+        .join(format!("polypi-import-{net}-{exporter}-{}.safetensors", std::process::id()));
     file.save(&out).unwrap();
     let back = ModelFile::load(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     assert_eq!(&back, file);
     let card = back.card.as_ref().unwrap();
-    assert!(card.recipe.contains("imported") && card.recipe.contains(&format!("{net}.{exporter}.onnx")), "{}", card.recipe);
+    assert!(
+        card.recipe.contains("imported") && card.recipe.contains(&format!("{net}.{exporter}.onnx")),
+        "{}",
+        card.recipe
+    );
 
     let plan = compile(file).unwrap();
     let (shape, x) = npy(&fixture(&format!("{net}.input.npy")));
@@ -64,13 +69,22 @@ fn check(net: &str, exporter: &str) -> Vec<Op> {
     assert_eq!(argmax(&f32_out), argmax(&torch), "{net} {exporter}");
 
     let twin = run_fixed(&plan, &EncodedPlan::new(&plan).unwrap(), &x, 1).unwrap();
-    let (_, runs) = run_local(&plan, &[(x.clone(), 1)], LocalOpts { transport: Transport::Mem, check: false }).unwrap();
+    let (_, runs) =
+        run_local(&plan, &[(x.clone(), 1)], LocalOpts { transport: Transport::Mem, check: false })
+            .unwrap();
     let private = &runs[0].logits;
     let e = max_diff(private, &twin);
-    eprintln!("{net} {exporter}: |private - twin| = {e:.3e}, |twin - torch| = {:.3e}", max_diff(&twin, &torch));
+    eprintln!(
+        "{net} {exporter}: |private - twin| = {e:.3e}, |twin - torch| = {:.3e}",
+        max_diff(&twin, &torch)
+    );
     assert!(e <= 1e-3, "{net} {exporter}: |private - twin| = {e}");
     assert_eq!(argmax(private), argmax(&twin), "{net} {exporter}");
-    assert_eq!(argmax(private), argmax(&torch), "{net} {exporter}: private argmax differs from torch");
+    assert_eq!(
+        argmax(private),
+        argmax(&torch),
+        "{net} {exporter}: private argmax differs from torch"
+    );
     file.graph.nodes.iter().map(|n| n.op.clone()).collect()
 }
 
@@ -129,9 +143,20 @@ fn polykervnets_kervolution_then_batchnorm() {
 fn mobilenet_depthwise_and_square() {
     for exporter in ["ts17", "dynamo18"] {
         let ops = check("mobilenet", exporter);
-        assert!(ops.iter().any(|o| matches!(o, Op::Conv2d { groups, .. } if *groups > 1)), "{ops:?}");
+        assert!(
+            ops.iter().any(|o| matches!(o, Op::Conv2d { groups, .. } if *groups > 1)),
+            "{ops:?}"
+        );
         // torch.square after a conv: x^2 (a kervolution with c = 0, a = 1).
-        assert!(ops.iter().filter(|o| matches!(o, Op::PolyKerv { c_p, d_p: 2, a_p } if *c_p == 0.0 && *a_p == 1.0)).count() >= 3, "{ops:?}");
+        assert!(
+            ops.iter()
+                .filter(
+                    |o| matches!(o, Op::PolyKerv { c_p, d_p: 2, a_p } if *c_p == 0.0 && *a_p == 1.0)
+                )
+                .count()
+                >= 3,
+            "{ops:?}"
+        );
         assert_eq!(count(&ops, "Add"), 1);
         assert_eq!(count(&ops, "GlobalAvgPool"), 1);
     }
@@ -144,7 +169,9 @@ fn relu_maxpool_dropout_and_final_softmax() {
         assert_eq!(count(&ops, "Relu"), 1);
         assert_eq!(count(&ops, "MaxPool2d"), 1);
         assert_eq!(count(&ops, "Flatten"), 1);
-        let imp = import_onnx(&fixture(&format!("relu_mix.{exporter}.onnx")), &ImportOptions::default()).unwrap();
+        let imp =
+            import_onnx(&fixture(&format!("relu_mix.{exporter}.onnx")), &ImportOptions::default())
+                .unwrap();
         assert!(imp.notes.iter().any(|n| n.contains("Softmax")), "{:?}", imp.notes);
     }
 }
@@ -159,7 +186,10 @@ fn unsupported_nodes_are_all_listed() {
                 assert_eq!(ops, ["Sigmoid", "Tanh", "Softmax"], "{exporter}: {nodes:?}");
                 assert!(nodes.windows(2).all(|w| w[0].position < w[1].position));
                 let msg = ImportError::Unsupported { path: "m".into(), nodes }.to_string();
-                assert!(msg.contains("3 node(s)") && msg.contains("Sigmoid") && msg.contains("Tanh"), "{msg}");
+                assert!(
+                    msg.contains("3 node(s)") && msg.contains("Sigmoid") && msg.contains("Tanh"),
+                    "{msg}"
+                );
             }
             other => panic!("{exporter}: expected the unsupported-node error, got {other:?}"),
         }
