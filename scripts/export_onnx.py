@@ -301,6 +301,20 @@ def export_all(args):
         x = torch.randn((1,) + shape, generator=gen)
         export(model, x, os.path.join(args.out, name), np, torch)
 
+    if not only or "hand_mlp" in only:
+        hand_built(args.out, np)
+    if not only or "mobilenet" in only:
+        # One network also through the TorchScript exporter at opset 13 (ReduceMean with its
+        # axes as an attribute, Unsqueeze with axes as an input).
+        torch.manual_seed(103)
+        gen = torch.Generator().manual_seed(203)
+        model = MobileNet()
+        randomize_bn(model, gen)
+        model.eval()
+        x = torch.from_numpy(np.load(os.path.join(args.out, "mobilenet.input.npy")))
+        torch.onnx.export(model, (x,), os.path.join(args.out, "mobilenet.ts13.onnx"), dynamo=False,
+                          opset_version=13, input_names=["input"], output_names=["logits"])
+
     if args.resnet18:
         os.makedirs(args.resnet18, exist_ok=True)
         torch.manual_seed(18)
@@ -309,6 +323,67 @@ def export_all(args):
         model.eval()
         x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(19))
         export(model, x, os.path.join(args.resnet18, "resnet18_x2act"), np, torch, both=False)
+
+
+def hand_built(out, np):
+    """Graphs built node by node with onnx.helper (no torch), for what torch does not emit here:
+    - `hand_mlp.onnx` (opset 13): input [N, 16] -> MatMul + Add (bias) -> (x - 0.5) / 2 -> Neg ->
+      x*x + x -> MatMul + Add -> logits [N, 4]; reference computed with numpy;
+    - `refuse_misc.onnx`: a Conv with asymmetric pads, Pow(x, 0.5) and the product of two
+      different tensors, each on its own branch: all three must be listed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w1 = (rng.standard_normal((16, 8)) * 0.3).astype(np.float32)
+    b1 = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((8, 4)) * 0.3).astype(np.float32)
+    b2 = (rng.standard_normal(4) * 0.1).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"),
+              (np.array(0.5, np.float32), "half"), (np.array(2.0, np.float32), "two")]]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
+        helper.make_node("Sub", ["hb", "half"], ["s"], name="sub"),
+        helper.make_node("Div", ["s", "two"], ["d"], name="div"),
+        helper.make_node("Neg", ["d"], ["n"], name="neg"),
+        helper.make_node("Mul", ["n", "n"], ["sq"], name="square"),
+        helper.make_node("Add", ["sq", "n"], ["act"], name="act"),
+        helper.make_node("MatMul", ["act", "w2"], ["o"], name="fc2"),
+        helper.make_node("Add", ["o", "b2"], ["logits"], name="fc2_bias"),
+    ]
+    g = helper.make_graph(nodes, "hand_mlp",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                          inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="onnx.helper")
+    onnx.checker.check_model(m)
+    onnx.save(m, os.path.join(out, "hand_mlp.onnx"))
+    x = rng.standard_normal((1, 16)).astype(np.float32)
+    n = -(((x @ w1 + b1) - 0.5) / 2.0)
+    y = (n * n + n) @ w2 + b2
+    np.save(os.path.join(out, "hand_mlp.input.npy"), x)
+    np.save(os.path.join(out, "hand_mlp.logits.npy"), y.astype(np.float32))
+
+    wa = (rng.standard_normal((3, 3, 3, 3)) * 0.3).astype(np.float32)
+    inits = [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(wa, "wb"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "p")]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_asym", pads=[0, 0, 1, 1]),
+        helper.make_node("Pow", ["x", "p"], ["r"], name="sqrt_by_pow"),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="conv_ok", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["b", "x"], ["g"], name="gate"),
+        helper.make_node("Add", ["r", "g"], ["rg"], name="sum1"),
+        helper.make_node("Add", ["rg", "a"], ["y"], name="sum2"),
+    ]
+    g = helper.make_graph(nodes, "refuse_misc",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnx.helper")
+    onnx.save(m, os.path.join(out, "refuse_misc.onnx"))
+    print("hand_mlp refuse_misc written")
 
 
 def resnet18_x2act(nn, X2Act):

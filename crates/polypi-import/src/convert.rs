@@ -627,6 +627,14 @@ impl Converter {
             (Value::Const(a), Value::Const(b)) => Value::Const(broadcast(a, b, f)?),
             (Value::Dyn(d), Value::Const(c)) => {
                 let q = Self::const_poly(c, d)?;
+                let only_use = self.uses.get(&n.input[0]).copied() == Some(1);
+                if matches!(op, "Add" | "Sub") && only_use && d.poly.is_identity() {
+                    // A bias added to a layer's output (MatMul + Add): into the layer's bias.
+                    let b = if op == "Sub" { q.neg() } else { q.clone() };
+                    if self.add_bias(&d.node, &b) {
+                        return Ok(vec![Value::Dyn(d.clone())]);
+                    }
+                }
                 Value::Dyn(Dyn { poly: combine(&d.poly, &q)?, ..d.clone() })
             }
             (Value::Const(c), Value::Dyn(d)) => {
@@ -663,6 +671,34 @@ impl Converter {
             }
         };
         Ok(vec![out])
+    }
+
+    /// Adds the constant `q` (degree 0, shared or per output channel) to the bias of the
+    /// Conv2d / Linear node `node`, when it is such a node and the last one written (so nothing
+    /// reads its output yet). Returns whether it did.
+    fn add_bias(&mut self, node: &str, q: &Poly) -> bool {
+        let Some(last) = self.nodes.last_mut() else { return false };
+        if last.name != node || q.degree() > 0 {
+            return false;
+        }
+        let (weight, bias) = match &mut last.op {
+            Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => (weight.clone(), bias),
+            _ => return false,
+        };
+        let co = self.tensors[&weight].shape[0];
+        if q.rows.len() != 1 && q.rows.len() != co {
+            return false;
+        }
+        let name = bias.get_or_insert_with(|| format!("{node}.bias")).clone();
+        let t = self
+            .tensors
+            .entry(name)
+            .or_insert_with(|| TensorF32 { shape: vec![co], data: vec![0.0; co] });
+        for (o, b) in t.data.iter_mut().enumerate() {
+            let r = &q.rows[if q.rows.len() == 1 { 0 } else { o }];
+            *b = (*b as f64 + r.first().copied().unwrap_or(0.0)) as f32;
+        }
+        true
     }
 
     /// Reshape and Flatten: of constants, any; of the input, only to `[N, features]`.

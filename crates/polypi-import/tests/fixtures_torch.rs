@@ -39,7 +39,12 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Imports `net.<exporter>.onnx` and checks it against torch and privately; returns the ops.
 fn check(net: &str, exporter: &str) -> Vec<Op> {
-    let path = fixture(&format!("{net}.{exporter}.onnx"));
+    check_file(net, exporter, &format!("{net}.{exporter}.onnx"))
+}
+
+/// [`check`] of the ONNX file `onnx` with the reference `net.input.npy` / `net.logits.npy`.
+fn check_file(net: &str, exporter: &str, onnx: &str) -> Vec<Op> {
+    let path = fixture(onnx);
     let imported = import_onnx(&path, &ImportOptions::default())
         .unwrap_or_else(|e| panic!("{net} {exporter}: {e}"));
     let file = &imported.model;
@@ -51,11 +56,7 @@ fn check(net: &str, exporter: &str) -> Vec<Op> {
     std::fs::remove_file(&out).unwrap();
     assert_eq!(&back, file);
     let card = back.card.as_ref().unwrap();
-    assert!(
-        card.recipe.contains("imported") && card.recipe.contains(&format!("{net}.{exporter}.onnx")),
-        "{}",
-        card.recipe
-    );
+    assert!(card.recipe.contains("imported") && card.recipe.contains(onnx), "{}", card.recipe);
 
     let plan = compile(file).unwrap();
     let (shape, x) = npy(&fixture(&format!("{net}.input.npy")));
@@ -141,7 +142,7 @@ fn polykervnets_kervolution_then_batchnorm() {
 
 #[test]
 fn mobilenet_depthwise_and_square() {
-    for exporter in ["ts17", "dynamo18"] {
+    for exporter in ["ts13", "ts17", "dynamo18"] {
         let ops = check("mobilenet", exporter);
         assert!(
             ops.iter().any(|o| matches!(o, Op::Conv2d { groups, .. } if *groups > 1)),
@@ -231,4 +232,27 @@ fn options_reach_the_model_file() {
 fn not_onnx_is_a_parse_error() {
     let err = import_onnx(&fixture("pkn.logits.npy"), &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, ImportError::Parse { .. } | ImportError::Graph { .. }), "{err:?}");
+}
+
+#[test]
+fn hand_built_mlp_matmul_sub_div_neg() {
+    // [N, 16] input, MatMul + bias Add, (x - 0.5) / 2, Neg, x*x + x: two Linear layers with the
+    // affine part folded into the first, one quadratic.
+    let ops = check_file("hand_mlp", "onnx.helper", "hand_mlp.onnx");
+    let kinds: Vec<&str> = ops.iter().map(|o| o.kind()).collect();
+    assert_eq!(kinds, ["Input", "Linear", "Poly", "Linear"], "{ops:?}");
+}
+
+#[test]
+fn asymmetric_pads_fractional_power_and_gating_are_all_listed() {
+    match import_onnx(&fixture("refuse_misc.onnx"), &ImportOptions::default()) {
+        Err(ImportError::Unsupported { nodes, .. }) => {
+            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            assert_eq!(names, ["conv_asym", "sqrt_by_pow", "gate"], "{nodes:?}");
+            assert!(nodes[0].reason.contains("pads"), "{}", nodes[0].reason);
+            assert!(nodes[1].reason.contains("exponent"), "{}", nodes[1].reason);
+            assert!(nodes[2].reason.contains("two different"), "{}", nodes[2].reason);
+        }
+        other => panic!("expected the unsupported-node error, got {other:?}"),
+    }
 }
