@@ -330,7 +330,8 @@ def hand_built(out, np):
     - `hand_mlp.onnx` (opset 13): input [N, 16] -> MatMul + Add (bias) -> (x - 0.5) / 2 -> Neg ->
       x*x + x -> MatMul + Add -> logits [N, 4]; reference computed with numpy;
     - `refuse_misc.onnx`: a Conv with asymmetric pads, Pow(x, 0.5) and the product of two
-      different tensors, each on its own branch: all three must be listed."""
+      different tensors, each on its own branch, and a Sigmoid after them: all four must be
+      listed."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -375,7 +376,8 @@ def hand_built(out, np):
         helper.make_node("Conv", ["x", "wb"], ["b"], name="conv_ok", pads=[1, 1, 1, 1]),
         helper.make_node("Mul", ["b", "x"], ["g"], name="gate"),
         helper.make_node("Add", ["r", "g"], ["rg"], name="sum1"),
-        helper.make_node("Add", ["rg", "a"], ["y"], name="sum2"),
+        helper.make_node("Add", ["rg", "a"], ["s2"], name="sum2"),
+        helper.make_node("Sigmoid", ["s2"], ["y"], name="after_refused"),
     ]
     g = helper.make_graph(nodes, "refuse_misc",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],

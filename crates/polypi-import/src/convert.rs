@@ -160,7 +160,12 @@ impl Converter {
             .collect();
         let missing = n.input.iter().zip(&ins).find(|(i, v)| !i.is_empty() && v.is_none());
         let result = if ins.iter().any(|v| matches!(v, Some(Value::Poisoned))) {
-            Ok(vec![Value::Poisoned; n.output.len()])
+            // After an unsupported node: still list ops that are unsupported whatever their
+            // inputs are.
+            match refusal_by_type(&n.op_type) {
+                Some(reason) => Err(reason),
+                None => Ok(vec![Value::Poisoned; n.output.len()]),
+            }
         } else if let Some((i, _)) = missing {
             Err(format!(
                 "input '{i}' is produced by no earlier node (graph not in topological order?)"
@@ -384,11 +389,7 @@ impl Converter {
                     };
                     one(Value::Const(map(c, f)))
                 }
-                _ => Err(format!(
-                    "{} of a tensor is not a polynomial (polypi runs only polynomials, ReLU and \
-                         max-pooling between linear layers)",
-                    n.op_type
-                )),
+                _ => Err(not_polynomial(&n.op_type)),
             },
             "Cast" => match &ins[0] {
                 Some(Value::Const(c)) => {
@@ -565,11 +566,7 @@ impl Converter {
                 };
                 self.global_pool(n, d, a.int("keepdims", 1) != 0)
             }
-            "Relu6" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Gelu" | "HardSigmoid"
-            | "HardSwish" | "Softplus" | "Clip" | "Max" | "Min" => Err(format!(
-                "{} is not supported: polypi runs polynomial activations, ReLU and max-pooling",
-                n.op_type
-            )),
+
             "Softmax" | "LogSoftmax" => {
                 let out = n.output.first().cloned().unwrap_or_default();
                 let at_output =
@@ -590,7 +587,8 @@ impl Converter {
                     )),
                 }
             }
-            other => Err(format!("op {other} is not supported by the importer")),
+            other => Err(refusal_by_type(other)
+                .unwrap_or_else(|| format!("op {other} is not supported by the importer"))),
         }
     }
 
@@ -1072,6 +1070,89 @@ impl Converter {
         for n in names {
             self.tensors.remove(&n);
         }
+    }
+}
+
+/// ONNX ops the importer converts (some only on constants, see docs/import.md).
+const SUPPORTED: &[&str] = &[
+    "Constant",
+    "Identity",
+    "Dropout",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Neg",
+    "Sqrt",
+    "Reciprocal",
+    "Abs",
+    "Cast",
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Reshape",
+    "Flatten",
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "BatchNormalization",
+    "Relu",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Softmax",
+    "LogSoftmax",
+];
+
+/// Non-polynomial element-wise functions of a tensor.
+const NOT_POLYNOMIAL: &[&str] = &[
+    "Exp",
+    "Sigmoid",
+    "Tanh",
+    "Floor",
+    "Ceil",
+    "Erf",
+    "Log",
+    "Relu6",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "Clip",
+    "Max",
+    "Min",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+];
+
+fn not_polynomial(op: &str) -> String {
+    format!(
+        "{op} of a tensor is not a polynomial (polypi runs only polynomials, ReLU and max-pooling \
+         between linear layers)"
+    )
+}
+
+/// Why an op is refused whatever its inputs (`None`: it depends on them).
+fn refusal_by_type(op: &str) -> Option<String> {
+    if NOT_POLYNOMIAL.contains(&op) {
+        Some(not_polynomial(op))
+    } else if SUPPORTED.contains(&op) {
+        None
+    } else {
+        Some(format!("op {op} is not supported by the importer"))
     }
 }
 
