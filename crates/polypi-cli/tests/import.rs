@@ -131,6 +131,23 @@ fn import_then_infer_query_eval_with_npy_inputs() {
     assert!(o.status.success(), "eval failed: {}", text(&o.stderr));
     let v = json(&o);
     assert_eq!(v["plaintext_accuracy"].as_f64(), Some(0.5), "{v}");
+
+    // calibrate on the same .npy set: the model file then carries ranges.
+    let o = run(&[
+        "calibrate",
+        "--model",
+        m,
+        "--data",
+        set.to_str().unwrap(),
+        "--dataset",
+        "npy",
+        "--split",
+        "test",
+    ]);
+    assert!(o.status.success(), "calibrate failed: {}", text(&o.stderr));
+    let o = run(&["infer", "--model", m, "--input", x.to_str().unwrap(), "--transport", "mem"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("no calibrated ranges"), "{}", text(&o.stderr));
 }
 
 #[test]

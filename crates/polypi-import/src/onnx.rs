@@ -275,3 +275,69 @@ pub(crate) fn constant_value(n: &NodeProto, reader: &mut TensorReader) -> Result
         "Constant with attributes {kinds:?} (sparse or string constants are not supported)"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protos::onnx::StringStringEntryProto;
+
+    fn entry(k: &str, v: &str) -> StringStringEntryProto {
+        let mut e = StringStringEntryProto::new();
+        e.key = k.into();
+        e.value = v.into();
+        e
+    }
+
+    fn tensor(dims: &[i64], dtype: i32) -> TensorProto {
+        let mut t = TensorProto::new();
+        t.name = "t".into();
+        t.dims = dims.to_vec();
+        t.data_type = dtype;
+        t
+    }
+
+    #[test]
+    fn raw_typed_and_external_data_decode() {
+        let dir = std::env::temp_dir().join(format!("polypi-onnx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = TensorReader::new(&dir.join("m.onnx"));
+        let mut t = tensor(&[2], dtype::FLOAT);
+        t.raw_data = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(r.tensor(&t).unwrap().data, vec![1.5, -2.0]);
+        let mut t = tensor(&[3], dtype::INT64);
+        t.int64_data = vec![1, -1, 7];
+        assert_eq!(r.tensor(&t).unwrap().ints().unwrap(), vec![1, -1, 7]);
+        // External: bytes 4..8 of m.onnx.data.
+        let bytes: Vec<u8> = [9.0f32, 0.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(dir.join("m.onnx.data"), &bytes).unwrap();
+        let mut t = tensor(&[1], dtype::FLOAT);
+        t.data_location = tensor_proto::DataLocation::EXTERNAL.into();
+        t.external_data =
+            vec![entry("location", "m.onnx.data"), entry("offset", "4"), entry("length", "4")];
+        assert_eq!(r.tensor(&t).unwrap().data, vec![0.25]);
+        // Past the end of the file.
+        t.external_data[1] = entry("offset", "8");
+        assert!(r.tensor(&t).unwrap_err().to_string().contains("outside"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_tensors_are_refused() {
+        let mut r = TensorReader::new(Path::new("m.onnx"));
+        // Data shorter than the dims.
+        let mut t = tensor(&[3], dtype::FLOAT);
+        t.float_data = vec![1.0, 2.0];
+        assert!(r.tensor(&t).unwrap_err().to_string().contains("needs 3 values"));
+        // float16 is not read.
+        let t = tensor(&[1], 10);
+        assert!(r.tensor(&t).unwrap_err().to_string().contains("data type 10"));
+        // External data may not leave the model's folder.
+        for loc in ["../secret.bin", "/etc/passwd"] {
+            let mut t = tensor(&[1], dtype::FLOAT);
+            t.data_location = tensor_proto::DataLocation::EXTERNAL.into();
+            t.external_data = vec![entry("location", loc)];
+            let e = r.tensor(&t).unwrap_err().to_string();
+            assert!(e.contains("inside the model's folder"), "{loc}: {e}");
+        }
+    }
+}
