@@ -328,7 +328,8 @@ def export_all(args):
 def hand_built(out, np):
     """Graphs built node by node with onnx.helper (no torch), for what torch does not emit here:
     - `hand_mlp.onnx` (opset 13): input [N, 16] -> MatMul + Add (bias) -> (x - 0.5) / 2 -> Neg ->
-      x*x + x -> MatMul + Add -> logits [N, 4]; reference computed with numpy;
+      x*x + x -> Dropout (inference: identity) -> MatMul + Add -> logits [N, 4]; reference
+      computed with numpy;
     - `refuse_misc.onnx`: a Conv with asymmetric pads, Pow(x, 0.5) and the product of two
       different tensors, each on its own branch, and a Sigmoid after them: all four must be
       listed."""
@@ -351,7 +352,8 @@ def hand_built(out, np):
         helper.make_node("Neg", ["d"], ["n"], name="neg"),
         helper.make_node("Mul", ["n", "n"], ["sq"], name="square"),
         helper.make_node("Add", ["sq", "n"], ["act"], name="act"),
-        helper.make_node("MatMul", ["act", "w2"], ["o"], name="fc2"),
+        helper.make_node("Dropout", ["act"], ["dropped"], name="dropout"),
+        helper.make_node("MatMul", ["dropped", "w2"], ["o"], name="fc2"),
         helper.make_node("Add", ["o", "b2"], ["logits"], name="fc2_bias"),
     ]
     g = helper.make_graph(nodes, "hand_mlp",

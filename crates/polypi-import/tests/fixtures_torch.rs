@@ -235,7 +235,7 @@ fn not_onnx_is_a_parse_error() {
 }
 
 #[test]
-fn hand_built_mlp_matmul_sub_div_neg() {
+fn hand_built_mlp_matmul_sub_div_neg_dropout() {
     // [N, 16] input, MatMul + bias Add, (x - 0.5) / 2, Neg, x*x + x: two Linear layers with the
     // affine part folded into the first, one quadratic.
     let ops = check_file("hand_mlp", "onnx.helper", "hand_mlp.onnx");
