@@ -170,6 +170,10 @@ impl Converter {
             Err(format!(
                 "input '{i}' is produced by no earlier node (graph not in topological order?)"
             ))
+        } else if let Some(k) =
+            (0..min_inputs(&n.op_type)).find(|&i| !matches!(ins.get(i), Some(Some(_))))
+        {
+            Err(format!("input #{k} is missing ({} needs {})", n.op_type, min_inputs(&n.op_type)))
         } else if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             Err(format!("operators of domain '{}' are not supported", n.domain))
         } else {
@@ -792,6 +796,9 @@ impl Converter {
             ));
         }
         let (s, p) = (strides[0] as usize, pads[0] as usize);
+        if p > kh.max(kw) {
+            return Err(format!("pads {p} larger than the kernel {kh}x{kw}"));
+        }
         let side = |x: usize, k: usize| -> R<usize> {
             (x + 2 * p)
                 .checked_sub(k)
@@ -925,6 +932,9 @@ impl Converter {
             ));
         }
         let (k, s, p) = (k[0] as usize, s[0] as usize, p[0] as usize);
+        if p > k / 2 {
+            return Err(format!("pads {p} larger than half the kernel {k}"));
+        }
         let side = |x: usize| {
             (x + 2 * p)
                 .checked_sub(k)
@@ -1073,6 +1083,20 @@ impl Converter {
     }
 }
 
+/// How many leading inputs an op needs (the importer reads them by position).
+fn min_inputs(op: &str) -> usize {
+    match op {
+        "Constant" => 0,
+        "BatchNormalization" => 5,
+        "Conv" | "Gemm" | "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Reshape"
+        | "Gather" => 2,
+        _ => 1,
+    }
+}
+
+/// Largest constant the importer computes (values), against absurd broadcasts.
+const MAX_CONST: usize = 1 << 28;
+
 /// ONNX ops the importer converts (some only on constants, see docs/import.md).
 const SUPPORTED: &[&str] = &[
     "Constant",
@@ -1173,7 +1197,9 @@ fn broadcast(a: &Const, b: &Const, f: impl Fn(f64, f64) -> f64) -> R<Const> {
             _ => return Err(format!("shapes {:?} and {:?} do not broadcast", a.dims, b.dims)),
         });
     }
-    let n: usize = dims.iter().product();
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_CONST);
+    let n =
+        n.ok_or(format!("broadcasting {:?} with {:?} gives too many values", a.dims, b.dims))?;
     let strides = |d: &[usize]| -> Vec<usize> {
         let mut s = vec![0; r];
         let mut acc = 1;
@@ -1231,14 +1257,15 @@ fn resolve_shape(dims: &[usize], t: &[i64]) -> R<Vec<usize>> {
             _ => return Err(format!("Reshape target {t:?} is invalid")),
         }
     }
-    let known: usize = out.iter().product();
+    let known = out.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let known = known.ok_or(format!("Reshape target {t:?} overflows"))?;
     if let Some(i) = infer {
         if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("Reshape target {t:?} does not fit {total} values"));
         }
         out[i] = total / known;
     }
-    if out.iter().product::<usize>() != total {
+    if out.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(total) {
         return Err(format!("Reshape target {t:?} does not fit {total} values"));
     }
     Ok(out)
@@ -1264,6 +1291,72 @@ mod tests {
         assert_eq!(resolve_shape(&[1, 4, 2, 2], &[0, -1]).unwrap(), vec![1, 16]);
         assert!(resolve_shape(&[1, 4, 2, 2], &[3, -1]).is_err());
         assert!(resolve_shape(&[1, 4], &[-1, -1]).is_err());
+    }
+
+    fn converter() -> Converter {
+        let mut cv = Converter::new(TensorReader::new(std::path::Path::new("m.onnx")));
+        cv.push("input".into(), vec![], Op::Input);
+        let d = Dyn {
+            node: "input".into(),
+            shape: vec![2, 4, 4],
+            pshape: vec![2, 4, 4],
+            poly: Poly::identity(),
+        };
+        cv.values.insert("x".into(), Value::Dyn(d));
+        cv
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = format!("{op}_node");
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = vec![output.into()];
+        n
+    }
+
+    #[test]
+    fn malformed_nodes_are_listed_not_panics() {
+        let mut cv = converter();
+        cv.values.insert(
+            "big".into(),
+            Value::Const(Const { dims: vec![1 << 20], data: vec![0.0; 1 << 20] }),
+        );
+        cv.values.insert(
+            "big2".into(),
+            Value::Const(Const { dims: vec![1 << 20, 1], data: vec![0.0; 1 << 20] }),
+        );
+        cv.node(0, &node("Conv", &["x"], "a"));
+        cv.node(1, &node("BatchNormalization", &["x", "", "", "", ""], "b"));
+        cv.node(2, &node("Identity", &[], "c"));
+        cv.node(3, &node("Mul", &["big", "big2"], "d"));
+        cv.node(4, &node("Gather", &["x", "big"], "e"));
+        let reasons: Vec<&str> = cv.unsupported.iter().map(|u| u.reason.as_str()).collect();
+        assert_eq!(cv.unsupported.len(), 5, "{reasons:?}");
+        assert!(reasons[0].contains("input #1 is missing"), "{reasons:?}");
+        assert!(reasons[1].contains("input #1 is missing"), "{reasons:?}");
+        assert!(reasons[2].contains("input #0 is missing"), "{reasons:?}");
+        assert!(reasons[3].contains("too many values"), "{reasons:?}");
+        assert!(reasons[4].contains("constant"), "{reasons:?}");
+    }
+
+    #[test]
+    fn per_channel_and_scalar_constants_form_the_polynomial() {
+        let mut cv = converter();
+        cv.values.insert(
+            "w".into(),
+            Value::Const(Const { dims: vec![1, 2, 1, 1], data: vec![2.0, 3.0] }),
+        );
+        cv.values.insert("bad".into(), Value::Const(Const { dims: vec![4], data: vec![1.0; 4] }));
+        cv.values.insert("two".into(), Value::Const(Const::scalar(2.0)));
+        cv.node(0, &node("Pow", &["x", "two"], "sq"));
+        cv.node(1, &node("Mul", &["w", "sq"], "wsq"));
+        cv.node(2, &node("Add", &["wsq", "x"], "act"));
+        cv.node(3, &node("Mul", &["x", "bad"], "spatial"));
+        assert_eq!(cv.unsupported.len(), 1);
+        assert!(cv.unsupported[0].reason.contains("varies along axis 3"), "{:?}", cv.unsupported);
+        let Some(Value::Dyn(d)) = cv.values.get("act") else { panic!("act is not dynamic") };
+        assert_eq!(d.poly.normalised(), vec![vec![0.0, 1.0, 2.0], vec![0.0, 1.0, 3.0]]);
     }
 
     #[test]

@@ -156,8 +156,7 @@ impl TensorReader {
                 usize::try_from(d).map_err(|_| self.bad(format!("tensor '{}' has dim {d}", t.name)))
             })
             .collect::<Result<_, _>>()?;
-        let n =
-            dims.iter().try_fold(1usize, |a, &d| a.checked_add(0).and_then(|a| a.checked_mul(d)));
+        let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let n = n.ok_or_else(|| self.bad(format!("tensor '{}' dims {dims:?} overflow", t.name)))?;
         let external = t.data_location.enum_value() == Ok(tensor_proto::DataLocation::EXTERNAL);
         let raw = if external {
