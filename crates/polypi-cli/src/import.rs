@@ -36,6 +36,12 @@ pub struct ImportArgs {
     /// Model card name (default: the ONNX file's name without extension).
     #[arg(long)]
     pub name: Option<String>,
+    /// Model card: the dataset the network was trained on, e.g. "CIFAR-10".
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Model card: its plaintext test accuracy in percent (0..=100), as you measured it.
+    #[arg(long)]
+    pub test_accuracy: Option<f32>,
 }
 
 /// Runs `polypi import`.
@@ -56,7 +62,19 @@ pub fn run(a: ImportArgs) -> Result<ExitCode> {
             .filter(|l| !l.is_empty())
             .collect(),
     };
-    let opts = ImportOptions { name: a.name.clone(), normalize, labels, frac_bits: a.frac_bits };
+    if let Some(acc) = a.test_accuracy {
+        if !(0.0..=100.0).contains(&acc) {
+            bail!("--test-accuracy must be a percentage in 0..=100, got {acc}");
+        }
+    }
+    let opts = ImportOptions {
+        name: a.name.clone(),
+        normalize,
+        labels,
+        frac_bits: a.frac_bits,
+        dataset: a.dataset.clone(),
+        test_accuracy: a.test_accuracy,
+    };
     let imp = import_onnx(&a.onnx, &opts)
         .with_context(|| format!("cannot import {} (nothing written)", a.onnx.display()))?;
     imp.model.save(&a.out).with_context(|| {

@@ -63,6 +63,10 @@ fn import_then_infer_query_eval_with_npy_inputs() {
         "0.25,0.25,0.25",
         "--name",
         "pasnet fixture",
+        "--dataset",
+        "random fixture",
+        "--test-accuracy",
+        "12.5",
     ]);
     assert!(o.status.success(), "import failed: {}", text(&o.stderr));
     assert!(text(&o.stdout).contains("activation"), "{}", text(&o.stdout));
@@ -70,7 +74,8 @@ fn import_then_infer_query_eval_with_npy_inputs() {
 
     let o = run(&["inspect", "--model", m]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("pasnet fixture"), "{}", text(&o.stdout));
+    let shown = text(&o.stdout);
+    assert!(shown.contains("pasnet fixture") && shown.contains("random fixture"), "{shown}");
 
     // infer with the .npy input: private and plaintext logits against torch's.
     let x = fixture("pasnet_resnet.input.npy");

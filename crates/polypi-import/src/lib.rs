@@ -53,11 +53,22 @@ pub struct ImportOptions {
     pub labels: Vec<String>,
     /// Fixed-point fractional bits the model is meant to run at (1..=32, default 16).
     pub frac_bits: u32,
+    /// Model card: the dataset the network was trained on (default "unknown (imported model)").
+    pub dataset: Option<String>,
+    /// Model card: plaintext test accuracy in percent, as measured by the user.
+    pub test_accuracy: Option<f32>,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { name: None, normalize: None, labels: Vec::new(), frac_bits: 16 }
+        ImportOptions {
+            name: None,
+            normalize: None,
+            labels: Vec::new(),
+            frac_bits: 16,
+            dataset: None,
+            test_accuracy: None,
+        }
     }
 }
 
@@ -195,9 +206,9 @@ pub fn import_onnx(path: &Path, opts: &ImportOptions) -> Result<Imported, Import
     }
     let card = ModelCard {
         name,
-        dataset: "unknown (imported model)".into(),
+        dataset: opts.dataset.clone().unwrap_or_else(|| "unknown (imported model)".into()),
         split: String::new(),
-        test_accuracy: None,
+        test_accuracy: opts.test_accuracy,
         recipe,
     };
     let model = ModelFile {

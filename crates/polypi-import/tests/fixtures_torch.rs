@@ -216,12 +216,18 @@ fn options_reach_the_model_file() {
         normalize: Some(polypi_core::model::Normalize { mean: vec![0.5; 3], std: vec![0.25; 3] }),
         labels: (0..10).map(|i| format!("class{i}")).collect(),
         frac_bits: 14,
+        dataset: Some("CIFAR-10".into()),
+        test_accuracy: Some(88.5),
     };
     let imp = import_onnx(&fixture("pkn.ts17.onnx"), &opts).unwrap();
     let g = &imp.model.graph;
     assert_eq!((g.frac_bits, g.labels.len()), (14, 10));
     assert_eq!(g.normalize, opts.normalize);
-    assert_eq!(imp.model.card.as_ref().unwrap().name, "my net");
+    let card = imp.model.card.as_ref().unwrap();
+    assert_eq!(
+        (card.name.as_str(), card.dataset.as_str(), card.test_accuracy),
+        ("my net", "CIFAR-10", Some(88.5))
+    );
     assert_eq!((imp.source.opset, imp.source.producer.starts_with("pytorch")), (17, true));
     // A label count that does not match the 10 outputs is refused.
     let bad = ImportOptions { labels: vec!["a".into()], ..Default::default() };
