@@ -64,46 +64,21 @@ pub(crate) struct Converter {
 
 type R<T> = Result<T, String>;
 
-/// Shape-preserving element-wise ops: after refusing one, conversion goes on with a stand-in of
-/// its input's shape, so that every unsupported node of the graph is listed in one error.
+/// Shape-preserving element-wise ops besides [`NOT_POLYNOMIAL`]: after refusing one,
+/// conversion goes on with a stand-in of its input's shape, so that every unsupported node of
+/// the graph is listed in one error.
 const ELEMENTWISE: &[&str] = &[
-    "Sigmoid",
-    "Tanh",
     "Softmax",
     "LogSoftmax",
     "Relu",
-    "Relu6",
-    "LeakyRelu",
-    "PRelu",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Gelu",
-    "HardSigmoid",
-    "HardSwish",
-    "Softplus",
-    "Softsign",
-    "Mish",
-    "Clip",
-    "Exp",
-    "Log",
-    "Abs",
-    "Erf",
     "Sqrt",
     "Reciprocal",
-    "Floor",
-    "Ceil",
-    "Round",
-    "Sign",
-    "Sin",
-    "Cos",
+    "Abs",
     "Mul",
     "Add",
     "Sub",
     "Div",
     "Pow",
-    "Max",
-    "Min",
     "Neg",
     "Cast",
     "Identity",
@@ -201,7 +176,7 @@ impl Converter {
                 // An element-wise op keeps its input's shape: go on with a stand-in tensor so
                 // that the unsupported nodes after it are found and listed too.
                 if let (true, Some(Some(Value::Dyn(d))), Some(o)) =
-                    (ELEMENTWISE.contains(&n.op_type.as_str()), ins.first(), n.output.first())
+                    (is_elementwise(&n.op_type), ins.first(), n.output.first())
                 {
                     let node = self.unique(&format!("{}.unsupported", d.node));
                     let standin = Dyn { node, poly: Poly::identity(), ..d.clone() };
@@ -1161,6 +1136,10 @@ const NOT_POLYNOMIAL: &[&str] = &[
     "Sin",
     "Cos",
 ];
+
+fn is_elementwise(op: &str) -> bool {
+    ELEMENTWISE.contains(&op) || NOT_POLYNOMIAL.contains(&op)
+}
 
 fn not_polynomial(op: &str) -> String {
     format!(
