@@ -71,7 +71,6 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
         bail!("no images to calibrate on (--limit 0 or an empty split)");
     }
     let t0 = std::time::Instant::now();
-    let [c, h, w] = ds.shape;
     let mut cal = Calibrator::new(&m.plan).context("cannot encode the model's weights")?;
     let pb = if a.json { ProgressBar::hidden() } else { ProgressBar::new(n as u64) };
     if let Ok(s) = ProgressStyle::with_template("calibrating [{bar:30}] {pos}/{len} ({eta})") {
@@ -80,9 +79,7 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
     const BATCH: usize = 50;
     for start in (0..n).step_by(BATCH) {
         let end = (start + BATCH).min(n);
-        let x: Vec<f32> = (start..end)
-            .flat_map(|i| common::pixels_to_input(ds.image(i), c, h, w, false, &m.plan))
-            .collect();
+        let x: Vec<f32> = (start..end).flat_map(|i| ds.input(i, &m.plan)).collect();
         cal.add_batch(&x, end - start)
             .with_context(|| format!("calibration failed on images {start}..{end}"))?;
         pb.set_position(end as u64);

@@ -172,6 +172,68 @@ pub fn image_to_input(img: &image::DynamicImage, path: &Path, plan: &Plan) -> Re
     Ok(pixels_to_input(&pixels, c, h, w, true, plan))
 }
 
+/// True when `path` names a NumPy `.npy` file (by extension).
+pub fn is_npy(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x.eq_ignore_ascii_case("npy"))
+}
+
+/// Reads a NumPy `.npy` file of float32 values in C order: returns its shape and values.
+/// Errors (naming the file): unreadable, not a `.npy` file, another dtype (e.g. float64: save
+/// with `x.astype(np.float32)`), Fortran order.
+pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let arr = npyz::NpyFile::new(&bytes[..])
+        .with_context(|| format!("{} is not a valid .npy file", path.display()))?;
+    let descr = arr.dtype().descr();
+    if !descr.contains("f4") {
+        bail!(
+            "{} holds {descr} values; polypi reads float32 .npy inputs (save them with \
+             x.astype(numpy.float32))",
+            path.display()
+        );
+    }
+    if arr.order() != npyz::Order::C {
+        bail!("{} is in Fortran order; save it in C order (numpy's default)", path.display());
+    }
+    let shape: Vec<usize> = arr.shape().iter().map(|&d| d as usize).collect();
+    let data = arr
+        .into_vec::<f32>()
+        .with_context(|| format!("cannot read the values of {}", path.display()))?;
+    Ok((shape, data))
+}
+
+/// Checks a `.npy` array (from `path`, named in messages) against `plan`'s input: its shape
+/// must be exactly the input shape `[C, H, W]` (or `[F]`), with or without a leading batch
+/// dimension of 1. The values are used as given (already normalised: the model's image
+/// normalisation is not applied). Returns one NCHW sample.
+pub fn npy_to_input(shape: &[usize], data: Vec<f32>, path: &Path, plan: &Plan) -> Result<Vec<f32>> {
+    let want = plan.input_shape();
+    let ok =
+        shape == want || (shape.len() == want.len() + 1 && shape[0] == 1 && &shape[1..] == want);
+    if !ok {
+        bail!(
+            "{} has shape {shape:?} but the model takes {want:?} (or [1, ...] with the batch \
+             dimension): one float32 sample, NCHW, already normalised",
+            path.display()
+        );
+    }
+    if let Some(v) = data.iter().find(|v| !v.is_finite()) {
+        bail!("{} holds a non-finite value {v}", path.display());
+    }
+    Ok(data)
+}
+
+/// Loads one input for `plan`: a `.npy` file ([`read_npy`], [`npy_to_input`]) or an image
+/// ([`load_image`]).
+pub fn load_input(path: &Path, plan: &Plan) -> Result<Vec<f32>> {
+    if is_npy(path) {
+        let (shape, data) = read_npy(path)?;
+        npy_to_input(&shape, data, path, plan)
+    } else {
+        load_image(path, plan)
+    }
+}
+
 /// Converts `u8` pixels to a normalised NCHW sample: `x/255`, then the plan's normalisation.
 /// `interleaved`: pixels are HWC (as from an image file); otherwise CHW (as in datasets).
 pub fn pixels_to_input(
@@ -281,6 +343,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 /// What to do about an error, when its cause is a known polypi-core error.
 pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
     use polypi_core::Error as E;
+    if e.chain().any(|c| c.downcast_ref::<polypi_import::ImportError>().is_some()) {
+        return Some(
+            "see docs/import.md for the ops polypi imports and how to export from PyTorch \
+             (torch.onnx.export, batch 1 or a dynamic batch axis)",
+        );
+    }
     for cause in e.chain() {
         if let Some(pe) = cause.downcast_ref::<E>() {
             return Some(match pe {

@@ -35,6 +35,10 @@ pub enum DatasetArg {
     Mnist,
     /// CIFAR-10 binary (`test_batch.bin`, or the subset `test_batch_first932.bin`).
     Cifar10,
+    /// NumPy arrays in the --data folder: `inputs.npy` (float32 `[N, C, H, W]`, already
+    /// normalised) and `labels.npy` (integers `[N]`, 0..=255) for the test split;
+    /// `train_inputs.npy` / `train_labels.npy` for the training split.
+    Npy,
 }
 
 /// Arguments of `polypi eval`.
@@ -89,10 +93,12 @@ pub enum SplitArg {
     Test,
 }
 
-/// A dataset split: `u8` pixels NCHW (image-major) and labels.
+/// A dataset split: `u8` pixels NCHW (image-major) or float32 inputs, and labels.
 pub struct TestSet {
-    /// Pixels, image after image, each `[C, H, W]`.
+    /// Pixels, image after image, each `[C, H, W]` (empty for `.npy` sets).
     pub images: Vec<u8>,
+    /// Already normalised float32 inputs, image after image (`.npy` sets; else empty).
+    pub floats: Vec<f32>,
     /// One label per image.
     pub labels: Vec<u8>,
     /// Per-image shape `[C, H, W]`.
@@ -108,6 +114,16 @@ impl TestSet {
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.shape.iter().product::<usize>();
         &self.images[i * n..(i + 1) * n]
+    }
+    /// Input `i` as one NCHW sample for `plan`: the `.npy` values as given, or the pixels
+    /// normalised as the plan says ([`common::pixels_to_input`]).
+    pub fn input(&self, i: usize, plan: &polypi_core::model::Plan) -> Vec<f32> {
+        let n = self.shape.iter().product::<usize>();
+        if self.images.is_empty() {
+            return self.floats[i * n..(i + 1) * n].to_vec();
+        }
+        let [c, h, w] = self.shape;
+        common::pixels_to_input(self.image(i), c, h, w, false, plan)
     }
 }
 
@@ -140,6 +156,43 @@ fn load_test(kind: DatasetArg, dir: &Path) -> Result<TestSet> {
 pub fn load_split(kind: DatasetArg, dir: &Path, split: SplitArg) -> Result<TestSet> {
     let prefix = if split == SplitArg::Train { "train" } else { "t10k" };
     match kind {
+        DatasetArg::Npy => {
+            let pre = if split == SplitArg::Train { "train_" } else { "" };
+            let (ip, lp) =
+                (dir.join(format!("{pre}inputs.npy")), dir.join(format!("{pre}labels.npy")));
+            let (shape, floats) = common::read_npy(&ip)?;
+            let [n, c, h, w] = shape[..] else {
+                bail!("{} has shape {shape:?}; --dataset npy needs [N, C, H, W]", ip.display());
+            };
+            let bytes =
+                std::fs::read(&lp).with_context(|| format!("cannot read {}", lp.display()))?;
+            let arr = npyz::NpyFile::new(&bytes[..])
+                .with_context(|| format!("{} is not a valid .npy file", lp.display()))?;
+            let labels: Vec<i64> = match arr.dtype().descr() {
+                d if d.contains("i8") => arr.into_vec::<i64>()?,
+                d if d.contains("i4") => {
+                    arr.into_vec::<i32>()?.into_iter().map(i64::from).collect()
+                }
+                d => bail!("{} holds {d}; labels must be int64 or int32", lp.display()),
+            };
+            if labels.len() != n {
+                bail!(
+                    "{} has {} labels for {n} inputs in {}",
+                    lp.display(),
+                    labels.len(),
+                    ip.display()
+                );
+            }
+            let labels = labels
+                .iter()
+                .map(|&l| {
+                    u8::try_from(l).map_err(|_| {
+                        anyhow::anyhow!("label {l} in {} is outside 0..=255", lp.display())
+                    })
+                })
+                .collect::<Result<Vec<u8>>>()?;
+            Ok(TestSet { images: Vec::new(), floats, labels, shape: [c, h, w] })
+        }
         DatasetArg::Mnist | DatasetArg::FashionMnist => {
             let sub = if kind == DatasetArg::Mnist { "mnist" } else { "fashion-mnist" };
             let d = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
@@ -169,7 +222,12 @@ pub fn load_split(kind: DatasetArg, dir: &Path, split: SplitArg) -> Result<TestS
                     lp.display()
                 );
             }
-            Ok(TestSet { images: img[16..].to_vec(), labels: lab[8..].to_vec(), shape: [1, h, w] })
+            Ok(TestSet {
+                images: img[16..].to_vec(),
+                floats: Vec::new(),
+                labels: lab[8..].to_vec(),
+                shape: [1, h, w],
+            })
         }
         DatasetArg::Cifar10 => {
             const REC: usize = 1 + 3 * 32 * 32;
@@ -224,7 +282,7 @@ pub fn load_split(kind: DatasetArg, dir: &Path, split: SplitArg) -> Result<TestS
                 labels.push(r[0]);
                 images.extend_from_slice(&r[1..]);
             }
-            Ok(TestSet { images, labels, shape: [3, 32, 32] })
+            Ok(TestSet { images, floats: Vec::new(), labels, shape: [3, 32, 32] })
         }
     }
 }
@@ -325,8 +383,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     if n == 0 {
         bail!("no test images to evaluate (--limit 0 or an empty test set)");
     }
-    let [c, h, w] = ds.shape;
-    let input = |i: usize| common::pixels_to_input(ds.image(i), c, h, w, false, plan);
+    let input = |i: usize| ds.input(i, plan);
 
     // Plaintext, batched.
     const BATCH: usize = 100;
@@ -469,6 +526,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             DatasetArg::FashionMnist => "Fashion-MNIST",
             DatasetArg::Mnist => "MNIST",
             DatasetArg::Cifar10 => "CIFAR-10",
+            DatasetArg::Npy => "npy",
         }
         .to_string(),
         images: n,

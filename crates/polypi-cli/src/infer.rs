@@ -46,7 +46,9 @@ pub struct InferArgs {
     /// Model file (.safetensors). Default: the shipped models/netm-x2act-fmnist.safetensors.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Input images (PNG, PGM/PPM), exactly the model's input size. Default: the shipped samples
+    /// Input images (PNG, PGM/PPM), exactly the model's input size, or `.npy` files (float32,
+    /// NCHW, the model's input shape with or without the batch dimension 1, already
+    /// normalised). Default: the shipped samples
     /// of the model's input shape (data/samples/*.png for [1, 28, 28], data/samples/cifar/*.png for
     /// [3, 32, 32]).
     #[arg(long, num_args = 1..)]
@@ -130,7 +132,7 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
     let files = if a.input.is_empty() { common::default_inputs(plan)? } else { a.input.clone() };
     let mut inputs = Vec::with_capacity(files.len());
     for f in &files {
-        inputs.push((common::load_image(f, plan)?, 1usize));
+        inputs.push((common::load_input(f, plan)?, 1usize));
     }
     let transport = a.transport.transport();
     range::gate(&model, &a.check_args, &a.margin)?;

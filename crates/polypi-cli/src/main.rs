@@ -13,6 +13,7 @@ mod cost;
 mod eval;
 mod forward;
 mod health;
+mod import;
 mod infer;
 mod inspect;
 mod net;
@@ -55,6 +56,9 @@ enum Command {
     Certs(certs::CertsArgs),
     /// Writes a reference network with random weights (for tests and benchmarks).
     Zoo(zoo::ZooArgs),
+    /// Imports an ONNX model exported from PyTorch into a polypi model file (polynomial
+    /// activations recognised; see docs/import.md).
+    Import(import::ImportArgs),
     /// Measures private inference: online/offline time, bytes, rounds, memory (optionally over
     /// an emulated LAN/WAN link, and ReLU vs polynomial with --compare).
     Bench(bench::BenchArgs),
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         Command::Calibrate(a) => calibrate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Zoo(a) => zoo::run(a),
+        Command::Import(a) => import::run(a),
         Command::Certs(a) => certs::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Cost(a) => cost::run(a),

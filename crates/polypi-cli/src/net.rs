@@ -232,7 +232,9 @@ pub struct QueryArgs {
     pub dealer_identity: String,
     #[command(flatten)]
     pub tls: TlsArgs,
-    /// Input images (PNG, PGM/PPM) of the model's input size; one private inference each.
+    /// Input images (PNG, PGM/PPM) of the model's input size, or `.npy` files (float32, NCHW,
+    /// the model's input shape with or without the batch dimension 1, already normalised); one
+    /// private inference each.
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
     /// Print one JSON document instead of text.
@@ -419,6 +421,12 @@ struct QueryOutput {
     results: Vec<QueryResult>,
 }
 
+/// An input file read before connecting: a decoded image or a `.npy` array (shape, values).
+enum Decoded {
+    Image(image::DynamicImage),
+    Npy(Vec<usize>, Vec<f32>),
+}
+
 /// Runs `polypi query`.
 pub fn query(a: QueryArgs) -> Result<ExitCode> {
     let mut opts = common::tcp_options(a.timeout_s)?;
@@ -434,7 +442,12 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         if !f.exists() {
             bail!("input image {} not found: check the path", f.display());
         }
-        images.push(common::decode_image(f)?);
+        images.push(if common::is_npy(f) {
+            let (shape, data) = common::read_npy(f)?;
+            Decoded::Npy(shape, data)
+        } else {
+            Decoded::Image(common::decode_image(f)?)
+        });
     }
     let tls = a.tls.config("client", ClientAuth::Optional)?;
     opts.tls = tls;
@@ -479,7 +492,11 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
     }
     let mut inputs = Vec::new();
     for (f, img) in a.input.iter().zip(&images) {
-        match common::image_to_input(img, f, &plan) {
+        let x = match img {
+            Decoded::Image(img) => common::image_to_input(img, f, &plan),
+            Decoded::Npy(shape, data) => common::npy_to_input(shape, data.clone(), f, &plan),
+        };
+        match x {
             Ok(x) => inputs.push(x),
             Err(e) => {
                 let _ = sess.close();
