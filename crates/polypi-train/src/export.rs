@@ -92,7 +92,7 @@ impl Builder {
                 let n = self.name("relu");
                 self.push(n, input, Op::Relu)
             }
-            ActKind::X2act => {
+            ActKind::X2act | ActKind::ReactPkn => {
                 let n = self.name("x2act");
                 match &a.x2 {
                     Some(x2) => {

@@ -33,6 +33,10 @@ pub enum ActKind {
     /// Regularised PolyKervNets `a_p*(conv(x) + c_p)^2` (R-PKN, arXiv 2312.15229, `Scripts/pkn.py`),
     /// both trainable, init c_p = 0.47, a_p = 0.009.
     Rpkn,
+    /// ReactPKN (PolyKervNets, `Models/ModelPKN.py`, the variant the seed's HEAD trains):
+    /// `a*x^2 + b*x + c` with one trainable scalar set per site, init a = 0.009, b = 0.5, c = 0.47.
+    /// Runs as an X2Act node with `[1]` tensors.
+    ReactPkn,
 }
 
 impl ActKind {
@@ -44,6 +48,7 @@ impl ActKind {
             ActKind::Poly => "poly",
             ActKind::Pkn => "pkn",
             ActKind::Rpkn => "rpkn",
+            ActKind::ReactPkn => "react-pkn",
         }
     }
 }
@@ -166,10 +171,15 @@ pub struct X2Act {
 impl X2Act {
     /// New layer for `channels` channels with PASNet's init and scale `s`.
     pub fn new(channels: usize, s: f32, device: &Device) -> Self {
+        Self::with_init(channels, s, (0.005, 1.0, 0.0), device)
+    }
+
+    /// New layer for `channels` channels (1: one scalar set per site) with init `(w0, w1, b)`.
+    pub fn with_init(channels: usize, s: f32, init: (f32, f32, f32), device: &Device) -> Self {
         X2Act {
-            w0: Param::from_tensor(Tensor::full([channels], 0.005, device)),
-            w1: Param::from_tensor(Tensor::ones([channels], device)),
-            b: Param::from_tensor(Tensor::zeros([channels], device)),
+            w0: Param::from_tensor(Tensor::full([channels], init.0, device)),
+            w1: Param::from_tensor(Tensor::full([channels], init.1, device)),
+            b: Param::from_tensor(Tensor::full([channels], init.2, device)),
             s,
         }
     }
@@ -216,7 +226,8 @@ impl PolyKerv {
 /// One activation site; exactly one of the options matches `kind`.
 #[derive(Module, Debug)]
 pub struct Activation {
-    /// Which activation (stored as [`ActKind`] index: 0 relu, 1 x2act, 2 poly, 3 pkn, 4 rpkn).
+    /// Which activation (stored as [`ActKind`] index: 0 relu, 1 x2act, 2 poly, 3 pkn, 4 rpkn,
+    /// 5 react-pkn).
     pub kind: u8,
     /// X2Act parameters (kind x2act).
     pub x2: Option<X2Act>,
@@ -243,6 +254,7 @@ impl Activation {
             .then(|| Param::from_tensor(Tensor::from_floats(poly, device)).set_require_grad(false));
         let (x2, kerv) = match kind {
             ActKind::X2act => (Some(X2Act::new(channels, x2_scale, device)), None),
+            ActKind::ReactPkn => (Some(X2Act::with_init(1, 1.0, (0.009, 0.5, 0.47), device)), None),
             ActKind::Pkn => {
                 let (c, a) = kerv_init.unwrap_or((1.0, 1.0));
                 (None, Some(PolyKerv::new(c, a, false, device)))
@@ -283,7 +295,7 @@ impl Activation {
         ctx.observe(&x, kind != ActKind::Relu);
         match kind {
             ActKind::Relu => burn::tensor::activation::relu(x),
-            ActKind::X2act => match &self.x2 {
+            ActKind::X2act | ActKind::ReactPkn => match &self.x2 {
                 Some(a) => a.forward(x),
                 None => x,
             },
@@ -319,6 +331,7 @@ fn kind_to_u8(k: ActKind) -> u8 {
         ActKind::Poly => 2,
         ActKind::Pkn => 3,
         ActKind::Rpkn => 4,
+        ActKind::ReactPkn => 5,
     }
 }
 
@@ -328,6 +341,7 @@ fn u8_to_kind(k: u8) -> ActKind {
         1 => ActKind::X2act,
         2 => ActKind::Poly,
         3 => ActKind::Pkn,
+        5 => ActKind::ReactPkn,
         _ => ActKind::Rpkn,
     }
 }

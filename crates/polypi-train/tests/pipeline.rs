@@ -273,6 +273,21 @@ fn netm_poly_and_pkn_export_match_burn() {
     train_export_check(NetKind::NetM, ActKind::Rpkn, DatasetKind::FashionMnist, 0.5, |c| {
         c.optimizer = polypi_train::OptimKind::Adam
     });
+    // ReactPKN: a*x^2 + b*x + c, one trainable scalar set per site, exported as X2Act [1].
+    let mf =
+        train_export_check(NetKind::NetM, ActKind::ReactPkn, DatasetKind::FashionMnist, 0.5, |c| {
+            c.optimizer = polypi_train::OptimKind::Adam
+        });
+    let x2: Vec<_> = mf
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            polypi_core::model::graph::Op::X2Act { w0, .. } => Some(mf.tensors[w0].shape.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(x2, vec![vec![1]; 3]);
     train_export_check(NetKind::NetM, ActKind::Relu, DatasetKind::FashionMnist, 0.5, |c| {
         c.pool = polypi_train::PoolKind::Max
     });
