@@ -133,11 +133,18 @@ impl Builder {
         if let Some(l) = &u.linear {
             cur = self.linear(l, &cur);
         }
+        if u.act_first {
+            if let Some(a) = &u.act {
+                cur = self.act(a, &cur);
+            }
+        }
         if let Some(b) = &u.bn {
             cur = self.bn(b, &cur);
         }
-        if let Some(a) = &u.act {
-            cur = self.act(a, &cur);
+        if !u.act_first {
+            if let Some(a) = &u.act {
+                cur = self.act(a, &cur);
+            }
         }
         if u.pool == POOL_AVG {
             let n = self.name("avgpool");
@@ -170,20 +177,31 @@ pub fn to_model_file(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>) ->
     for blk in &model.blocks {
         let x = cur.clone();
         let mut y = b.conv(&blk.conv1, 1, &x);
-        y = b.bn(&blk.bn1, &y);
-        y = b.act(&blk.act1, &y);
+        if blk.kerv {
+            y = b.act(&blk.act1, &y);
+            y = b.bn(&blk.bn1, &y);
+        } else {
+            y = b.bn(&blk.bn1, &y);
+            y = b.act(&blk.act1, &y);
+        }
         y = b.conv(&blk.conv2, 1, &y);
         y = b.bn(&blk.bn2, &y);
         let mut s = x;
         if let Some(c) = &blk.short_conv {
             s = b.conv(c, 0, &s);
         }
+        if let Some(a) = &blk.short_act {
+            s = b.act(a, &s);
+        }
         if let Some(bn) = &blk.short_bn {
             s = b.bn(bn, &s);
         }
         let n = b.name("add");
         b.nodes.push(Node { name: n.clone(), inputs: vec![y, s], op: Op::Add });
-        cur = b.act(&blk.act2, &n);
+        cur = match &blk.act2 {
+            Some(a) => b.act(a, &n),
+            None => n,
+        };
     }
     for u in &model.post {
         cur = b.unit(u, cur);

@@ -207,6 +207,11 @@ struct Args {
     /// PolyKerv init `C_P,A_P` for --act pkn/rpkn (default: the paper's, 1,1 / 0.47,0.009).
     #[arg(long, value_delimiter = ',')]
     kerv_init: Option<Vec<f32>>,
+    /// NET-R18 with --act pkn|rpkn: `published` places the kervolutions as PolyKervNets' PKR-18
+    /// (conv -> power -> BN -> dropout 0.2 at the stem, conv1 and 1x1 shortcuts; nothing after
+    /// the add); `sites` (default) replaces every ReLU site.
+    #[arg(long, value_enum, default_value = "sites")]
+    pkn_layout: polypi_train::nets::PknLayout,
     /// X2act with one scalar set (w0, w1, b) per site, as PASNet (default: one per channel).
     #[arg(long)]
     x2act_per_site: bool,
@@ -427,6 +432,7 @@ fn train(a: Args) -> Result<()> {
             Some(v) => anyhow::bail!("--kerv-init takes two numbers C_P,A_P, got {v:?}"),
         },
         x2act_per_site: a.x2act_per_site,
+        pkn_layout: a.pkn_layout,
         pillar: match a.pillar_degree {
             None => None,
             Some(_) if a.act != ActKind::Poly => {

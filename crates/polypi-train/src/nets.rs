@@ -8,7 +8,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d,
+};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +87,9 @@ pub struct NetSpec {
     /// channel, polypi's earlier default).
     #[serde(default)]
     pub x2act_per_site: bool,
+    /// NET-R18 with `pkn` / `rpkn`: where the kervolutions sit (see [`PknLayout`]).
+    #[serde(default)]
+    pub pkn_layout: PknLayout,
     /// Input channels.
     pub in_channels: usize,
     /// Number of classes.
@@ -146,6 +151,20 @@ impl NetSpec {
     }
 }
 
+/// Placement of the PolyKervNets power in NET-R18 (`--act pkn|rpkn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PknLayout {
+    /// polypi's earlier placement: every ReLU site replaced (after BN, and after each residual
+    /// add), shortcuts linear, no dropout.
+    #[default]
+    Sites,
+    /// As published (PolyKervNets `Models/ModelPKN.py`, PKR-18): `Kerv2d` = conv -> (+ c_p) ->
+    /// ^2 -> BatchNorm -> Dropout(0.2) at the stem, each block's first conv and its 1x1
+    /// projection shortcut; the block's second conv linear (conv -> BN); nothing after the add.
+    Published,
+}
+
 /// Pool code stored in [`Unit::pool`].
 pub const POOL_NONE: u8 = 0;
 /// 2x2/2 average pooling.
@@ -172,6 +191,10 @@ pub struct Unit {
     pub flatten: bool,
     /// Conv padding (kept for export).
     pub padding: usize,
+    /// The activation comes before the BN (PolyKervNets' `Kerv2d`: conv -> power -> BN).
+    pub act_first: bool,
+    /// Dropout after the BN (training only; PolyKervNets' `Kerv2d`, p = 0.2).
+    pub dropout: Option<Dropout>,
 }
 
 impl Unit {
@@ -185,6 +208,8 @@ impl Unit {
             gap: false,
             flatten: false,
             padding: 0,
+            act_first: false,
+            dropout: None,
         }
     }
 
@@ -199,11 +224,21 @@ impl Unit {
             let o = y.dims()[1];
             x = y.reshape([n, o, 1, 1]);
         }
+        if self.act_first {
+            if let Some(a) = &self.act {
+                x = a.forward(x, ctx);
+            }
+        }
         if let Some(b) = &self.bn {
             x = b.forward(x);
         }
-        if let Some(a) = &self.act {
-            x = a.forward(x, ctx);
+        if let Some(d) = &self.dropout {
+            x = d.forward(x);
+        }
+        if !self.act_first {
+            if let Some(a) = &self.act {
+                x = a.forward(x, ctx);
+            }
         }
         let gated = self.pool != POOL_NONE && ctx.gates.is_some();
         x = match self.pool {
@@ -232,6 +267,8 @@ impl Unit {
 
 /// CIFAR ResNet BasicBlock: `act2(bn2(conv2(act1(bn1(conv1(x))))) + shortcut(x))`, where the
 /// shortcut is a 1x1 projection conv + BN when the stride or width changes, else identity.
+/// With `kerv` (PolyKervNets as published): `bn2(conv2(drop(bn1(act1(conv1(x)))))) +
+/// drop(short_bn(short_act(short_conv(x))))`, no activation after the add.
 #[derive(Module, Debug)]
 pub struct ResBlock {
     /// First 3x3 conv (stride `stride`, padding 1, no bias).
@@ -248,8 +285,14 @@ pub struct ResBlock {
     pub short_conv: Option<Conv2d>,
     /// BN of the projection shortcut.
     pub short_bn: Option<BatchNorm>,
-    /// Activation after the residual add.
-    pub act2: Activation,
+    /// Activation after the residual add (None in the published PolyKervNets layout).
+    pub act2: Option<Activation>,
+    /// Kervolution power of the projection shortcut (published PolyKervNets layout).
+    pub short_act: Option<Activation>,
+    /// Published PolyKervNets layout: conv -> power -> BN -> dropout on conv1 and the projection.
+    pub kerv: bool,
+    /// Dropout after each kervolution's BN (training only, p = 0.2).
+    pub dropout: Option<Dropout>,
     /// Stride of conv1 and of the projection.
     pub stride: usize,
 }
@@ -257,14 +300,38 @@ pub struct ResBlock {
 impl ResBlock {
     /// Runs the block on `[N, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>, ctx: &mut Ctx) -> Tensor<4> {
-        let y = self.act1.forward(self.bn1.forward(self.conv1.forward(x.clone())), ctx);
-        let y = self.bn2.forward(self.conv2.forward(y));
-        let s = match (&self.short_conv, &self.short_bn) {
-            (Some(c), Some(b)) => b.forward(c.forward(x)),
-            (Some(c), None) => c.forward(x),
-            _ => x,
+        let drop = |t: Tensor<4>| match &self.dropout {
+            Some(d) => d.forward(t),
+            None => t,
         };
-        self.act2.forward(y.add(s), ctx)
+        let y = self.conv1.forward(x.clone());
+        let y = if self.kerv {
+            drop(self.bn1.forward(self.act1.forward(y, ctx)))
+        } else {
+            self.act1.forward(self.bn1.forward(y), ctx)
+        };
+        let y = self.bn2.forward(self.conv2.forward(y));
+        let s = match &self.short_conv {
+            Some(c) => {
+                let mut s = c.forward(x);
+                if let Some(a) = &self.short_act {
+                    s = a.forward(s, ctx);
+                }
+                if let Some(b) = &self.short_bn {
+                    s = b.forward(s);
+                }
+                if self.kerv {
+                    s = drop(s);
+                }
+                s
+            }
+            None => x,
+        };
+        let z = y.add(s);
+        match &self.act2 {
+            Some(a) => a.forward(z, ctx),
+            None => z,
+        }
     }
 }
 
@@ -402,12 +469,17 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
         }
         NetKind::NetR18 => {
             let c0 = ch(64, w);
+            let kerv = spec.pkn_layout == PknLayout::Published
+                && matches!(spec.act, ActKind::Pkn | ActKind::Rpkn);
+            let dropout = || kerv.then(|| DropoutConfig::new(0.2).init());
             // The ResNet always has BN (the projection shortcuts need it).
             let stem = Unit {
                 conv: Some(conv(cin, c0, 3, 1, 1, false, device)),
                 bn: Some(bn(c0, device)),
                 act: Some(spec.activation(c0, device)),
                 padding: 1,
+                act_first: kerv,
+                dropout: dropout(),
                 ..Unit::empty()
             };
             let mut blocks = Vec::new();
@@ -425,7 +497,10 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
                         bn2: bn(cout, device),
                         short_conv: proj.then(|| conv(cprev, cout, 1, stride, 0, false, device)),
                         short_bn: proj.then(|| bn(cout, device)),
-                        act2: spec.activation(cout, device),
+                        act2: (!kerv).then(|| spec.activation(cout, device)),
+                        short_act: (kerv && proj).then(|| spec.activation(cout, device)),
+                        kerv,
+                        dropout: dropout(),
                         stride,
                     });
                     cprev = cout;

@@ -108,7 +108,9 @@ pub fn apply_arch(net: &mut Net, arch: &Arch, x2_scale: f32, device: &Device) ->
     }
     for b in net.blocks.iter_mut() {
         acts.push(&mut b.act1);
-        acts.push(&mut b.act2);
+        if let Some(a) = b.act2.as_mut() {
+            acts.push(a);
+        }
     }
     for u in net.post.iter_mut() {
         if let Some(a) = u.act.as_mut() {
@@ -569,6 +571,7 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
         kerv_init: None,
         pillar: None,
         x2act_per_site: false,
+        pkn_layout: Default::default(),
         in_channels: c,
         classes: 10,
     };

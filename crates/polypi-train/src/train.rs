@@ -70,6 +70,8 @@ pub struct TrainConfig {
     pub pillar: Option<crate::nets::PillarSpec>,
     /// X2act with one scalar set per site (PASNet) instead of one per channel.
     pub x2act_per_site: bool,
+    /// NET-R18 with pkn / rpkn: placement of the kervolutions.
+    pub pkn_layout: crate::nets::PknLayout,
     /// Dataset.
     pub data: DatasetKind,
     /// Folder holding the dataset (see [`data::load`]).
@@ -154,6 +156,7 @@ impl Default for TrainConfig {
             kerv_init: None,
             pillar: None,
             x2act_per_site: false,
+            pkn_layout: crate::nets::PknLayout::Sites,
             data: DatasetKind::FashionMnist,
             data_dir: PathBuf::from("data/fetched"),
             train_limit: None,
@@ -204,6 +207,7 @@ impl TrainConfig {
             kerv_init: self.kerv_init,
             pillar: self.pillar,
             x2act_per_site: self.x2act_per_site,
+            pkn_layout: self.pkn_layout,
             in_channels: c,
             classes: 10,
         }
@@ -283,6 +287,13 @@ impl TrainConfig {
         }
         if let (Some((c, a)), ActKind::Pkn | ActKind::Rpkn) = (self.kerv_init, self.act) {
             r += &format!(", PolyKerv init c_p {c} a_p {a}");
+        }
+        if self.pkn_layout == crate::nets::PknLayout::Published
+            && matches!(self.act, ActKind::Pkn | ActKind::Rpkn)
+            && self.net == crate::nets::NetKind::NetR18
+        {
+            r += ", PolyKervNets layout as published (conv -> power -> BN -> dropout 0.2 at the stem, \
+                  conv1 and projection shortcuts; nothing after the add)";
         }
         if self.x2act_per_site && self.act == ActKind::X2act {
             r += ", X2act one scalar set per site (PASNet)";

@@ -314,6 +314,28 @@ fn netc_and_r18_export_match_burn() {
         c.optimizer = polypi_train::OptimKind::Adam;
         c.kerv_init = Some((4.0, 0.125));
     });
+    // PolyKervNets as published (PKR-18): kervolutions at the stem, each block's conv1 and the
+    // three projection shortcuts (1 + 8 + 3), each followed by its BN; nothing after an add.
+    let mf =
+        train_export_check(NetKind::NetR18, ActKind::Rpkn, DatasetKind::Cifar10, 0.0625, |c| {
+            c.max_steps_per_epoch = Some(1);
+            c.optimizer = polypi_train::OptimKind::Adam;
+            c.pkn_layout = polypi_train::nets::PknLayout::Published;
+        });
+    use polypi_core::model::graph::Op;
+    let nodes = &mf.graph.nodes;
+    let kerv = nodes.iter().filter(|n| matches!(n.op, Op::PolyKerv { .. })).count();
+    assert_eq!(kerv, 12);
+    for n in nodes {
+        let consumers: Vec<&Op> =
+            nodes.iter().filter(|m| m.inputs.contains(&n.name)).map(|m| &m.op).collect();
+        if matches!(n.op, Op::PolyKerv { .. }) {
+            assert!(matches!(consumers[..], [Op::BatchNorm2d { .. }]), "{}: {consumers:?}", n.name);
+        }
+        if matches!(n.op, Op::Add) {
+            assert!(consumers.iter().all(|o| !matches!(o, Op::PolyKerv { .. })), "{}", n.name);
+        }
+    }
 }
 
 #[test]

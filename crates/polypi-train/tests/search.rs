@@ -62,6 +62,7 @@ fn supernet_step_gives_alpha_gradients_and_expected_latency() {
         kerv_init: None,
         pillar: None,
         x2act_per_site: false,
+        pkn_layout: Default::default(),
         in_channels: 1,
         classes: 10,
     };
