@@ -1,0 +1,415 @@
+//! Dealer-free preprocessing between server and client alone (docs/two-party.md): the second
+//! provider of [`super::Preprocessing`], producing the same [`Material`] as the dealer stream so
+//! that the online phase is unchanged.
+//!
+//! Session setup: the client draws an RLWE secret key and sends its public key
+//! ([`TwoPartyClient::setup`], [`TwoPartyServer::setup`]). Per inference, layer by layer:
+//!
+//! - **Input**: the server draws `R0` from its own seed and sends `-R0` (the client's share of
+//!   zero, as the dealer would; the client knows its own input, so learning the server's input
+//!   share reveals nothing).
+//! - **Conv / linear** (Delphi's offline phase with Cheetah's packing): the client expands its
+//!   mask `A` from its seed and sends `Enc(A)` packed by [`super::hom`]; the server computes
+//!   `Enc(A*W - c0)` homomorphically for its fresh share `c0` (from its seed), re-randomises,
+//!   floods the noise and switches the modulus ([`super::he`]); the client decrypts its share
+//!   `A*W - c0`. This is the correlation of the dealer's linear layers with `F = 0`: the online
+//!   server still computes `(X - A)*W + c0 + bias` and the client's share is `A*W - c0`.
+//! - **Polynomial, ReLU, max-pool**: no generator yet (their material needs oblivious linear
+//!   evaluation or FSS key generation between the parties); a plan with them is refused before
+//!   anything is sent ([`check_two_party_supported`]).
+
+use super::he::{self, HeParams, PublicKey, SecretKey};
+use super::hom::Packing;
+use super::{Material, Preprocessing};
+use crate::engine::plain::EncodedPlan;
+use crate::engine::walk::{walk, Backend, LayerTrace};
+use crate::error::{Error, Result};
+use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
+use crate::mpc::prg::{Purpose, Seed};
+use crate::net::{recv_ring, send_ring, Channel, ChannelStats};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
+
+/// Checks that every layer of `plan` has a two-party generator and fits the HE parameters.
+/// Errors: `Graph` naming the first polynomial, ReLU or max-pool layer ("dealer-only"), a conv
+/// whose padded plane does not fit one polynomial, or a layer whose fan-in is too large.
+pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
+    let params = HeParams::new()?;
+    for l in &plan.layers {
+        let refuse = |what: &str| {
+            Err(Error::graph(
+                &l.name,
+                format!(
+                    "{what} layers have no two-party preprocessing yet (their correlated \
+                     randomness needs the dealer); run with --preprocessing dealer"
+                ),
+            ))
+        };
+        match &l.op {
+            LayerOp::Poly(_) => return refuse("polynomial activation"),
+            LayerOp::Relu => return refuse("ReLU"),
+            LayerOp::MaxPool2d { .. } => return refuse("max-pool"),
+            LayerOp::Conv2d(c) => {
+                let p = Packing::conv(c.geom, &l.name)?;
+                he::flood_bits(&params, p.fan_in()).map_err(|e| Error::graph(&l.name, e.to_string()))?;
+            }
+            LayerOp::Linear(c) => {
+                he::flood_bits(&params, c.in_features)
+                    .map_err(|e| Error::graph(&l.name, e.to_string()))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn packing(layer: &Layer) -> Result<Packing> {
+    match &layer.op {
+        LayerOp::Conv2d(c) => Packing::conv(c.geom, &layer.name),
+        LayerOp::Linear(l) => Ok(Packing::fc(l.in_features, l.out_features)),
+        _ => Err(Error::graph(&layer.name, "not a linear layer")),
+    }
+}
+
+/// The server's side of the two-party preprocessing: the client's public key, its own seed and
+/// the encoded weights.
+pub struct TwoPartyServer<'a> {
+    params: HeParams,
+    pk: PublicKey,
+    seed: &'a Seed,
+    weights: &'a EncodedPlan,
+    rng: ChaCha20Rng,
+}
+
+impl<'a> TwoPartyServer<'a> {
+    /// Receives the client's public key on `link` (session setup). `seed` is the server's own
+    /// seed (fresh from the OS per session), `weights` its encoded plan.
+    /// Errors: peer errors; `Protocol` for a malformed key; `Io` if the OS generator fails.
+    pub fn setup(seed: &'a Seed, weights: &'a EncodedPlan, link: &mut dyn Channel) -> Result<Self> {
+        let params = HeParams::new()?;
+        let msg = link.recv_expect(params.fresh_ct_bytes())?;
+        let pk = he::parse_public_key(&params, &msg)?;
+        Ok(TwoPartyServer { params, pk, seed, weights, rng: he::he_rng()? })
+    }
+}
+
+/// The client's side of the two-party preprocessing: its RLWE secret key and its own seed.
+pub struct TwoPartyClient<'a> {
+    params: HeParams,
+    sk: SecretKey,
+    seed: &'a Seed,
+    rng: ChaCha20Rng,
+}
+
+impl<'a> TwoPartyClient<'a> {
+    /// Draws a fresh RLWE key pair and sends the public key on `link` (session setup). `seed` is
+    /// the client's own seed (fresh from the OS per session).
+    /// Errors: peer errors; `Io` if the OS generator fails.
+    pub fn setup(seed: &'a Seed, link: &mut dyn Channel) -> Result<Self> {
+        let params = HeParams::new()?;
+        let mut rng = he::he_rng()?;
+        let sk = SecretKey::generate(&params, &mut rng)?;
+        let pk = sk.public_key(&params, &mut rng)?;
+        link.send(&he::public_key_bytes(&pk))?;
+        link.flush()?;
+        Ok(TwoPartyClient { params, sk, seed, rng })
+    }
+}
+
+enum Role<'p, 'a> {
+    Server(&'p mut TwoPartyServer<'a>),
+    Client(&'p mut TwoPartyClient<'a>),
+}
+
+/// The walk backend of one inference's two-party preprocessing (both roles).
+struct TwoPartyWalk<'p, 'a, 'l> {
+    role: Role<'p, 'a>,
+    inference: u64,
+    link: &'l mut dyn Channel,
+    material: Vec<Option<Material>>,
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+fn with_batch(layer: &Layer, batch: usize) -> Vec<usize> {
+    let mut s = vec![batch];
+    s.extend_from_slice(&layer.out_shape);
+    s
+}
+
+fn refuse(layer: &Layer) -> Error {
+    Error::graph(&layer.name, "this layer has no two-party preprocessing; run with the dealer")
+}
+
+/// Fresh 32-byte seeds for parallel tasks, drawn from `rng`.
+fn task_seeds(rng: &mut ChaCha20Rng, n: usize) -> Vec<[u8; 32]> {
+    (0..n)
+        .map(|_| {
+            let mut s = [0u8; 32];
+            rng.fill_bytes(&mut s);
+            s
+        })
+        .collect()
+}
+
+impl TwoPartyWalk<'_, '_, '_> {
+    fn put(&mut self, idx: usize, m: Material) {
+        if self.material.len() <= idx {
+            self.material.resize(idx + 1, None);
+        }
+        self.material[idx] = Some(m);
+    }
+
+    fn linear_material(&mut self, idx: usize, layer: &Layer, x: &[usize]) -> Result<()> {
+        let p = packing(layer)?;
+        let batch = x[0];
+        if numel(x) != batch * p.in_len() {
+            return Err(Error::graph(&layer.name, "input shape differs from the packing"));
+        }
+        let inference = self.inference;
+        match &mut self.role {
+            Role::Client(c) => {
+                let a = c.seed.ring(inference, idx, Purpose::InputMask, numel(x));
+                let jobs: Vec<(usize, usize)> =
+                    (0..batch).flat_map(|n| (0..p.inputs()).map(move |j| (n, j))).collect();
+                let seeds = task_seeds(&mut c.rng, jobs.len());
+                let (params, sk) = (&c.params, &c.sk);
+                let cts: Vec<Vec<u8>> = jobs
+                    .par_iter()
+                    .zip(&seeds)
+                    .map(|(&(n, j), s)| {
+                        let m = p.input_poly(&a[n * p.in_len()..(n + 1) * p.in_len()], j);
+                        sk.encrypt(params, &m, &mut ChaCha20Rng::from_seed(*s))
+                    })
+                    .collect::<Result<_>>()?;
+                self.link.send(&cts.concat())?;
+                self.link.flush()?;
+                let useful: Vec<Vec<(u32, usize)>> = (0..p.outputs()).map(|o| p.useful(o)).collect();
+                let sizes: Vec<usize> =
+                    useful.iter().map(|u| params.response_bytes(u.len())).collect();
+                let total: usize = sizes.iter().sum::<usize>() * batch;
+                let msg = self.link.recv_expect(total)?;
+                let mut share = vec![0u64; batch * p.out_len()];
+                let mut offs = Vec::with_capacity(batch * useful.len());
+                let mut off = 0;
+                for _ in 0..batch {
+                    for s in &sizes {
+                        offs.push(off);
+                        off += s;
+                    }
+                }
+                let outs: Vec<Vec<u64>> = (0..batch * useful.len())
+                    .into_par_iter()
+                    .map(|k| {
+                        let o = k % useful.len();
+                        let pos: Vec<u32> = useful[o].iter().map(|u| u.0).collect();
+                        sk.decrypt_response(params, &msg[offs[k]..offs[k] + sizes[o]], &pos)
+                    })
+                    .collect::<Result<_>>()?;
+                for (k, vals) in outs.into_iter().enumerate() {
+                    let (n, o) = (k / useful.len(), k % useful.len());
+                    for (v, &(_, e)) in vals.into_iter().zip(&useful[o]) {
+                        share[n * p.out_len() + e] = v;
+                    }
+                }
+                self.put(idx, Material::Linear { mask: Some(a), share });
+            }
+            Role::Server(s) => {
+                let ct_bytes = s.params.fresh_ct_bytes();
+                let msg = self.link.recv_expect(batch * p.inputs() * ct_bytes)?;
+                let params = &s.params;
+                let cts: Vec<he::Ciphertext> = msg
+                    .par_chunks(ct_bytes)
+                    .map(|m| he::parse_ciphertext(params, m))
+                    .collect::<Result<_>>()?;
+                let c0 =
+                    s.seed.ring(inference, idx, Purpose::ProductShare, batch * p.out_len());
+                let flood = he::flood_bits(params, p.fan_in())
+                    .map_err(|e| Error::graph(&layer.name, e.to_string()))?;
+                let weight: &[Vec<u64>] = match &layer.op {
+                    LayerOp::Conv2d(_) => {
+                        &s.weights
+                            .conv
+                            .get(&idx)
+                            .ok_or_else(|| Error::graph(&layer.name, "no weights"))?
+                            .weight
+                    }
+                    _ => std::slice::from_ref(
+                        &s.weights
+                            .linear
+                            .get(&idx)
+                            .ok_or_else(|| Error::graph(&layer.name, "no weights"))?
+                            .weight_t,
+                    ),
+                };
+                let seeds = task_seeds(&mut s.rng, p.outputs());
+                let pk = &s.pk;
+                let inputs = p.inputs();
+                // Per response o: the kernels once, then every sample.
+                let per_o: Vec<Vec<Vec<u8>>> = (0..p.outputs())
+                    .into_par_iter()
+                    .map(|o| {
+                        let mut rng = ChaCha20Rng::from_seed(seeds[o]);
+                        let kernels: Vec<(usize, fhe_math::rq::Poly)> = p
+                            .terms(o)
+                            .map(|j| Ok((j, he::plaintext_ntt(params, &p.kernel(weight, o, j))?)))
+                            .collect::<Result<_>>()?;
+                        let useful = p.useful(o);
+                        let pos: Vec<u32> = useful.iter().map(|u| u.0).collect();
+                        (0..batch)
+                            .map(|n| {
+                                let mut acc = he::Accumulator::new(params);
+                                for (j, k) in &kernels {
+                                    acc.add_product(&cts[n * inputs + j], k);
+                                }
+                                let c: Vec<u64> =
+                                    useful.iter().map(|u| c0[n * p.out_len() + u.1]).collect();
+                                acc.finish(params, pk, &pos, &c, flood, &mut rng)
+                            })
+                            .collect()
+                    })
+                    .collect::<Result<_>>()?;
+                let mut out = Vec::new();
+                for n in 0..batch {
+                    for resp in &per_o {
+                        out.extend_from_slice(&resp[n]);
+                    }
+                }
+                self.link.send(&out)?;
+                self.link.flush()?;
+                self.put(idx, Material::Linear { mask: None, share: c0 });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for TwoPartyWalk<'_, '_, '_> {
+    type Value = Vec<usize>;
+    fn input(&mut self, idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
+        let shape = with_batch(layer, batch);
+        let n = numel(&shape);
+        let zero_share = match &self.role {
+            Role::Server(s) => {
+                let r0 = s.seed.ring(self.inference, idx, Purpose::InputMask, n);
+                let neg: Vec<u64> = r0.iter().map(|v| v.wrapping_neg()).collect();
+                send_ring(self.link, &neg)?;
+                self.link.flush()?;
+                r0
+            }
+            Role::Client(_) => recv_ring(self.link, n)?,
+        };
+        self.put(idx, Material::Input { zero_share });
+        Ok(shape)
+    }
+    fn conv2d(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _c: &ConvLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        self.linear_material(idx, layer, x)?;
+        Ok(with_batch(layer, x[0]))
+    }
+    fn linear(
+        &mut self,
+        idx: usize,
+        layer: &Layer,
+        _l: &LinearLayer,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        self.linear_material(idx, layer, x)?;
+        Ok(with_batch(layer, x[0]))
+    }
+    fn poly(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _p: &PolyLayer,
+        _x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        Err(refuse(layer))
+    }
+    fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
+        Err(refuse(layer))
+    }
+    fn maxpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _k: usize,
+        _s: usize,
+        _p: usize,
+        _x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        Err(refuse(layer))
+    }
+    fn avgpool(
+        &mut self,
+        _idx: usize,
+        layer: &Layer,
+        _k: usize,
+        _s: usize,
+        x: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn flatten(&mut self, _idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
+        Ok(with_batch(layer, x[0]))
+    }
+    fn add(
+        &mut self,
+        _idx: usize,
+        _layer: &Layer,
+        a: &Vec<usize>,
+        _b: &Vec<usize>,
+    ) -> Result<Vec<usize>> {
+        Ok(a.clone())
+    }
+    fn counters(&self) -> ChannelStats {
+        self.link.stats()
+    }
+}
+
+fn run(
+    role: Role<'_, '_>,
+    plan: &Plan,
+    inference: u64,
+    batch: usize,
+    link: &mut dyn Channel,
+) -> Result<(Vec<Option<Material>>, Vec<LayerTrace>)> {
+    let mut w = TwoPartyWalk { role, inference, link, material: Vec::new() };
+    let (_, traces) = walk(plan, &mut w, batch)?;
+    Ok((w.material, traces))
+}
+
+impl Preprocessing for TwoPartyServer<'_> {
+    fn prepare(
+        &mut self,
+        plan: &Plan,
+        inference: u64,
+        batch: usize,
+        link: &mut dyn Channel,
+    ) -> Result<(Vec<Option<Material>>, Vec<LayerTrace>)> {
+        run(Role::Server(self), plan, inference, batch, link)
+    }
+}
+
+impl Preprocessing for TwoPartyClient<'_> {
+    fn prepare(
+        &mut self,
+        plan: &Plan,
+        inference: u64,
+        batch: usize,
+        link: &mut dyn Channel,
+    ) -> Result<(Vec<Option<Material>>, Vec<LayerTrace>)> {
+        run(Role::Client(self), plan, inference, batch, link)
+    }
+}
