@@ -77,7 +77,7 @@ fn packing(layer: &Layer) -> Result<Packing> {
 pub struct TwoPartyServer<'a> {
     params: HeParams,
     pk: PublicKey,
-    seed: &'a Seed,
+    seed: Seed,
     weights: &'a EncodedPlan,
     rng: ChaCha20Rng,
 }
@@ -86,7 +86,7 @@ impl<'a> TwoPartyServer<'a> {
     /// Receives the client's public key on `link` (session setup). `seed` is the server's own
     /// seed (fresh from the OS per session), `weights` its encoded plan.
     /// Errors: peer errors; `Protocol` for a malformed key; `Io` if the OS generator fails.
-    pub fn setup(seed: &'a Seed, weights: &'a EncodedPlan, link: &mut dyn Channel) -> Result<Self> {
+    pub fn setup(seed: Seed, weights: &'a EncodedPlan, link: &mut dyn Channel) -> Result<Self> {
         let params = HeParams::new()?;
         let msg = link.recv_expect(params.fresh_ct_bytes())?;
         let pk = he::parse_public_key(&params, &msg)?;
@@ -95,18 +95,18 @@ impl<'a> TwoPartyServer<'a> {
 }
 
 /// The client's side of the two-party preprocessing: its RLWE secret key and its own seed.
-pub struct TwoPartyClient<'a> {
+pub struct TwoPartyClient {
     params: HeParams,
     sk: SecretKey,
-    seed: &'a Seed,
+    seed: Seed,
     rng: ChaCha20Rng,
 }
 
-impl<'a> TwoPartyClient<'a> {
+impl TwoPartyClient {
     /// Draws a fresh RLWE key pair and sends the public key on `link` (session setup). `seed` is
     /// the client's own seed (fresh from the OS per session).
     /// Errors: peer errors; `Io` if the OS generator fails.
-    pub fn setup(seed: &'a Seed, link: &mut dyn Channel) -> Result<Self> {
+    pub fn setup(seed: Seed, link: &mut dyn Channel) -> Result<Self> {
         let params = HeParams::new()?;
         let mut rng = he::he_rng()?;
         let sk = SecretKey::generate(&params, &mut rng)?;
@@ -119,7 +119,7 @@ impl<'a> TwoPartyClient<'a> {
 
 enum Role<'p, 'a> {
     Server(&'p mut TwoPartyServer<'a>),
-    Client(&'p mut TwoPartyClient<'a>),
+    Client(&'p mut TwoPartyClient),
 }
 
 /// The walk backend of one inference's two-party preprocessing (both roles).
@@ -402,7 +402,7 @@ impl Preprocessing for TwoPartyServer<'_> {
     }
 }
 
-impl Preprocessing for TwoPartyClient<'_> {
+impl Preprocessing for TwoPartyClient {
     fn prepare(
         &mut self,
         plan: &Plan,
