@@ -50,9 +50,74 @@ pub const NOISE_BOUND: f64 = 20.0;
 /// coefficients per inference).
 pub const FLOOD_SIGMA: u32 = 60;
 
-/// `t = 2^64` as a big integer.
-fn t_big() -> BigUint {
-    BigUint::from(1u8) << 64
+/// The plaintext modulus `t`: the engine's ring `2^64` (linear layers) or an NTT-friendly prime
+/// below `2^62` (slot-wise products of the polynomial preprocessing, [`super::ole`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainModulus {
+    /// `t = 2^64`: plaintext coefficients are ring elements.
+    Pow64,
+    /// A prime `t = 1 mod 2N`, `t < 2^62`.
+    Prime(u64),
+}
+
+impl PlainModulus {
+    fn big(self) -> BigUint {
+        match self {
+            PlainModulus::Pow64 => BigUint::from(1u8) << 64,
+            PlainModulus::Prime(t) => BigUint::from(t),
+        }
+    }
+
+    /// `t` as f64.
+    fn as_f64(self) -> f64 {
+        match self {
+            PlainModulus::Pow64 => 2f64.powi(64),
+            PlainModulus::Prime(t) => t as f64,
+        }
+    }
+
+    /// Centered representative of a plaintext coefficient.
+    fn lift(self, x: u64) -> i64 {
+        match self {
+            PlainModulus::Pow64 => x as i64,
+            PlainModulus::Prime(t) => center(x % t, t) as i64,
+        }
+    }
+
+    /// `x mod t` in `[0, t)`.
+    fn reduce(self, x: i128) -> u64 {
+        match self {
+            PlainModulus::Pow64 => x as u64,
+            PlainModulus::Prime(t) => x.rem_euclid(t as i128) as u64,
+        }
+    }
+
+    /// `a b mod t`.
+    fn mul(self, a: u64, b: u64) -> u64 {
+        match self {
+            PlainModulus::Pow64 => a.wrapping_mul(b),
+            PlainModulus::Prime(t) => mul_mod(a % t, b % t, t),
+        }
+    }
+
+    /// `q^-1 mod t` for an odd prime `q` coprime to `t`.
+    fn inv(self, q: u64) -> u64 {
+        match self {
+            PlainModulus::Pow64 => inv_mod_2_64(q),
+            PlainModulus::Prime(t) => inv_mod(q % t, t),
+        }
+    }
+
+    /// The centered representative of `-r q^-1 mod t`, given `q^-1 mod t`.
+    fn neg_times(self, r: i128, q_inv: u64) -> i128 {
+        match self {
+            PlainModulus::Pow64 => ((r as i64 as u64).wrapping_neg()).wrapping_mul(q_inv) as i64 as i128,
+            PlainModulus::Prime(t) => {
+                let k = mul_mod((-r).rem_euclid(t as i128) as u64, q_inv, t);
+                center(k, t)
+            }
+        }
+    }
 }
 
 fn he_err(e: impl std::fmt::Display) -> Error {
@@ -149,9 +214,9 @@ pub struct PublicKey {
 }
 
 /// `t * e` for a fresh error `e` (power basis, context `ctx`).
-fn scaled_error(ctx: &Arc<Context>, rng: &mut ChaCha20Rng) -> Result<Poly> {
+fn scaled_error(ctx: &Arc<Context>, t: PlainModulus, rng: &mut ChaCha20Rng) -> Result<Poly> {
     let mut e = Poly::small(ctx, Representation::PowerBasis, NOISE_VARIANCE, rng).map_err(he_err)?;
-    e *= &t_big();
+    e *= &t.big();
     Ok(e)
 }
 
@@ -171,13 +236,18 @@ impl SecretKey {
         Ok(SecretKey { s, s_resp })
     }
 
-    /// The public key for this secret key, with `a_pk` from a fresh seed.
-    /// Errors: `InvalidArgument` on a sampler failure.
-    pub fn public_key(&self, p: &HeParams, rng: &mut ChaCha20Rng) -> Result<PublicKey> {
+    /// The public key for this secret key and plaintext modulus `t`, with `a_pk` from a fresh
+    /// seed. Errors: `InvalidArgument` on a sampler failure.
+    pub fn public_key(
+        &self,
+        p: &HeParams,
+        t: PlainModulus,
+        rng: &mut ChaCha20Rng,
+    ) -> Result<PublicKey> {
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
         let a = Poly::random_from_seed(&p.fresh, Representation::Ntt, seed);
-        let mut e = scaled_error(&p.fresh, rng)?;
+        let mut e = scaled_error(&p.fresh, t, rng)?;
         e.change_representation(Representation::Ntt);
         let b = &e - &(&a * &self.s);
         Ok(PublicKey { seed, a, b })
@@ -186,17 +256,24 @@ impl SecretKey {
     /// Encrypts the plaintext `m` (at most `N` ring elements: coefficients `0..m.len()`, the rest
     /// zero) under a fresh seed for `a`. Returns the wire form: seed, then `b` in NTT form (LE
     /// u64, `LEVELS * N` words). Errors: `InvalidArgument` for more than `N` coefficients.
-    pub fn encrypt(&self, p: &HeParams, m: &[u64], rng: &mut ChaCha20Rng) -> Result<Vec<u8>> {
+    /// `t` is the plaintext modulus (`m`'s coefficients are read modulo `t`).
+    pub fn encrypt(
+        &self,
+        p: &HeParams,
+        t: PlainModulus,
+        m: &[u64],
+        rng: &mut ChaCha20Rng,
+    ) -> Result<Vec<u8>> {
         if m.len() > DEGREE {
             return Err(he_err(format!("{} coefficients > N = {DEGREE}", m.len())));
         }
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
         let a = Poly::random_from_seed(&p.fresh, Representation::Ntt, seed);
-        let centered: Vec<i64> = m.iter().map(|&x| x as i64).collect();
+        let centered: Vec<i64> = m.iter().map(|&x| t.lift(x)).collect();
         let mut b = Poly::try_convert_from(&centered[..], &p.fresh, false, Representation::PowerBasis)
             .map_err(he_err)?;
-        b += &scaled_error(&p.fresh, rng)?;
+        b += &scaled_error(&p.fresh, t, rng)?;
         b.change_representation(Representation::Ntt);
         b -= &(&a * &self.s);
         let mut out = Vec::with_capacity(p.fresh_ct_bytes());
@@ -210,9 +287,15 @@ impl SecretKey {
     }
 
     /// Decrypts a response ([`Response::to_bytes`] layout) at its `useful` coefficients, in the
-    /// order of `useful`; returns ring elements (`mod 2^64`), with the modulus switch's factor
-    /// undone. Errors: `Protocol` for a message of the wrong size.
-    pub fn decrypt_response(&self, p: &HeParams, msg: &[u8], useful: &[u32]) -> Result<Vec<u64>> {
+    /// order of `useful`; returns plaintexts modulo `t`, with the modulus switch's factor undone.
+    /// Errors: `Protocol` for a message of the wrong size.
+    pub fn decrypt_response(
+        &self,
+        p: &HeParams,
+        t: PlainModulus,
+        msg: &[u8],
+        useful: &[u32],
+    ) -> Result<Vec<u64>> {
         if msg.len() != p.response_bytes(useful.len()) {
             return Err(Error::Protocol(format!(
                 "HE response of {} bytes, expected {}",
@@ -233,7 +316,7 @@ impl SecretKey {
         let q0_inv_q1 = inv_mod(q0 % q1, q1);
         let big_q = q0 as u128 * q1 as u128;
         // The plaintext was multiplied by (q2 q3)^-1 mod t by the modulus switch.
-        let undo = p.moduli[RESPONSE_LEVELS..].iter().fold(1u64, |acc, q| acc.wrapping_mul(*q));
+        let undo = p.moduli[RESPONSE_LEVELS..].iter().fold(1u64, |acc, q| t.mul(acc, *q));
         let n = useful.len();
         let mut out = Vec::with_capacity(n);
         for (k, &pos) in useful.iter().enumerate() {
@@ -243,8 +326,8 @@ impl SecretKey {
             // CRT: x = v0 + q0 * ((v1 - v0) q0^-1 mod q1), in [0, q0 q1).
             let d = mul_mod(sub_mod(v1, v0 % q1, q1), q0_inv_q1, q1);
             let x = v0 as u128 + q0 as u128 * d as u128;
-            let centered = if x > big_q / 2 { x.wrapping_sub(big_q) } else { x };
-            out.push((centered as u64).wrapping_mul(undo));
+            let centered = if x > big_q / 2 { x as i128 - big_q as i128 } else { x as i128 };
+            out.push(t.mul(t.reduce(centered), undo));
         }
         Ok(out)
     }
@@ -338,14 +421,14 @@ pub fn parse_public_key(p: &HeParams, msg: &[u8]) -> Result<PublicKey> {
 /// t/2` of the encryption errors with the weights, and the re-randomisation `2 N B^2 + B`.
 /// Errors: `InvalidArgument` when the flooded value or the modulus-switched one would not fit
 /// (`fan_in` too large for these parameters).
-pub fn flood_bits(p: &HeParams, fan_in: usize) -> Result<u32> {
-    let t = 2f64.powi(64);
+pub fn flood_bits(p: &HeParams, t: PlainModulus, fan_in: usize) -> Result<u32> {
+    let t = t.as_f64();
     let b = NOISE_BOUND;
     let n = DEGREE as f64;
     let eta0 = fan_in as f64 * (t / 4.0 + b * t / 2.0) + 1.0 + 2.0 * n * b * b + b;
     let bits = eta0.log2().ceil() as u32 + FLOOD_SIGMA + 1;
     // |V| <= t/2 + t (2^(bits-1) + eta0) must stay below Q/2 (one bit of margin).
-    let log_v = 64.0 + (2f64.powi(bits as i32 - 1) + eta0 + 1.0).log2();
+    let log_v = t.log2() + (2f64.powi(bits as i32 - 1) + eta0 + 1.0).log2();
     let log_drop: f64 = p.moduli[RESPONSE_LEVELS..].iter().map(|q| (*q as f64).log2()).sum();
     // After the switch: |V'| <= |V| / (q2 q3) + t (1 + N B) (two drops of t/2 (1 + N B) each).
     let after = 2f64.powf(log_v - log_drop) + t * (1.0 + n * b);
@@ -382,17 +465,20 @@ impl Accumulator {
         self.a += &(&ct.a * w);
     }
 
-    /// Finishes the response: adds a fresh public-key encryption of zero, subtracts the server's
-    /// share `c0[k]` and adds the flood `t * E_k` at each useful coefficient `useful[k]`, switches
+    /// Finishes the response: adds a fresh public-key encryption of zero, adds the plaintext
+    /// `plain[k]` (the negated server share, centered) and the flood `t * E_k` at each useful
+    /// coefficient `useful[k]`, switches
     /// from `Q` to `q_0 q_1` and returns the wire form: `a` (all `N` coefficients, both primes),
     /// then `b` at the useful coefficients (prime 0 for all, then prime 1 for all).
     /// Errors: `InvalidArgument` on a sampler failure.
+    #[allow(clippy::too_many_arguments)]
     pub fn finish(
         mut self,
         p: &HeParams,
+        t: PlainModulus,
         pk: &PublicKey,
         useful: &[u32],
-        c0: &[u64],
+        plain: &[i64],
         flood: u32,
         rng: &mut ChaCha20Rng,
     ) -> Result<Vec<u8>> {
@@ -401,14 +487,19 @@ impl Accumulator {
         self.a += &(&pk.a * &u);
         self.b.change_representation(Representation::PowerBasis);
         self.a.change_representation(Representation::PowerBasis);
-        self.b += &scaled_error(&p.fresh, rng)?;
-        self.a += &scaled_error(&p.fresh, rng)?;
+        self.b += &scaled_error(&p.fresh, t, rng)?;
+        self.a += &scaled_error(&p.fresh, t, rng)?;
         let l = LEVELS;
         let bc = self.b.coefficients();
         let ac = self.a.coefficients();
-        let t_mod: Vec<u64> = p.moduli.iter().map(|&q| ((1u128 << 64) % q as u128) as u64).collect();
-        let t2_mod: Vec<u64> = p.moduli.iter().map(|&q| mul_mod(t_mod_of(q), t_mod_of(q), q)).collect();
-        let switch = Switch::new(p);
+        // 2^64 and 2^128 mod q_i (limbs of the flood), t mod q_i.
+        let l64: Vec<u64> = p.moduli.iter().map(|&q| ((1u128 << 64) % q as u128) as u64).collect();
+        let l128: Vec<u64> = p.moduli.iter().zip(&l64).map(|(&q, &x)| mul_mod(x, x, q)).collect();
+        let t_mod: Vec<u64> = match t {
+            PlainModulus::Pow64 => l64.clone(),
+            PlainModulus::Prime(tp) => p.moduli.iter().map(|&q| tp % q).collect(),
+        };
+        let switch = Switch::new(p, t);
         let mut out = Vec::with_capacity(p.response_bytes(useful.len()));
         // a: every coefficient.
         let mut a_rows = vec![vec![0u64; DEGREE]; RESPONSE_LEVELS];
@@ -427,16 +518,16 @@ impl Accumulator {
         for (k, &pos) in useful.iter().enumerate() {
             let pos = pos as usize;
             let e = flood_sample(flood, rng);
-            let minus_c0 = c0[k].wrapping_neg() as i64 as i128;
+            let plain_k = plain[k] as i128;
             for i in 0..l {
                 let q = p.moduli[i];
                 // t * E mod q, E = e[0] + e[1] 2^64 + e[2] 2^128 - 2^(flood-1).
                 let mut em = e[0] % q;
-                em = add_mod(em, mul_mod(e[1] % q, t_mod[i], q), q);
-                em = add_mod(em, mul_mod(e[2] % q, t2_mod[i], q), q);
+                em = add_mod(em, mul_mod(e[1] % q, l64[i], q), q);
+                em = add_mod(em, mul_mod(e[2] % q, l128[i], q), q);
                 em = sub_mod(em, pow2_mod(flood - 1, q), q);
                 let te = mul_mod(em, t_mod[i], q);
-                let m = minus_c0.rem_euclid(q as i128) as u64;
+                let m = plain_k.rem_euclid(q as i128) as u64;
                 res[i] = add_mod(add_mod(bc[[i, pos]], te, q), m, q);
             }
             switch.apply(&mut res);
@@ -449,13 +540,8 @@ impl Accumulator {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        let _ = t2_mod;
         Ok(out)
     }
-}
-
-fn t_mod_of(q: u64) -> u64 {
-    ((1u128 << 64) % q as u128) as u64
 }
 
 fn pow2_mod(e: u32, q: u64) -> u64 {
@@ -483,19 +569,20 @@ fn flood_sample(bits: u32, rng: &mut ChaCha20Rng) -> [u64; 3] {
 /// BGV modulus switch of one coefficient from `q_0..q_3` to `q_0 q_1`, dropping `q_3` then `q_2`:
 /// `c' = (c - δ) / q` with `δ ≡ c mod q`, `δ ≡ 0 mod t`, `|δ| <= q t / 2`.
 struct Switch {
+    t: PlainModulus,
     moduli: Vec<u64>,
-    /// `q_last^-1 mod 2^64` per dropped prime (index = its level).
+    /// `q_last^-1 mod t` per dropped prime (index = its level).
     inv_t: Vec<u64>,
     /// `inv_q[last][i] = q_last^-1 mod q_i`.
     inv_q: Vec<Vec<u64>>,
 }
 
 impl Switch {
-    fn new(p: &HeParams) -> Switch {
+    fn new(p: &HeParams, t: PlainModulus) -> Switch {
         let m = p.moduli.clone();
-        let inv_t = m.iter().map(|&q| inv_mod_2_64(q)).collect();
+        let inv_t = m.iter().map(|&q| t.inv(q)).collect();
         let inv_q = m.iter().map(|&ql| m.iter().map(|&qi| if qi == ql { 0 } else { inv_mod(ql % qi, qi) }).collect()).collect();
-        Switch { moduli: m, inv_t, inv_q }
+        Switch { t, moduli: m, inv_t, inv_q }
     }
 
     fn apply(&self, res: &mut [u64; LEVELS]) {
@@ -503,8 +590,8 @@ impl Switch {
             let q = self.moduli[last];
             let r = center(res[last], q);
             // k = -r q^-1 mod t (centered), so that δ = r + q k ≡ 0 mod t.
-            let k = ((r as i64 as u64).wrapping_neg()).wrapping_mul(self.inv_t[last]) as i64;
-            let delta = r + q as i128 * k as i128;
+            let k = self.t.neg_times(r, self.inv_t[last]);
+            let delta = r + q as i128 * k;
             for i in 0..last {
                 let qi = self.moduli[i];
                 let d = delta.rem_euclid(qi as i128) as u64;
@@ -516,8 +603,8 @@ impl Switch {
 
 /// A plaintext polynomial from `N` centered coefficients (ring elements read as `i64`), in NTT
 /// form for [`Accumulator::add_product`]. Errors: `InvalidArgument` for more than `N`.
-pub fn plaintext_ntt(p: &HeParams, coeffs: &[u64]) -> Result<Poly> {
-    let c: Vec<i64> = coeffs.iter().map(|&x| x as i64).collect();
+pub fn plaintext_ntt(p: &HeParams, t: PlainModulus, coeffs: &[u64]) -> Result<Poly> {
+    let c: Vec<i64> = coeffs.iter().map(|&x| t.lift(x)).collect();
     let mut w =
         Poly::try_convert_from(&c[..], &p.fresh, false, Representation::PowerBasis).map_err(he_err)?;
     w.change_representation(Representation::Ntt);
@@ -540,50 +627,67 @@ mod tests {
         assert!(p.log_q() <= 218.0, "log Q {} over the 128-bit bound for N = 8192", p.log_q());
     }
 
+    /// Negacyclic product coefficient `pos` of `m * w` with wrapping arithmetic `mul`/`add`.
+    fn neg_coeff(m: &[u64], w: &[u64], pos: usize, t: PlainModulus) -> u64 {
+        let mut want = 0u64;
+        for j in 0..DEGREE {
+            if w[j] == 0 {
+                continue;
+            }
+            let (i, neg) = if pos >= j { (pos - j, false) } else { (pos + DEGREE - j, true) };
+            let x = t.mul(m[i], w[j]) as i128;
+            let v = want as i128 + if neg { -x } else { x };
+            want = t.reduce(v);
+        }
+        want
+    }
+
     /// Encrypt, multiply by a plaintext, finish (mask, flood, switch), decrypt: the client gets
-    /// `m * w - c0` exactly (negacyclic product mod 2^64) at the useful coefficients.
-    #[test]
-    fn product_round_trip_is_exact() {
+    /// `m * w - c0` exactly (negacyclic product mod t) at the useful coefficients.
+    fn round_trip(t: PlainModulus, dense: bool) {
         let p = HeParams::new().unwrap();
         let mut rng = ChaCha20Rng::from_seed([3u8; 32]);
         let sk = SecretKey::generate(&p, &mut rng).unwrap();
-        let pk = parse_public_key(&p, &public_key_bytes(&sk.public_key(&p, &mut rng).unwrap()))
+        let pk = parse_public_key(&p, &public_key_bytes(&sk.public_key(&p, t, &mut rng).unwrap()))
             .unwrap();
-        let m: Vec<u64> = (0..DEGREE).map(|_| rng.next_u64()).collect();
+        let m: Vec<u64> = (0..DEGREE).map(|_| t.reduce(rng.next_u64() as i128)).collect();
         let mut w = vec![0u64; DEGREE];
-        for k in 0..9 {
-            w[k * 37] = rng.next_u64();
+        let fan_in = if dense { DEGREE } else { 9 };
+        for k in 0..fan_in {
+            w[if dense { k } else { k * 37 }] = t.reduce(rng.next_u64() as i128);
         }
-        let ct = parse_ciphertext(&p, &sk.encrypt(&p, &m, &mut rng).unwrap()).unwrap();
+        let ct = parse_ciphertext(&p, &sk.encrypt(&p, t, &m, &mut rng).unwrap()).unwrap();
         let mut acc = Accumulator::new(&p);
-        acc.add_product(&ct, &plaintext_ntt(&p, &w).unwrap());
+        acc.add_product(&ct, &plaintext_ntt(&p, t, &w).unwrap());
         let useful: Vec<u32> = vec![0, 5, 400, 8191];
-        let c0: Vec<u64> = useful.iter().map(|_| rng.next_u64()).collect();
-        let flood = flood_bits(&p, 9).unwrap();
-        let msg = acc.finish(&p, &pk, &useful, &c0, flood, &mut rng).unwrap();
+        let c0: Vec<u64> = useful.iter().map(|_| t.reduce(rng.next_u64() as i128)).collect();
+        let plain: Vec<i64> = c0.iter().map(|&c| t.lift(t.reduce(-(c as i128)))).collect();
+        let flood = flood_bits(&p, t, fan_in).unwrap();
+        let msg = acc.finish(&p, t, &pk, &useful, &plain, flood, &mut rng).unwrap();
         assert_eq!(msg.len(), p.response_bytes(useful.len()));
-        let got = sk.decrypt_response(&p, &msg, &useful).unwrap();
+        let got = sk.decrypt_response(&p, t, &msg, &useful).unwrap();
         for (k, &pos) in useful.iter().enumerate() {
-            let pos = pos as usize;
-            // Negacyclic product coefficient pos of m * w mod 2^64.
-            let mut want = 0u64;
-            for j in 0..DEGREE {
-                if w[j] == 0 {
-                    continue;
-                }
-                let (i, neg) = if pos >= j { (pos - j, false) } else { (pos + DEGREE - j, true) };
-                let t = m[i].wrapping_mul(w[j]);
-                want = if neg { want.wrapping_sub(t) } else { want.wrapping_add(t) };
-            }
-            assert_eq!(got[k], want.wrapping_sub(c0[k]), "coefficient {pos}");
+            let want = neg_coeff(&m, &w, pos as usize, t);
+            assert_eq!(got[k], t.reduce(want as i128 - c0[k] as i128), "coefficient {pos}");
         }
-        assert!(sk.decrypt_response(&p, &msg[8..], &useful).is_err());
+        assert!(sk.decrypt_response(&p, t, &msg[8..], &useful).is_err());
+    }
+
+    #[test]
+    fn product_round_trip_is_exact_mod_2_64() {
+        round_trip(PlainModulus::Pow64, false);
+    }
+
+    #[test]
+    fn product_round_trip_is_exact_mod_a_prime() {
+        let t = generate_prime(60, 2 * DEGREE as u64, 1 << 60).unwrap();
+        round_trip(PlainModulus::Prime(t), true);
     }
 
     #[test]
     fn oversized_fan_in_is_refused() {
         let p = HeParams::new().unwrap();
-        assert!(flood_bits(&p, 4608).is_ok());
-        assert!(flood_bits(&p, 1 << 30).is_err());
+        assert!(flood_bits(&p, PlainModulus::Pow64, 4608).is_ok());
+        assert!(flood_bits(&p, PlainModulus::Pow64, 1 << 30).is_err());
     }
 }

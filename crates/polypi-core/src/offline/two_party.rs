@@ -18,7 +18,7 @@
 //!   evaluation or FSS key generation between the parties); a plan with them is refused before
 //!   anything is sent ([`check_two_party_supported`]).
 
-use super::he::{self, HeParams, PublicKey, SecretKey};
+use super::he::{self, HeParams, PlainModulus, PublicKey, SecretKey};
 use super::hom::Packing;
 use super::{Material, Preprocessing};
 use crate::engine::plain::EncodedPlan;
@@ -52,10 +52,10 @@ pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
             LayerOp::MaxPool2d { .. } => return refuse("max-pool"),
             LayerOp::Conv2d(c) => {
                 let p = Packing::conv(c.geom, &l.name)?;
-                he::flood_bits(&params, p.fan_in()).map_err(|e| Error::graph(&l.name, e.to_string()))?;
+                he::flood_bits(&params, PlainModulus::Pow64, p.fan_in()).map_err(|e| Error::graph(&l.name, e.to_string()))?;
             }
             LayerOp::Linear(c) => {
-                he::flood_bits(&params, c.in_features)
+                he::flood_bits(&params, PlainModulus::Pow64, c.in_features)
                     .map_err(|e| Error::graph(&l.name, e.to_string()))?;
             }
             _ => {}
@@ -110,7 +110,7 @@ impl TwoPartyClient {
         let params = HeParams::new()?;
         let mut rng = he::he_rng()?;
         let sk = SecretKey::generate(&params, &mut rng)?;
-        let pk = sk.public_key(&params, &mut rng)?;
+        let pk = sk.public_key(&params, PlainModulus::Pow64, &mut rng)?;
         link.send(&he::public_key_bytes(&pk))?;
         link.flush()?;
         Ok(TwoPartyClient { params, sk, seed, rng })
@@ -182,7 +182,7 @@ impl TwoPartyWalk<'_, '_, '_> {
                     .zip(&seeds)
                     .map(|(&(n, j), s)| {
                         let m = p.input_poly(&a[n * p.in_len()..(n + 1) * p.in_len()], j);
-                        sk.encrypt(params, &m, &mut ChaCha20Rng::from_seed(*s))
+                        sk.encrypt(params, PlainModulus::Pow64, &m, &mut ChaCha20Rng::from_seed(*s))
                     })
                     .collect::<Result<_>>()?;
                 self.link.send(&cts.concat())?;
@@ -206,7 +206,7 @@ impl TwoPartyWalk<'_, '_, '_> {
                     .map(|k| {
                         let o = k % useful.len();
                         let pos: Vec<u32> = useful[o].iter().map(|u| u.0).collect();
-                        sk.decrypt_response(params, &msg[offs[k]..offs[k] + sizes[o]], &pos)
+                        sk.decrypt_response(params, PlainModulus::Pow64, &msg[offs[k]..offs[k] + sizes[o]], &pos)
                     })
                     .collect::<Result<_>>()?;
                 for (k, vals) in outs.into_iter().enumerate() {
@@ -227,7 +227,7 @@ impl TwoPartyWalk<'_, '_, '_> {
                     .collect::<Result<_>>()?;
                 let c0 =
                     s.seed.ring(inference, idx, Purpose::ProductShare, batch * p.out_len());
-                let flood = he::flood_bits(params, p.fan_in())
+                let flood = he::flood_bits(params, PlainModulus::Pow64, p.fan_in())
                     .map_err(|e| Error::graph(&layer.name, e.to_string()))?;
                 let weight: &[Vec<u64>] = match &layer.op {
                     LayerOp::Conv2d(_) => {
@@ -255,7 +255,7 @@ impl TwoPartyWalk<'_, '_, '_> {
                         let mut rng = ChaCha20Rng::from_seed(seeds[o]);
                         let kernels: Vec<(usize, fhe_math::rq::Poly)> = p
                             .terms(o)
-                            .map(|j| Ok((j, he::plaintext_ntt(params, &p.kernel(weight, o, j))?)))
+                            .map(|j| Ok((j, he::plaintext_ntt(params, PlainModulus::Pow64, &p.kernel(weight, o, j))?)))
                             .collect::<Result<_>>()?;
                         let useful = p.useful(o);
                         let pos: Vec<u32> = useful.iter().map(|u| u.0).collect();
@@ -265,9 +265,19 @@ impl TwoPartyWalk<'_, '_, '_> {
                                 for (j, k) in &kernels {
                                     acc.add_product(&cts[n * inputs + j], k);
                                 }
-                                let c: Vec<u64> =
-                                    useful.iter().map(|u| c0[n * p.out_len() + u.1]).collect();
-                                acc.finish(params, pk, &pos, &c, flood, &mut rng)
+                                let minus_c0: Vec<i64> = useful
+                                    .iter()
+                                    .map(|u| c0[n * p.out_len() + u.1].wrapping_neg() as i64)
+                                    .collect();
+                                acc.finish(
+                                    params,
+                                    PlainModulus::Pow64,
+                                    pk,
+                                    &pos,
+                                    &minus_c0,
+                                    flood,
+                                    &mut rng,
+                                )
                             })
                             .collect()
                     })
