@@ -22,6 +22,8 @@ pub mod he;
 #[cfg(feature = "two-party")]
 pub mod hom;
 #[cfg(feature = "two-party")]
+pub mod ole;
+#[cfg(feature = "two-party")]
 pub mod two_party;
 
 use crate::engine::walk::LayerTrace;
