@@ -1,14 +1,19 @@
 //! End-to-end without a dealer (docs/two-party.md): server and client alone produce the
-//! correlated randomness (HE for linear layers) and then run the unchanged online phase. The
-//! secure logits equal the fixed-point twin within the truncation bound, the online phase costs
-//! exactly what it costs in dealer mode, and plans with layers that have no two-party generator
-//! are refused before anything runs.
+//! correlated randomness (HE for linear layers, HE-based OLE for polynomial powers) and then run
+//! the unchanged online phase. The secure logits equal the fixed-point twin within the
+//! truncation bound, the online phase costs exactly what it costs in dealer mode, and plans with
+//! layers that have no two-party generator (ReLU, max-pool, ESPN) are refused before anything
+//! runs.
 #![cfg(feature = "two-party")]
 
 use polypi_core::engine::guard::GuardPolicy;
 use polypi_core::engine::session::{run_local, run_local_two_party, LocalOpts, Transport};
 use polypi_core::engine::{run_fixed, EncodedPlan};
-use polypi_core::model::{ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
+use polypi_core::model::compile::compile;
+use polypi_core::model::zoo::{build, Act, Pool, RefNet};
+use polypi_core::model::{
+    ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer, PolyProtocol,
+};
 use polypi_core::net::LinkModel;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -118,11 +123,17 @@ fn two_party(plan: &Plan, inputs: &[(Vec<f32>, usize)], transport: Transport, ch
 
 #[test]
 fn two_party_equals_fixed_point_twin_and_dealer_online_phase() {
-    let plan = linear_plan(1, false);
+    for poly in [false, true] {
+        same_as_twin_and_dealer(linear_plan(1, poly));
+    }
+}
+
+fn same_as_twin_and_dealer(plan: Plan) {
     let enc = EncodedPlan::new(&plan).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let per: usize = plan.input_shape().iter().product();
     let inputs: Vec<(Vec<f32>, usize)> =
-        [1usize, 2].iter().map(|&b| (uniform(&mut rng, b * 768, 1.0), b)).collect();
+        [1usize, 2].iter().map(|&b| (uniform(&mut rng, b * per, 1.0), b)).collect();
     let runs = two_party(&plan, &inputs, Transport::Mem, true);
     let dealer = run_local(&plan, &inputs, LocalOpts { transport: Transport::Mem, check: false })
         .unwrap()
@@ -140,7 +151,7 @@ fn two_party_equals_fixed_point_twin_and_dealer_online_phase() {
         assert!(d.report.preprocessing_bytes == 0);
         // Every linear layer and the input sharing has preprocessing traffic; pools have none.
         for l in &run.report.layers {
-            let want = matches!(l.kind.as_str(), "Conv2d" | "Linear" | "Input");
+            let want = matches!(l.kind.as_str(), "Conv2d" | "Linear" | "Input" | "Poly");
             assert_eq!(l.bytes_two_party > 0, want, "{}: {}", l.name, l.bytes_two_party);
         }
     }
@@ -156,9 +167,20 @@ fn two_party_over_tcp() {
     assert!(max_diff(&runs[0].logits, &twin) < 1e-3);
 }
 
+/// NET-M x^2, X2act and PILLAR degree 4 (random weights, reference.md): two-party == fixed-point twin, the
+/// argmax identical, the online phase the dealer mode's.
+#[test]
+fn net_m_two_party_equals_twin() {
+    for act in [Act::Square, Act::X2Act, Act::Pillar] {
+        let plan = compile(&build(RefNet::NetM, act, Pool::Avg, 1.0, 11).unwrap()).unwrap();
+        same_as_twin_and_dealer(plan);
+    }
+}
+
 #[test]
 fn layers_without_a_two_party_generator_are_refused() {
-    let plan = linear_plan(1, true);
+    let mut plan = linear_plan(1, true);
+    plan.poly_protocol = PolyProtocol::SharePowers;
     let err = run_local_two_party(
         &plan,
         None,
@@ -170,4 +192,16 @@ fn layers_without_a_two_party_generator_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("act1") && err.contains("dealer"), "{err}");
+    let relu = compile(&build(RefNet::NetM, Act::Relu, Pool::Max, 1.0, 1).unwrap()).unwrap();
+    let err = run_local_two_party(
+        &relu,
+        None,
+        GuardPolicy::default(),
+        &[(vec![0.0; 784], 1)],
+        LocalOpts::default(),
+        LinkModel::none(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("ReLU") || err.contains("max-pool"), "{err}");
 }

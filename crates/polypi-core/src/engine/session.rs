@@ -513,7 +513,7 @@ impl<'a> ClientSession<'a> {
         check_two_party_supported(&skeleton)?;
         let masked = EncodedPlan::new(&skeleton)?;
         let seed = Seed::from_os()?;
-        let tp = TwoPartyClient::setup(seed.clone(), server)?;
+        let tp = TwoPartyClient::setup(seed.clone(), &skeleton, server)?;
         let setup = SetupReport {
             ms: t0.elapsed().as_secs_f64() * 1e3,
             bytes: server.stats().bytes_received,

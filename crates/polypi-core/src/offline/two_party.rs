@@ -14,12 +14,21 @@
 //!   floods the noise and switches the modulus ([`super::he`]); the client decrypts its share
 //!   `A*W - c0`. This is the correlation of the dealer's linear layers with `F = 0`: the online
 //!   server still computes `(X - A)*W + c0 + bias` and the client's share is `A*W - c0`.
-//! - **Polynomial, ReLU, max-pool**: no generator yet (their material needs oblivious linear
-//!   evaluation or FSS key generation between the parties); a plan with them is refused before
-//!   anything is sent ([`check_two_party_supported`]).
+//! - **Polynomial (dealer powers)**: per power group the server draws `r0`, the client `r1`
+//!   (each from its own seed; `r = r0 + r1` is known to neither), and the shares of
+//!   `r^k = r0^k + r1^k + sum_i C(k,i) r0^i r1^(k-i)` come from one batched oblivious linear
+//!   evaluation ([`super::ole`]): the client sends `Enc(r1^j)`, `j < m`, the server answers the
+//!   cross terms masked with its statistical masks. One exchange per polynomial layer.
+//! - **ESPN share powers, ReLU, max-pool**: no generator yet (triples for private inputs, FSS
+//!   key generation); a plan with them is refused before anything is sent
+//!   ([`check_two_party_supported`]).
 
 use super::he::{self, HeParams, PlainModulus, PublicKey, SecretKey};
 use super::hom::Packing;
+use super::ole::Ole;
+use crate::model::PolyProtocol;
+use crate::mpc::encode::PolyPlan;
+use std::collections::HashMap;
 use super::{Material, Preprocessing};
 use crate::engine::plain::EncodedPlan;
 use crate::engine::walk::{walk, Backend, LayerTrace};
@@ -32,10 +41,12 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 
 /// Checks that every layer of `plan` has a two-party generator and fits the HE parameters.
-/// Errors: `Graph` naming the first polynomial, ReLU or max-pool layer ("dealer-only"), a conv
-/// whose padded plane does not fit one polynomial, or a layer whose fan-in is too large.
+/// Errors: `Graph` naming the first ReLU or max-pool layer, or polynomial layer under the ESPN
+/// share-powers protocol ("dealer-only"), a conv whose padded plane does not fit one polynomial,
+/// or a layer whose fan-in is too large.
 pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
     let params = HeParams::new()?;
+    let ole = Ole::new()?;
     for l in &plan.layers {
         let refuse = |what: &str| {
             Err(Error::graph(
@@ -47,7 +58,15 @@ pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
             ))
         };
         match &l.op {
-            LayerOp::Poly(_) => return refuse("polynomial activation"),
+            LayerOp::Poly(p) if plan.poly_protocol == PolyProtocol::SharePowers => {
+                let _ = p;
+                return refuse("polynomial (ESPN share-powers protocol)");
+            }
+            LayerOp::Poly(p) => {
+                // The largest output sums degree - 1 cross terms.
+                ole.mask_bits(p.degree.saturating_sub(1))
+                    .map_err(|e| Error::graph(&l.name, e.to_string()))?;
+            }
             LayerOp::Relu => return refuse("ReLU"),
             LayerOp::MaxPool2d { .. } => return refuse("max-pool"),
             LayerOp::Conv2d(c) => {
@@ -77,6 +96,9 @@ fn packing(layer: &Layer) -> Result<Packing> {
 pub struct TwoPartyServer<'a> {
     params: HeParams,
     pk: PublicKey,
+    /// Public keys for the OLE plaintext primes (plans with polynomial layers).
+    ole_pks: Vec<PublicKey>,
+    ole: Ole,
     seed: Seed,
     weights: &'a EncodedPlan,
     rng: ChaCha20Rng,
@@ -86,11 +108,20 @@ impl<'a> TwoPartyServer<'a> {
     /// Receives the client's public key on `link` (session setup). `seed` is the server's own
     /// seed (fresh from the OS per session), `weights` its encoded plan.
     /// Errors: peer errors; `Protocol` for a malformed key; `Io` if the OS generator fails.
+    /// Plans with polynomial layers also receive one public key per OLE prime.
     pub fn setup(seed: Seed, weights: &'a EncodedPlan, link: &mut dyn Channel) -> Result<Self> {
         let params = HeParams::new()?;
+        let ole = Ole::new()?;
         let msg = link.recv_expect(params.fresh_ct_bytes())?;
         let pk = he::parse_public_key(&params, &msg)?;
-        Ok(TwoPartyServer { params, pk, seed, weights, rng: he::he_rng()? })
+        let mut ole_pks = Vec::new();
+        if !weights.poly.is_empty() {
+            let msg = link.recv_expect(ole.moduli().len() * params.fresh_ct_bytes())?;
+            for m in msg.chunks(params.fresh_ct_bytes()) {
+                ole_pks.push(he::parse_public_key(&params, m)?);
+            }
+        }
+        Ok(TwoPartyServer { params, pk, ole_pks, ole, seed, weights, rng: he::he_rng()? })
     }
 }
 
@@ -98,22 +129,36 @@ impl<'a> TwoPartyServer<'a> {
 pub struct TwoPartyClient {
     params: HeParams,
     sk: SecretKey,
+    ole: Ole,
+    /// The polynomial layers' power groups (from the skeleton).
+    polys: HashMap<usize, PolyPlan>,
     seed: Seed,
     rng: ChaCha20Rng,
 }
 
 impl TwoPartyClient {
-    /// Draws a fresh RLWE key pair and sends the public key on `link` (session setup). `seed` is
-    /// the client's own seed (fresh from the OS per session).
-    /// Errors: peer errors; `Io` if the OS generator fails.
-    pub fn setup(seed: Seed, link: &mut dyn Channel) -> Result<Self> {
+    /// Draws a fresh RLWE key pair and sends the public key on `link` (session setup), plus one
+    /// per OLE prime when `skeleton` has polynomial layers. `seed` is the client's own seed
+    /// (fresh from the OS per session).
+    /// Errors: peer errors; `Io` if the OS generator fails; `RangeExceeded` for polynomial
+    /// coefficients that do not fit the ring.
+    pub fn setup(seed: Seed, skeleton: &Plan, link: &mut dyn Channel) -> Result<Self> {
         let params = HeParams::new()?;
+        let ole = Ole::new()?;
+        let polys = EncodedPlan::new(skeleton)?.poly;
         let mut rng = he::he_rng()?;
         let sk = SecretKey::generate(&params, &mut rng)?;
         let pk = sk.public_key(&params, PlainModulus::Pow64, &mut rng)?;
         link.send(&he::public_key_bytes(&pk))?;
+        if !polys.is_empty() {
+            let mut msg = Vec::new();
+            for t in ole.moduli() {
+                msg.extend(he::public_key_bytes(&sk.public_key(&params, t, &mut rng)?));
+            }
+            link.send(&msg)?;
+        }
         link.flush()?;
-        Ok(TwoPartyClient { params, sk, seed, rng })
+        Ok(TwoPartyClient { params, sk, ole, polys, seed, rng })
     }
 }
 
@@ -297,6 +342,113 @@ impl TwoPartyWalk<'_, '_, '_> {
     }
 }
 
+/// `C(k, i) mod 2^64` (k <= 64).
+fn binomial(k: usize, i: usize) -> u64 {
+    let mut c = 1u128;
+    for j in 0..i {
+        c = c * (k - j) as u128 / (j + 1) as u128;
+    }
+    c as u64
+}
+
+/// `x^1..x^m` elementwise (mod 2^64).
+fn powers(x: &[u64], m: usize) -> Vec<Vec<u64>> {
+    let mut out = vec![x.to_vec()];
+    for _ in 2..=m {
+        let p: Vec<u64> = out.last().unwrap().iter().zip(x).map(|(a, b)| a.wrapping_mul(*b)).collect();
+        out.push(p);
+    }
+    out
+}
+
+impl TwoPartyWalk<'_, '_, '_> {
+    /// Dealer-powers material of a polynomial layer of `n` elements (see the module docs).
+    fn poly_material(&mut self, idx: usize, layer: &Layer, n: usize) -> Result<()> {
+        let inference = self.inference;
+        let plan = match &self.role {
+            Role::Server(s) => s.weights.poly.get(&idx),
+            Role::Client(c) => c.polys.get(&idx),
+        }
+        .ok_or_else(|| Error::graph(&layer.name, "no polynomial plan"))?
+        .clone();
+        if plan.protocol == PolyProtocol::SharePowers {
+            return Err(refuse(layer));
+        }
+        let seed = match &self.role {
+            Role::Server(s) => &s.seed,
+            Role::Client(c) => &c.seed,
+        };
+        // This party's r and its powers, per group.
+        let own: Vec<Vec<Vec<u64>>> = plan
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, grp)| {
+                powers(&seed.ring(inference, idx, Purpose::PolyMask(g as u8), n), grp.max_power())
+            })
+            .collect();
+        // Client vectors: r1^j, j = 1..m-1, group-major; vec_base[g] = index of r1_g^1.
+        let mut vec_base = Vec::with_capacity(own.len());
+        let mut vectors = 0;
+        for p in &own {
+            vec_base.push(vectors);
+            vectors += p.len() - 1;
+        }
+        let outputs = vectors; // one per (group, k = 2..m)
+        let mut cross: Vec<Vec<u64>> = Vec::new();
+        if outputs > 0 {
+            match &mut self.role {
+                Role::Client(c) => {
+                    let vecs: Vec<Vec<u64>> =
+                        own.iter().flat_map(|p| p[..p.len() - 1].iter().cloned()).collect();
+                    let up = c.ole.client_upload(&c.params, &c.sk, &vecs, &mut c.rng)?;
+                    self.link.send(&up)?;
+                    self.link.flush()?;
+                    let resp =
+                        self.link.recv_expect(c.ole.response_bytes(&c.params, outputs, n))?;
+                    cross = c.ole.client_finish(&c.params, &c.sk, &resp, outputs, n)?;
+                }
+                Role::Server(s) => {
+                    if s.ole_pks.is_empty() {
+                        return Err(Error::Protocol("no OLE public keys at setup".into()));
+                    }
+                    let up = self.link.recv_expect(s.ole.upload_bytes(&s.params, vectors, n))?;
+                    let mut terms = Vec::with_capacity(outputs);
+                    for (g, p) in own.iter().enumerate() {
+                        for k in 2..=p.len() {
+                            let t: Vec<(usize, Vec<u64>)> = (1..k)
+                                .map(|i| {
+                                    let c = binomial(k, i);
+                                    let v = p[i - 1].iter().map(|x| x.wrapping_mul(c)).collect();
+                                    (vec_base[g] + (k - i) - 1, v)
+                                })
+                                .collect();
+                            terms.push(t);
+                        }
+                    }
+                    let (resp, shares) = s.ole.server_respond(
+                        &s.params, &s.ole_pks, &up, vectors, n, &terms, &mut s.rng,
+                    )?;
+                    self.link.send(&resp)?;
+                    self.link.flush()?;
+                    cross = shares;
+                }
+            }
+        }
+        let mut r_pows = Vec::with_capacity(own.len());
+        for (g, mut p) in own.into_iter().enumerate() {
+            for (k, pk) in p.iter_mut().enumerate().skip(1) {
+                for (a, b) in pk.iter_mut().zip(&cross[vec_base[g] + k - 1]) {
+                    *a = a.wrapping_add(*b);
+                }
+            }
+            r_pows.push(p);
+        }
+        self.put(idx, Material::Poly { r_pows });
+        Ok(())
+    }
+}
+
 impl Backend for TwoPartyWalk<'_, '_, '_> {
     type Value = Vec<usize>;
     fn input(&mut self, idx: usize, layer: &Layer, batch: usize) -> Result<Vec<usize>> {
@@ -337,12 +489,13 @@ impl Backend for TwoPartyWalk<'_, '_, '_> {
     }
     fn poly(
         &mut self,
-        _idx: usize,
+        idx: usize,
         layer: &Layer,
         _p: &PolyLayer,
-        _x: &Vec<usize>,
+        x: &Vec<usize>,
     ) -> Result<Vec<usize>> {
-        Err(refuse(layer))
+        self.poly_material(idx, layer, numel(x))?;
+        Ok(x.clone())
     }
     fn relu(&mut self, _idx: usize, layer: &Layer, _x: &Vec<usize>) -> Result<Vec<usize>> {
         Err(refuse(layer))
