@@ -576,3 +576,90 @@ impl Preprocessing for TwoPartyClient {
         run(Role::Client(self), plan, inference, batch, link)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::compile::compile;
+    use crate::model::zoo::{build, Act, Pool, RefNet};
+    use crate::mpc::ops;
+    use crate::net::mem_pair;
+    use crate::ring::RingTensor;
+
+    fn sum(a: &[u64], b: &[u64]) -> Vec<u64> {
+        a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+    }
+
+    /// The two-party generator's material satisfies what the dealer's does, exactly: input
+    /// shares of zero, linear shares summing to `A*W` for the client's mask `A`, polynomial
+    /// shares summing to `r^k` for `r` the sum of the two `r` shares (NET-M PILLAR: degree 4,
+    /// two power groups, and a batch of 2).
+    #[test]
+    fn material_satisfies_the_dealer_relations() {
+        let plan = compile(&build(RefNet::NetM, Act::Pillar, Pool::Avg, 1.0, 3).unwrap()).unwrap();
+        let enc = EncodedPlan::new(&plan).unwrap();
+        let skeleton = plan.public_skeleton();
+        let batch = 2;
+        let (mut sc, mut cs) = mem_pair();
+        let (srv, cli) = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let mut p = TwoPartyServer::setup(Seed::from_os()?, &enc, &mut sc)?;
+                p.prepare(&plan, 1, batch, &mut sc)
+            });
+            let mut c = TwoPartyClient::setup(Seed::from_os().unwrap(), &skeleton, &mut cs).unwrap();
+            let cli = c.prepare(&skeleton, 1, batch, &mut cs).unwrap();
+            (h.join().unwrap().unwrap(), cli)
+        });
+        let (mut linear, mut poly) = (0, 0);
+        for (idx, layer) in plan.layers.iter().enumerate() {
+            match (&srv.0[idx], &cli.0[idx]) {
+                (Some(Material::Input { zero_share: a }), Some(Material::Input { zero_share: b })) => {
+                    assert!(sum(a, b).iter().all(|&v| v == 0));
+                }
+                (
+                    Some(Material::Linear { mask: None, share: s0 }),
+                    Some(Material::Linear { mask: Some(a), share: s1 }),
+                ) => {
+                    let want = match &layer.op {
+                        LayerOp::Conv2d(c) => {
+                            let x = RingTensor {
+                                shape: vec![batch, c.geom.c_in, c.geom.h, c.geom.w],
+                                data: a.clone(),
+                            };
+                            ops::conv_ring(&x, &enc.conv[&idx].weight, &c.geom, "t").unwrap()
+                        }
+                        LayerOp::Linear(l) => {
+                            let x = RingTensor { shape: vec![batch, l.in_features], data: a.clone() };
+                            let w = &enc.linear[&idx].weight_t;
+                            ops::linear_ring(&x, w, l.in_features, l.out_features, "t").unwrap()
+                        }
+                        _ => unreachable!(),
+                    };
+                    assert_eq!(sum(s0, s1), want.data, "layer {}", layer.name);
+                    linear += 1;
+                }
+                (Some(Material::Poly { r_pows: p0 }), Some(Material::Poly { r_pows: p1 })) => {
+                    assert_eq!(p0.len(), p1.len());
+                    for (g0, g1) in p0.iter().zip(p1) {
+                        let r = sum(&g0[0], &g1[0]);
+                        let mut rk = r.clone();
+                        for k in 1..g0.len() {
+                            rk = rk.iter().zip(&r).map(|(a, b)| a.wrapping_mul(*b)).collect();
+                            assert_eq!(sum(&g0[k], &g1[k]), rk, "{} power {}", layer.name, k + 1);
+                        }
+                    }
+                    poly += 1;
+                }
+                (None, None) => {}
+                _ => panic!("layer {}: mismatched material", layer.name),
+            }
+        }
+        assert!(linear >= 3 && poly >= 2, "{linear} linear, {poly} polynomial layers checked");
+    }
+
+    #[test]
+    fn binomials() {
+        assert_eq!((0..=4).map(|i| binomial(4, i)).collect::<Vec<_>>(), vec![1, 4, 6, 4, 1]);
+        assert_eq!(binomial(8, 3), 56);
+    }
+}
