@@ -10,9 +10,7 @@ use polypi_core::engine::guard::{GuardCheck, GuardMode, GuardPolicy, RangeViolat
 use polypi_core::engine::report::{InferenceReport, SetupReport};
 use polypi_core::engine::run_f32;
 
-use polypi_core::engine::session::{
-    run_local_guarded, run_local_two_party, LocalOpts, Transport,
-};
+use polypi_core::engine::session::{run_local_guarded, run_local_two_party, LocalOpts, Transport};
 use polypi_core::net::LinkModel;
 use serde::Serialize;
 use std::path::PathBuf;

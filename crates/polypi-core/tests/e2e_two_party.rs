@@ -26,14 +26,28 @@ fn uniform(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
 /// conv branch -> flatten -> linear(96->10). `poly`: an x^2 activation after the first conv.
 fn linear_plan(seed: u64, poly: bool) -> Plan {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let g1 =
-        ConvGeom { c_in: 3, h: 16, w: 16, c_out: 8, kh: 3, kw: 3, stride: 1, padding: 1, groups: 1 };
+    let g1 = ConvGeom {
+        c_in: 3,
+        h: 16,
+        w: 16,
+        c_out: 8,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        padding: 1,
+        groups: 1,
+    };
     let g2 =
         ConvGeom { c_in: 8, h: 8, w: 8, c_out: 6, kh: 3, kw: 3, stride: 2, padding: 1, groups: 1 };
     let g3 =
         ConvGeom { c_in: 8, h: 8, w: 8, c_out: 6, kh: 2, kw: 2, stride: 2, padding: 0, groups: 1 };
     let mut layers = vec![
-        Layer { name: "input".into(), op: LayerOp::Input, inputs: vec![], out_shape: vec![3, 16, 16] },
+        Layer {
+            name: "input".into(),
+            op: LayerOp::Input,
+            inputs: vec![],
+            out_shape: vec![3, 16, 16],
+        },
         Layer {
             name: "conv1".into(),
             op: LayerOp::Conv2d(ConvLayer {
@@ -81,8 +95,18 @@ fn linear_plan(seed: u64, poly: bool) -> Plan {
             inputs: vec![p],
             out_shape: vec![6, 4, 4],
         },
-        Layer { name: "skip".into(), op: LayerOp::Add, inputs: vec![p + 1, p + 2], out_shape: vec![6, 4, 4] },
-        Layer { name: "flat".into(), op: LayerOp::Flatten, inputs: vec![p + 3], out_shape: vec![96] },
+        Layer {
+            name: "skip".into(),
+            op: LayerOp::Add,
+            inputs: vec![p + 1, p + 2],
+            out_shape: vec![6, 4, 4],
+        },
+        Layer {
+            name: "flat".into(),
+            op: LayerOp::Flatten,
+            inputs: vec![p + 3],
+            out_shape: vec![96],
+        },
         Layer {
             name: "fc".into(),
             op: LayerOp::Linear(LinearLayer {
@@ -108,7 +132,12 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-fn two_party(plan: &Plan, inputs: &[(Vec<f32>, usize)], transport: Transport, check: bool) -> Vec<polypi_core::engine::session::LocalInference> {
+fn two_party(
+    plan: &Plan,
+    inputs: &[(Vec<f32>, usize)],
+    transport: Transport,
+    check: bool,
+) -> Vec<polypi_core::engine::session::LocalInference> {
     run_local_two_party(
         plan,
         None,
@@ -135,9 +164,8 @@ fn same_as_twin_and_dealer(plan: Plan) {
     let inputs: Vec<(Vec<f32>, usize)> =
         [1usize, 2].iter().map(|&b| (uniform(&mut rng, b * per, 1.0), b)).collect();
     let runs = two_party(&plan, &inputs, Transport::Mem, true);
-    let dealer = run_local(&plan, &inputs, LocalOpts { transport: Transport::Mem, check: false })
-        .unwrap()
-        .1;
+    let dealer =
+        run_local(&plan, &inputs, LocalOpts { transport: Transport::Mem, check: false }).unwrap().1;
     for ((run, d), (x, b)) in runs.iter().zip(&dealer).zip(&inputs) {
         let twin = run_fixed(&plan, &enc, x, *b).unwrap();
         // One local truncation per linear layer and pool: off by at most a few LSB (2^-16).

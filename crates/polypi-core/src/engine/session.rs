@@ -22,9 +22,9 @@ use crate::model::Plan;
 use crate::mpc::prg::Seed;
 use crate::mpc::{CLIENT, SERVER};
 use crate::net::{emulated_pair, mem_pair, recv_ring, send_ring, Channel, LinkModel};
-use crate::offline::{DealerStream, Preprocessing};
 #[cfg(feature = "two-party")]
 use crate::offline::two_party::{check_two_party_supported, TwoPartyClient, TwoPartyServer};
+use crate::offline::{DealerStream, Preprocessing};
 use crate::ring::{FixedPoint, RingTensor};
 use std::time::{Duration, Instant};
 

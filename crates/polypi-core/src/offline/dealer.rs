@@ -33,7 +33,8 @@ impl Preprocessing for DealerStream<'_> {
         batch: usize,
         link: &mut dyn Channel,
     ) -> Result<(Vec<Option<Material>>, Vec<LayerTrace>)> {
-        let mut off = Offline::new(self.party, self.seed, inference, self.masked_weights, Some(link));
+        let mut off =
+            Offline::new(self.party, self.seed, inference, self.masked_weights, Some(link));
         let (_, traces) = walk(plan, &mut off, batch)?;
         Ok((std::mem::take(&mut off.material), traces))
     }

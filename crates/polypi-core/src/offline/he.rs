@@ -111,7 +111,9 @@ impl PlainModulus {
     /// The centered representative of `-r q^-1 mod t`, given `q^-1 mod t`.
     fn neg_times(self, r: i128, q_inv: u64) -> i128 {
         match self {
-            PlainModulus::Pow64 => ((r as i64 as u64).wrapping_neg()).wrapping_mul(q_inv) as i64 as i128,
+            PlainModulus::Pow64 => {
+                ((r as i64 as u64).wrapping_neg()).wrapping_mul(q_inv) as i64 as i128
+            }
             PlainModulus::Prime(t) => {
                 let k = mul_mod((-r).rem_euclid(t as i128) as u64, q_inv, t);
                 center(k, t)
@@ -215,7 +217,8 @@ pub struct PublicKey {
 
 /// `t * e` for a fresh error `e` (power basis, context `ctx`).
 fn scaled_error(ctx: &Arc<Context>, t: PlainModulus, rng: &mut ChaCha20Rng) -> Result<Poly> {
-    let mut e = Poly::small(ctx, Representation::PowerBasis, NOISE_VARIANCE, rng).map_err(he_err)?;
+    let mut e =
+        Poly::small(ctx, Representation::PowerBasis, NOISE_VARIANCE, rng).map_err(he_err)?;
     e *= &t.big();
     Ok(e)
 }
@@ -223,13 +226,14 @@ fn scaled_error(ctx: &Arc<Context>, t: PlainModulus, rng: &mut ChaCha20Rng) -> R
 impl SecretKey {
     /// A fresh secret key. Errors: `InvalidArgument` on a sampler failure.
     pub fn generate(p: &HeParams, rng: &mut ChaCha20Rng) -> Result<SecretKey> {
-        let s_pb =
-            Poly::small(&p.fresh, Representation::PowerBasis, NOISE_VARIANCE, rng).map_err(he_err)?;
+        let s_pb = Poly::small(&p.fresh, Representation::PowerBasis, NOISE_VARIANCE, rng)
+            .map_err(he_err)?;
         let q0 = p.moduli[0];
         let coeffs: Vec<i64> =
             s_pb.coefficients().row(0).iter().map(|&x| center(x, q0) as i64).collect();
-        let mut s_resp = Poly::try_convert_from(&coeffs[..], &p.resp, false, Representation::PowerBasis)
-            .map_err(he_err)?;
+        let mut s_resp =
+            Poly::try_convert_from(&coeffs[..], &p.resp, false, Representation::PowerBasis)
+                .map_err(he_err)?;
         s_resp.change_representation(Representation::Ntt);
         let mut s = s_pb;
         s.change_representation(Representation::Ntt);
@@ -271,8 +275,9 @@ impl SecretKey {
         rng.fill_bytes(&mut seed);
         let a = Poly::random_from_seed(&p.fresh, Representation::Ntt, seed);
         let centered: Vec<i64> = m.iter().map(|&x| t.lift(x)).collect();
-        let mut b = Poly::try_convert_from(&centered[..], &p.fresh, false, Representation::PowerBasis)
-            .map_err(he_err)?;
+        let mut b =
+            Poly::try_convert_from(&centered[..], &p.fresh, false, Representation::PowerBasis)
+                .map_err(he_err)?;
         b += &scaled_error(&p.fresh, t, rng)?;
         b.change_representation(Representation::Ntt);
         b -= &(&a * &self.s);
@@ -306,8 +311,9 @@ impl SecretKey {
         let words: Vec<u64> =
             msg.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
         let (a_words, b_words) = words.split_at(RESPONSE_LEVELS * DEGREE);
-        let mut a = Poly::try_convert_from(a_words.to_vec(), &p.resp, false, Representation::PowerBasis)
-            .map_err(he_err)?;
+        let mut a =
+            Poly::try_convert_from(a_words.to_vec(), &p.resp, false, Representation::PowerBasis)
+                .map_err(he_err)?;
         a.change_representation(Representation::Ntt);
         let mut as_ = &a * &self.s_resp;
         as_.change_representation(Representation::PowerBasis);
@@ -581,7 +587,12 @@ impl Switch {
     fn new(p: &HeParams, t: PlainModulus) -> Switch {
         let m = p.moduli.clone();
         let inv_t = m.iter().map(|&q| t.inv(q)).collect();
-        let inv_q = m.iter().map(|&ql| m.iter().map(|&qi| if qi == ql { 0 } else { inv_mod(ql % qi, qi) }).collect()).collect();
+        let inv_q = m
+            .iter()
+            .map(|&ql| {
+                m.iter().map(|&qi| if qi == ql { 0 } else { inv_mod(ql % qi, qi) }).collect()
+            })
+            .collect();
         Switch { t, moduli: m, inv_t, inv_q }
     }
 
@@ -592,10 +603,10 @@ impl Switch {
             // k = -r q^-1 mod t (centered), so that δ = r + q k ≡ 0 mod t.
             let k = self.t.neg_times(r, self.inv_t[last]);
             let delta = r + q as i128 * k;
-            for i in 0..last {
-                let qi = self.moduli[i];
+            let kept = res[..last].iter_mut().zip(&self.moduli).zip(&self.inv_q[last]);
+            for ((ri, &qi), &inv) in kept {
                 let d = delta.rem_euclid(qi as i128) as u64;
-                res[i] = mul_mod(sub_mod(res[i], d, qi), self.inv_q[last][i], qi);
+                *ri = mul_mod(sub_mod(*ri, d, qi), inv, qi);
             }
         }
     }
@@ -605,8 +616,8 @@ impl Switch {
 /// form for [`Accumulator::add_product`]. Errors: `InvalidArgument` for more than `N`.
 pub fn plaintext_ntt(p: &HeParams, t: PlainModulus, coeffs: &[u64]) -> Result<Poly> {
     let c: Vec<i64> = coeffs.iter().map(|&x| t.lift(x)).collect();
-    let mut w =
-        Poly::try_convert_from(&c[..], &p.fresh, false, Representation::PowerBasis).map_err(he_err)?;
+    let mut w = Poly::try_convert_from(&c[..], &p.fresh, false, Representation::PowerBasis)
+        .map_err(he_err)?;
     w.change_representation(Representation::Ntt);
     Ok(w)
 }
@@ -630,12 +641,12 @@ mod tests {
     /// Negacyclic product coefficient `pos` of `m * w` with wrapping arithmetic `mul`/`add`.
     fn neg_coeff(m: &[u64], w: &[u64], pos: usize, t: PlainModulus) -> u64 {
         let mut want = 0u64;
-        for j in 0..DEGREE {
-            if w[j] == 0 {
+        for (j, &wj) in w.iter().enumerate() {
+            if wj == 0 {
                 continue;
             }
             let (i, neg) = if pos >= j { (pos - j, false) } else { (pos + DEGREE - j, true) };
-            let x = t.mul(m[i], w[j]) as i128;
+            let x = t.mul(m[i], wj) as i128;
             let v = want as i128 + if neg { -x } else { x };
             want = t.reduce(v);
         }
@@ -687,7 +698,7 @@ mod tests {
     #[test]
     fn oversized_fan_in_is_refused() {
         let p = HeParams::new().unwrap();
-        assert!(flood_bits(&p, PlainModulus::Pow64, 4608).is_ok());
+        assert!(flood_bits(&p, PlainModulus::Pow64, super::super::hom::MAX_NOISE_FAN_IN).is_ok());
         assert!(flood_bits(&p, PlainModulus::Pow64, 1 << 30).is_err());
     }
 }

@@ -7,8 +7,12 @@
 //!   kernel of output channel `o` for channel block `b` is placed reversed: coefficient
 //!   `O - c Hp Wp - l Wp - l'` with `O = (Cn - 1) Hp Wp + (kh - 1) Wp + kw - 1`. Then coefficient
 //!   `O + i Wp + j` of the product is the stride-1 convolution at `(i, j)` over the block's
-//!   channels; summing the blocks' products gives the output channel (one response per output
-//!   channel and sample, `out_h * out_w` useful coefficients; strides pick every s-th).
+//!   channels; summing the blocks' products gives the output channel (`out_h * out_w` useful
+//!   coefficients; strides pick every s-th). A product occupies `S = Cn Hp Wp + O` coefficients,
+//!   so when `S <= N / 2` the kernels of `P = floor(N / S)` output channels are placed at offsets
+//!   `p S` of one polynomial and one response carries `P` output channels (their products do
+//!   not overlap; an extension of Cheetah's packing that keeps small feature maps from wasting
+//!   most of each response). `Cn` minimises `2 * input polynomials + responses`.
 //! - **Fully connected** (`in -> out`): input blocks of `ni` elements (coefficient `j`), output
 //!   blocks of `no = min(out, N / ni)` rows; weight row `r` of a block reversed at coefficients
 //!   `r ni + ni - 1 - j`, so coefficient `r ni + ni - 1` of the product is the partial dot product.
@@ -30,6 +34,8 @@ pub enum Packing {
         geom: ConvGeom,
         /// Input channels per input polynomial.
         cn: usize,
+        /// Output channels per response.
+        per: usize,
     },
     /// A fully connected layer.
     Fc {
@@ -43,6 +49,11 @@ pub enum Packing {
         no: usize,
     },
 }
+
+/// Largest number of non-zero kernel coefficients one response may sum (over its input
+/// polynomials): the encryption noise times the kernel grows with it, and the flooding of
+/// [`super::he::flood_bits`] must stay within the modulus (checked by a test there).
+pub const MAX_NOISE_FAN_IN: usize = 8192;
 
 fn div_ceil(a: usize, b: usize) -> usize {
     a.div_ceil(b.max(1))
@@ -62,9 +73,20 @@ impl Packing {
                 ),
             ));
         }
-        let c = geom.c_in / geom.groups;
-        let cn = c.min(DEGREE / hw).max(1);
-        Ok(Packing::Conv { geom, cn })
+        let c = (geom.c_in / geom.groups).max(1);
+        let m = (geom.c_out / geom.groups).max(1);
+        let wp = geom.w + 2 * geom.padding;
+        let mut best = (usize::MAX, 1, 1);
+        for cn in 1..=c.min(DEGREE / hw).max(1) {
+            let span = cn * hw + (cn - 1) * hw + (geom.kh - 1) * wp + geom.kw - 1;
+            let k = cn.min(c) * geom.kh * geom.kw * div_ceil(c, cn);
+            let per = (DEGREE / span.max(1)).min(MAX_NOISE_FAN_IN / k.max(1)).clamp(1, m);
+            let cost = 2 * div_ceil(c, cn) + div_ceil(m, per);
+            if cost < best.0 {
+                best = (cost, cn, per);
+            }
+        }
+        Ok(Packing::Conv { geom, cn: best.1, per: best.2 })
     }
 
     /// Packing of a fully connected layer `n_in -> n_out`.
@@ -72,7 +94,7 @@ impl Packing {
         let mut best = (usize::MAX, 1, 1);
         for s in 0..=DEGREE.trailing_zeros() {
             let ni = n_in.min(DEGREE >> s).max(1);
-            let no = n_out.min(DEGREE / ni).max(1);
+            let no = n_out.min(DEGREE / ni).min(MAX_NOISE_FAN_IN / n_in.max(1)).max(1);
             let cost = 2 * div_ceil(n_in, ni) + div_ceil(n_out, no);
             if cost < best.0 {
                 best = (cost, ni, no);
@@ -86,6 +108,15 @@ impl Packing {
         match self {
             Packing::Conv { geom, .. } => (geom.c_in / geom.groups) * geom.kh * geom.kw,
             Packing::Fc { n_in, .. } => *n_in,
+        }
+    }
+
+    /// Non-zero kernel coefficients one response sums over its input polynomials (an upper
+    /// bound): what the encryption noise is multiplied by ([`super::he::flood_bits`]'s fan-in).
+    pub fn noise_fan_in(&self) -> usize {
+        match self {
+            Packing::Conv { per, .. } => per * self.fan_in(),
+            Packing::Fc { n_in, no, .. } => n_in * no,
         }
     }
 
@@ -105,8 +136,9 @@ impl Packing {
         }
     }
 
+    /// `(geom, cn, wp, hw, channel blocks)` of a conv packing.
     fn conv_dims(&self) -> (ConvGeom, usize, usize, usize, usize) {
-        let Packing::Conv { geom, cn } = self else { unreachable!() };
+        let Packing::Conv { geom, cn, .. } = self else { unreachable!() };
         let wp = geom.w + 2 * geom.padding;
         let hw = (geom.h + 2 * geom.padding) * wp;
         let blocks = div_ceil(geom.c_in / geom.groups, *cn);
@@ -124,10 +156,18 @@ impl Packing {
         }
     }
 
+    /// `(responses per group, output channels per response, offset stride S, O)` of a conv.
+    fn conv_out(&self) -> (usize, usize, usize, usize) {
+        let Packing::Conv { per, .. } = self else { unreachable!() };
+        let (g, cn, wp, hw, _) = self.conv_dims();
+        let o = (cn - 1) * hw + (g.kh - 1) * wp + g.kw - 1;
+        (div_ceil(g.c_out / g.groups, *per), *per, cn * hw + o, o)
+    }
+
     /// Responses per sample.
     pub fn outputs(&self) -> usize {
         match self {
-            Packing::Conv { geom, .. } => geom.c_out,
+            Packing::Conv { geom, .. } => geom.groups * self.conv_out().0,
             Packing::Fc { n_out, no, .. } => div_ceil(*n_out, *no),
         }
     }
@@ -168,8 +208,8 @@ impl Packing {
     pub fn terms(&self, o: usize) -> std::ops::Range<usize> {
         match self {
             Packing::Conv { .. } => {
-                let (g, _, _, _, blocks) = self.conv_dims();
-                let grp = o / (g.c_out / g.groups);
+                let (_, _, _, _, blocks) = self.conv_dims();
+                let grp = o / self.conv_out().0;
                 grp * blocks..(grp + 1) * blocks
             }
             Packing::Fc { .. } => 0..self.inputs(),
@@ -181,14 +221,23 @@ impl Packing {
     pub fn useful(&self, o: usize) -> Vec<(u32, usize)> {
         match self {
             Packing::Conv { .. } => {
-                let (g, cn, wp, hw, _) = self.conv_dims();
-                let off = (cn - 1) * hw + (g.kh - 1) * wp + g.kw - 1;
+                let (g, _, wp, _, _) = self.conv_dims();
+                let (rpg, per, span, off) = self.conv_out();
+                let mg = g.c_out / g.groups;
+                let (grp, r) = (o / rpg, o % rpg);
                 let (oh, ow) = (g.out_h(), g.out_w());
-                let mut v = Vec::with_capacity(oh * ow);
-                for i in 0..oh {
-                    for j in 0..ow {
-                        let pos = off + i * g.stride * wp + j * g.stride;
-                        v.push((pos as u32, (o * oh + i) * ow + j));
+                let mut v = Vec::with_capacity(per * oh * ow);
+                for p in 0..per {
+                    let oc = r * per + p;
+                    if oc >= mg {
+                        break;
+                    }
+                    let ch = grp * mg + oc;
+                    for i in 0..oh {
+                        for j in 0..ow {
+                            let pos = p * span + off + i * g.stride * wp + j * g.stride;
+                            v.push((pos as u32, (ch * oh + i) * ow + j));
+                        }
                     }
                 }
                 v
@@ -208,22 +257,28 @@ impl Packing {
         match self {
             Packing::Conv { .. } => {
                 let (g, cn, wp, hw, blocks) = self.conv_dims();
+                let (rpg, per, span, off) = self.conv_out();
                 let cg = g.c_in / g.groups;
                 let og = g.c_out / g.groups;
                 let (grp, b) = (j / blocks, j % blocks);
-                let oo = o - grp * og;
+                let r = o % rpg;
                 let kk = cg * g.kh * g.kw;
-                let off = (cn - 1) * hw + (g.kh - 1) * wp + g.kw - 1;
                 let wg = &weight[grp];
-                for c in 0..cn {
-                    let ch = b * cn + c;
-                    if ch >= cg {
+                for p in 0..per {
+                    let oo = r * per + p;
+                    if oo >= og {
                         break;
                     }
-                    for l in 0..g.kh {
-                        for l2 in 0..g.kw {
-                            let pos = off - c * hw - l * wp - l2;
-                            k[pos] = wg[oo * kk + (ch * g.kh + l) * g.kw + l2];
+                    for c in 0..cn {
+                        let ch = b * cn + c;
+                        if ch >= cg {
+                            break;
+                        }
+                        for l in 0..g.kh {
+                            for l2 in 0..g.kw {
+                                let pos = p * span + off - c * hw - l * wp - l2;
+                                k[pos] = wg[oo * kk + (ch * g.kh + l) * g.kw + l2];
+                            }
                         }
                     }
                 }
@@ -287,7 +342,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(12))]
         #[test]
         fn conv_packing_equals_conv(
-            c_in in 1usize..5, c_out in 1usize..4, hw in 3usize..9, k in 1usize..4,
+            c_in in 1usize..12, c_out in 1usize..40, hw in 3usize..9, k in 1usize..4,
             stride in 1usize..3, padding in 0usize..2, grouped in any::<bool>(), seed in any::<u64>()
         ) {
             let groups = if grouped && c_out % c_in == 0 { c_in } else { 1 };
@@ -316,11 +371,38 @@ mod tests {
     }
 
     #[test]
+    fn small_maps_pack_several_output_channels() {
+        let geom = ConvGeom {
+            c_in: 128,
+            h: 8,
+            w: 8,
+            c_out: 256,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        let p = Packing::conv(geom, "c").unwrap();
+        let Packing::Conv { per, .. } = p else { unreachable!() };
+        assert!(per > 1, "{p:?}");
+        assert!(p.outputs() < 256 / 4, "{p:?}");
+    }
+
+    #[test]
     fn big_fc_uses_several_blocks_and_big_planes_are_refused() {
         let p = Packing::fc(20000, 10);
         assert!(p.inputs() >= 3);
         let geom = ConvGeom {
-            c_in: 1, h: 100, w: 100, c_out: 1, kh: 3, kw: 3, stride: 1, padding: 1, groups: 1,
+            c_in: 1,
+            h: 100,
+            w: 100,
+            c_out: 1,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
         };
         assert!(Packing::conv(geom, "big").is_err());
     }

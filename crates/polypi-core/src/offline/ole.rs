@@ -163,7 +163,12 @@ impl Ole {
             .map(|(&(i, j, c), s)| {
                 let hi = ((c + 1) * DEGREE).min(n);
                 let m = self.encode(i, &vectors[j][c * DEGREE..hi]);
-                sk.encrypt(he, PlainModulus::Prime(self.primes[i]), &m, &mut ChaCha20Rng::from_seed(*s))
+                sk.encrypt(
+                    he,
+                    PlainModulus::Prime(self.primes[i]),
+                    &m,
+                    &mut ChaCha20Rng::from_seed(*s),
+                )
             })
             .collect::<Result<_>>()?;
         Ok(cts.concat())
@@ -338,7 +343,8 @@ mod tests {
         // Two chunks (n > N), two client vectors, two outputs with one and two terms; extreme
         // values included.
         let n = DEGREE + 5;
-        let mut u: Vec<Vec<u64>> = (0..2).map(|_| (0..n).map(|_| rng.next_u64()).collect()).collect();
+        let mut u: Vec<Vec<u64>> =
+            (0..2).map(|_| (0..n).map(|_| rng.next_u64()).collect()).collect();
         u[0][0] = u64::MAX;
         let v: Vec<Vec<u64>> = (0..3).map(|_| (0..n).map(|_| rng.next_u64()).collect()).collect();
         let mut v0 = v[0].clone();

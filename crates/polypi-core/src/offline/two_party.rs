@@ -26,19 +26,19 @@
 use super::he::{self, HeParams, PlainModulus, PublicKey, SecretKey};
 use super::hom::Packing;
 use super::ole::Ole;
-use crate::model::PolyProtocol;
-use crate::mpc::encode::PolyPlan;
-use std::collections::HashMap;
 use super::{Material, Preprocessing};
 use crate::engine::plain::EncodedPlan;
 use crate::engine::walk::{walk, Backend, LayerTrace};
 use crate::error::{Error, Result};
+use crate::model::PolyProtocol;
 use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
+use crate::mpc::encode::PolyPlan;
 use crate::mpc::prg::{Purpose, Seed};
 use crate::net::{recv_ring, send_ring, Channel, ChannelStats};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
+use std::collections::HashMap;
 
 /// Checks that every layer of `plan` has a two-party generator and fits the HE parameters.
 /// Errors: `Graph` naming the first ReLU or max-pool layer, or polynomial layer under the ESPN
@@ -64,17 +64,23 @@ pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
             }
             LayerOp::Poly(p) => {
                 // The largest output sums degree - 1 cross terms.
-                ole.mask_bits(p.degree.saturating_sub(1))
-                    .map_err(|e| Error::graph(&l.name, e.to_string()))?;
+                let terms = p.degree.saturating_sub(1).max(1);
+                ole.mask_bits(terms).map_err(|e| Error::graph(&l.name, e.to_string()))?;
+                for t in ole.moduli() {
+                    he::flood_bits(&params, t, he::DEGREE * terms)
+                        .map_err(|e| Error::graph(&l.name, e.to_string()))?;
+                }
             }
             LayerOp::Relu => return refuse("ReLU"),
             LayerOp::MaxPool2d { .. } => return refuse("max-pool"),
             LayerOp::Conv2d(c) => {
                 let p = Packing::conv(c.geom, &l.name)?;
-                he::flood_bits(&params, PlainModulus::Pow64, p.fan_in()).map_err(|e| Error::graph(&l.name, e.to_string()))?;
+                he::flood_bits(&params, PlainModulus::Pow64, p.noise_fan_in())
+                    .map_err(|e| Error::graph(&l.name, e.to_string()))?;
             }
             LayerOp::Linear(c) => {
-                he::flood_bits(&params, PlainModulus::Pow64, c.in_features)
+                let p = Packing::fc(c.in_features, c.out_features);
+                he::flood_bits(&params, PlainModulus::Pow64, p.noise_fan_in())
                     .map_err(|e| Error::graph(&l.name, e.to_string()))?;
             }
             _ => {}
@@ -232,7 +238,8 @@ impl TwoPartyWalk<'_, '_, '_> {
                     .collect::<Result<_>>()?;
                 self.link.send(&cts.concat())?;
                 self.link.flush()?;
-                let useful: Vec<Vec<(u32, usize)>> = (0..p.outputs()).map(|o| p.useful(o)).collect();
+                let useful: Vec<Vec<(u32, usize)>> =
+                    (0..p.outputs()).map(|o| p.useful(o)).collect();
                 let sizes: Vec<usize> =
                     useful.iter().map(|u| params.response_bytes(u.len())).collect();
                 let total: usize = sizes.iter().sum::<usize>() * batch;
@@ -251,7 +258,12 @@ impl TwoPartyWalk<'_, '_, '_> {
                     .map(|k| {
                         let o = k % useful.len();
                         let pos: Vec<u32> = useful[o].iter().map(|u| u.0).collect();
-                        sk.decrypt_response(params, PlainModulus::Pow64, &msg[offs[k]..offs[k] + sizes[o]], &pos)
+                        sk.decrypt_response(
+                            params,
+                            PlainModulus::Pow64,
+                            &msg[offs[k]..offs[k] + sizes[o]],
+                            &pos,
+                        )
                     })
                     .collect::<Result<_>>()?;
                 for (k, vals) in outs.into_iter().enumerate() {
@@ -270,9 +282,8 @@ impl TwoPartyWalk<'_, '_, '_> {
                     .par_chunks(ct_bytes)
                     .map(|m| he::parse_ciphertext(params, m))
                     .collect::<Result<_>>()?;
-                let c0 =
-                    s.seed.ring(inference, idx, Purpose::ProductShare, batch * p.out_len());
-                let flood = he::flood_bits(params, PlainModulus::Pow64, p.fan_in())
+                let c0 = s.seed.ring(inference, idx, Purpose::ProductShare, batch * p.out_len());
+                let flood = he::flood_bits(params, PlainModulus::Pow64, p.noise_fan_in())
                     .map_err(|e| Error::graph(&layer.name, e.to_string()))?;
                 let weight: &[Vec<u64>] = match &layer.op {
                     LayerOp::Conv2d(_) => {
@@ -300,7 +311,16 @@ impl TwoPartyWalk<'_, '_, '_> {
                         let mut rng = ChaCha20Rng::from_seed(seeds[o]);
                         let kernels: Vec<(usize, fhe_math::rq::Poly)> = p
                             .terms(o)
-                            .map(|j| Ok((j, he::plaintext_ntt(params, PlainModulus::Pow64, &p.kernel(weight, o, j))?)))
+                            .map(|j| {
+                                Ok((
+                                    j,
+                                    he::plaintext_ntt(
+                                        params,
+                                        PlainModulus::Pow64,
+                                        &p.kernel(weight, o, j),
+                                    )?,
+                                ))
+                            })
                             .collect::<Result<_>>()?;
                         let useful = p.useful(o);
                         let pos: Vec<u32> = useful.iter().map(|u| u.0).collect();
@@ -355,7 +375,8 @@ fn binomial(k: usize, i: usize) -> u64 {
 fn powers(x: &[u64], m: usize) -> Vec<Vec<u64>> {
     let mut out = vec![x.to_vec()];
     for _ in 2..=m {
-        let p: Vec<u64> = out.last().unwrap().iter().zip(x).map(|(a, b)| a.wrapping_mul(*b)).collect();
+        let p: Vec<u64> =
+            out.last().unwrap().iter().zip(x).map(|(a, b)| a.wrapping_mul(*b)).collect();
         out.push(p);
     }
     out
@@ -606,14 +627,18 @@ mod tests {
                 let mut p = TwoPartyServer::setup(Seed::from_os()?, &enc, &mut sc)?;
                 p.prepare(&plan, 1, batch, &mut sc)
             });
-            let mut c = TwoPartyClient::setup(Seed::from_os().unwrap(), &skeleton, &mut cs).unwrap();
+            let mut c =
+                TwoPartyClient::setup(Seed::from_os().unwrap(), &skeleton, &mut cs).unwrap();
             let cli = c.prepare(&skeleton, 1, batch, &mut cs).unwrap();
             (h.join().unwrap().unwrap(), cli)
         });
         let (mut linear, mut poly) = (0, 0);
         for (idx, layer) in plan.layers.iter().enumerate() {
             match (&srv.0[idx], &cli.0[idx]) {
-                (Some(Material::Input { zero_share: a }), Some(Material::Input { zero_share: b })) => {
+                (
+                    Some(Material::Input { zero_share: a }),
+                    Some(Material::Input { zero_share: b }),
+                ) => {
                     assert!(sum(a, b).iter().all(|&v| v == 0));
                 }
                 (
@@ -629,7 +654,8 @@ mod tests {
                             ops::conv_ring(&x, &enc.conv[&idx].weight, &c.geom, "t").unwrap()
                         }
                         LayerOp::Linear(l) => {
-                            let x = RingTensor { shape: vec![batch, l.in_features], data: a.clone() };
+                            let x =
+                                RingTensor { shape: vec![batch, l.in_features], data: a.clone() };
                             let w = &enc.linear[&idx].weight_t;
                             ops::linear_ring(&x, w, l.in_features, l.out_features, "t").unwrap()
                         }
