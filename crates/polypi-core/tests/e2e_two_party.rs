@@ -205,6 +205,20 @@ fn net_m_two_party_equals_twin() {
     }
 }
 
+/// NET-C X2act (random weights, full width, batch 1): two-party == fixed-point twin with no
+/// dealer, over TCP on loopback.
+#[test]
+fn net_c_x2act_two_party_over_tcp_equals_twin() {
+    let plan = compile(&build(RefNet::NetC, Act::X2Act, Pool::Avg, 1.0, 11).unwrap()).unwrap();
+    let enc = EncodedPlan::new(&plan).unwrap();
+    let per: usize = plan.input_shape().iter().product();
+    let x = uniform(&mut ChaCha8Rng::seed_from_u64(8), per, 1.0);
+    let runs = two_party(&plan, &[(x.clone(), 1)], Transport::Tcp, false);
+    let twin = run_fixed(&plan, &enc, &x, 1).unwrap();
+    assert!(max_diff(&runs[0].logits, &twin) < 1e-3, "{:?} vs {twin:?}", runs[0].logits);
+    assert!(runs[0].report.preprocessing_bytes > 0 && runs[0].report.offline_bytes == 0);
+}
+
 #[test]
 fn layers_without_a_two_party_generator_are_refused() {
     let mut plan = linear_plan(1, true);

@@ -134,14 +134,26 @@ impl InferenceReport {
     }
 
     /// A fixed-width text table of the layers and the totals (times in ms, sizes in bytes/MB).
+    /// With two-party preprocessing a last column gives each layer's preprocessing bytes (both
+    /// ways); the `offline` column is then the preprocessing time.
     pub fn table(&self) -> String {
+        let two_party = self.preprocessing_bytes > 0;
+        let prep = |v: &str| if two_party { format!(" {v:>12}") } else { String::new() };
         let mut s = format!(
-            "{:<18} {:<13} {:>9} {:>9} {:>11} {:>11} {:>6} {:>10}\n",
-            "layer", "op", "online", "offline", "bytes c->s", "bytes s->c", "rounds", "max|err|"
+            "{:<18} {:<13} {:>9} {:>9} {:>11} {:>11} {:>6} {:>10}{}\n",
+            "layer",
+            "op",
+            "online",
+            "offline",
+            "bytes c->s",
+            "bytes s->c",
+            "rounds",
+            "max|err|",
+            prep("prep bytes")
         );
         for l in &self.layers {
             s += &format!(
-                "{:<18} {:<13} {:>9.2} {:>9.2} {:>11} {:>11} {:>6} {:>10}\n",
+                "{:<18} {:<13} {:>9.2} {:>9.2} {:>11} {:>11} {:>6} {:>10}{}\n",
                 truncate(&l.name, 18),
                 l.kind,
                 l.online_ms,
@@ -149,7 +161,8 @@ impl InferenceReport {
                 l.bytes_client_to_server,
                 l.bytes_server_to_client,
                 l.rounds,
-                l.max_abs_error.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "-".into())
+                l.max_abs_error.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "-".into()),
+                prep(&l.bytes_two_party.to_string())
             );
         }
         let (what, offline) = if self.preprocessing_bytes > 0 {
