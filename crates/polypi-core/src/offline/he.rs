@@ -506,6 +506,8 @@ impl Accumulator {
             PlainModulus::Prime(tp) => p.moduli.iter().map(|&q| tp % q).collect(),
         };
         let switch = Switch::new(p, t);
+        // 2^(flood-1) mod q_i: the offset that centers the flood.
+        let half: Vec<u64> = p.moduli.iter().map(|&q| pow2_mod(flood - 1, q)).collect();
         let mut out = Vec::with_capacity(p.response_bytes(useful.len()));
         // a: every coefficient.
         let mut a_rows = vec![vec![0u64; DEGREE]; RESPONSE_LEVELS];
@@ -531,7 +533,7 @@ impl Accumulator {
                 let mut em = e[0] % q;
                 em = add_mod(em, mul_mod(e[1] % q, l64[i], q), q);
                 em = add_mod(em, mul_mod(e[2] % q, l128[i], q), q);
-                em = sub_mod(em, pow2_mod(flood - 1, q), q);
+                em = sub_mod(em, half[i], q);
                 let te = mul_mod(em, t_mod[i], q);
                 let m = plain_k.rem_euclid(q as i128) as u64;
                 res[i] = add_mod(add_mod(bc[[i, pos]], te, q), m, q);
