@@ -176,6 +176,18 @@ impl HeParams {
     }
 }
 
+/// `n` fresh 32-byte seeds drawn from `rng`, one per parallel task (each task expands its own
+/// ChaCha20 stream).
+pub(crate) fn task_seeds(rng: &mut ChaCha20Rng, n: usize) -> Vec<[u8; 32]> {
+    (0..n)
+        .map(|_| {
+            let mut s = [0u8; 32];
+            rng.fill_bytes(&mut s);
+            s
+        })
+        .collect()
+}
+
 /// A CSPRNG for HE sampling: ChaCha20 seeded from the OS.
 /// Errors: `Io` if the OS generator fails.
 pub fn he_rng() -> Result<ChaCha20Rng> {
@@ -347,12 +359,13 @@ fn sub_mod(a: u64, b: u64, q: u64) -> u64 {
     ((a as u128 + q as u128 - b as u128) % q as u128) as u64
 }
 
-fn mul_mod(a: u64, b: u64, q: u64) -> u64 {
+/// `a b mod q`.
+pub(crate) fn mul_mod(a: u64, b: u64, q: u64) -> u64 {
     ((a as u128 * b as u128) % q as u128) as u64
 }
 
 /// `a^-1 mod q` for a prime `q` (Fermat).
-fn inv_mod(a: u64, q: u64) -> u64 {
+pub(crate) fn inv_mod(a: u64, q: u64) -> u64 {
     let (mut base, mut e, mut r) = (a % q, q - 2, 1u64);
     while e > 0 {
         if e & 1 == 1 {

@@ -15,7 +15,7 @@
 //! with plaintext modulus `t_i`; the client recovers `Z_k mod 2^64` from its residues by
 //! Garner's mixed-radix CRT (exact since `Z_k < T`).
 
-use super::he::{self, HeParams, PlainModulus, PublicKey, SecretKey, DEGREE};
+use super::he::{self, inv_mod, mul_mod, HeParams, PlainModulus, PublicKey, SecretKey, DEGREE};
 use crate::error::{Error, Result};
 use fhe_math::ntt::NttOperator;
 use fhe_math::zq::primes::generate_prime;
@@ -45,22 +45,6 @@ impl std::fmt::Debug for Ole {
 
 fn ole_err(e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("oblivious linear evaluation: {e}"))
-}
-
-fn mul_mod(a: u64, b: u64, q: u64) -> u64 {
-    ((a as u128 * b as u128) % q as u128) as u64
-}
-
-fn inv_mod(a: u64, q: u64) -> u64 {
-    let (mut base, mut e, mut r) = (a % q, q - 2, 1u64);
-    while e > 0 {
-        if e & 1 == 1 {
-            r = mul_mod(r, base, q);
-        }
-        base = mul_mod(base, base, q);
-        e >>= 1;
-    }
-    r
 }
 
 fn chunks(n: usize) -> usize {
@@ -149,14 +133,7 @@ impl Ole {
         let jobs: Vec<(usize, usize, usize)> = (0..OLE_PRIMES)
             .flat_map(|i| (0..vectors.len()).flat_map(move |j| (0..nc).map(move |c| (i, j, c))))
             .collect();
-        let seeds: Vec<[u8; 32]> = jobs
-            .iter()
-            .map(|_| {
-                let mut s = [0u8; 32];
-                rng.fill_bytes(&mut s);
-                s
-            })
-            .collect();
+        let seeds = he::task_seeds(rng, jobs.len());
         let cts: Vec<Vec<u8>> = jobs
             .par_iter()
             .zip(&seeds)
@@ -225,14 +202,7 @@ impl Ole {
         let jobs: Vec<(usize, usize, usize)> = (0..OLE_PRIMES)
             .flat_map(|i| (0..terms.len()).flat_map(move |k| (0..nc).map(move |c| (i, k, c))))
             .collect();
-        let seeds: Vec<[u8; 32]> = jobs
-            .iter()
-            .map(|_| {
-                let mut s = [0u8; 32];
-                rng.fill_bytes(&mut s);
-                s
-            })
-            .collect();
+        let seeds = he::task_seeds(rng, jobs.len());
         let resp: Vec<Vec<u8>> = jobs
             .par_iter()
             .zip(&seeds)

@@ -35,7 +35,7 @@ use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
 use crate::mpc::encode::PolyPlan;
 use crate::mpc::prg::{Purpose, Seed};
 use crate::net::{recv_ring, send_ring, Channel, ChannelStats};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -195,17 +195,6 @@ fn refuse(layer: &Layer) -> Error {
     Error::graph(&layer.name, "this layer has no two-party preprocessing; run with the dealer")
 }
 
-/// Fresh 32-byte seeds for parallel tasks, drawn from `rng`.
-fn task_seeds(rng: &mut ChaCha20Rng, n: usize) -> Vec<[u8; 32]> {
-    (0..n)
-        .map(|_| {
-            let mut s = [0u8; 32];
-            rng.fill_bytes(&mut s);
-            s
-        })
-        .collect()
-}
-
 impl TwoPartyWalk<'_, '_, '_> {
     fn put(&mut self, idx: usize, m: Material) {
         if self.material.len() <= idx {
@@ -226,7 +215,7 @@ impl TwoPartyWalk<'_, '_, '_> {
                 let a = c.seed.ring(inference, idx, Purpose::InputMask, numel(x));
                 let jobs: Vec<(usize, usize)> =
                     (0..batch).flat_map(|n| (0..p.inputs()).map(move |j| (n, j))).collect();
-                let seeds = task_seeds(&mut c.rng, jobs.len());
+                let seeds = he::task_seeds(&mut c.rng, jobs.len());
                 let (params, sk) = (&c.params, &c.sk);
                 let cts: Vec<Vec<u8>> = jobs
                     .par_iter()
@@ -301,7 +290,7 @@ impl TwoPartyWalk<'_, '_, '_> {
                             .weight_t,
                     ),
                 };
-                let seeds = task_seeds(&mut s.rng, p.outputs());
+                let seeds = he::task_seeds(&mut s.rng, p.outputs());
                 let pk = &s.pk;
                 let inputs = p.inputs();
                 // Per response o: the kernels once, then every sample.
