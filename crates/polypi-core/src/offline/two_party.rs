@@ -179,6 +179,8 @@ struct TwoPartyWalk<'p, 'a, 'l> {
     inference: u64,
     link: &'l mut dyn Channel,
     material: Vec<Option<Material>>,
+    /// Polynomial layers waiting for the batched OLE: (layer, this party's powers per group).
+    pending: Vec<(usize, Vec<Vec<Vec<u64>>>)>,
 }
 
 fn numel(shape: &[usize]) -> usize {
@@ -372,7 +374,9 @@ fn powers(x: &[u64], m: usize) -> Vec<Vec<u64>> {
 }
 
 impl TwoPartyWalk<'_, '_, '_> {
-    /// Dealer-powers material of a polynomial layer of `n` elements (see the module docs).
+    /// Dealer-powers material of a polynomial layer of `n` elements (see the module docs): this
+    /// party's `r` and its powers; the cross terms come from [`Self::finish_polys`] after the
+    /// walk.
     fn poly_material(&mut self, idx: usize, layer: &Layer, n: usize) -> Result<()> {
         let inference = self.inference;
         let plan = match &self.role {
@@ -397,47 +401,79 @@ impl TwoPartyWalk<'_, '_, '_> {
                 powers(&seed.ring(inference, idx, Purpose::PolyMask(g as u8), n), grp.max_power())
             })
             .collect();
-        // Client vectors: r1^j, j = 1..m-1, group-major; vec_base[g] = index of r1_g^1.
-        let mut vec_base = Vec::with_capacity(own.len());
-        let mut vectors = 0;
-        for p in &own {
-            vec_base.push(vectors);
-            vectors += p.len() - 1;
+        self.pending.push((idx, own));
+        Ok(())
+    }
+
+    /// One batched OLE for the cross terms of every polynomial layer of the inference (they are
+    /// independent of each other and of the input): every (layer, group) is a segment of `n`
+    /// slots in each of the `M - 1` client vectors `r1^j` (`M` the largest power); output `k`
+    /// sums `C(k,i) r0^i r1^(k-i)` over `i`, zero where a segment's largest power is below `k`.
+    /// Packing all layers together fills the ciphertexts' slots (small layers would otherwise
+    /// each pay for whole ciphertexts). Then the material of each pending layer is stored.
+    fn finish_polys(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        // Segments: (pending index, group, offset); M = the largest power.
+        let mut segs = Vec::new();
+        let (mut total, mut big_m) = (0usize, 1usize);
+        for (p, (_, own)) in pending.iter().enumerate() {
+            for (g, pows) in own.iter().enumerate() {
+                if pows.len() >= 2 {
+                    segs.push((p, g, total));
+                    total += pows[0].len();
+                    big_m = big_m.max(pows.len());
+                }
+            }
         }
-        let outputs = vectors; // one per (group, k = 2..m)
+        let vectors = big_m - 1;
         let mut cross: Vec<Vec<u64>> = Vec::new();
-        if outputs > 0 {
+        if vectors > 0 && total > 0 {
+            // Segment s's slots of vector v: `f(pows)` or zeros.
+            let gather = |f: &dyn Fn(&Vec<Vec<u64>>) -> Option<Vec<u64>>| -> Vec<u64> {
+                let mut v = vec![0u64; total];
+                for &(p, g, off) in &segs {
+                    let pows = &pending[p].1[g];
+                    if let Some(x) = f(pows) {
+                        v[off..off + x.len()].copy_from_slice(&x);
+                    }
+                }
+                v
+            };
             match &mut self.role {
                 Role::Client(c) => {
-                    let vecs: Vec<Vec<u64>> =
-                        own.iter().flat_map(|p| p[..p.len() - 1].iter().cloned()).collect();
+                    let vecs: Vec<Vec<u64>> = (1..=vectors)
+                        .map(|j| gather(&|pows| (j < pows.len()).then(|| pows[j - 1].clone())))
+                        .collect();
                     let up = c.ole.client_upload(&c.params, &c.sk, &vecs, &mut c.rng)?;
                     self.link.send(&up)?;
                     self.link.flush()?;
                     let resp =
-                        self.link.recv_expect(c.ole.response_bytes(&c.params, outputs, n))?;
-                    cross = c.ole.client_finish(&c.params, &c.sk, &resp, outputs, n)?;
+                        self.link.recv_expect(c.ole.response_bytes(&c.params, vectors, total))?;
+                    cross = c.ole.client_finish(&c.params, &c.sk, &resp, vectors, total)?;
                 }
                 Role::Server(s) => {
                     if s.ole_pks.is_empty() {
                         return Err(Error::Protocol("no OLE public keys at setup".into()));
                     }
-                    let up = self.link.recv_expect(s.ole.upload_bytes(&s.params, vectors, n))?;
-                    let mut terms = Vec::with_capacity(outputs);
-                    for (g, p) in own.iter().enumerate() {
-                        for k in 2..=p.len() {
-                            let t: Vec<(usize, Vec<u64>)> = (1..k)
+                    let up =
+                        self.link.recv_expect(s.ole.upload_bytes(&s.params, vectors, total))?;
+                    let terms: Vec<Vec<(usize, Vec<u64>)>> = (2..=big_m)
+                        .map(|k| {
+                            (1..k)
                                 .map(|i| {
                                     let c = binomial(k, i);
-                                    let v = p[i - 1].iter().map(|x| x.wrapping_mul(c)).collect();
-                                    (vec_base[g] + (k - i) - 1, v)
+                                    let v = gather(&|pows| {
+                                        (k <= pows.len()).then(|| {
+                                            pows[i - 1].iter().map(|x| x.wrapping_mul(c)).collect()
+                                        })
+                                    });
+                                    (k - i - 1, v)
                                 })
-                                .collect();
-                            terms.push(t);
-                        }
-                    }
+                                .collect()
+                        })
+                        .collect();
                     let (resp, shares) = s.ole.server_respond(
-                        &s.params, &s.ole_pks, &up, vectors, n, &terms, &mut s.rng,
+                        &s.params, &s.ole_pks, &up, vectors, total, &terms, &mut s.rng,
                     )?;
                     self.link.send(&resp)?;
                     self.link.flush()?;
@@ -445,16 +481,19 @@ impl TwoPartyWalk<'_, '_, '_> {
                 }
             }
         }
-        let mut r_pows = Vec::with_capacity(own.len());
-        for (g, mut p) in own.into_iter().enumerate() {
-            for (k, pk) in p.iter_mut().enumerate().skip(1) {
-                for (a, b) in pk.iter_mut().zip(&cross[vec_base[g] + k - 1]) {
+        let mut layers: Vec<(usize, Vec<Vec<Vec<u64>>>)> = pending;
+        for &(p, g, off) in &segs {
+            let pows = &mut layers[p].1[g];
+            for (k, pk) in pows.iter_mut().enumerate().skip(1) {
+                // pk is power k + 1, output index (k + 1) - 2.
+                for (a, b) in pk.iter_mut().zip(&cross[k - 1][off..]) {
                     *a = a.wrapping_add(*b);
                 }
             }
-            r_pows.push(p);
         }
-        self.put(idx, Material::Poly { r_pows });
+        for (idx, r_pows) in layers {
+            self.put(idx, Material::Poly { r_pows });
+        }
         Ok(())
     }
 }
@@ -558,8 +597,21 @@ fn run(
     batch: usize,
     link: &mut dyn Channel,
 ) -> Result<(Vec<Option<Material>>, Vec<LayerTrace>)> {
-    let mut w = TwoPartyWalk { role, inference, link, material: Vec::new() };
-    let (_, traces) = walk(plan, &mut w, batch)?;
+    let mut w = TwoPartyWalk { role, inference, link, material: Vec::new(), pending: Vec::new() };
+    let (_, mut traces) = walk(plan, &mut w, batch)?;
+    // The batched OLE of all polynomial layers, reported on the first of them.
+    let first = w.pending.first().map(|p| p.0);
+    let (before, t0) = (w.link.stats(), std::time::Instant::now());
+    w.finish_polys()?;
+    if let Some(t) = first.and_then(|i| traces.get_mut(i)) {
+        t.ms += t0.elapsed().as_secs_f64() * 1e3;
+        let d = w.link.stats().since(&before);
+        t.stats.bytes_sent += d.bytes_sent;
+        t.stats.bytes_received += d.bytes_received;
+        t.stats.messages_sent += d.messages_sent;
+        t.stats.messages_received += d.messages_received;
+        t.stats.send_phases += d.send_phases;
+    }
     Ok((w.material, traces))
 }
 
