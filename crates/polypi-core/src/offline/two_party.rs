@@ -353,6 +353,9 @@ impl TwoPartyWalk<'_, '_, '_> {
     }
 }
 
+/// Picks a segment's slots from one party's powers of `r` (`None`: zeros).
+type Pick<'a> = &'a dyn Fn(&[Vec<u64>]) -> Option<Vec<u64>>;
+
 /// `C(k, i) mod 2^64` (k <= 64).
 fn binomial(k: usize, i: usize) -> u64 {
     let mut c = 1u128;
@@ -429,7 +432,7 @@ impl TwoPartyWalk<'_, '_, '_> {
         let mut cross: Vec<Vec<u64>> = Vec::new();
         if vectors > 0 && total > 0 {
             // Segment s's slots of vector v: `f(pows)` or zeros.
-            let gather = |f: &dyn Fn(&Vec<Vec<u64>>) -> Option<Vec<u64>>| -> Vec<u64> {
+            let gather = |f: Pick<'_>| -> Vec<u64> {
                 let mut v = vec![0u64; total];
                 for &(p, g, off) in &segs {
                     let pows = &pending[p].1[g];
