@@ -5,7 +5,7 @@
 use crate::common::load_model;
 use anyhow::{Context, Result};
 use clap::Args;
-use polypi_core::engine::bench::{bench_local, poly_plan, BenchSummary};
+use polypi_core::engine::bench::{bench_local_mode, poly_plan, BenchSummary};
 use polypi_core::model::compile::compile;
 use polypi_core::model::zoo::{self, Act, Pool, RefNet};
 use polypi_core::model::Plan;
@@ -58,6 +58,8 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub poly: crate::common::PolyProtocolArg,
+    #[command(flatten)]
+    pub pre: crate::common::PreprocessingArg,
 }
 
 fn reference(net: RefNet, act: Act, pool: Pool) -> Result<Plan> {
@@ -68,10 +70,12 @@ fn reference(net: RefNet, act: Act, pool: Pool) -> Result<Plan> {
 
 fn run_one(name: &str, plan: &Plan, a: &BenchArgs) -> Result<BenchSummary> {
     eprintln!(
-        "bench {name}: batch {}, link {}, transport {:?}, {} runs, polynomial protocol {} ...",
-        a.batch, a.link, a.transport, a.runs, plan.poly_protocol
+        "bench {name}: batch {}, link {}, transport {:?}, {} runs, polynomial protocol {}, \
+         preprocessing {:?} ...",
+        a.batch, a.link, a.transport, a.runs, plan.poly_protocol, a.pre.preprocessing
     );
-    bench_local(plan, a.batch, a.runs, a.transport.transport(), a.link, 7)
+    let two_party = a.pre.preprocessing == crate::common::Preprocessing::TwoParty;
+    bench_local_mode(plan, a.batch, a.runs, a.transport.transport(), a.link, 7, two_party)
         .with_context(|| format!("benchmark of {name} failed"))
 }
 

@@ -426,6 +426,26 @@ pub fn hint(e: &anyhow::Error) -> Option<&'static str> {
     None
 }
 
+/// Where the correlated randomness comes from (`--preprocessing`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preprocessing {
+    /// A dealer (a third party trusted not to collude; a thread of this process).
+    #[default]
+    Dealer,
+    /// Server and client alone (HE for linear layers, HE-based OLE for polynomial powers; no
+    /// third party); ReLU / max-pool / ESPN are refused. See docs/two-party.md.
+    TwoParty,
+}
+
+/// `--preprocessing`, shared by infer and bench.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct PreprocessingArg {
+    /// Source of the correlated randomness: dealer (a third party, default) or two-party
+    /// (server and client alone, no dealer; docs/two-party.md).
+    #[arg(long = "preprocessing", value_enum, default_value = "dealer")]
+    pub preprocessing: Preprocessing,
+}
+
 /// `--poly-protocol`, shared by every command that runs or prices polynomial layers (infer, serve,
 /// eval, bench, cost).
 #[derive(clap::Args, Debug, Clone, Copy)]

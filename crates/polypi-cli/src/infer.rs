@@ -10,7 +10,7 @@ use polypi_core::engine::guard::{GuardCheck, GuardMode, GuardPolicy, RangeViolat
 use polypi_core::engine::report::{InferenceReport, SetupReport};
 use polypi_core::engine::run_f32;
 
-use polypi_core::engine::session::{run_local_guarded, LocalOpts, Transport};
+use polypi_core::engine::session::{run_local_guarded, run_local_two_party, LocalOpts, Transport};
 use polypi_core::net::LinkModel;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -64,6 +64,8 @@ pub struct InferArgs {
     pub transport: TransportArg,
     #[command(flatten)]
     pub poly: crate::common::PolyProtocolArg,
+    #[command(flatten)]
+    pub pre: crate::common::PreprocessingArg,
     #[command(flatten)]
     pub check_args: CheckArgs,
     #[command(flatten)]
@@ -160,8 +162,11 @@ pub fn run(a: InferArgs) -> Result<ExitCode> {
             mode: if policy.mode == GuardMode::Off { GuardMode::Off } else { GuardMode::Warn },
             ..policy
         };
-        let (setup, mut results) =
-            run_local_guarded(plan, guard, run_policy, &inputs, opts, LinkModel::none())?;
+        let (setup, mut results) = if a.pre.preprocessing == common::Preprocessing::TwoParty {
+            run_local_two_party(plan, guard, run_policy, &inputs, opts, LinkModel::none())?
+        } else {
+            run_local_guarded(plan, guard, run_policy, &inputs, opts, LinkModel::none())?
+        };
         for r in &mut results {
             r.range_violation =
                 policy.resolve(r.range_violation.map(|v| v.reclassify(plan.frac_bits)))?;

@@ -103,9 +103,10 @@ pub struct ServeArgs {
     /// Address to listen on for clients (`127.0.0.1:0` picks a free port, printed on stdout).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub listen: String,
-    /// Address of the dealer (`polypi dealer --listen ...`).
+    /// Address of the dealer (`polypi dealer --listen ...`); required unless
+    /// `--preprocessing two-party`.
     #[arg(long)]
-    pub dealer: String,
+    pub dealer: Option<String>,
     /// Name the dealer's certificate must be valid for (default: the host of --dealer).
     #[arg(long)]
     pub dealer_name: Option<String>,
@@ -157,6 +158,8 @@ pub struct ServeArgs {
     pub health_listen: Option<String>,
     #[command(flatten)]
     pub poly: crate::common::PolyProtocolArg,
+    #[command(flatten)]
+    pub pre: crate::common::PreprocessingArg,
     #[command(flatten)]
     pub check_args: CheckArgs,
     #[command(flatten)]
@@ -215,9 +218,10 @@ pub struct QueryArgs {
     /// Address of the server (`polypi serve --listen ...`).
     #[arg(long)]
     pub connect: String,
-    /// Address of the dealer (`polypi dealer --listen ...`).
+    /// Address of the dealer (`polypi dealer --listen ...`); required unless
+    /// `--preprocessing two-party` (the server must run in the same mode).
     #[arg(long)]
-    pub dealer: String,
+    pub dealer: Option<String>,
     /// Name the server's certificate must be valid for (default: the host of --connect).
     #[arg(long)]
     pub server_name: Option<String>,
@@ -246,6 +250,8 @@ pub struct QueryArgs {
     /// How long to keep retrying while the server or dealer is not listening yet, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub connect_retry_s: f64,
+    #[command(flatten)]
+    pub pre: crate::common::PreprocessingArg,
     #[command(flatten)]
     pub guard: GuardArgs,
     #[command(flatten)]
@@ -287,6 +293,17 @@ fn limits(max_batch: usize, setup_s: f64, inference_s: f64) -> Result<SessionLim
 }
 
 /// The TLS name for dialling `addr`: `explicit`, or the address's host.
+/// The `--dealer` address: required in dealer mode, refused with `--preprocessing two-party`
+/// (returned empty then).
+fn dealer_arg(dealer: &Option<String>, two_party: bool) -> Result<String> {
+    match (dealer, two_party) {
+        (Some(d), false) => Ok(d.clone()),
+        (None, true) => Ok(String::new()),
+        (None, false) => bail!("--dealer is required (or run with --preprocessing two-party)"),
+        (Some(_), true) => bail!("--preprocessing two-party runs without a dealer: drop --dealer"),
+    }
+}
+
 fn tls_name(explicit: &Option<String>, addr: &str) -> Option<String> {
     explicit.clone().or_else(|| deploy::host_of(addr))
 }
@@ -336,8 +353,10 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     let mut base = common::tcp_options(a.timeout_s)?;
     base.handshake_timeout = secs(a.handshake_timeout_s, "--handshake-timeout-s")?;
     base.tls = tls;
+    let two_party = a.pre.preprocessing == common::Preprocessing::TwoParty;
+    let dealer_addr = dealer_arg(&a.dealer, two_party)?;
     let mut dealer_tcp = base.clone();
-    dealer_tcp.tls_server_name = tls_name(&a.dealer_name, &a.dealer);
+    dealer_tcp.tls_server_name = tls_name(&a.dealer_name, &dealer_addr);
     dealer_tcp.expect_peer_identity = Some(a.dealer_identity.clone());
     dealer_tcp.connect_retry_for = secs(a.dealer_connect_retry_s, "--dealer-connect-retry-s")?;
     if !(a.memory_budget_mb.is_finite() && a.memory_budget_mb > 0.0) {
@@ -345,19 +364,21 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     }
     let opts = ServerOptions {
         client_tcp: base,
-        dealer_addr: a.dealer.clone(),
+        dealer_addr: dealer_addr.clone(),
         dealer_tcp,
         limits: limits(a.max_batch, a.setup_timeout_s, a.inference_timeout_s)?,
         max_sessions: a.max_concurrent,
         max_pending: a.max_pending,
         memory_budget_bytes: (a.memory_budget_mb * 1e6) as u64,
+        two_party,
     };
     let server = DeployedServer::new(model.plan, guard, opts)
         .with_context(|| format!("cannot serve {}", path.display()))?;
     let listener = listen(&a.listen)?;
     tracing::info!(
         model = %path.display(),
-        dealer = %a.dealer,
+        dealer = %dealer_addr,
+        two_party,
         capacity = server.capacity(),
         session_mb = server.session_bytes() as f64 / 1e6,
         "serving"
@@ -456,23 +477,36 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         expect_peer_identity: Some(a.server_identity.clone()),
         ..opts.clone()
     };
+    let two_party = a.pre.preprocessing == common::Preprocessing::TwoParty;
+    let dealer_addr = dealer_arg(&a.dealer, two_party)?;
     let dealer_tcp = TcpOptions {
-        tls_server_name: tls_name(&a.dealer_name, &a.dealer),
+        tls_server_name: tls_name(&a.dealer_name, &dealer_addr),
         expect_peer_identity: Some(a.dealer_identity.clone()),
         ..opts
     };
-    let ClientLinks { mut server, mut dealer, max_batch } =
-        deploy::client_open(&a.connect, &server_tcp, &a.dealer, &dealer_tcp).with_context(
-            || {
-                format!(
-                    "cannot open a session with the server at {} and the dealer at {}",
-                    a.connect, a.dealer
-                )
-            },
-        )?;
-    tracing::info!(max_batch, "session opened");
-    let mut sess = ClientSession::connect(&mut server, &mut dealer)
-        .context("session setup with the server and dealer failed")?;
+    let (mut server, mut dealer, max_batch) = if two_party {
+        let (s, b) = deploy::client_open_two_party(&a.connect, &server_tcp)
+            .with_context(|| format!("cannot open a session with the server at {}", a.connect))?;
+        (s, None, b)
+    } else {
+        let ClientLinks { server, dealer, max_batch } =
+            deploy::client_open(&a.connect, &server_tcp, &dealer_addr, &dealer_tcp).with_context(
+                || {
+                    format!(
+                        "cannot open a session with the server at {} and the dealer at {}",
+                        a.connect, dealer_addr
+                    )
+                },
+            )?;
+        (server, Some(dealer), max_batch)
+    };
+    tracing::info!(max_batch, two_party, "session opened");
+    let mut sess = match dealer.as_mut() {
+        Some(d) => ClientSession::connect(&mut server, d)
+            .context("session setup with the server and dealer failed")?,
+        None => ClientSession::connect_two_party(&mut server)
+            .context("two-party session setup with the server failed")?,
+    };
     sess.set_guard_policy(policy)?;
     if sess.guard_bounds().is_none() && a.range_guard_on() {
         eprintln!(
@@ -485,7 +519,7 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         println!(
             "connected to server {} and dealer {}: setup {:.2} ms, {:.3} MB",
             a.connect,
-            a.dealer,
+            if two_party { "none (two-party preprocessing)" } else { dealer_addr.as_str() },
             sess.setup.ms,
             sess.setup.bytes as f64 / 1e6
         );
@@ -570,7 +604,7 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         }
         if !a.json {
             println!(
-                "{}: {} [{}] | online {:.2} ms ({} B sent, {} B received), offline {:.2} ms ({} B from dealer)",
+                "{}: {} [{}] | online {:.2} ms ({} B sent, {} B received), offline {:.2} ms ({} B {})",
                 q.file,
                 q.label,
                 common::fmt_top(&q.top3),
@@ -578,7 +612,8 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
                 q.online_bytes_sent,
                 q.online_bytes_received,
                 q.offline_ms,
-                q.offline_bytes_received
+                q.offline_bytes_received,
+                if two_party { "received in the two-party preprocessing" } else { "from dealer" }
             );
             std::io::stdout().flush().ok();
         }
@@ -587,11 +622,13 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
     let (setup_ms, setup_bytes) = (sess.setup.ms, sess.setup.bytes);
     sess.close().context("closing the session failed")?;
     let _ = server.close();
-    let _ = dealer.close();
+    if let Some(d) = dealer {
+        let _ = d.close();
+    }
     if a.json {
         let doc = QueryOutput {
             server: a.connect.clone(),
-            dealer: a.dealer.clone(),
+            dealer: dealer_addr.clone(),
             setup_ms,
             setup_bytes,
             results,

@@ -73,6 +73,69 @@ fn serve_dealer_query_three_processes() {
     assert!(text(&o.stdout).contains("online"), "{}", text(&o.stdout));
 }
 
+/// Dealer-free deployment (docs/two-party.md): `serve` and `query` with `--preprocessing
+/// two-party`, two processes over TLS and no dealer; the private class equals the plaintext
+/// class, the client reports the preprocessing traffic, and mismatched flags are refused.
+#[test]
+fn serve_query_two_processes_without_a_dealer() {
+    let d = tmp("twoparty");
+    let m = zoo(&d, "NET-M", "x2");
+    let img = gray_png(&d, "img.png", 28, 28);
+    let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
+    let plain = json(&run(&["infer", "--model", m, "--input", img, "--json"]));
+    let want = plain["inputs"][0]["plaintext"]["class"].as_u64().unwrap();
+    let server = Daemon::spawn(&[
+        "serve",
+        "--model",
+        m,
+        "--listen",
+        "127.0.0.1:0",
+        "--preprocessing",
+        "two-party",
+        "--timeout-s",
+        "30",
+        "--tls-dir",
+        certs(),
+    ]);
+    let saddr = server.addr();
+    let o = run(&[
+        "query",
+        "--tls-dir",
+        certs(),
+        "--connect",
+        &saddr,
+        "--preprocessing",
+        "two-party",
+        "--input",
+        img,
+        "--json",
+    ]);
+    assert!(o.status.success(), "query failed: {}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["results"][0]["class"].as_u64().unwrap(), want, "{v}");
+    assert!(v["results"][0]["offline_bytes_received"].as_u64().unwrap() > 0, "{v}");
+    let line = server.line(Duration::from_secs(30));
+    assert!(line.contains("1 inference(s)"), "server: {line}");
+    // A dealer-mode client against the two-party server: refused with the reason.
+    let o = query(&saddr, "127.0.0.1:1", &["--input", img, "--connect-retry-s", "0.5"]);
+    assert!(!o.status.success());
+    // --dealer with two-party is a usage error.
+    let o = run(&[
+        "query",
+        "--tls-dir",
+        certs(),
+        "--connect",
+        &saddr,
+        "--dealer",
+        "127.0.0.1:1",
+        "--preprocessing",
+        "two-party",
+        "--input",
+        img,
+    ]);
+    assert_fails(&o, 1, "without a dealer");
+}
+
 #[test]
 fn server_killed_mid_query_client_fails_fast() {
     let d = tmp("kill");

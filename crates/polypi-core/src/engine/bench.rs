@@ -53,6 +53,9 @@ pub struct BenchSummary {
     pub bytes_server_to_client: u64,
     /// Offline bytes dealer -> client per inference.
     pub dealer_bytes: u64,
+    /// Two-party preprocessing bytes between server and client per inference, both ways (0 in
+    /// dealer mode).
+    pub preprocessing_bytes: u64,
     /// Online rounds per inference.
     pub rounds: u64,
     /// Session setup (masked weights `F = W - B`), ms and bytes.
@@ -125,6 +128,22 @@ pub fn bench_local(
     link: LinkModel,
     seed: u64,
 ) -> Result<BenchSummary> {
+    bench_local_mode(plan, batch, runs, transport, link, seed, false)
+}
+
+/// [`bench_local`] with the dealer-free preprocessing when `two_party` (no dealer thread;
+/// `preprocessing_bytes` and the offline time are the two-party generator's, see
+/// docs/two-party.md). Errors: those of [`bench_local`]; without the `two-party` feature,
+/// `InvalidArgument` when `two_party` is set.
+pub fn bench_local_mode(
+    plan: &Plan,
+    batch: usize,
+    runs: usize,
+    transport: Transport,
+    link: LinkModel,
+    seed: u64,
+    two_party: bool,
+) -> Result<BenchSummary> {
     let per: usize = plan.input_shape().iter().product();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let inputs: Vec<(Vec<f32>, usize)> = (0..runs.max(1))
@@ -137,8 +156,26 @@ pub fn bench_local(
             )
         })
         .collect();
-    let (setup, results) =
-        run_local_with_link(plan, &inputs, LocalOpts { transport, check: false }, link)?;
+    let opts = LocalOpts { transport, check: false };
+    let (setup, results) = if two_party {
+        #[cfg(feature = "two-party")]
+        {
+            super::session::run_local_two_party(
+                plan,
+                None,
+                Default::default(),
+                &inputs,
+                opts,
+                link,
+            )?
+        }
+        #[cfg(not(feature = "two-party"))]
+        return Err(crate::Error::InvalidArgument(
+            "this build has no two-party preprocessing (feature `two-party`)".into(),
+        ));
+    } else {
+        run_local_with_link(plan, &inputs, opts, link)?
+    };
     let online: Vec<f64> = results.iter().map(|r| r.report.online_ms).collect();
     let offline: Vec<f64> = results.iter().map(|r| r.report.offline_ms).collect();
     let med = Spread::of(&online).median;
@@ -157,6 +194,7 @@ pub fn bench_local(
         bytes_client_to_server: r0.layers.iter().map(|l| l.bytes_client_to_server).sum(),
         bytes_server_to_client: r0.layers.iter().map(|l| l.bytes_server_to_client).sum(),
         dealer_bytes: r0.offline_bytes,
+        preprocessing_bytes: r0.preprocessing_bytes,
         rounds: r0.rounds,
         setup_ms: setup.ms,
         setup_bytes: setup.bytes,

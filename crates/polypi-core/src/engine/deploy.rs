@@ -200,6 +200,10 @@ pub struct ServerOptions {
     pub max_pending: usize,
     /// Memory the admitted sessions may reserve together, bytes ([`session_memory_bytes`]).
     pub memory_budget_bytes: u64,
+    /// Dealer-free sessions ([`super::session::serve_session_two_party`], docs/two-party.md):
+    /// no dealer is contacted (`dealer_addr` and `dealer_tcp` are unused) and plans with layers
+    /// that have no two-party generator are refused at [`DeployedServer::new`].
+    pub two_party: bool,
 }
 
 /// A server that runs sessions concurrently, each on its own thread (see the module docs).
@@ -220,8 +224,17 @@ impl DeployedServer {
     /// Errors: `InvalidArgument` when the plan has layers without a 2PC protocol, or when one
     /// session at the batch limit does not fit the memory budget (the message gives both
     /// sizes); the errors of [`EncodedPlan::new`] and [`session_memory_bytes`].
+    /// With `opts.two_party`, also `Graph` for a layer without a two-party generator.
     pub fn new(plan: Plan, guard: Option<GuardBounds>, opts: ServerOptions) -> Result<Self> {
         check_supported(&plan)?;
+        if opts.two_party {
+            #[cfg(feature = "two-party")]
+            crate::offline::two_party::check_two_party_supported(&plan)?;
+            #[cfg(not(feature = "two-party"))]
+            return Err(Error::InvalidArgument(
+                "this build has no two-party preprocessing (feature `two-party`)".into(),
+            ));
+        }
         if opts.limits.max_batch == 0 || opts.max_sessions == 0 || opts.max_pending == 0 {
             return Err(Error::InvalidArgument(
                 "max batch, max sessions and max pending handshakes must be at least 1".into(),
@@ -382,6 +395,18 @@ impl DeployedServer {
         let max_batch = self.opts.limits.max_batch;
         client.send(&Admission::Accepted { id, max_batch }.to_bytes())?;
         client.flush()?;
+        #[cfg(feature = "two-party")]
+        if self.opts.two_party {
+            let tr = super::session::serve_session_two_party(
+                &self.plan,
+                &self.enc,
+                self.guard,
+                &self.opts.limits,
+                client,
+                false,
+            )?;
+            return Ok((tr.len(), tr.iter().map(|t| t.online_ms).sum()));
+        }
         let dopts =
             TcpOptions { expect_peer_role: Some("dealer".into()), ..self.opts.dealer_tcp.clone() };
         let mut dealer = TcpChannel::connect(self.opts.dealer_addr.as_str(), "server", &dopts)
@@ -775,21 +800,40 @@ pub fn client_open(
     dealer_addr: &str,
     dealer_tcp: &TcpOptions,
 ) -> Result<ClientLinks> {
-    let so = TcpOptions { expect_peer_role: Some("server".into()), ..server_tcp.clone() };
-    let mut server = TcpChannel::connect(server_addr, "client", &so)?;
-    let (id, max_batch) = match Admission::from_bytes(&server.recv_max(1 + MAX_REASON_BYTES + 64)?)?
-    {
-        Admission::Accepted { id, max_batch } => (id, max_batch),
-        Admission::Refused(reason) => {
-            return Err(Error::Refused { peer: format!("server at {server_addr}"), reason })
-        }
-    };
+    let (server, id, max_batch) = open_at_server(server_addr, server_tcp)?;
     let dopts = TcpOptions { expect_peer_role: Some("dealer".into()), ..dealer_tcp.clone() };
     let mut dealer = TcpChannel::connect(dealer_addr, "client", &dopts)?;
     dealer.send(&id.0)?;
     dealer.flush()?;
     await_pairing(&mut dealer, dealer_addr)?;
     Ok(ClientLinks { server, dealer, max_batch })
+}
+
+/// Opens a dealer-free session as the client (docs/two-party.md): connects to the server and
+/// reads its [`Admission`]; returns the channel and the session's batch limit. Continue with
+/// [`super::session::ClientSession::connect_two_party`].
+/// Errors: as [`client_open`] for the server's part.
+pub fn client_open_two_party(
+    server_addr: &str,
+    server_tcp: &TcpOptions,
+) -> Result<(TcpChannel, usize)> {
+    let (server, _, max_batch) = open_at_server(server_addr, server_tcp)?;
+    Ok((server, max_batch))
+}
+
+/// Connects to the server and reads its admission: the channel, the session id and batch limit.
+fn open_at_server(
+    server_addr: &str,
+    server_tcp: &TcpOptions,
+) -> Result<(TcpChannel, SessionId, usize)> {
+    let so = TcpOptions { expect_peer_role: Some("server".into()), ..server_tcp.clone() };
+    let mut server = TcpChannel::connect(server_addr, "client", &so)?;
+    match Admission::from_bytes(&server.recv_max(1 + MAX_REASON_BYTES + 64)?)? {
+        Admission::Accepted { id, max_batch } => Ok((server, id, max_batch)),
+        Admission::Refused(reason) => {
+            Err(Error::Refused { peer: format!("server at {server_addr}"), reason })
+        }
+    }
 }
 
 /// Waits for the dealer's answer to a session id: `1` once the partner arrived (the session

@@ -44,6 +44,32 @@ pub(crate) fn tcp_links(tls: bool) -> crate::Result<session::Links> {
     })
 }
 
+/// The server-client TCP connection on loopback for a dealer-free [`session::run_local_two_party`]
+/// (the dealer ends are unconnected in-memory channels that are never used).
+#[cfg(feature = "two-party")]
+pub(crate) fn tcp_server_client(tls: bool) -> crate::Result<session::Links> {
+    use crate::net::{mem_pair, TcpOptions};
+    let (mut s, mut c) = (TcpOptions::default(), TcpOptions::default());
+    if tls {
+        let [ts, _, tc] = crate::net::tls::DevCerts::generate(&["127.0.0.1".into()])?.configs()?;
+        for (o, t) in [(&mut s, ts), (&mut c, tc)] {
+            o.tls = Some(t);
+            o.tls_server_name = Some("127.0.0.1".into());
+        }
+    }
+    let (sc, cs) = loopback_pair("server", &s, "client", &c)?;
+    let (sd, ds) = mem_pair();
+    let (cd, dc) = mem_pair();
+    Ok(session::Links {
+        server_client: Box::new(sc),
+        server_dealer: Box::new(sd),
+        client_server: Box::new(cs),
+        client_dealer: Box::new(cd),
+        dealer_server: Box::new(ds),
+        dealer_client: Box::new(dc),
+    })
+}
+
 /// Two connected loopback channels: `a` accepts with `a_opts`, `b` dials with `b_opts`.
 fn loopback_pair(
     a_role: &str,

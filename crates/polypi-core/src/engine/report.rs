@@ -26,6 +26,10 @@ pub struct LayerReport {
     pub bytes_client_to_server: u64,
     /// Offline bytes the dealer sends for this layer, to the server and the client together.
     pub bytes_from_dealer: u64,
+    /// Offline bytes between server and client for this layer, both ways: the dealer-free
+    /// (two-party) preprocessing (docs/two-party.md); 0 (and omitted) in dealer mode.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub bytes_two_party: u64,
     /// Online communication rounds of this layer.
     pub rounds: u64,
     /// Max |secure - fixed-point twin| of this layer's output (decoded), when checked.
@@ -47,6 +51,10 @@ pub struct InferenceReport {
     pub online_bytes: u64,
     /// Offline bytes from the dealer, to the server and the client together.
     pub offline_bytes: u64,
+    /// Offline bytes between server and client (two-party preprocessing), both ways; 0 (and
+    /// omitted) in dealer mode.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub preprocessing_bytes: u64,
     /// Online rounds.
     pub rounds: u64,
     /// Max |error| over the logits against the fixed-point twin, when checked.
@@ -98,6 +106,9 @@ pub fn merge(
                 bytes_server_to_client: sn.stats.bytes_sent,
                 bytes_client_to_server: cn.stats.bytes_sent,
                 bytes_from_dealer: de.stats.bytes_sent,
+                // The parties send nothing during a dealer-mode offline phase, so this is the
+                // two-party preprocessing traffic.
+                bytes_two_party: so.stats.bytes_sent + co.stats.bytes_sent,
                 // Every protocol here communicates in at most one flight per layer (linear: one
                 // way; polynomial: one simultaneous exchange); the send-phase counters can only
                 // add more (e.g. a multi-round comparison).
@@ -118,18 +129,31 @@ impl InferenceReport {
         self.online_bytes =
             self.layers.iter().map(|l| l.bytes_server_to_client + l.bytes_client_to_server).sum();
         self.offline_bytes = self.layers.iter().map(|l| l.bytes_from_dealer).sum();
+        self.preprocessing_bytes = self.layers.iter().map(|l| l.bytes_two_party).sum();
         self.rounds = self.layers.iter().map(|l| l.rounds).sum();
     }
 
     /// A fixed-width text table of the layers and the totals (times in ms, sizes in bytes/MB).
+    /// With two-party preprocessing a last column gives each layer's preprocessing bytes (both
+    /// ways); the `offline` column is then the preprocessing time.
     pub fn table(&self) -> String {
+        let two_party = self.preprocessing_bytes > 0;
+        let prep = |v: &str| if two_party { format!(" {v:>12}") } else { String::new() };
         let mut s = format!(
-            "{:<18} {:<13} {:>9} {:>9} {:>11} {:>11} {:>6} {:>10}\n",
-            "layer", "op", "online", "offline", "bytes c->s", "bytes s->c", "rounds", "max|err|"
+            "{:<18} {:<13} {:>9} {:>9} {:>11} {:>11} {:>6} {:>10}{}\n",
+            "layer",
+            "op",
+            "online",
+            "offline",
+            "bytes c->s",
+            "bytes s->c",
+            "rounds",
+            "max|err|",
+            prep("prep bytes")
         );
         for l in &self.layers {
             s += &format!(
-                "{:<18} {:<13} {:>9.2} {:>9.2} {:>11} {:>11} {:>6} {:>10}\n",
+                "{:<18} {:<13} {:>9.2} {:>9.2} {:>11} {:>11} {:>6} {:>10}{}\n",
                 truncate(&l.name, 18),
                 l.kind,
                 l.online_ms,
@@ -137,15 +161,21 @@ impl InferenceReport {
                 l.bytes_client_to_server,
                 l.bytes_server_to_client,
                 l.rounds,
-                l.max_abs_error.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "-".into())
+                l.max_abs_error.map(|e| format!("{e:.2e}")).unwrap_or_else(|| "-".into()),
+                prep(&l.bytes_two_party.to_string())
             );
         }
+        let (what, offline) = if self.preprocessing_bytes > 0 {
+            ("two-party preprocessing", self.preprocessing_bytes)
+        } else {
+            ("offline (dealer)", self.offline_bytes)
+        };
         s += &format!(
-            "total: online {:.2} ms, offline {:.2} ms, online {:.3} MB, offline (dealer) {:.3} MB, {} rounds{}\n",
+            "total: online {:.2} ms, offline {:.2} ms, online {:.3} MB, {what} {:.3} MB, {} rounds{}\n",
             self.online_ms,
             self.offline_ms,
             self.online_bytes as f64 / 1e6,
-            self.offline_bytes as f64 / 1e6,
+            offline as f64 / 1e6,
             self.rounds,
             self.max_abs_error.map(|e| format!(", max |logit error| {e:.2e}")).unwrap_or_default()
         );
@@ -159,4 +189,8 @@ fn truncate(s: &str, n: usize) -> String {
     } else {
         s.chars().take(n - 1).collect::<String>() + "~"
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

@@ -13,9 +13,7 @@
 //!    phase; server -> client: its share of the logits.
 
 use super::guard::{GuardBounds, GuardCheck, GuardPolicy, RangeViolation};
-use super::party::{
-    check_supported, linear_indices, weight_masks, Dealer, Material, Offline, Online,
-};
+use super::party::{check_supported, linear_indices, weight_masks, Dealer, Material, Online};
 use super::plain::{check_input, EncodedPlan, FixedBackend};
 use super::report::{merge, InferenceReport, LayerReport, SetupReport};
 use super::walk::{walk, LayerTrace};
@@ -24,6 +22,9 @@ use crate::model::Plan;
 use crate::mpc::prg::Seed;
 use crate::mpc::{CLIENT, SERVER};
 use crate::net::{emulated_pair, mem_pair, recv_ring, send_ring, Channel, LinkModel};
+#[cfg(feature = "two-party")]
+use crate::offline::two_party::{check_two_party_supported, TwoPartyClient, TwoPartyServer};
+use crate::offline::{DealerStream, Preprocessing};
 use crate::ring::{FixedPoint, RingTensor};
 use std::time::{Duration, Instant};
 
@@ -91,7 +92,13 @@ fn recv_batch(ch: &mut dyn Channel, max_batch: usize) -> Result<usize> {
 struct GuardField {
     #[serde(default)]
     range_guard: Option<GuardBounds>,
+    /// `Some("two-party")` when the server runs the dealer-free preprocessing.
+    #[serde(default)]
+    preprocessing: Option<String>,
 }
+
+/// The skeleton's `preprocessing` value of the dealer-free mode (absent in dealer mode).
+const TWO_PARTY: &str = "two-party";
 
 /// The skeleton message: the plan's fields, plus `range_guard` when there is one.
 #[derive(serde::Serialize)]
@@ -100,18 +107,26 @@ struct SkeletonMessage<'a> {
     plan: &'a Plan,
     #[serde(skip_serializing_if = "Option::is_none")]
     range_guard: Option<GuardBounds>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preprocessing: Option<&'static str>,
 }
 
 /// Serialises the skeleton straight to JSON (no `serde_json::Value` round trip, which would
 /// print every f32 as its f64 expansion): without a guard the bytes are exactly
 /// `serde_json::to_vec(&plan.public_skeleton())`, what [`crate::cost::session_cost`] counts.
-fn skeleton_message(plan: &Plan, guard: Option<GuardBounds>) -> Result<Vec<u8>> {
+fn skeleton_message(
+    plan: &Plan,
+    guard: Option<GuardBounds>,
+    preprocessing: Option<&'static str>,
+) -> Result<Vec<u8>> {
     let skeleton = plan.public_skeleton();
-    serde_json::to_vec(&SkeletonMessage { plan: &skeleton, range_guard: guard })
+    serde_json::to_vec(&SkeletonMessage { plan: &skeleton, range_guard: guard, preprocessing })
         .map_err(|e| Error::Protocol(e.to_string()))
 }
 
-fn recv_skeleton(ch: &mut dyn Channel) -> Result<(Plan, Option<GuardBounds>)> {
+/// Receives the skeleton; returns it with the guard bounds and whether the server runs the
+/// two-party preprocessing.
+fn recv_skeleton(ch: &mut dyn Channel) -> Result<(Plan, Option<GuardBounds>, bool)> {
     let m = ch.recv_max(MAX_SKELETON_BYTES)?;
     let p: Plan = serde_json::from_slice(&m)
         .map_err(|e| Error::Protocol(format!("bad plan skeleton: {e}")))?;
@@ -121,7 +136,14 @@ fn recv_skeleton(ch: &mut dyn Channel) -> Result<(Plan, Option<GuardBounds>)> {
     if let Some(b) = &g.range_guard {
         b.check()?;
     }
-    Ok((p, g.range_guard))
+    let two_party = match g.preprocessing.as_deref() {
+        None => false,
+        Some(TWO_PARTY) => true,
+        Some(other) => {
+            return Err(Error::Protocol(format!("unknown preprocessing mode '{other}'")));
+        }
+    };
+    Ok((p, g.range_guard, two_party))
 }
 
 /// What one party measured for one inference.
@@ -184,18 +206,137 @@ pub fn serve_session_limited(
     dealer: &mut dyn Channel,
     record: bool,
 ) -> Result<Vec<PartyTraces>> {
+    serve_session_mode(plan, enc, guard, limits, client, Some(dealer), record)
+}
+
+/// [`serve_session_limited`] without a dealer: the correlated randomness is produced between
+/// server and client alone ([`crate::offline::two_party`], docs/two-party.md) before each
+/// inference's online phase, which is the same as in dealer mode.
+/// Errors: as [`serve_session_limited`]; `Graph` for a plan with a layer that has no two-party
+/// generator (polynomial, ReLU, max-pool), before anything is sent.
+#[cfg(feature = "two-party")]
+pub fn serve_session_two_party(
+    plan: &Plan,
+    enc: &EncodedPlan,
+    guard: Option<GuardBounds>,
+    limits: &SessionLimits,
+    client: &mut dyn Channel,
+    record: bool,
+) -> Result<Vec<PartyTraces>> {
+    check_two_party_supported(plan)?;
+    serve_session_mode(plan, enc, guard, limits, client, None, record)
+}
+
+/// The server's session in either mode: with `dealer` (dealer stream) or without (two-party).
+fn serve_session_mode(
+    plan: &Plan,
+    enc: &EncodedPlan,
+    guard: Option<GuardBounds>,
+    limits: &SessionLimits,
+    client: &mut dyn Channel,
+    mut dealer: Option<&mut dyn Channel>,
+    record: bool,
+) -> Result<Vec<PartyTraces>> {
     check_supported(plan)?;
     let setup_deadline = deadline_after(limits.setup_timeout);
     client.set_deadline(setup_deadline);
-    dealer.set_deadline(setup_deadline);
-    let seed = recv_seed(dealer)?;
+    if let Some(d) = dealer.as_deref_mut() {
+        d.set_deadline(setup_deadline);
+    }
+    let seed = match dealer.as_deref_mut() {
+        Some(d) => recv_seed(d)?,
+        None => Seed::from_os()?,
+    };
     let skeleton = plan.public_skeleton();
-    let json = skeleton_message(plan, guard)?;
+    let mode = if dealer.is_some() { None } else { Some(TWO_PARTY) };
+    let json = skeleton_message(plan, guard, mode)?;
     client.send(&json)?;
     client.flush()?;
-    dealer.send(&json)?;
-    dealer.flush()?;
-    let masks = weight_masks(&skeleton, &seed)?;
+    #[cfg(feature = "two-party")]
+    let mut two_party: Option<TwoPartyServer<'_>> = None;
+    match dealer.as_deref_mut() {
+        Some(d) => {
+            d.send(&json)?;
+            d.flush()?;
+            send_masked_weights(&skeleton, enc, &seed, client)?;
+        }
+        None => {
+            #[cfg(feature = "two-party")]
+            {
+                two_party = Some(TwoPartyServer::setup(seed.clone(), enc, client)?);
+            }
+            #[cfg(not(feature = "two-party"))]
+            return Err(Error::InvalidArgument(
+                "this build has no two-party preprocessing (feature `two-party`)".into(),
+            ));
+        }
+    }
+    client.set_deadline(None);
+    if let Some(d) = dealer.as_deref_mut() {
+        d.set_deadline(None);
+    }
+    let mut out = Vec::new();
+    let mut inference = 0u64;
+    loop {
+        let batch = recv_batch(client, limits.max_batch)?;
+        if batch == 0 {
+            return Ok(out);
+        }
+        let deadline = deadline_after(limits.inference_timeout);
+        client.set_deadline(deadline);
+        if let Some(d) = dealer.as_deref_mut() {
+            d.set_deadline(deadline);
+        }
+        inference += 1;
+        let mut tr = PartyTraces::default();
+        let t0 = Instant::now();
+        let (material, traces) = match dealer.as_deref_mut() {
+            Some(d) => DealerStream::new(SERVER, &seed, enc).prepare(plan, inference, batch, d)?,
+            #[cfg(feature = "two-party")]
+            None => two_party
+                .as_mut()
+                .ok_or_else(|| Error::Protocol("two-party state missing".into()))?
+                .prepare(plan, inference, batch, client)?,
+            #[cfg(not(feature = "two-party"))]
+            None => unreachable!("refused at setup"),
+        };
+        tr.offline = traces;
+        tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // The client says when its offline phase is done: the online phase starts now.
+        let go = client.recv_max(0)?;
+        if !go.is_empty() {
+            return Err(Error::Protocol("expected the online-start message".into()));
+        }
+        let t1 = Instant::now();
+        let mut on = Online::new(SERVER, plan.frac_bits, enc, material, client, Vec::new(), record);
+        let (y0, traces) = walk(plan, &mut on, batch)?;
+        tr.recorded = std::mem::take(&mut on.recorded);
+        let spent = on.finish();
+        let before = client.stats().bytes_sent;
+        send_ring(client, &y0.data)?;
+        client.flush()?;
+        tr.output_bytes = client.stats().bytes_sent - before;
+        tr.online = traces;
+        tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
+        // Freed after the output is sent (see `Online::finish`).
+        drop(spent);
+        client.set_deadline(None);
+        if let Some(d) = dealer.as_deref_mut() {
+            d.set_deadline(None);
+        }
+        out.push(tr);
+    }
+}
+
+/// Dealer mode's setup step 3: sends `F = W - B` for every linear layer (`B` from the server's
+/// dealer seed), one message each.
+fn send_masked_weights(
+    skeleton: &Plan,
+    enc: &EncodedPlan,
+    seed: &Seed,
+    client: &mut dyn Channel,
+) -> Result<()> {
+    let masks = weight_masks(skeleton, seed)?;
     for idx in linear_indices(enc) {
         let f: Vec<u64> = if let Some(w) = enc.conv.get(&idx) {
             w.weight
@@ -213,50 +354,7 @@ pub fn serve_session_limited(
         };
         send_ring(client, &f)?;
     }
-    client.flush()?;
-    drop(masks);
-    client.set_deadline(None);
-    dealer.set_deadline(None);
-    let mut out = Vec::new();
-    let mut inference = 0u64;
-    loop {
-        let batch = recv_batch(client, limits.max_batch)?;
-        if batch == 0 {
-            return Ok(out);
-        }
-        let deadline = deadline_after(limits.inference_timeout);
-        client.set_deadline(deadline);
-        dealer.set_deadline(deadline);
-        inference += 1;
-        let mut tr = PartyTraces::default();
-        let t0 = Instant::now();
-        let mut off = Offline::new(SERVER, &seed, inference, enc, Some(&mut *dealer));
-        let (_, traces) = walk(plan, &mut off, batch)?;
-        tr.offline = traces;
-        tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
-        // The client says when its offline phase is done: the online phase starts now.
-        let go = client.recv_max(0)?;
-        if !go.is_empty() {
-            return Err(Error::Protocol("expected the online-start message".into()));
-        }
-        let t1 = Instant::now();
-        let material = std::mem::take(&mut off.material);
-        let mut on = Online::new(SERVER, plan.frac_bits, enc, material, client, Vec::new(), record);
-        let (y0, traces) = walk(plan, &mut on, batch)?;
-        tr.recorded = std::mem::take(&mut on.recorded);
-        let spent = on.finish();
-        let before = client.stats().bytes_sent;
-        send_ring(client, &y0.data)?;
-        client.flush()?;
-        tr.output_bytes = client.stats().bytes_sent - before;
-        tr.online = traces;
-        tr.online_ms = t1.elapsed().as_secs_f64() * 1e3;
-        // Freed after the output is sent (see `Online::finish`).
-        drop(spent);
-        client.set_deadline(None);
-        dealer.set_deadline(None);
-        out.push(tr);
-    }
+    client.flush()
 }
 
 /// Runs the dealer's side of one session: fresh seeds for both parties, then the correlated
@@ -287,7 +385,12 @@ pub fn deal_session_limited(
     server.flush()?;
     client.send(&seed_c.0)?;
     client.flush()?;
-    let (skeleton, _) = recv_skeleton(server)?;
+    let (skeleton, _, two_party) = recv_skeleton(server)?;
+    if two_party {
+        return Err(Error::Protocol(
+            "the server announced two-party preprocessing to its dealer".into(),
+        ));
+    }
     let masks = weight_masks(&skeleton, &seed_s)?;
     server.set_deadline(None);
     client.set_deadline(None);
@@ -321,7 +424,11 @@ pub fn deal_session_limited(
 /// times, then [`ClientSession::close`].
 pub struct ClientSession<'a> {
     server: &'a mut dyn Channel,
-    dealer: &'a mut dyn Channel,
+    /// The dealer's channel (dealer mode); `None` in two-party mode.
+    dealer: Option<&'a mut dyn Channel>,
+    /// The client's HE key and own seed (two-party mode).
+    #[cfg(feature = "two-party")]
+    two_party: Option<TwoPartyClient>,
     seed: Seed,
     skeleton: Plan,
     masked: EncodedPlan,
@@ -346,10 +453,19 @@ pub struct ClientInference {
 impl<'a> ClientSession<'a> {
     /// Receives the seed, the plan skeleton and `F = W - B`.
     /// Errors: peer errors; `Protocol` for a malformed skeleton or weight message.
+    /// Errors also: `Protocol` when the server runs the two-party preprocessing (connect with
+    /// [`ClientSession::connect_two_party`]).
     pub fn connect(server: &'a mut dyn Channel, dealer: &'a mut dyn Channel) -> Result<Self> {
         let t0 = Instant::now();
         let seed = recv_seed(dealer)?;
-        let (skeleton, guard) = recv_skeleton(server)?;
+        let (skeleton, guard, two_party) = recv_skeleton(server)?;
+        if two_party {
+            return Err(Error::Protocol(
+                "the server runs two-party preprocessing (no dealer); connect without a dealer \
+                 (--preprocessing two-party)"
+                    .into(),
+            ));
+        }
         let mut masked = EncodedPlan::new(&skeleton)?;
         for idx in linear_indices(&masked) {
             if let Some(c) = masked.conv.get_mut(&idx) {
@@ -367,7 +483,45 @@ impl<'a> ClientSession<'a> {
         };
         Ok(ClientSession {
             server,
-            dealer,
+            dealer: Some(dealer),
+            #[cfg(feature = "two-party")]
+            two_party: None,
+            seed,
+            skeleton,
+            masked,
+            inference: 0,
+            guard,
+            policy: GuardPolicy::default(),
+            setup,
+        })
+    }
+
+    /// Connects without a dealer (docs/two-party.md): receives the plan skeleton, refuses it
+    /// when a layer has no two-party generator, draws the client's own seed and RLWE key and
+    /// sends the public key. No `F = W - B` is sent in this mode.
+    /// Errors: peer errors; `Protocol` for a malformed skeleton or a server in dealer mode;
+    /// `Graph` for a plan with polynomial, ReLU or max-pool layers (nothing is sent then).
+    #[cfg(feature = "two-party")]
+    pub fn connect_two_party(server: &'a mut dyn Channel) -> Result<Self> {
+        let t0 = Instant::now();
+        let (skeleton, guard, two_party) = recv_skeleton(server)?;
+        if !two_party {
+            return Err(Error::Protocol(
+                "the server runs dealer-mode preprocessing; connect with a dealer".into(),
+            ));
+        }
+        check_two_party_supported(&skeleton)?;
+        let masked = EncodedPlan::new(&skeleton)?;
+        let seed = Seed::from_os()?;
+        let tp = TwoPartyClient::setup(seed.clone(), &skeleton, server)?;
+        let setup = SetupReport {
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+            bytes: server.stats().bytes_received,
+        };
+        Ok(ClientSession {
+            server,
+            dealer: None,
+            two_party: Some(tp),
             seed,
             skeleton,
             masked,
@@ -422,13 +576,27 @@ impl<'a> ClientSession<'a> {
         let x = fp.encode_slice(input)?;
         self.inference += 1;
         send_batch(self.server, batch)?;
-        send_batch(self.dealer, batch)?;
+        if let Some(d) = self.dealer.as_deref_mut() {
+            send_batch(d, batch)?;
+        }
         let mut tr = PartyTraces::default();
         let t0 = Instant::now();
-        let mut off =
-            Offline::new(CLIENT, &self.seed, self.inference, &self.masked, Some(&mut *self.dealer));
-        let (_, traces) = walk(&self.skeleton, &mut off, batch)?;
-        let material: Vec<Option<Material>> = std::mem::take(&mut off.material);
+        let (material, traces): (Vec<Option<Material>>, _) = match self.dealer.as_deref_mut() {
+            Some(d) => DealerStream::new(CLIENT, &self.seed, &self.masked).prepare(
+                &self.skeleton,
+                self.inference,
+                batch,
+                d,
+            )?,
+            #[cfg(feature = "two-party")]
+            None => self
+                .two_party
+                .as_mut()
+                .ok_or_else(|| Error::Protocol("two-party state missing".into()))?
+                .prepare(&self.skeleton, self.inference, batch, &mut *self.server)?,
+            #[cfg(not(feature = "two-party"))]
+            None => unreachable!("no dealer-free session without the two-party feature"),
+        };
         tr.offline = traces;
         tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
         self.server.send(&[])?;
@@ -461,7 +629,10 @@ impl<'a> ClientSession<'a> {
     /// Ends the session (server and dealer return).
     pub fn close(self) -> Result<()> {
         send_batch(self.server, 0)?;
-        send_batch(self.dealer, 0)
+        match self.dealer {
+            Some(d) => send_batch(d, 0),
+            None => Ok(()),
+        }
     }
 }
 
@@ -575,16 +746,50 @@ pub fn run_local_guarded(
     opts: LocalOpts,
     link: LinkModel,
 ) -> Result<(SetupReport, Vec<LocalInference>)> {
+    run_local_mode(plan, guard, policy, inputs, opts, link, false)
+}
+
+/// [`run_local_guarded`] without a dealer: server and client produce the correlated randomness
+/// alone ([`serve_session_two_party`], [`ClientSession::connect_two_party`]); only the
+/// server-client link exists (emulated by `link`, so the preprocessing traffic pays it too).
+/// The reports' `bytes_two_party` / `preprocessing_bytes` count the preprocessing traffic.
+/// Errors: as [`run_local`]; `Graph` for a plan with polynomial, ReLU or max-pool layers.
+#[cfg(feature = "two-party")]
+pub fn run_local_two_party(
+    plan: &Plan,
+    guard: Option<GuardBounds>,
+    policy: GuardPolicy,
+    inputs: &[(Vec<f32>, usize)],
+    opts: LocalOpts,
+    link: LinkModel,
+) -> Result<(SetupReport, Vec<LocalInference>)> {
+    check_two_party_supported(plan)?;
+    run_local_mode(plan, guard, policy, inputs, opts, link, true)
+}
+
+fn run_local_mode(
+    plan: &Plan,
+    guard: Option<GuardBounds>,
+    policy: GuardPolicy,
+    inputs: &[(Vec<f32>, usize)],
+    opts: LocalOpts,
+    link: LinkModel,
+    two_party: bool,
+) -> Result<(SetupReport, Vec<LocalInference>)> {
     check_supported(plan)?;
     for (x, b) in inputs {
         check_input(plan, x, *b)?;
     }
     super::bench::check_memory_budget(plan, inputs.iter().map(|(_, b)| *b).max().unwrap_or(1))?;
     let enc = EncodedPlan::new(plan)?;
-    let links = match opts.transport {
-        Transport::Mem => Links::mem(),
-        Transport::Tcp => super::tcp_links(false)?,
-        Transport::Tls => super::tcp_links(true)?,
+    let links = match (opts.transport, two_party) {
+        (Transport::Mem, _) => Links::mem(),
+        (Transport::Tcp, false) => super::tcp_links(false)?,
+        (Transport::Tls, false) => super::tcp_links(true)?,
+        // No dealer: only the server-client connection is opened (the dealer ends stay unused
+        // in-memory placeholders).
+        (Transport::Tcp, true) => super::tcp_server_client(false)?,
+        (Transport::Tls, true) => super::tcp_server_client(true)?,
     };
     let mut links = links;
     if !link.is_none() {
@@ -603,19 +808,45 @@ pub fn run_local_guarded(
     let record = opts.check;
     std::thread::scope(|s| {
         let enc_ref = &enc;
+        let limits = SessionLimits::default();
         let server = s.spawn(move || {
-            serve_session_guarded(
+            if two_party {
+                #[cfg(feature = "two-party")]
+                return serve_session_two_party(
+                    plan,
+                    enc_ref,
+                    guard,
+                    &limits,
+                    &mut *server_client,
+                    record,
+                );
+            }
+            serve_session_limited(
                 plan,
                 enc_ref,
                 guard,
+                &limits,
                 &mut *server_client,
                 &mut *server_dealer,
                 record,
             )
         });
-        let dealer = s.spawn(move || deal_session(&mut *dealer_server, &mut *dealer_client));
+        let dealer = if two_party {
+            None
+        } else {
+            Some(s.spawn(move || deal_session(&mut *dealer_server, &mut *dealer_client)))
+        };
         let client_result = (|| -> Result<(SetupReport, Vec<ClientInference>)> {
-            let mut sess = ClientSession::connect(&mut *client_server, &mut *client_dealer)?;
+            let mut sess = if two_party {
+                #[cfg(feature = "two-party")]
+                {
+                    ClientSession::connect_two_party(&mut *client_server)?
+                }
+                #[cfg(not(feature = "two-party"))]
+                unreachable!("two-party runs need the two-party feature")
+            } else {
+                ClientSession::connect(&mut *client_server, &mut *client_dealer)?
+            };
             sess.set_guard_policy(policy)?;
             let mut outs = Vec::new();
             for (x, b) in inputs {
@@ -638,12 +869,17 @@ pub fn run_local_guarded(
                 drop(client_server);
                 drop(client_dealer);
                 let _ = server.join();
-                let _ = dealer.join();
+                if let Some(d) = dealer {
+                    let _ = d.join();
+                }
                 return Err(e);
             }
         };
         let server_tr = join(server, "server")?;
-        let dealer_tr = join(dealer, "dealer")?;
+        let dealer_tr = match dealer {
+            Some(d) => join(d, "dealer")?,
+            None => vec![PartyTraces::default(); server_tr.len()],
+        };
         let mut results = Vec::new();
         for (k, ci) in client_outs.into_iter().enumerate() {
             let batch = inputs[k].1;

@@ -30,7 +30,8 @@ pub use tls::{ClientAuth, TlsConfig, TlsFiles};
 /// Version of the wire protocol, exchanged in the hello of every TCP connection. Peers with a
 /// different version are refused with [`Error::VersionMismatch`]. Bump it on any change of the
 /// framing or of the message sequence of a protocol.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: the session skeleton names its preprocessing mode (dealer or two-party).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Counters of one endpoint of a channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
