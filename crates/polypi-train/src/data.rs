@@ -54,6 +54,9 @@ pub enum DatasetKind {
     /// CIFAR-10 binary format; by default the 4,660 / 932 real subset unpacked by
     /// `scripts/fetch-data.sh cifar10` into `data/fetched/cifar10-subset/`.
     Cifar10,
+    /// An ImageNet-layout folder of class folders of PNG / JPEG images (`train/<class>/`,
+    /// `val/<class>/`), resized and centre-cropped to `--image-size` ([`crate::folder`]).
+    ImageFolder,
 }
 
 impl DatasetKind {
@@ -63,6 +66,7 @@ impl DatasetKind {
             DatasetKind::Mnist => "MNIST",
             DatasetKind::FashionMnist => "Fashion-MNIST",
             DatasetKind::Cifar10 => "CIFAR-10",
+            DatasetKind::ImageFolder => "image folder",
         }
     }
 
@@ -71,6 +75,8 @@ impl DatasetKind {
         match self {
             DatasetKind::Mnist | DatasetKind::FashionMnist => [1, 28, 28],
             DatasetKind::Cifar10 => [3, 32, 32],
+            // The seeds' ImageNet size; a training run uses `TrainConfig::input_shape`.
+            DatasetKind::ImageFolder => [3, 224, 224],
         }
     }
 
@@ -80,6 +86,9 @@ impl DatasetKind {
             DatasetKind::Mnist => (vec![0.1307], vec![0.3081]),
             DatasetKind::FashionMnist => (vec![0.2860], vec![0.3530]),
             DatasetKind::Cifar10 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
+            DatasetKind::ImageFolder => {
+                (crate::folder::IMAGENET_MEAN.to_vec(), crate::folder::IMAGENET_STD.to_vec())
+            }
         }
     }
 
@@ -111,6 +120,8 @@ impl DatasetKind {
                 "ship",
                 "truck",
             ],
+            // The class folders' names: `TrainConfig::labels`.
+            DatasetKind::ImageFolder => &[],
         };
         names.iter().map(|s| s.to_string()).collect()
     }
@@ -121,8 +132,8 @@ impl DatasetKind {
 pub struct Dataset {
     /// Pixels, `len() * c * h * w` bytes, image-major, then channel, row, column.
     pub images: Vec<u8>,
-    /// One label per image (0..=9).
-    pub labels: Vec<u8>,
+    /// One label per image (0..classes; 0..=9 for the built-in sets).
+    pub labels: Vec<u16>,
     /// Per-sample shape `[C, H, W]`.
     pub shape: [usize; 3],
 }
@@ -214,7 +225,8 @@ pub fn load_idx(images: &Path, labels: &Path, hint: &str) -> Result<Dataset, Dat
     if let Some(bad) = label_bytes.iter().find(|&&l| l > 9) {
         return Err(fmt(labels, format!("label {bad} out of 0..=9")));
     }
-    Ok(Dataset { images: img[16..].to_vec(), labels: label_bytes, shape: [1, h, w] })
+    let labels = label_bytes.iter().map(|&l| u16::from(l)).collect();
+    Ok(Dataset { images: img[16..].to_vec(), labels, shape: [1, h, w] })
 }
 
 /// Loads CIFAR-10 binary records (`<1 label byte><3072 pixel bytes, R then G then B planes, 32x32>`)
@@ -241,7 +253,7 @@ pub fn load_cifar_bin(files: &[PathBuf], hint: &str) -> Result<Dataset, DataErro
                     msg: format!("label {} out of 0..=9", rec[0]),
                 });
             }
-            labels.push(rec[0]);
+            labels.push(u16::from(rec[0]));
             images.extend_from_slice(&rec[1..]);
         }
     }
@@ -255,7 +267,7 @@ pub fn default_cifar_dir() -> PathBuf {
     PathBuf::from("data/fetched/cifar10-subset")
 }
 
-/// Loads (train, test) of `kind`. `data_dir` is the fetch folder (`data/fetched`, holding `mnist/`
+/// Loads (train, test) of `kind` (an image folder at 224 x 224: [`crate::folder`]). `data_dir` is the fetch folder (`data/fetched`, holding `mnist/`
 /// and `fashion-mnist/`) for the IDX sets; for CIFAR-10 it is the folder holding either the subset
 /// files (`train_subset_4660.bin`, `test_batch_first932.bin`) or the official
 /// `data_batch_{1..5}.bin` / `test_batch.bin`, or the fetch folder (`data/fetched`, holding
@@ -266,6 +278,11 @@ pub fn default_cifar_dir() -> PathBuf {
 /// [`DataError::Format`] if a file is malformed.
 pub fn load(kind: DatasetKind, data_dir: &Path) -> Result<(Dataset, Dataset), DataError> {
     match kind {
+        DatasetKind::ImageFolder => {
+            let [_, size, _] = kind.input_shape();
+            let (tr, te, _) = crate::folder::load_image_folder(data_dir, size)?;
+            Ok((tr, te))
+        }
         DatasetKind::Mnist | DatasetKind::FashionMnist => {
             let sub = if kind == DatasetKind::Mnist { "mnist" } else { "fashion-mnist" };
             let dir = if data_dir.join(sub).is_dir() {
@@ -379,7 +396,7 @@ pub fn write_idx(dir: &Path, prefix: &str, ds: &Dataset, gz: bool) -> std::io::R
     let mut lab = Vec::new();
     lab.extend_from_slice(&0x801u32.to_be_bytes());
     lab.extend_from_slice(&(ds.len() as u32).to_be_bytes());
-    lab.extend_from_slice(&ds.labels);
+    lab.extend(ds.labels.iter().map(|&l| l as u8));
     for (stem, bytes) in
         [(format!("{prefix}-images-idx3-ubyte"), img), (format!("{prefix}-labels-idx1-ubyte"), lab)]
     {
@@ -405,7 +422,7 @@ pub fn synthetic(n: usize, shape: [usize; 3], seed: u64) -> Dataset {
     let mut labels = Vec::with_capacity(n);
     for i in 0..n {
         let k = (i % 10) as u8;
-        labels.push(k);
+        labels.push(u16::from(k));
         let (py, px) = ((k as usize / 5) * h / 2, (k as usize % 5) * w / 5);
         for ch in 0..c {
             for y in 0..h {

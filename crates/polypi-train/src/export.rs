@@ -209,11 +209,11 @@ pub fn to_model_file(model: &Net, cfg: &TrainConfig, card: Option<ModelCard>) ->
     let _ = cur;
     let (mean, std) = cfg.data.normalization();
     let graph = Graph {
-        input_shape: cfg.data.input_shape().to_vec(),
+        input_shape: cfg.input_shape().to_vec(),
         frac_bits: 16,
         normalize: Some(Normalize { mean, std }),
         nodes: b.nodes,
-        labels: cfg.data.labels(),
+        labels: cfg.labels(),
     };
     ModelFile { graph, card, ranges: None, tensors: b.tensors }
 }

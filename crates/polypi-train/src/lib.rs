@@ -3,6 +3,7 @@
 //! repository's `docs/` folder.
 //!
 //! - [`data`]: IDX (MNIST, Fashion-MNIST) and CIFAR-10 binary loaders, normalisation, augmentation.
+//! - [`folder`]: ImageNet-layout image folders (class folders of PNG / JPEG).
 //! - [`layers`]: ReLU, X2Act (PASNet / PolyMPCNet), PILLAR's fixed degree-4 polynomial, PolyKerv
 //!   (PolyKervNets / R-PKN).
 //! - [`nets`]: NET-M, NET-C, NET-R18 of reference.md in every activation variant, by width.
@@ -17,6 +18,7 @@
 
 pub mod data;
 pub mod export;
+pub mod folder;
 pub mod layers;
 pub mod nets;
 pub mod polyfit;

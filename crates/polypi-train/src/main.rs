@@ -212,6 +212,10 @@ struct Args {
     /// the add); `sites` (default) replaces every ReLU site.
     #[arg(long, value_enum, default_value = "sites")]
     pkn_layout: polypi_train::nets::PknLayout,
+    /// With --data image-folder: images are resized and centre-cropped to SIZE x SIZE
+    /// (torchvision's Resize(256) + CenterCrop(224), scaled).
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
     /// X2act with one scalar set (w0, w1, b) per site, as PASNet (default: one per channel).
     #[arg(long)]
     x2act_per_site: bool,
@@ -443,6 +447,7 @@ fn train(a: Args) -> Result<()> {
                     .context("--pillar-degree")?,
             ),
         },
+        image_size: a.image_size,
         data: a.data.data,
         data_dir: a.data.dir(),
         train_limit: a.data.train_limit,

@@ -544,6 +544,9 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
     if !cfg.lambda.is_finite() || cfg.lambda < 0.0 {
         bail!("lambda must be a finite non-negative number, got {}", cfg.lambda);
     }
+    if cfg.data == crate::data::DatasetKind::ImageFolder {
+        bail!("the search runs on the built-in datasets (mnist, fashion-mnist, cifar10), not an image folder");
+    }
     let costs = site_costs(cfg)?;
     let tcfg = TrainConfig {
         net: cfg.net,

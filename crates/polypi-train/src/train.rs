@@ -66,6 +66,9 @@ pub struct TrainConfig {
     /// `(c, 1/(2c))` with a large `c` gives `x + c/2 + x^2/(2c)`: a near-identity start in the
     /// spirit of PolyMPCNet's STPAI.
     pub kerv_init: Option<(f32, f32)>,
+    /// Image side of an image-folder dataset (`--data image-folder`): images are resized and
+    /// centre-cropped to `image_size x image_size` (ignored by the other datasets).
+    pub image_size: usize,
     /// PILLAR polynomial of `poly` sites from the fitter (None = the seed's degree 4).
     pub pillar: Option<crate::nets::PillarSpec>,
     /// X2act with one scalar set per site (PASNet) instead of one per channel.
@@ -155,6 +158,7 @@ impl Default for TrainConfig {
             x2_scale: 1.0,
             kerv_init: None,
             pillar: None,
+            image_size: 224,
             x2act_per_site: false,
             pkn_layout: crate::nets::PknLayout::Sites,
             data: DatasetKind::FashionMnist,
@@ -196,7 +200,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// The network spec this config trains.
     pub fn spec(&self) -> NetSpec {
-        let [c, _, _] = self.data.input_shape();
+        let [c, _, _] = self.input_shape();
         NetSpec {
             net: self.net,
             act: if self.arch.is_some() { ActKind::X2act } else { self.act },
@@ -209,7 +213,26 @@ impl TrainConfig {
             x2act_per_site: self.x2act_per_site,
             pkn_layout: self.pkn_layout,
             in_channels: c,
-            classes: 10,
+            classes: self.labels().len().max(1),
+        }
+    }
+
+    /// Per-sample input shape `[C, H, W]` (an image folder: `[3, image_size, image_size]`).
+    pub fn input_shape(&self) -> [usize; 3] {
+        match self.data {
+            DatasetKind::ImageFolder => [3, self.image_size, self.image_size],
+            k => k.input_shape(),
+        }
+    }
+
+    /// Class names, index = label (an image folder: its class folders, sorted; empty when the
+    /// folder cannot be read, which loading the data then reports).
+    pub fn labels(&self) -> Vec<String> {
+        match self.data {
+            DatasetKind::ImageFolder => {
+                crate::folder::folder_classes(&self.data_dir).unwrap_or_default()
+            }
+            k => k.labels(),
         }
     }
 
@@ -322,8 +345,11 @@ impl TrainConfig {
                 self.penalty_gamma, self.penalty_range, self.penalty_warmup
             );
         }
-        if self.augment.unwrap_or(self.data == DatasetKind::Cifar10) {
-            r += if self.data == DatasetKind::Cifar10 {
+        if self
+            .augment
+            .unwrap_or(matches!(self.data, DatasetKind::Cifar10 | DatasetKind::ImageFolder))
+        {
+            r += if self.input_shape()[0] == 3 {
                 ", augmentation random crop (pad 4) + horizontal flip"
             } else {
                 ", augmentation random shift up to 2 px"
@@ -404,7 +430,25 @@ pub fn device(kind: DeviceKind) -> Result<Device> {
 
 /// Loads the datasets of `cfg` (with the limits applied).
 pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
-    let (mut tr, mut te) = data::load(cfg.data, &cfg.data_dir)?;
+    let (mut tr, mut te) = match cfg.data {
+        DatasetKind::ImageFolder => {
+            let fixed = match cfg.net {
+                NetKind::NetM => Some(28),
+                NetKind::NetC => Some(32),
+                NetKind::NetR18 => None,
+            };
+            if let Some(side) = fixed.filter(|&s| s != cfg.image_size) {
+                bail!(
+                    "{} takes {side}x{side} inputs: pass --image-size {side}, or use net-r18 \
+                     (global average pooling, any size)",
+                    cfg.net.display_name()
+                );
+            }
+            let (tr, te, _) = crate::folder::load_image_folder(&cfg.data_dir, cfg.image_size)?;
+            (tr, te)
+        }
+        k => data::load(k, &cfg.data_dir)?,
+    };
     if let Some(n) = cfg.train_limit {
         tr.truncate(n);
     }
@@ -540,7 +584,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
         }
         None => None,
     };
-    let augment = cfg.augment.unwrap_or(cfg.data == DatasetKind::Cifar10);
+    let augment =
+        cfg.augment.unwrap_or(matches!(cfg.data, DatasetKind::Cifar10 | DatasetKind::ImageFolder));
     let mut optim = match cfg.optimizer {
         OptimKind::Sgd => {
             let mut c = SgdConfig::new().with_momentum(Some(
