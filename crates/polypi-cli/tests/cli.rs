@@ -249,7 +249,7 @@ fn crafted_geometry_is_refused_by_inspect_and_infer_alike() {
             "4294967282",
         ),
         ("pool1", Op::MaxPool2d { kernel: 1 << 31, stride: 1, padding: 1 << 30 }, "2147483648"),
-        ("pool1", Op::AvgPool2d { kernel: 1 << 32, stride: 2 }, "4294967296"),
+        ("pool1", Op::AvgPool2d { kernel: 1 << 32, stride: 2, padding: 0 }, "4294967296"),
     ];
     for (i, (node, op, value)) in cases.into_iter().enumerate() {
         let mut f = ModelFile::load(&m).unwrap();

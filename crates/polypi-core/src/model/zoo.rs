@@ -546,7 +546,7 @@ impl Builder {
 
     fn pool(&mut self, name: &str, x: &str) -> String {
         let op = match self.pool {
-            Pool::Avg => Op::AvgPool2d { kernel: 2, stride: 2 },
+            Pool::Avg => Op::AvgPool2d { kernel: 2, stride: 2, padding: 0 },
             Pool::Max => Op::MaxPool2d { kernel: 2, stride: 2, padding: 0 },
         };
         self.push(name, &[x], op)

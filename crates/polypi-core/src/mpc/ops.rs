@@ -143,31 +143,44 @@ pub fn div_by_count(x: &mut [u64], count: usize, frac_bits: u32, t: Trunc) {
     }
 }
 
-/// Average pooling `[N, C, H, W] -> [N, C, (H-k)/s+1, (W-k)/s+1]` (sum, then [`div_by_count`]).
-/// Errors: `ShapeMismatch` for a non-4-D input or a window larger than the image.
+/// Average pooling `[N, C, H, W] -> [N, C, (H+2p-k)/s+1, (W+2p-k)/s+1]` with window `k`, step
+/// `s` and zero padding `p` (`(k, s, p)`): window sums (padding cells are zeros, a valid share
+/// of zero for both parties), then [`div_by_count`] by `k^2` (PyTorch's `count_include_pad`).
+/// Linear, so it runs on shares locally.
+/// Errors: `ShapeMismatch` for a non-4-D input, a zero kernel or stride, a padding above `k/2`
+/// or a window larger than the padded image.
 pub fn avgpool(
     x: &RingTensor,
-    k: usize,
-    s: usize,
+    (k, s, p): (usize, usize, usize),
     frac_bits: u32,
     t: Trunc,
     node: &str,
 ) -> Result<RingTensor> {
-    if x.shape.len() != 4 || x.shape[2] < k || x.shape[3] < k || k == 0 || s == 0 {
+    if x.shape.len() != 4
+        || k == 0
+        || s == 0
+        || p > k / 2
+        || x.shape[2] + 2 * p < k
+        || x.shape[3] + 2 * p < k
+    {
         return Err(shape_err(node, vec![0, 0, k, k], &x.shape));
     }
     let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
     let mut out = RingTensor::zeros(&[n, c, oh, ow]);
     for nc in 0..n * c {
         let src = &x.data[nc * h * w..(nc + 1) * h * w];
         let dst = &mut out.data[nc * oh * ow..(nc + 1) * oh * ow];
         for oy in 0..oh {
+            // Rows and columns of the window inside the image (the rest is zero padding).
+            let y0 = (oy * s).saturating_sub(p);
+            let y1 = (oy * s + k).saturating_sub(p).min(h);
             for ox in 0..ow {
+                let x0 = (ox * s).saturating_sub(p);
+                let x1 = (ox * s + k).saturating_sub(p).min(w);
                 let mut acc = 0u64;
-                for ky in 0..k {
-                    let row = (oy * s + ky) * w + ox * s;
-                    for v in &src[row..row + k] {
+                for iy in y0..y1 {
+                    for v in &src[iy * w + x0..iy * w + x1] {
                         acc = acc.wrapping_add(*v);
                     }
                 }
