@@ -16,15 +16,19 @@ use std::process::ExitCode;
 /// Arguments of `polypi bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Reference network: NET-M, NET-C or NET-R18 (random weights).
+    /// Network of the zoo (random weights): NET-M, NET-C, NET-R18, resnet18, resnet34, resnet50,
+    /// mobilenetv2, resnet32, resnet110, vgg16, pkr18, pkv16, pka8.
     #[arg(long, default_value = "NET-M")]
     pub net: RefNet,
-    /// Activation of the reference network: relu, x2 (X2act), square, pillar, pkn.
+    /// Activation of the network: relu, x2 (X2act), square, pillar, pkn, poly<d>.
     #[arg(long, default_value = "square")]
     pub act: Act,
-    /// Pooling of NET-M/NET-C: avg or max (max needs the ReLU comparison protocol).
+    /// Pooling at the pooling sites (NET-M/NET-C, the ImageNet stem, VGG-16): avg or max (max
+    /// needs the ReLU comparison protocol).
     #[arg(long, default_value = "avg")]
     pub pool: Pool,
+    #[command(flatten)]
+    pub shape: crate::zoo::NetArgs,
     /// Polynomial microbenchmark instead of a network: one polynomial layer of this degree (all
     /// coefficients non-zero) on `--elements` inputs uniform in [-1, 1].
     #[arg(long)]
@@ -60,9 +64,9 @@ pub struct BenchArgs {
     pub poly: crate::common::PolyProtocolArg,
 }
 
-fn reference(net: RefNet, act: Act, pool: Pool) -> Result<Plan> {
-    let file =
-        zoo::build(net, act, pool, 1.0, 1).with_context(|| format!("cannot build {net} {act}"))?;
+fn reference(net: RefNet, act: Act, pool: Pool, shape: &crate::zoo::NetArgs) -> Result<Plan> {
+    let file = zoo::build_with(net, &shape.opts(act, pool, 1))
+        .with_context(|| format!("cannot build {net} {act}"))?;
     Ok(compile(&file)?)
 }
 
@@ -104,14 +108,14 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     } else {
         cases.push((
             format!("{} {}{}", a.net, a.act, if a.pool == Pool::Max { "+maxpool" } else { "" }),
-            reference(a.net, a.act, a.pool)?,
+            reference(a.net, a.act, a.pool, &a.shape)?,
         ));
         if a.compare && a.act != Act::Relu {
-            cases.push((format!("{} relu", a.net), reference(a.net, Act::Relu, Pool::Avg)?));
+            cases.push((format!("{} relu", a.net), reference(a.net, Act::Relu, Pool::Avg, &a.shape)?));
             if a.net != RefNet::NetR18 {
                 cases.push((
                     format!("{} relu+maxpool", a.net),
-                    reference(a.net, Act::Relu, Pool::Max)?,
+                    reference(a.net, Act::Relu, Pool::Max, &a.shape)?,
                 ));
             }
         }
