@@ -111,7 +111,10 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             reference(a.net, a.act, a.pool, &a.shape)?,
         ));
         if a.compare && a.act != Act::Relu {
-            cases.push((format!("{} relu", a.net), reference(a.net, Act::Relu, Pool::Avg, &a.shape)?));
+            cases.push((
+                format!("{} relu", a.net),
+                reference(a.net, Act::Relu, Pool::Avg, &a.shape)?,
+            ));
             if a.net != RefNet::NetR18 {
                 cases.push((
                     format!("{} relu+maxpool", a.net),

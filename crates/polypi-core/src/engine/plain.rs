@@ -189,7 +189,8 @@ impl Backend for F32Backend<'_> {
                     for ky in 0..k {
                         for kx in 0..k {
                             // Padding cells are zeros (they count in the divisor k^2).
-                            let (iy, ix) = ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
+                            let (iy, ix) =
+                                ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
                             if iy < h && ix < w {
                                 acc += x.data[nc * h * w + iy * w + ix];
                             }

@@ -379,7 +379,9 @@ fn bottleneck(p: &str, c_in: usize, c: usize, stride: usize) -> Unit {
                 .bn(format!("{p}.bn2"))
                 .act(format!("{p}.act2")),
         ),
-        Unit::Conv(conv(&format!("{p}.conv3"), 4 * c, 1, 1, 0, Init::Branch).bn(format!("{p}.bn3"))),
+        Unit::Conv(
+            conv(&format!("{p}.conv3"), 4 * c, 1, 1, 0, Init::Branch).bn(format!("{p}.bn3")),
+        ),
     ];
     Unit::Residual {
         add: format!("{p}.add"),
@@ -492,7 +494,8 @@ pub fn cifar_resnet(depth: usize) -> Result<Arch> {
 /// VGG-16-BN in the CIFAR layout: 13 conv3x3/p1 + BN + ACT (64, 64, P, 128, 128, P, 256 x3, P,
 /// 512 x3, P, 512 x3, P; P = a 2x2 pooling site), flatten (512), fc 512 -> 10.
 pub fn vgg16_bn() -> Arch {
-    let cfg: [usize; 18] = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
+    let cfg: [usize; 18] =
+        [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
     let (mut units, mut i, mut p) = (Vec::new(), 0, 0);
     for &c in &cfg {
         if c == 0 {
@@ -528,10 +531,18 @@ pub fn vgg16_bn() -> Arch {
 /// (t, c, n, s) = (1,16,1,1) (6,24,2,2) (6,32,3,2) (6,64,4,2) (6,96,3,1) (6,160,3,2)
 /// (6,320,1,1); conv1x1 1280 + BN + ACT; global average pool; fc 1280 -> 1000.
 pub fn mobilenet_v2() -> Arch {
-    let settings: [(usize, usize, usize, usize); 7] =
-        [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
-    let mut units =
-        vec![Unit::Conv(conv("features.0.conv", 32, 3, 2, 1, Init::Stem).bn("features.0.bn").act("features.0.act"))];
+    let settings: [(usize, usize, usize, usize); 7] = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ];
+    let mut units = vec![Unit::Conv(
+        conv("features.0.conv", 32, 3, 2, 1, Init::Stem).bn("features.0.bn").act("features.0.act"),
+    )];
     let (mut c_in, mut idx) = (32usize, 1usize);
     for &(t, c, n, s) in &settings {
         for i in 0..n {
@@ -554,9 +565,16 @@ pub fn mobilenet_v2() -> Arch {
                     .act(format!("{p}.dw_act")),
             ));
             let role = if residual { Init::Branch } else { Init::Act };
-            body.push(Unit::Conv(conv(&format!("{p}.project"), c, 1, 1, 0, role).bn(format!("{p}.project_bn"))));
+            body.push(Unit::Conv(
+                conv(&format!("{p}.project"), c, 1, 1, 0, role).bn(format!("{p}.project_bn")),
+            ));
             if residual {
-                units.push(Unit::Residual { add: format!("{p}.add"), body, shortcut: Vec::new(), act: None });
+                units.push(Unit::Residual {
+                    add: format!("{p}.add"),
+                    body,
+                    shortcut: Vec::new(),
+                    act: None,
+                });
             } else {
                 units.extend(body);
             }
@@ -592,20 +610,34 @@ fn kerv(name: &str, out: usize, k: usize, s: usize, p: usize, init: Init, act: S
 /// 1-3 of two blocks (Kerv2d 3x3 + BN, conv3x3 + BN, + shortcut: identity or Kerv2d 1x1 + BN;
 /// nothing after the add); avg_pool2d(4); flatten (1024); fc 1024 -> 10.
 pub fn pkr18() -> Arch {
-    let mut units = vec![Unit::Kerv(kerv("conv1", 64, 3, 1, 1, Init::Stem, "kerv1".into()).bn("bn1"))];
+    let mut units =
+        vec![Unit::Kerv(kerv("conv1", 64, 3, 1, 1, Init::Stem, "kerv1".into()).bn("bn1"))];
     let mut c_in = 64;
     for (stage, &c) in [64usize, 128, 256].iter().enumerate() {
         for blk in 0..2 {
             let s = if blk == 0 && stage > 0 { 2 } else { 1 };
             let p = format!("layer{}.{blk}", stage + 1);
             let body = vec![
-                Unit::Kerv(kerv(&format!("{p}.conv1"), c, 3, s, 1, Init::Act, format!("{p}.kerv1")).bn(format!("{p}.bn1"))),
-                Unit::Conv(conv(&format!("{p}.conv2"), c, 3, 1, 1, Init::Branch).bn(format!("{p}.bn2"))),
+                Unit::Kerv(
+                    kerv(&format!("{p}.conv1"), c, 3, s, 1, Init::Act, format!("{p}.kerv1"))
+                        .bn(format!("{p}.bn1")),
+                ),
+                Unit::Conv(
+                    conv(&format!("{p}.conv2"), c, 3, 1, 1, Init::Branch).bn(format!("{p}.bn2")),
+                ),
             ];
             let shortcut = if s != 1 || c_in != c {
                 vec![Unit::Kerv(
-                    kerv(&format!("{p}.shortcut.0"), c, 1, s, 0, Init::Shortcut, format!("{p}.shortcut.kerv"))
-                        .bn(format!("{p}.shortcut.1")),
+                    kerv(
+                        &format!("{p}.shortcut.0"),
+                        c,
+                        1,
+                        s,
+                        0,
+                        Init::Shortcut,
+                        format!("{p}.shortcut.kerv"),
+                    )
+                    .bn(format!("{p}.shortcut.1")),
                 )]
             } else {
                 Vec::new()
@@ -634,26 +666,49 @@ pub fn pkr18() -> Arch {
 /// pool), flatten (512), fc 512 -> 10.
 pub fn pkv16() -> Arch {
     let cfg: [(usize, char); 18] = [
-        (64, 'K'), (64, 'K'), (0, 'A'), (128, 'C'), (128, 'C'), (0, 'A'), (256, 'C'), (256, 'K'),
-        (256, 'K'), (0, 'A'), (512, 'C'), (512, 'C'), (512, 'C'), (0, 'A'), (512, 'K'), (512, 'C'),
-        (512, 'C'), (0, 'A'),
+        (64, 'K'),
+        (64, 'K'),
+        (0, 'A'),
+        (128, 'C'),
+        (128, 'C'),
+        (0, 'A'),
+        (256, 'C'),
+        (256, 'K'),
+        (256, 'K'),
+        (0, 'A'),
+        (512, 'C'),
+        (512, 'C'),
+        (512, 'C'),
+        (0, 'A'),
+        (512, 'K'),
+        (512, 'C'),
+        (512, 'C'),
+        (0, 'A'),
     ];
     let (mut units, mut i, mut p) = (Vec::new(), 0, 0);
     for &(c, kind) in &cfg {
         match kind {
             'A' => {
                 p += 1;
-                units.push(Unit::AvgPool { name: format!("pool{p}"), kernel: 2, stride: 2, padding: 0 });
+                units.push(Unit::AvgPool {
+                    name: format!("pool{p}"),
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                });
             }
             'K' => {
                 i += 1;
                 units.push(Unit::Kerv(
-                    kerv(&format!("conv{i}"), c, 3, 1, 1, Init::Act, format!("kerv{i}")).bn(format!("bn{i}")),
+                    kerv(&format!("conv{i}"), c, 3, 1, 1, Init::Act, format!("kerv{i}"))
+                        .bn(format!("bn{i}")),
                 ));
             }
             _ => {
                 i += 1;
-                units.push(Unit::Conv(conv(&format!("conv{i}"), c, 3, 1, 1, Init::Act).bias().bn(format!("bn{i}"))));
+                units.push(Unit::Conv(
+                    conv(&format!("conv{i}"), c, 3, 1, 1, Init::Act).bias().bn(format!("bn{i}")),
+                ));
             }
         }
     }

@@ -625,7 +625,8 @@ impl ModelFile {
                 }
                 Ok(ins[0].to_vec())
             }
-            Op::AvgPool2d { kernel, stride, padding } | Op::MaxPool2d { kernel, stride, padding } => {
+            Op::AvgPool2d { kernel, stride, padding }
+            | Op::MaxPool2d { kernel, stride, padding } => {
                 let (c, h, w) = chw(ins[0])?;
                 pos("kernel", *kernel)?;
                 pos("stride", *stride)?;
