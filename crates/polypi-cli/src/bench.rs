@@ -81,11 +81,14 @@ fn run_one(name: &str, plan: &Plan, a: &BenchArgs) -> Result<BenchSummary> {
 
 fn row(name: &str, s: &BenchSummary) -> String {
     format!(
-        "{:<28} {:>10.2} {:>10.2} {:>10.2} {:>10.3} {:>10.3} {:>7} {:>10.3} {:>9}",
+        "{:<28} {:>8.3} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>7.2} {:>10.3} {:>10.3} {:>7} {:>10.3} {:>9}",
         name,
+        s.server_macs as f64 / 1e9,
         s.online_ms.median,
         s.online_ms.min,
         s.online_ms.max,
+        s.gemm_bound_ms,
+        s.online_ms.median / s.gemm_bound_ms.max(1e-9),
         (s.bytes_client_to_server + s.bytes_server_to_client) as f64 / 1e6,
         s.dealer_bytes as f64 / 1e6,
         s.rounds,
@@ -148,12 +151,24 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             s.setup_bytes as f64 / 1e6
         );
     }
+    if let Some((_, s)) = results.first() {
+        println!(
+            "GEMM kernel {} (POLYPI_GEMM_KERNEL=avx512|avx2|scalar forces one), measured peak \
+             {:.2} GMAC/s on {} threads; bound = server MACs / peak",
+            s.gemm_kernel,
+            s.gemm_peak_macs_per_s / 1e9,
+            s.gemm_threads
+        );
+    }
     println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>9}",
+        "{:<28} {:>8} {:>10} {:>10} {:>10} {:>9} {:>7} {:>10} {:>10} {:>7} {:>10} {:>9}",
         "network",
+        "GMAC",
         "online ms",
         "min",
         "max",
+        "bound ms",
+        "/bound",
         "online MB",
         "dealer MB",
         "rounds",
