@@ -13,10 +13,10 @@
 //! Networks and their sources:
 //! - NET-M, NET-C, NET-R18: `reference.md`.
 //! - ResNet-18/34/50 (He et al., CVPR 2016; torchvision layout, stride on the bottleneck's 3x3):
-//!   PASNet-A/B's networks (Peng et al., DAC 2023). [`Stem::Imagenet`]: conv7x7/s2/p3 + BN + ACT +
-//!   a 3x3/s2/p1 pooling site (PASNet's stem pooling gate: max or avg); [`Stem::Cifar`]: conv3x3/s1/p1
-//!   + BN + ACT, no pooling (NET-R18 is ResNet-18 with this stem). Projection shortcuts are 1x1
-//!   conv + BN, named `shortcut.0` / `shortcut.1`.
+//!   PASNet-A/B's networks (Peng et al., DAC 2023). [`Stem::Imagenet`]: conv7x7/s2/p3, BN, ACT
+//!   and a 3x3/s2/p1 pooling site (PASNet's stem pooling gate: max or avg); [`Stem::Cifar`]:
+//!   conv3x3/s1/p1, BN, ACT, no pooling (NET-R18 is ResNet-18 with this stem). Projection
+//!   shortcuts are 1x1 conv and BN, named `shortcut.0` / `shortcut.1`.
 //! - CIFAR ResNet-32/110 (He et al. 2016 §4.2: 16/32/64 channels, n = 5 / 18 BasicBlocks per
 //!   stage), PILLAR's CIFAR networks (Diaa et al., USENIX Security '24); shortcuts are 1x1
 //!   projections (option B) where the shape changes.
@@ -462,7 +462,7 @@ pub fn net_r18() -> Arch {
 /// global average pool, fc 64 -> 10. Errors: [`Error::InvalidArgument`] unless `depth = 6n + 2`
 /// with `n >= 1`.
 pub fn cifar_resnet(depth: usize) -> Result<Arch> {
-    if depth < 8 || (depth - 2) % 6 != 0 {
+    if depth < 8 || !(depth - 2).is_multiple_of(6) {
         return Err(Error::InvalidArgument(format!(
             "CIFAR ResNet depth {depth} is not 6n + 2 (e.g. 20, 32, 56, 110)"
         )));

@@ -1673,6 +1673,14 @@ mod seed_tests {
         }
     }
 
+    /// Model files written before `AvgPool2d` had a padding still load (padding 0).
+    #[test]
+    fn avgpool_without_padding_field_loads() {
+        let op: Op =
+            serde_json::from_str(r#"{"op": "AvgPool2d", "kernel": 2, "stride": 2}"#).unwrap();
+        assert_eq!(op, Op::AvgPool2d { kernel: 2, stride: 2, padding: 0 });
+    }
+
     /// The description is data: it round-trips through JSON.
     #[test]
     fn descriptions_round_trip_json() {
