@@ -286,6 +286,20 @@ fn pool(name: &str, kernel: usize, stride: usize, padding: usize) -> Unit {
     Unit::Pool { name: name.into(), kernel, stride, padding }
 }
 
+/// A CIFAR-10 network (3x32x32, 10 classes, CIFAR normalisation, moments initialisation).
+fn cifar(name: String, units: Vec<Unit>) -> Arch {
+    Arch {
+        name,
+        dataset: "CIFAR-10".into(),
+        input_shape: [3, 32, 32],
+        classes: 10,
+        input_norm: InputNorm::Cifar10,
+        x2act_scale: 1.0,
+        zoo_init: ZooInit::Moments,
+        units,
+    }
+}
+
 /// NET-M (reference.md): MiniONN's MNIST network, 1x28x28.
 pub fn net_m() -> Arch {
     Arch {
@@ -479,16 +493,7 @@ pub fn cifar_resnet(depth: usize) -> Result<Arch> {
     }
     units.push(Unit::GlobalAvgPool { name: "avgpool".into() });
     units.push(linear("fc", None, None, Init::Head));
-    Ok(Arch {
-        name: format!("CIFAR ResNet-{depth}"),
-        dataset: "CIFAR-10".into(),
-        input_shape: [3, 32, 32],
-        classes: 10,
-        input_norm: InputNorm::Cifar10,
-        x2act_scale: 1.0,
-        zoo_init: ZooInit::Moments,
-        units,
-    })
+    Ok(cifar(format!("CIFAR ResNet-{depth}"), units))
 }
 
 /// VGG-16-BN in the CIFAR layout: 13 conv3x3/p1 + BN + ACT (64, 64, P, 128, 128, P, 256 x3, P,
@@ -513,16 +518,7 @@ pub fn vgg16_bn() -> Arch {
     }
     units.push(Unit::Flatten { name: "flatten".into() });
     units.push(linear("fc", None, None, Init::Head));
-    Arch {
-        name: "VGG-16-BN".into(),
-        dataset: "CIFAR-10".into(),
-        input_shape: [3, 32, 32],
-        classes: 10,
-        input_norm: InputNorm::Cifar10,
-        x2act_scale: 1.0,
-        zoo_init: ZooInit::Moments,
-        units,
-    }
+    cifar("VGG-16-BN".into(), units)
 }
 
 /// MobileNetV2 (torchvision layout): conv3x3/s2 32 + BN + ACT; inverted residual blocks (expand
@@ -649,16 +645,7 @@ pub fn pkr18() -> Arch {
     units.push(Unit::AvgPool { name: "avgpool".into(), kernel: 4, stride: 4, padding: 0 });
     units.push(Unit::Flatten { name: "flatten".into() });
     units.push(linear("fc", None, None, Init::Head));
-    Arch {
-        name: "PKR-18".into(),
-        dataset: "CIFAR-10".into(),
-        input_shape: [3, 32, 32],
-        classes: 10,
-        input_norm: InputNorm::Cifar10,
-        x2act_scale: 1.0,
-        zoo_init: ZooInit::Moments,
-        units,
-    }
+    cifar("PKR-18".into(), units)
 }
 
 /// PKV-16 (PolyKervNets Models/PKV.py, `PKV16`): 13 conv3x3/p1 layers, `K` = Kerv2d + BN, `C` =
@@ -714,16 +701,7 @@ pub fn pkv16() -> Arch {
     }
     units.push(Unit::Flatten { name: "flatten".into() });
     units.push(linear("fc", None, None, Init::Head));
-    Arch {
-        name: "PKV-16".into(),
-        dataset: "CIFAR-10".into(),
-        input_shape: [3, 32, 32],
-        classes: 10,
-        input_norm: InputNorm::Cifar10,
-        x2act_scale: 1.0,
-        zoo_init: ZooInit::Moments,
-        units,
-    }
+    cifar("PKV-16".into(), units)
 }
 
 /// PKA-8 (PolyKervNets Models/PKA8.py): Kerv2d 3x3/p0 96, Kerv2d 3x3/p1 256, avgpool 3/s2,
@@ -733,15 +711,9 @@ pub fn pka8() -> Arch {
         Unit::Kerv(kerv(&format!("kerv{n}"), c, 3, 1, p, Init::Act, format!("kerv{n}.pow")))
     };
     let avg = |name: &str| Unit::AvgPool { name: name.into(), kernel: 3, stride: 2, padding: 0 };
-    Arch {
-        name: "PKA-8".into(),
-        dataset: "CIFAR-10".into(),
-        input_shape: [3, 32, 32],
-        classes: 10,
-        input_norm: InputNorm::Cifar10,
-        x2act_scale: 1.0,
-        zoo_init: ZooInit::Moments,
-        units: vec![
+    cifar(
+        "PKA-8".into(),
+        vec![
             k(1, 96, 0),
             k(2, 256, 1),
             avg("pool1"),
@@ -752,5 +724,5 @@ pub fn pka8() -> Arch {
             Unit::Flatten { name: "flatten".into() },
             linear("fc", None, None, Init::Head),
         ],
-    }
+    )
 }
