@@ -26,7 +26,7 @@
 //!     multiplying (one 4-lane `vpmuludq` each for `a' b_l` and `a' b_h`, no `vpmulld`, whose two
 //!     uops and 10-cycle latency dominate the wide path), the broadcast of `a'` is a plain load
 //!     (`A'` is prepared once per call) and the column sums `sum_p b_p` of each strip are
-//!     subtracted once per strip. Exact over Z_2^64, like every path.
+//!     subtracted once per strip. Tile 3 x 8. Exact over Z_2^64, like every path.
 //!   - [`GemmKernel::Scalar`]: portable Rust, tile 4 x 8; the only kernel on non-x86-64 targets.
 //! - Large products (`m*k*n > 2^22`) are split over groups of column strips of the one shared
 //!   packed `B` with rayon (`B` is never re-packed per thread); each group is sized to stay in L2.
@@ -292,7 +292,11 @@ unsafe fn narrow_correction(b: &PackedB, s0: usize, s1: usize, c: CPtr, m: usize
 
 /// The AVX2 narrow path's tiles (`A` replaced by `A' = A + 2^31 < 2^32`).
 #[cfg(target_arch = "x86_64")]
-const NARROW_TILES: Tiles = &[(2, x86::tile_avx2_narrow::<2>), (1, x86::tile_avx2_narrow::<1>)];
+const NARROW_TILES: Tiles = &[
+    (3, x86::tile_avx2_narrow::<3>),
+    (2, x86::tile_avx2_narrow::<2>),
+    (1, x86::tile_avx2_narrow::<1>),
+];
 
 /// Name of the kernel the dispatcher picks on this CPU: "avx512", "avx2" or "scalar".
 pub fn gemm_kernel_name() -> &'static str {
