@@ -6,7 +6,7 @@
 use super::encode::{binom, EncodedConv, EncodedLinear, PolyPlan};
 use crate::error::{Error, Result};
 use crate::model::ConvGeom;
-use crate::ring::{col2out, gemm, im2col, trunc_local, trunc_public, RingTensor};
+use crate::ring::{col2out, gemm, trunc_local, trunc_public, RingTensor};
 
 /// How a backend truncates: the plaintext twin shifts exactly (floor); a party applies SecureML's
 /// local share truncation (see [`crate::ring::trunc`]).
@@ -59,8 +59,10 @@ pub fn conv_ring(
     let cols_n = n * oh * ow;
     let mut y = vec![0u64; cog * cols_n];
     for (g, wg) in weight.iter().enumerate() {
-        let cols = im2col(&x.data, n, geom, g);
-        gemm(wg, &cols, &mut y, cog, k, cols_n);
+        // Unfolded straight into the GEMM's packed layout (no second copy for packing).
+        let cols = crate::ring::im2col::im2col_packed(&x.data, n, geom, g);
+        debug_assert_eq!((cols.k, cols.n), (k, cols_n));
+        crate::ring::gemm::gemm_packed(wg, &cols, &mut y, cog);
         col2out(&y, &mut out.data, n, geom, g);
     }
     Ok(out)
