@@ -16,15 +16,19 @@ use std::process::ExitCode;
 /// Arguments of `polypi bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Reference network: NET-M, NET-C or NET-R18 (random weights).
+    /// Network of the zoo (random weights): NET-M, NET-C, NET-R18, resnet18, resnet34, resnet50,
+    /// mobilenetv2, resnet32, resnet110, vgg16, pkr18, pkv16, pka8.
     #[arg(long, default_value = "NET-M")]
     pub net: RefNet,
-    /// Activation of the reference network: relu, x2 (X2act), square, pillar, pkn.
+    /// Activation of the network: relu, x2 (X2act), square, pillar, pkn, poly<d>.
     #[arg(long, default_value = "square")]
     pub act: Act,
-    /// Pooling of NET-M/NET-C: avg or max (max needs the ReLU comparison protocol).
+    /// Pooling at the pooling sites (NET-M/NET-C, the ImageNet stem, VGG-16): avg or max (max
+    /// needs the ReLU comparison protocol).
     #[arg(long, default_value = "avg")]
     pub pool: Pool,
+    #[command(flatten)]
+    pub shape: crate::zoo::NetArgs,
     /// Polynomial microbenchmark instead of a network: one polynomial layer of this degree (all
     /// coefficients non-zero) on `--elements` inputs uniform in [-1, 1].
     #[arg(long)]
@@ -62,9 +66,9 @@ pub struct BenchArgs {
     pub pre: crate::common::PreprocessingArg,
 }
 
-fn reference(net: RefNet, act: Act, pool: Pool) -> Result<Plan> {
-    let file =
-        zoo::build(net, act, pool, 1.0, 1).with_context(|| format!("cannot build {net} {act}"))?;
+fn reference(net: RefNet, act: Act, pool: Pool, shape: &crate::zoo::NetArgs) -> Result<Plan> {
+    let file = zoo::build_with(net, &shape.opts(act, pool, 1))
+        .with_context(|| format!("cannot build {net} {act}"))?;
     Ok(compile(&file)?)
 }
 
@@ -81,11 +85,14 @@ fn run_one(name: &str, plan: &Plan, a: &BenchArgs) -> Result<BenchSummary> {
 
 fn row(name: &str, s: &BenchSummary) -> String {
     format!(
-        "{:<28} {:>10.2} {:>10.2} {:>10.2} {:>10.3} {:>10.3} {:>7} {:>10.3} {:>9}",
+        "{:<28} {:>8.3} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>7.2} {:>10.3} {:>10.3} {:>7} {:>10.3} {:>9}",
         name,
+        s.server_macs as f64 / 1e9,
         s.online_ms.median,
         s.online_ms.min,
         s.online_ms.max,
+        s.gemm_bound_ms,
+        s.online_ms.median / s.gemm_bound_ms.max(1e-9),
         (s.bytes_client_to_server + s.bytes_server_to_client) as f64 / 1e6,
         s.dealer_bytes as f64 / 1e6,
         s.rounds,
@@ -108,14 +115,17 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     } else {
         cases.push((
             format!("{} {}{}", a.net, a.act, if a.pool == Pool::Max { "+maxpool" } else { "" }),
-            reference(a.net, a.act, a.pool)?,
+            reference(a.net, a.act, a.pool, &a.shape)?,
         ));
         if a.compare && a.act != Act::Relu {
-            cases.push((format!("{} relu", a.net), reference(a.net, Act::Relu, Pool::Avg)?));
+            cases.push((
+                format!("{} relu", a.net),
+                reference(a.net, Act::Relu, Pool::Avg, &a.shape)?,
+            ));
             if a.net != RefNet::NetR18 {
                 cases.push((
                     format!("{} relu+maxpool", a.net),
-                    reference(a.net, Act::Relu, Pool::Max)?,
+                    reference(a.net, Act::Relu, Pool::Max, &a.shape)?,
                 ));
             }
         }
@@ -145,12 +155,24 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             s.setup_bytes as f64 / 1e6
         );
     }
+    if let Some((_, s)) = results.first() {
+        println!(
+            "GEMM kernel {} (POLYPI_GEMM_KERNEL=avx512|avx2|scalar forces one), measured peak \
+             {:.2} GMAC/s on {} threads; bound = server MACs / peak",
+            s.gemm_kernel,
+            s.gemm_peak_macs_per_s / 1e9,
+            s.gemm_threads
+        );
+    }
     println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>9}",
+        "{:<28} {:>8} {:>10} {:>10} {:>10} {:>9} {:>7} {:>10} {:>10} {:>7} {:>10} {:>9}",
         "network",
+        "GMAC",
         "online ms",
         "min",
         "max",
+        "bound ms",
+        "/bound",
         "online MB",
         "dealer MB",
         "rounds",

@@ -319,7 +319,7 @@ fn crafted_geometry_is_refused_by_inspect_and_infer_alike() {
             "4294967282",
         ),
         ("pool1", Op::MaxPool2d { kernel: 1 << 31, stride: 1, padding: 1 << 30 }, "2147483648"),
-        ("pool1", Op::AvgPool2d { kernel: 1 << 32, stride: 2 }, "4294967296"),
+        ("pool1", Op::AvgPool2d { kernel: 1 << 32, stride: 2, padding: 0 }, "4294967296"),
     ];
     for (i, (node, op, value)) in cases.into_iter().enumerate() {
         let mut f = ModelFile::load(&m).unwrap();
@@ -353,6 +353,41 @@ fn inspect_and_zoo() {
     let o = run(&["inspect", "--model", m.to_str().unwrap()]);
     assert!(o.status.success());
     assert!(text(&o.stdout).contains("MACs"));
+}
+
+/// The seeds' networks: `polypi zoo --describe` prints the architecture as data; a reduced
+/// ImageNet ResNet-50 (width 1/16, 64x64, 100 classes) is written, inspected and benchmarked
+/// (the bench reports the GEMM bound); a stem option on a network without one is refused.
+#[test]
+fn zoo_seed_networks_describe_build_bench() {
+    let d = tmp("zoo-seed");
+    let o = run(&["zoo", "--net", "mobilenetv2", "--act", "x2", "--describe"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["name"], "MobileNetV2");
+    assert_eq!(v["input_shape"], serde_json::json!([3, 224, 224]));
+    assert!(text(&o.stdout).contains("\"depthwise\": true"));
+    let m = d.join("r50.safetensors");
+    let args = ["--width", "0.0625", "--input-size", "64", "--classes", "100"];
+    let mut zoo_args =
+        vec!["zoo", "--net", "resnet50", "--act", "x2", "--out", m.to_str().unwrap()];
+    zoo_args.extend(args);
+    let o = run(&zoo_args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = run(&["inspect", "--model", m.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(json(&o)["input_shape"], serde_json::json!([3, 64, 64]));
+    let mut bench_args = vec!["bench", "--net", "resnet50", "--act", "x2", "--runs", "1", "--json"];
+    bench_args.extend(args);
+    let o = run(&bench_args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s = &json(&o)[0]["summary"];
+    assert!(s["server_macs"].as_u64().unwrap() > 0);
+    assert!(s["gemm_bound_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(s["rounds"].as_u64().unwrap(), 104);
+    let o = run(&["zoo", "--net", "vgg16", "--act", "x2", "--stem", "cifar", "--out", "x.st"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("fixed stem"), "{}", text(&o.stderr));
 }
 
 #[test]

@@ -3,12 +3,15 @@
 //! Run: `cargo bench -p polypi-core --bench gemm -- --warm-up-time 1 --measurement-time 3`
 //! (append a filter such as `gemm/128x576x1024` to run a subset).
 //!
-//! - `gemm/<m>x<k>x<n>/<kernel>/st`: one thread (`gemm_packed_with` with `parallel = false`).
-//! - `gemm/<m>x<k>x<n>/<kernel>/mt`: rayon's global pool (as `gemm_packed` runs it; the thread
-//!   count follows `RAYON_NUM_THREADS`, default: one per logical CPU).
+//! - `gemm/<m>x<k>x<n>/<kernel>-<a>/st`: one thread (`gemm_packed_with` with `parallel = false`).
+//! - `gemm/<m>x<k>x<n>/<kernel>-<a>/mt`: rayon's global pool (as `gemm_packed` runs it; the
+//!   thread count follows `RAYON_NUM_THREADS`, default: one per logical CPU).
+//! - `<a>` = `w`: `A` holds fixed-point weights (`|a| < 2^20`, as in the server's online GEMM:
+//!   AVX2 takes its narrow path); `full`: `A` holds full-range ring elements (AVX2's wide path).
 //!
-//! Every kernel the CPU supports is measured (`avx512`, `avx2`, `scalar`); the dispatched one is
-//! printed first. `B` is packed once outside the timed loop (weights are packed once per
+//! Every kernel the CPU supports is measured (`avx512`, `avx2`, `scalar`; on an AVX-512 machine
+//! the AVX2 kernels run too, which is how the AVX2 path is measured there); the dispatched one
+//! is printed first. `B` is packed once outside the timed loop (weights are packed once per
 //! session). Throughput is `Elements(m*k*n)`, so criterion's "elem/s" are multiply-accumulates
 //! per second (MAC/s). `im2col/64x32x32_k3p1` unfolds one 64-channel 32x32 input for a 3x3,
 //! padding-1 convolution (elements = entries of the column matrix); `im2col/packed_...` writes
@@ -39,8 +42,9 @@ fn bench_gemm(c: &mut Criterion) {
         GemmKernel::available().iter().map(|k| k.name()).collect::<Vec<_>>(),
         rayon::current_num_threads()
     );
-    for &(m, k, n) in &[(128usize, 576usize, 1024usize), (512, 512, 512)] {
-        let a = rand_vec(m * k, 1);
+    for &(m, k, n) in &[(128usize, 576usize, 1024usize), (512, 512, 512), (256, 2304, 784)] {
+        let full = rand_vec(m * k, 1);
+        let weights: Vec<u64> = full.iter().map(|&x| ((x as i64) >> 44) as u64).collect();
         let b = rand_vec(k * n, 2);
         let pb = PackedB::pack(&b, k, n);
         let mut out = vec![0u64; m * n];
@@ -48,13 +52,16 @@ fn bench_gemm(c: &mut Criterion) {
         group.throughput(Throughput::Elements((m * k * n) as u64));
         group.sample_size(10);
         for kernel in GemmKernel::available() {
-            for (tag, parallel) in [("st", false), ("mt", true)] {
-                group.bench_function(BenchmarkId::new(kernel.name(), tag), |bch| {
-                    bch.iter(|| {
-                        gemm_packed_with(black_box(&a), &pb, &mut out, m, kernel, parallel);
-                        black_box(&out);
-                    })
-                });
+            for (atag, a) in [("w", &weights), ("full", &full)] {
+                for (tag, parallel) in [("st", false), ("mt", true)] {
+                    let id = BenchmarkId::new(format!("{}-{atag}", kernel.name()), tag);
+                    group.bench_function(id, |bch| {
+                        bch.iter(|| {
+                            gemm_packed_with(black_box(a), &pb, &mut out, m, kernel, parallel);
+                            black_box(&out);
+                        })
+                    });
+                }
             }
         }
         group.finish();

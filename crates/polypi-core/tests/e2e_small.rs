@@ -48,7 +48,7 @@ fn tiny_plan(seed: u64) -> Plan {
         },
         Layer {
             name: "pool".into(),
-            op: LayerOp::AvgPool2d { kernel: 2, stride: 2 },
+            op: LayerOp::AvgPool2d { kernel: 2, stride: 2, padding: 0 },
             inputs: vec![2],
             out_shape: vec![4, 4, 4],
         },

@@ -71,7 +71,7 @@ fn linear_plan(seed: u64, poly: bool) -> Plan {
     layers.extend([
         Layer {
             name: "pool".into(),
-            op: LayerOp::AvgPool2d { kernel: 2, stride: 2 },
+            op: LayerOp::AvgPool2d { kernel: 2, stride: 2, padding: 0 },
             inputs: vec![p - 1],
             out_shape: vec![8, 8, 8],
         },

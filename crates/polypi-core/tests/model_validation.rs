@@ -83,11 +83,11 @@ fn audit_padding_2_pow_31_with_relu_and_avgpool_kernel_2_pow_32_is_refused() {
     // mpc/ops.rs:170 "range end index 4294967296 out of range".
     let mut f = netm(Act::Relu, Pool::Avg);
     set_conv(&mut f, "conv1", Some(2147483636), None);
-    node_mut(&mut f, "pool1").op = Op::AvgPool2d { kernel: 1 << 32, stride: 2 };
+    node_mut(&mut f, "pool1").op = Op::AvgPool2d { kernel: 1 << 32, stride: 2, padding: 0 };
     refused(&f, "conv1", "2147483636");
     // The pooling kernel alone.
     let mut f = netm(Act::Relu, Pool::Avg);
-    node_mut(&mut f, "pool1").op = Op::AvgPool2d { kernel: 1 << 32, stride: 2 };
+    node_mut(&mut f, "pool1").op = Op::AvgPool2d { kernel: 1 << 32, stride: 2, padding: 0 };
     refused(&f, "pool1", "4294967296");
 }
 
@@ -433,7 +433,10 @@ fn crafted(r: &mut ChaCha8Rng) -> ModelFile {
                 let padding = if one_in(r, 2) { 0 } else { pick(r, 2) };
                 Op::MaxPool2d { kernel, stride, padding }
             }
-            3 => Op::AvgPool2d { kernel: pick(r, 4), stride: pick(r, 3) },
+            3 => {
+                let padding = if one_in(r, 2) { 0 } else { pick(r, 2) };
+                Op::AvgPool2d { kernel: pick(r, 4), stride: pick(r, 3), padding }
+            }
             4 => Op::Relu,
             5 => {
                 for t in ["w0", "w1", "b"] {
@@ -727,13 +730,11 @@ fn mutate_plan(r: &mut ChaCha8Rng, plan: &mut Plan) {
                 1 => *stride = v,
                 _ => *padding = v,
             },
-            LayerOp::AvgPool2d { kernel, stride } => {
-                if one_in(r, 2) {
-                    *kernel = v
-                } else {
-                    *stride = v
-                }
-            }
+            LayerOp::AvgPool2d { kernel, stride, padding } => match r.next_u32() % 3 {
+                0 => *kernel = v,
+                1 => *stride = v,
+                _ => *padding = v,
+            },
             LayerOp::Linear(c) => {
                 if one_in(r, 2) {
                     c.in_features = v

@@ -133,10 +133,10 @@ proptest! {
         let plan = Plan {
             layers: vec![
                 input_layer(vec![c, h, h]),
-                Layer { name: "pool".into(), op: LayerOp::AvgPool2d { kernel: 2, stride: 2 }, inputs: vec![0], out_shape: vec![c, hw, hw] },
+                Layer { name: "pool".into(), op: LayerOp::AvgPool2d { kernel: 2, stride: 2, padding: 0 }, inputs: vec![0], out_shape: vec![c, hw, hw] },
                 Layer { name: "gap".into(), op: LayerOp::GlobalAvgPool, inputs: vec![0], out_shape: vec![c] },
                 Layer { name: "flat".into(), op: LayerOp::Flatten, inputs: vec![1], out_shape: vec![c * hw * hw] },
-                Layer { name: "gap2".into(), op: LayerOp::AvgPool2d { kernel: 1, stride: 1 }, inputs: vec![0], out_shape: vec![c, h, h] },
+                Layer { name: "gap2".into(), op: LayerOp::AvgPool2d { kernel: 1, stride: 1, padding: 0 }, inputs: vec![0], out_shape: vec![c, h, h] },
                 Layer { name: "add".into(), op: LayerOp::Add, inputs: vec![4, 0], out_shape: vec![c, h, h] },
                 Layer { name: "gap3".into(), op: LayerOp::GlobalAvgPool, inputs: vec![5], out_shape: vec![c] },
                 Layer { name: "sum".into(), op: LayerOp::Add, inputs: vec![6, 2], out_shape: vec![c] },
@@ -147,6 +147,47 @@ proptest! {
         let err = secure_vs_twin(&plan, &x, batch);
         // gap (non-power-of-two windows multiply by round(2^f/hw) and truncate) + sum of truncations.
         prop_assert!(err <= 4.0 * LSB, "err {err}");
+    }
+
+    /// Average pooling with zero padding (the ImageNet stem's 3x3/s2/p1 and a 3x3/s1/p1): secure
+    /// == twin within one truncation (window 9: multiply by round(2^f/9), truncate), and the twin
+    /// equals the f32 mean over the zero-padded window (divisor k^2) within the encoding error.
+    #[test]
+    fn padded_avgpool_equal_twin(c in 1usize..3, h in 1usize..7, w in 1usize..7, batch in 1usize..3,
+                                 cfg in 0usize..3, x in vals(2 * 2 * 6 * 6, 8.0)) {
+        let (k, s, p) = [(3, 2, 1), (3, 1, 1), (2, 2, 1)][cfg];
+        prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let x = x[..batch * c * h * w].to_vec();
+        let plan = Plan {
+            layers: vec![
+                input_layer(vec![c, h, w]),
+                Layer { name: "pool".into(), op: LayerOp::AvgPool2d { kernel: k, stride: s, padding: p }, inputs: vec![0], out_shape: vec![c, oh, ow] },
+            ],
+            frac_bits: 16, labels: vec![], normalize: None, poly_protocol: Default::default(),
+        };
+        let err = secure_vs_twin(&plan, &x, batch);
+        prop_assert!(err <= 2.0 * LSB, "secure vs twin {err}");
+        let enc = EncodedPlan::new(&plan).unwrap();
+        let twin = run_fixed(&plan, &enc, &x, batch).unwrap();
+        for img in 0..batch * c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut sum = 0f32;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (iy, ix) = ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                sum += x[img * h * w + iy as usize * w + ix as usize];
+                            }
+                        }
+                    }
+                    let want = sum / (k * k) as f32;
+                    let got = twin[img * oh * ow + oy * ow + ox];
+                    prop_assert!((got - want).abs() <= 16.0 * LSB, "twin {got} vs f32 {want}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -885,9 +885,10 @@ impl Converter {
         if p.len() != 4 || p.iter().any(|&x| x != p[0]) || p[0] < 0 {
             return Err(format!("pads {p:?}: polypi pads all four sides equally"));
         }
-        if !max && p[0] != 0 {
+        if !max && p[0] != 0 && a.int("count_include_pad", 0) == 0 {
             return Err(format!(
-                "AveragePool with pads {p:?}: polypi's average pooling has no padding"
+                "AveragePool with pads {p:?} and count_include_pad = 0: polypi's padded average \
+                 pooling counts the zeros in the divisor (PyTorch's default count_include_pad=True)"
             ));
         }
         if a.int("ceil_mode", 0) != 0 {
@@ -921,7 +922,7 @@ impl Converter {
         let op = if max {
             Op::MaxPool2d { kernel: k, stride: s, padding: p }
         } else {
-            Op::AvgPool2d { kernel: k, stride: s }
+            Op::AvgPool2d { kernel: k, stride: s, padding: p }
         };
         self.push(name.clone(), vec![d.node.clone()], op);
         Ok(vec![Value::Dyn(Dyn {

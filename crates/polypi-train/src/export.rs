@@ -148,7 +148,7 @@ impl Builder {
         }
         if u.pool == POOL_AVG {
             let n = self.name("avgpool");
-            cur = self.push(n, &cur, Op::AvgPool2d { kernel: 2, stride: 2 });
+            cur = self.push(n, &cur, Op::AvgPool2d { kernel: 2, stride: 2, padding: 0 });
         } else if u.pool == POOL_MAX {
             let n = self.name("maxpool");
             cur = self.push(n, &cur, Op::MaxPool2d { kernel: 2, stride: 2, padding: 0 });

@@ -511,6 +511,7 @@ impl Backend for CostCounter {
         layer: &Layer,
         _kernel: usize,
         _stride: usize,
+        _padding: usize,
         x: &Vec<usize>,
     ) -> Result<Vec<usize>> {
         let out = with_batch(layer, x[0]);

@@ -66,6 +66,60 @@ pub struct BenchSummary {
     pub peak_rss_bytes: Option<u64>,
     /// The report of the median-online run (per-layer breakdown).
     pub median_report: InferenceReport,
+    /// Multiply-accumulates of the server's online GEMMs per inference (conv + linear MACs x
+    /// batch).
+    pub server_macs: u64,
+    /// The GEMM kernel's measured peak on this machine, MAC/s ([`gemm_peak`]).
+    pub gemm_peak_macs_per_s: f64,
+    /// The GEMM bound: `server_macs / gemm_peak_macs_per_s`, ms — the online time if the server
+    /// did nothing but its GEMMs at the kernel's peak.
+    pub gemm_bound_ms: f64,
+    /// Kernel that ran ("avx512", "avx2", "scalar").
+    pub gemm_kernel: String,
+    /// Threads of rayon's pool (the server's GEMMs and the peak measurement use them all).
+    pub gemm_threads: usize,
+}
+
+/// Multiply-accumulates of the server's online GEMMs for one sample of `plan`: the MACs of every
+/// conv (`c_out * oh * ow * (c_in/groups) * kh * kw`) and linear layer (`in * out`).
+pub fn server_macs(plan: &Plan) -> u64 {
+    plan.layers
+        .iter()
+        .map(|l| match &l.op {
+            LayerOp::Conv2d(c) => {
+                let g = &c.geom;
+                (g.c_out * g.out_h() * g.out_w()) as u64
+                    * ((g.c_in / g.groups.max(1)) * g.kh * g.kw) as u64
+            }
+            LayerOp::Linear(f) => (f.in_features * f.out_features) as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The dispatched GEMM kernel's peak on this machine, MAC/s: the best of 5 runs of a
+/// 256 x 2304 x 784 product (a 3x3 conv from 256 to 256 channels on 28 x 28 positions, shaped
+/// as the server runs it: weights x unfolded input) with small-weight `A`
+/// (`|a| < 2^20`, fixed-point weights) and random-share `B`, on rayon's pool (all cores, as the
+/// server's online GEMMs run). Measured once per process (about 0.1-0.5 s).
+pub fn gemm_peak() -> f64 {
+    static PEAK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *PEAK.get_or_init(|| {
+        use crate::ring::gemm::{gemm_packed, PackedB};
+        let (m, k, n) = (256usize, 2304usize, 784usize);
+        let mut r = ChaCha8Rng::seed_from_u64(3);
+        let a: Vec<u64> = (0..m * k).map(|_| ((r.next_u32() as i32) >> 11) as i64 as u64).collect();
+        let b: Vec<u64> = (0..k * n).map(|_| r.next_u64()).collect();
+        let pb = PackedB::pack(&b, k, n);
+        let mut c = vec![0u64; m * n];
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            gemm_packed(&a, &pb, &mut c, m);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        (m * k * n) as f64 / best
+    })
 }
 
 /// Peak resident set size of this process (`VmHWM`), bytes. None where /proc is unavailable.
@@ -185,7 +239,14 @@ pub fn bench_local_mode(
         .map(|r| r.report.clone())
         .unwrap_or_default();
     let r0 = &results[0].report;
+    let macs = server_macs(plan) * batch as u64;
+    let peak = gemm_peak();
     Ok(BenchSummary {
+        server_macs: macs,
+        gemm_peak_macs_per_s: peak,
+        gemm_bound_ms: macs as f64 / peak * 1e3,
+        gemm_kernel: crate::ring::gemm::gemm_kernel_name().to_string(),
+        gemm_threads: rayon::current_num_threads(),
         batch,
         runs: results.len(),
         link: link.to_string(),

@@ -387,6 +387,7 @@ impl Backend for Offline<'_> {
         layer: &Layer,
         _k: usize,
         _s: usize,
+        _p: usize,
         x: &Vec<usize>,
     ) -> Result<Vec<usize>> {
         Ok(with_batch(layer, x[0]))
@@ -593,6 +594,7 @@ impl Backend for Dealer<'_> {
         layer: &Layer,
         _k: usize,
         _s: usize,
+        _p: usize,
         x: &Vec<usize>,
     ) -> Result<Vec<usize>> {
         Ok(with_batch(layer, x[0]))
@@ -914,9 +916,10 @@ impl Backend for Online<'_> {
         layer: &Layer,
         k: usize,
         s: usize,
+        p: usize,
         x: &RingTensor,
     ) -> Result<RingTensor> {
-        ops::avgpool(x, k, s, self.frac_bits, self.trunc(), &layer.name)
+        ops::avgpool(x, (k, s, p), self.frac_bits, self.trunc(), &layer.name)
     }
     fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
         ops::global_avgpool(x, self.frac_bits, self.trunc(), &layer.name)

@@ -175,6 +175,7 @@ impl Backend for F32Backend<'_> {
         layer: &Layer,
         k: usize,
         s: usize,
+        p: usize,
         x: &Tensor,
     ) -> Result<Tensor> {
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
@@ -187,7 +188,12 @@ impl Backend for F32Backend<'_> {
                     let mut acc = 0f32;
                     for ky in 0..k {
                         for kx in 0..k {
-                            acc += x.data[nc * h * w + (oy * s + ky) * w + ox * s + kx];
+                            // Padding cells are zeros (they count in the divisor k^2).
+                            let (iy, ix) =
+                                ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
+                            if iy < h && ix < w {
+                                acc += x.data[nc * h * w + iy * w + ix];
+                            }
                         }
                     }
                     y[nc * oh * ow + oy * ow + ox] = acc / (k * k) as f32;
@@ -383,9 +389,10 @@ impl Backend for FixedBackend<'_> {
         layer: &Layer,
         k: usize,
         s: usize,
+        p: usize,
         x: &RingTensor,
     ) -> Result<RingTensor> {
-        ops::avgpool(x, k, s, self.fp.frac_bits, Trunc::Public, &layer.name)
+        ops::avgpool(x, (k, s, p), self.fp.frac_bits, Trunc::Public, &layer.name)
     }
     fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
         ops::global_avgpool(x, self.fp.frac_bits, Trunc::Public, &layer.name)

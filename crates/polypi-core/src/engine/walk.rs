@@ -54,13 +54,15 @@ pub trait Backend {
         padding: usize,
         x: &Self::Value,
     ) -> Result<Self::Value>;
-    /// Average pooling.
+    /// Average pooling; `padding` zeros on each side count in the divisor `kernel^2`.
+    #[allow(clippy::too_many_arguments)]
     fn avgpool(
         &mut self,
         idx: usize,
         layer: &Layer,
         kernel: usize,
         stride: usize,
+        padding: usize,
         x: &Self::Value,
     ) -> Result<Self::Value>;
     /// Global average pooling.
@@ -169,9 +171,16 @@ pub fn walk<B: Backend>(
                     values[j].as_ref().unwrap(),
                 )?
             }
-            LayerOp::AvgPool2d { kernel, stride } => {
+            LayerOp::AvgPool2d { kernel, stride, padding } => {
                 let j = get(&values, 0)?;
-                backend.avgpool(i, layer, *kernel, *stride, values[j].as_ref().unwrap())?
+                backend.avgpool(
+                    i,
+                    layer,
+                    *kernel,
+                    *stride,
+                    *padding,
+                    values[j].as_ref().unwrap(),
+                )?
             }
             LayerOp::GlobalAvgPool => {
                 let j = get(&values, 0)?;

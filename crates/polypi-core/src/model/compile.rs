@@ -177,8 +177,8 @@ pub fn compile_with(file: &ModelFile, opts: CompileOptions) -> Result<Plan> {
                     .collect();
                 LayerOp::Poly(poly_layer(rows))
             }
-            Op::AvgPool2d { kernel, stride } => {
-                LayerOp::AvgPool2d { kernel: *kernel, stride: *stride }
+            Op::AvgPool2d { kernel, stride, padding } => {
+                LayerOp::AvgPool2d { kernel: *kernel, stride: *stride, padding: *padding }
             }
             Op::GlobalAvgPool => LayerOp::GlobalAvgPool,
             Op::MaxPool2d { kernel, stride, padding } => {
@@ -439,8 +439,8 @@ pub(crate) mod naive {
                         f.bias[o] + w.iter().zip(x(0)).map(|(a, b)| a * b).sum::<f32>()
                     })
                     .collect(),
-                LayerOp::AvgPool2d { kernel, stride } => {
-                    pool(x(0), ishape(0), *kernel, *stride, 0, false)
+                LayerOp::AvgPool2d { kernel, stride, padding } => {
+                    pool(x(0), ishape(0), *kernel, *stride, *padding, false)
                 }
                 LayerOp::MaxPool2d { kernel, stride, padding } => {
                     pool(x(0), ishape(0), *kernel, *stride, *padding, true)
@@ -694,7 +694,7 @@ mod tests {
             node("input", &[], Op::Input),
             node("conv1", &["input"], conv_op("w1", Some("b1"), 1, 1)),
             node("pk1", &["conv1"], Op::PolyKerv { c_p: 0.47, d_p: 2, a_p: 0.009 }),
-            node("pool", &["pk1"], Op::AvgPool2d { kernel: 2, stride: 2 }),
+            node("pool", &["pk1"], Op::AvgPool2d { kernel: 2, stride: 2, padding: 0 }),
             node("conv2", &["pool"], conv_op("w2", None, 1, 1)),
             node("pk2", &["conv2"], Op::PolyKerv { c_p: 0.5, d_p: 2, a_p: 0.25 }),
             node("flat", &["pk2"], Op::Flatten),

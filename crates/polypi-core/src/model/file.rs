@@ -625,18 +625,8 @@ impl ModelFile {
                 }
                 Ok(ins[0].to_vec())
             }
-            Op::AvgPool2d { kernel, stride } => {
-                let (c, h, w) = chw(ins[0])?;
-                pos("kernel", *kernel)?;
-                pos("stride", *stride)?;
-                if h < *kernel || w < *kernel {
-                    return Err(gerr(format!("kernel {kernel} is larger than the input {h}x{w}")));
-                }
-                let (oh, ow) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
-                pool_work(name, c, oh, ow, *kernel, limits)?;
-                Ok(vec![c, oh, ow])
-            }
-            Op::MaxPool2d { kernel, stride, padding } => {
+            Op::AvgPool2d { kernel, stride, padding }
+            | Op::MaxPool2d { kernel, stride, padding } => {
                 let (c, h, w) = chw(ins[0])?;
                 pos("kernel", *kernel)?;
                 pos("stride", *stride)?;
@@ -1151,7 +1141,7 @@ mod tests {
         assert_eq!(graph_err(f.validate().unwrap_err()).0, "conv2");
 
         let mut f = small();
-        node_mut(&mut f, "pool1").op = Op::AvgPool2d { kernel: 0, stride: 2 };
+        node_mut(&mut f, "pool1").op = Op::AvgPool2d { kernel: 0, stride: 2, padding: 0 };
         assert_eq!(graph_err(f.validate().unwrap_err()).0, "pool1");
 
         let mut f = small();

@@ -108,12 +108,17 @@ pub enum Op {
         /// Added to the variance before the square root.
         eps: f32,
     },
-    /// Average pooling, square window `kernel`, step `stride`, no padding.
+    /// Average pooling, square window `kernel`, step `stride`, zero padding `padding` on each
+    /// side that counts in the divisor (PyTorch's `count_include_pad=True`: every window sum is
+    /// divided by `kernel^2`). Files written before `padding` existed omit it (0).
     AvgPool2d {
         /// Window side.
         kernel: usize,
         /// Step in H and W.
         stride: usize,
+        /// Zero padding on each side of H and W (default 0, at most `kernel / 2`).
+        #[serde(default)]
+        padding: usize,
     },
     /// Mean over H and W: `[N, C, H, W] -> [N, C]`.
     GlobalAvgPool,

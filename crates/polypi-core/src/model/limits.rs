@@ -247,11 +247,9 @@ pub fn check_geometry(plan: &Plan, limits: &Limits, weights: bool) -> Result<()>
                 )?;
                 vec![c.out_features]
             }
-            LayerOp::AvgPool2d { kernel, stride } | LayerOp::MaxPool2d { kernel, stride, .. } => {
-                let padding = match l.op {
-                    LayerOp::MaxPool2d { padding, .. } => padding,
-                    _ => 0,
-                };
+            LayerOp::AvgPool2d { kernel, stride, padding }
+            | LayerOp::MaxPool2d { kernel, stride, padding } => {
+                let padding = *padding;
                 let (c, h, w) = chw(ins[0])?;
                 if padding > kernel / 2 {
                     return Err(gerr(format!(

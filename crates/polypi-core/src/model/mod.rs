@@ -1,7 +1,9 @@
 //! Models: the graph IR ([`graph`]), the model file ([`file`]), compile passes into a [`Plan`]
 //! ([`compile`]), the size limits checked at load ([`limits`]), calibrated value ranges and the
-//! plan range check ([`range`]), and the reference networks of `reference.md` ([`zoo`]).
+//! plan range check ([`range`]), the architecture descriptions of the reference and seed networks
+//! ([`arch`]) and their random-weight model files ([`zoo`]).
 
+pub mod arch;
 pub mod compile;
 pub mod file;
 pub mod graph;

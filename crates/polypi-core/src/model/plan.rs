@@ -100,12 +100,15 @@ pub enum LayerOp {
     Conv2d(ConvLayer),
     /// Fully connected layer.
     Linear(LinearLayer),
-    /// Average pooling, square `kernel`, step `stride`, no padding.
+    /// Average pooling, square `kernel`, step `stride`, zero `padding` on each side counted in
+    /// the divisor (every window sum is divided by `kernel^2`, PyTorch's `count_include_pad`).
     AvgPool2d {
         /// Window side.
         kernel: usize,
         /// Step in H and W.
         stride: usize,
+        /// Zero padding on each side of H and W (at most `kernel / 2`).
+        padding: usize,
     },
     /// Mean over H, W: `[N, C, H, W] -> [N, C]`.
     GlobalAvgPool,

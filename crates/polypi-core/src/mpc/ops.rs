@@ -6,7 +6,7 @@
 use super::encode::{binom, EncodedConv, EncodedLinear, PolyPlan};
 use crate::error::{Error, Result};
 use crate::model::ConvGeom;
-use crate::ring::{col2out, gemm, im2col, trunc_local, trunc_public, RingTensor};
+use crate::ring::{col2out, gemm, trunc_local, trunc_public, RingTensor};
 
 /// How a backend truncates: the plaintext twin shifts exactly (floor); a party applies SecureML's
 /// local share truncation (see [`crate::ring::trunc`]).
@@ -50,17 +50,82 @@ pub fn conv_ring(
     }
     let n = x.shape[0];
     let (oh, ow) = (geom.out_h(), geom.out_w());
+    if geom.groups > 1 && geom.c_in == geom.groups {
+        return Ok(depthwise_ring(x, weight, geom));
+    }
     let mut out = RingTensor::zeros(&[n, geom.c_out, oh, ow]);
     let cog = geom.c_out / geom.groups;
     let k = (geom.c_in / geom.groups) * geom.kh * geom.kw;
     let cols_n = n * oh * ow;
     let mut y = vec![0u64; cog * cols_n];
     for (g, wg) in weight.iter().enumerate() {
-        let cols = im2col(&x.data, n, geom, g);
-        gemm(wg, &cols, &mut y, cog, k, cols_n);
+        // Unfolded straight into the GEMM's packed layout (no second copy for packing).
+        let cols = crate::ring::im2col::im2col_packed(&x.data, n, geom, g);
+        debug_assert_eq!((cols.k, cols.n), (k, cols_n));
+        crate::ring::gemm::gemm_packed(wg, &cols, &mut y, cog);
         col2out(&y, &mut out.data, n, geom, g);
     }
     Ok(out)
+}
+
+/// Depthwise convolution (one input channel per group, `c_in == groups`, `c_out/groups` output
+/// channels each): every output plane is `sum_{ky,kx} w[ky][kx] * x_shifted` computed directly
+/// (wrapping u64, no im2col and no per-group GEMM, whose one-row products cannot use the GEMM
+/// tiles), output planes split over rayon's threads. `weight[g]` is `[c_out/groups, kh*kw]`.
+/// Bit-identical to the im2col + GEMM path (both are the exact sum over Z_2^64).
+fn depthwise_ring(x: &RingTensor, weight: &[Vec<u64>], geom: &ConvGeom) -> RingTensor {
+    use rayon::prelude::*;
+    let n = x.shape[0];
+    let ConvGeom { c_in, h, w, c_out, kh, kw, stride, padding, groups } = *geom;
+    let (oh, ow) = (geom.out_h(), geom.out_w());
+    let cog = c_out / groups;
+    let mut out = RingTensor::zeros(&[n, c_out, oh, ow]);
+    let plane = |(idx, dst): (usize, &mut [u64])| {
+        let (img, co) = (idx / c_out, idx % c_out);
+        let g = co / cog;
+        let src = &x.data[(img * c_in + g) * h * w..][..h * w];
+        let wv = &weight[g][(co % cog) * kh * kw..][..kh * kw];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let wk = wv[ky * kw + kx];
+                if wk == 0 {
+                    continue;
+                }
+                for oy in 0..oh {
+                    let iy = (oy * stride + ky).wrapping_sub(padding);
+                    if iy >= h {
+                        continue;
+                    }
+                    let row = &src[iy * w..(iy + 1) * w];
+                    let d = &mut dst[oy * ow..(oy + 1) * ow];
+                    // Output columns whose input column lies inside the row.
+                    let lo = padding.saturating_sub(kx).div_ceil(stride).min(ow);
+                    let hi = if w + padding > kx {
+                        ((w + padding - kx - 1) / stride + 1).min(ow)
+                    } else {
+                        0
+                    };
+                    if stride == 1 {
+                        let off = lo + kx - padding;
+                        for (dv, &xv) in d[lo..hi.max(lo)].iter_mut().zip(&row[off..]) {
+                            *dv = dv.wrapping_add(wk.wrapping_mul(xv));
+                        }
+                    } else {
+                        for (ox, dv) in d.iter_mut().enumerate().take(hi).skip(lo) {
+                            let xv = row[ox * stride + kx - padding];
+                            *dv = dv.wrapping_add(wk.wrapping_mul(xv));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if out.data.len() * kh * kw > 1 << 18 && rayon::current_num_threads() > 1 {
+        out.data.par_chunks_mut(oh * ow).enumerate().for_each(plane);
+    } else {
+        out.data.chunks_mut(oh * ow).enumerate().for_each(plane);
+    }
+    out
 }
 
 /// Fully connected `[N, in] -> [N, out]` with a transposed weight `[in, out]`, no bias.
@@ -143,31 +208,44 @@ pub fn div_by_count(x: &mut [u64], count: usize, frac_bits: u32, t: Trunc) {
     }
 }
 
-/// Average pooling `[N, C, H, W] -> [N, C, (H-k)/s+1, (W-k)/s+1]` (sum, then [`div_by_count`]).
-/// Errors: `ShapeMismatch` for a non-4-D input or a window larger than the image.
+/// Average pooling `[N, C, H, W] -> [N, C, (H+2p-k)/s+1, (W+2p-k)/s+1]` with window `k`, step
+/// `s` and zero padding `p` (`(k, s, p)`): window sums (padding cells are zeros, a valid share
+/// of zero for both parties), then [`div_by_count`] by `k^2` (PyTorch's `count_include_pad`).
+/// Linear, so it runs on shares locally.
+/// Errors: `ShapeMismatch` for a non-4-D input, a zero kernel or stride, a padding above `k/2`
+/// or a window larger than the padded image.
 pub fn avgpool(
     x: &RingTensor,
-    k: usize,
-    s: usize,
+    (k, s, p): (usize, usize, usize),
     frac_bits: u32,
     t: Trunc,
     node: &str,
 ) -> Result<RingTensor> {
-    if x.shape.len() != 4 || x.shape[2] < k || x.shape[3] < k || k == 0 || s == 0 {
+    if x.shape.len() != 4
+        || k == 0
+        || s == 0
+        || p > k / 2
+        || x.shape[2] + 2 * p < k
+        || x.shape[3] + 2 * p < k
+    {
         return Err(shape_err(node, vec![0, 0, k, k], &x.shape));
     }
     let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
     let mut out = RingTensor::zeros(&[n, c, oh, ow]);
     for nc in 0..n * c {
         let src = &x.data[nc * h * w..(nc + 1) * h * w];
         let dst = &mut out.data[nc * oh * ow..(nc + 1) * oh * ow];
         for oy in 0..oh {
+            // Rows and columns of the window inside the image (the rest is zero padding).
+            let y0 = (oy * s).saturating_sub(p);
+            let y1 = (oy * s + k).saturating_sub(p).min(h);
             for ox in 0..ow {
+                let x0 = (ox * s).saturating_sub(p);
+                let x1 = (ox * s + k).saturating_sub(p).min(w);
                 let mut acc = 0u64;
-                for ky in 0..k {
-                    let row = (oy * s + ky) * w + ox * s;
-                    for v in &src[row..row + k] {
+                for iy in y0..y1 {
+                    for v in &src[iy * w + x0..iy * w + x1] {
                         acc = acc.wrapping_add(*v);
                     }
                 }

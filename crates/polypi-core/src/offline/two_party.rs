@@ -569,6 +569,7 @@ impl Backend for TwoPartyWalk<'_, '_, '_> {
         layer: &Layer,
         _k: usize,
         _s: usize,
+        _p: usize,
         x: &Vec<usize>,
     ) -> Result<Vec<usize>> {
         Ok(with_batch(layer, x[0]))

@@ -19,6 +19,14 @@
 //!     yields both cross products `a_h b_l` and `a_l b_h` (low 32 bits each), accumulated with
 //!     32-bit lane adds. The two 32-bit sums are folded into the upper half once per tile, so the
 //!     inner loop costs 2 multiplies and 2 adds per 4 MACs. Tile 2 x 8.
+//!     **Narrow path** (taken automatically when every value of `A` fits in a signed 32-bit
+//!     integer — the server's GEMM, whose `A` is the fixed-point weights, `|w| 2^f < 2^31`):
+//!     with `a' = a + 2^31 < 2^32`, `sum_p a_p b_p = sum_p a'_p b_p - 2^31 sum_p b_p` and
+//!     `a' b = a' b_l + 2^32 (a' b_h)` (mod 2^64), so `_mm256_mul_epu32` alone does all the
+//!     multiplying (one 4-lane `vpmuludq` each for `a' b_l` and `a' b_h`, no `vpmulld`, whose two
+//!     uops and 10-cycle latency dominate the wide path), the broadcast of `a'` is a plain load
+//!     (`A'` is prepared once per call) and the column sums `sum_p b_p` of each strip are
+//!     subtracted once per strip. Tile 3 x 8. Exact over Z_2^64, like every path.
 //!   - [`GemmKernel::Scalar`]: portable Rust, tile 4 x 8; the only kernel on non-x86-64 targets.
 //! - Large products (`m*k*n > 2^22`) are split over groups of column strips of the one shared
 //!   packed `B` with rayon (`B` is never re-packed per thread); each group is sized to stay in L2.
@@ -199,7 +207,17 @@ pub fn gemm_packed_with(
         c[..m * n].fill(0);
         return;
     }
-    let tiles = tiles_of(kernel);
+    // AVX2 narrow path (module docs): A' = A + 2^31 when every A value fits in an i32.
+    #[cfg(target_arch = "x86_64")]
+    let narrow: Option<Vec<u64>> =
+        (kernel == GemmKernel::Avx2).then(|| narrow_operand(&a[..m * k])).flatten();
+    #[cfg(not(target_arch = "x86_64"))]
+    let narrow: Option<Vec<u64>> = None;
+    let (a, tiles, narrow) = match &narrow {
+        #[cfg(target_arch = "x86_64")]
+        Some(ap) => (&ap[..], NARROW_TILES, true),
+        _ => (a, tiles_of(kernel), false),
+    };
     let strips = b.strips();
     let mut group = (STRIP_GROUP_BYTES / (k * NR * 8)).clamp(1, strips);
     let threads = rayon::current_num_threads();
@@ -216,13 +234,69 @@ pub fn gemm_packed_with(
             // ranges of different tasks are disjoint, so no two tasks write the same element and
             // nobody reads C.
             unsafe { run_strips(tiles, a, b, s0, s1, cp, m) };
+            if narrow {
+                // SAFETY: as above: this task's strips only.
+                unsafe { narrow_correction(b, s0, s1, cp, m) };
+            }
         });
     } else {
         let cp = CPtr(c.as_mut_ptr());
         // SAFETY: `cp` points to the `m*n` elements of `c`, exclusively borrowed here.
         unsafe { run_strips(tiles, a, b, 0, strips, cp, m) };
+        if narrow {
+            // SAFETY: as above.
+            unsafe { narrow_correction(b, 0, strips, cp, m) };
+        }
     }
 }
+
+/// `A' = A + 2^31` (wrapping) when every value of `a` is a signed 32-bit integer (as u64 two's
+/// complement), else None (the AVX2 narrow path's operand, module docs).
+fn narrow_operand(a: &[u64]) -> Option<Vec<u64>> {
+    const OFF: u64 = 1 << 31;
+    // x in [-2^31, 2^31) as i64  <=>  x + 2^31 (wrapping) < 2^32.
+    if a.iter().all(|&x| x.wrapping_add(OFF) >> 32 == 0) {
+        Some(a.iter().map(|&x| x.wrapping_add(OFF)).collect())
+    } else {
+        None
+    }
+}
+
+/// Subtracts `2^31 * sum_p B[p][j]` from every row of columns `s0*NR .. min(s1*NR, n)` of C
+/// (the narrow path's correction, module docs).
+///
+/// # Safety
+/// `c` points to `m*b.n` elements (row-major) of which no other thread accesses these columns
+/// during the call; `s1 <= b.strips()`.
+unsafe fn narrow_correction(b: &PackedB, s0: usize, s1: usize, c: CPtr, m: usize) {
+    let n = b.n;
+    for s in s0..s1 {
+        let mut sum = [0u64; NR];
+        for row in b.strip(s).chunks_exact(NR) {
+            for (acc, v) in sum.iter_mut().zip(row) {
+                *acc = acc.wrapping_add(*v);
+            }
+        }
+        let j0 = s * NR;
+        let cols = NR.min(n - j0);
+        for i in 0..m {
+            // SAFETY: row `i < m`, columns `j0..j0+cols <= n` lie inside C and in this call's
+            // strips.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.0.add(i * n + j0), cols) };
+            for (d, sv) in dst.iter_mut().zip(&sum) {
+                *d = d.wrapping_sub(sv << 31);
+            }
+        }
+    }
+}
+
+/// The AVX2 narrow path's tiles (`A` replaced by `A' = A + 2^31 < 2^32`).
+#[cfg(target_arch = "x86_64")]
+const NARROW_TILES: Tiles = &[
+    (3, x86::tile_avx2_narrow::<3>),
+    (2, x86::tile_avx2_narrow::<2>),
+    (1, x86::tile_avx2_narrow::<1>),
+];
 
 /// Name of the kernel the dispatcher picks on this CPU: "avx512", "avx2" or "scalar".
 pub fn gemm_kernel_name() -> &'static str {
@@ -407,6 +481,51 @@ mod x86 {
         }
     }
 
+    /// AVX2 narrow `MR x 8` tile: every `a` value is below 2^32 (`A' = A + 2^31`); computes
+    /// `sum_p a_p b_p` (mod 2^64) from `vpmuludq` only: `a b = a b_l + 2^32 (a b_h)`.
+    ///
+    /// # Safety
+    /// As [`super::TileFn`]; the CPU supports AVX2; every `a` value read is below 2^32.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tile_avx2_narrow<const MR: usize>(
+        k: usize,
+        a: *const u64,
+        lda: usize,
+        b: *const u64,
+        c: *mut u64,
+        ldc: usize,
+    ) {
+        // lo[r][v]: sum of a*b_l; hi[r][v]: sum of a*b_h (only its low 32 bits matter).
+        let mut lo = [[_mm256_setzero_si256(); 2]; MR];
+        let mut hi = [[_mm256_setzero_si256(); 2]; MR];
+        for p in 0..k {
+            // SAFETY: `b` holds k*NR values and `p < k`, so both 4-value loads are in bounds.
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_si256(b.add(p * NR).cast()),
+                    _mm256_loadu_si256(b.add(p * NR + 4).cast()),
+                )
+            };
+            let h0 = _mm256_srli_epi64::<32>(b0);
+            let h1 = _mm256_srli_epi64::<32>(b1);
+            for r in 0..MR {
+                // SAFETY: row `r < MR`, column `p < k` of A is readable by the contract.
+                let av = _mm256_set1_epi64x(unsafe { a.add(r * lda + p).read() } as i64);
+                lo[r][0] = _mm256_add_epi64(lo[r][0], _mm256_mul_epu32(av, b0));
+                lo[r][1] = _mm256_add_epi64(lo[r][1], _mm256_mul_epu32(av, b1));
+                hi[r][0] = _mm256_add_epi64(hi[r][0], _mm256_mul_epu32(av, h0));
+                hi[r][1] = _mm256_add_epi64(hi[r][1], _mm256_mul_epu32(av, h1));
+            }
+        }
+        for r in 0..MR {
+            for v in 0..2 {
+                let out = _mm256_add_epi64(lo[r][v], _mm256_slli_epi64::<32>(hi[r][v]));
+                // SAFETY: `c` is writable at `r*ldc + 4v .. r*ldc + 4v + 4` (r < MR, 4v+4 <= NR).
+                unsafe { _mm256_storeu_si256(c.add(r * ldc + 4 * v).cast(), out) };
+            }
+        }
+    }
+
     /// AVX-512 `MR x 8` tile (one zmm of 8 u64 per row), `vpmullq`.
     ///
     /// # Safety
@@ -581,8 +700,76 @@ mod tests {
         gemm_packed(&[1, 2, 3, 4], &pb, &mut c, 2);
     }
 
+    /// `a` of signed 32-bit values (the server's fixed-point weights): the AVX2 narrow path.
+    fn narrow_vec(len: usize, seed: u64) -> Vec<u64> {
+        rand_vec(len, seed).into_iter().map(|x| (x as i32) as i64 as u64).collect()
+    }
+
+    /// Every kernel, single- and multi-thread, with `A` in the narrow range (AVX2 takes its
+    /// narrow path), against the naive loop; includes the range's ends -2^31 and 2^31 - 1 and
+    /// full-range `B` (random shares).
+    fn check_narrow(m: usize, k: usize, n: usize, seed: u64) {
+        let mut a = narrow_vec(m * k, seed);
+        if a.len() >= 2 {
+            a[0] = (i32::MIN as i64) as u64;
+            a[1] = i32::MAX as u64;
+        }
+        assert!(narrow_operand(&a).is_some());
+        let b = rand_vec(k * n, seed ^ 0x5555);
+        let want = naive(&a, &b, m, k, n);
+        let pb = PackedB::pack(&b, k, n);
+        for kernel in GemmKernel::available() {
+            for parallel in [false, true] {
+                let mut c = vec![0xDEAD_BEEF_u64; m * n];
+                gemm_packed_with(&a, &pb, &mut c, m, kernel, parallel);
+                assert!(
+                    c == want,
+                    "narrow {} parallel={parallel} m={m} k={k} n={n}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_path_edges_and_refusal() {
+        for &(m, k, n) in &[(1, 1, 1), (2, 3, 5), (3, 7, 9), (9, 8, 16), (33, 5, 31), (5, 2048, 11)]
+        {
+            check_narrow(m, k, n, (m * 7 + k * 3 + n) as u64);
+        }
+        // One value just outside the i32 range: the wide path, still exact.
+        let (m, k, n) = (4, 9, 13);
+        let mut a = narrow_vec(m * k, 9);
+        a[5] = 1u64 << 31;
+        assert!(narrow_operand(&a).is_none());
+        a[5] = (-(1i64 << 31) - 1) as u64;
+        assert!(narrow_operand(&a).is_none());
+        let b = rand_vec(k * n, 10);
+        let pb = PackedB::pack(&b, k, n);
+        for kernel in GemmKernel::available() {
+            let mut c = vec![0u64; m * n];
+            gemm_packed_with(&a, &pb, &mut c, m, kernel, false);
+            assert_eq!(c, naive(&a, &b, m, k, n), "{}", kernel.name());
+        }
+        // Multi-threaded split of the narrow path.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        pool.install(|| check_narrow(67, 1031, 70, 44));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Each kernel (AVX-512, AVX2 narrow and wide, scalar) == the scalar reference, bit for
+        /// bit, with small-weight `A`.
+        #[test]
+        fn random_narrow_shapes_match_naive(
+            m in 1usize..20,
+            k in 1usize..200,
+            n in 1usize..40,
+            seed in any::<u64>(),
+        ) {
+            check_narrow(m, k, n, seed);
+        }
 
         #[test]
         fn random_shapes_match_naive(

@@ -318,7 +318,19 @@ mod tests {
         let x = rand_vec(n * geom.c_in * geom.h * geom.w, seed);
         let wt =
             rand_vec(geom.c_out * (geom.c_in / geom.groups) * geom.kh * geom.kw, seed ^ 0x5555);
-        assert_eq!(conv_im2col(&x, &wt, n, geom), conv_naive(&x, &wt, n, geom), "{geom:?} n={n}");
+        let want = conv_naive(&x, &wt, n, geom);
+        assert_eq!(conv_im2col(&x, &wt, n, geom), want, "{geom:?} n={n}");
+        // The layer op (`conv_ring`: depthwise convolutions take the direct path, without
+        // im2col or per-group GEMMs), on one thread and on three.
+        let k = geom.c_out / geom.groups * (geom.c_in / geom.groups) * geom.kh * geom.kw;
+        let per_group: Vec<Vec<u64>> = wt.chunks(k.max(1)).map(|c| c.to_vec()).collect();
+        let xt =
+            crate::ring::RingTensor { shape: vec![n, geom.c_in, geom.h, geom.w], data: x.clone() };
+        let got = crate::mpc::ops::conv_ring(&xt, &per_group, geom, "t").unwrap();
+        assert_eq!(got.data, want, "conv_ring {geom:?} n={n}");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let got = pool.install(|| crate::mpc::ops::conv_ring(&xt, &per_group, geom, "t").unwrap());
+        assert_eq!(got.data, want, "conv_ring (3 threads) {geom:?} n={n}");
     }
 
     #[test]
@@ -331,6 +343,8 @@ mod tests {
         check(2, &geom(2, 11, 7, 3, 2, 3, 3, 2, 1), 6); // stride 3, non-square kernel
         check(1, &geom(1, 1, 1, 1, 1, 1, 1, 0, 1), 7);
         check(1, &geom(2, 2, 2, 2, 3, 3, 2, 2, 2), 8); // output cells reading only padding
+        check(1, &geom(96, 28, 28, 96, 3, 3, 2, 1, 96), 9); // MobileNetV2-sized depthwise, stride 2
+        check(1, &geom(8, 9, 9, 16, 3, 3, 1, 1, 8), 10); // depthwise, channel multiplier 2
     }
 
     #[test]
