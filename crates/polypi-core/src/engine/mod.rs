@@ -46,7 +46,6 @@ pub(crate) fn tcp_links(tls: bool) -> crate::Result<session::Links> {
 
 /// The server-client TCP connection on loopback for a dealer-free [`session::run_local_two_party`]
 /// (the dealer ends are unconnected in-memory channels that are never used).
-#[cfg(feature = "two-party")]
 pub(crate) fn tcp_server_client(tls: bool) -> crate::Result<session::Links> {
     use crate::net::{mem_pair, TcpOptions};
     let (mut s, mut c) = (TcpOptions::default(), TcpOptions::default());

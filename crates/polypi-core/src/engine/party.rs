@@ -618,12 +618,7 @@ impl Backend for Dealer<'_> {
     fn counters(&self) -> ChannelStats {
         let mut c = self.client.stats();
         if let Some(s) = &self.server {
-            let t = s.stats();
-            c.bytes_sent += t.bytes_sent;
-            c.bytes_received += t.bytes_received;
-            c.messages_sent += t.messages_sent;
-            c.messages_received += t.messages_received;
-            c.send_phases += t.send_phases;
+            c.add(&s.stats());
         }
         c
     }

@@ -227,6 +227,26 @@ pub fn serve_session_two_party(
     serve_session_mode(plan, enc, guard, limits, client, None, record)
 }
 
+/// The server's source of correlated randomness: the dealer's channel, or (two-party mode) its
+/// HE state, the material then coming over the client's channel.
+enum ServerSource<'d, 'e> {
+    Dealer(&'d mut dyn Channel),
+    #[cfg(feature = "two-party")]
+    TwoParty(Box<TwoPartyServer<'e>>),
+    #[cfg(not(feature = "two-party"))]
+    #[allow(dead_code)]
+    Never(std::marker::PhantomData<&'e ()>),
+}
+
+impl ServerSource<'_, '_> {
+    /// Sets the dealer channel's deadline (no-op in two-party mode).
+    fn set_dealer_deadline(&mut self, deadline: Option<Instant>) {
+        if let ServerSource::Dealer(d) = self {
+            d.set_deadline(deadline);
+        }
+    }
+}
+
 /// The server's session in either mode: with `dealer` (dealer stream) or without (two-party).
 fn serve_session_mode(
     plan: &Plan,
@@ -252,29 +272,24 @@ fn serve_session_mode(
     let json = skeleton_message(plan, guard, mode)?;
     client.send(&json)?;
     client.flush()?;
-    #[cfg(feature = "two-party")]
-    let mut two_party: Option<TwoPartyServer<'_>> = None;
-    match dealer.as_deref_mut() {
+    let mut source = match dealer {
         Some(d) => {
             d.send(&json)?;
             d.flush()?;
             send_masked_weights(&skeleton, enc, &seed, client)?;
+            ServerSource::Dealer(d)
         }
+        #[cfg(feature = "two-party")]
+        None => ServerSource::TwoParty(Box::new(TwoPartyServer::setup(seed.clone(), enc, client)?)),
+        #[cfg(not(feature = "two-party"))]
         None => {
-            #[cfg(feature = "two-party")]
-            {
-                two_party = Some(TwoPartyServer::setup(seed.clone(), enc, client)?);
-            }
-            #[cfg(not(feature = "two-party"))]
             return Err(Error::InvalidArgument(
                 "this build has no two-party preprocessing (feature `two-party`)".into(),
-            ));
+            ))
         }
-    }
+    };
     client.set_deadline(None);
-    if let Some(d) = dealer.as_deref_mut() {
-        d.set_deadline(None);
-    }
+    source.set_dealer_deadline(None);
     let mut out = Vec::new();
     let mut inference = 0u64;
     loop {
@@ -284,21 +299,18 @@ fn serve_session_mode(
         }
         let deadline = deadline_after(limits.inference_timeout);
         client.set_deadline(deadline);
-        if let Some(d) = dealer.as_deref_mut() {
-            d.set_deadline(deadline);
-        }
+        source.set_dealer_deadline(deadline);
         inference += 1;
         let mut tr = PartyTraces::default();
         let t0 = Instant::now();
-        let (material, traces) = match dealer.as_deref_mut() {
-            Some(d) => DealerStream::new(SERVER, &seed, enc).prepare(plan, inference, batch, d)?,
+        let (material, traces) = match &mut source {
+            ServerSource::Dealer(d) => {
+                DealerStream::new(SERVER, &seed, enc).prepare(plan, inference, batch, *d)?
+            }
             #[cfg(feature = "two-party")]
-            None => two_party
-                .as_mut()
-                .ok_or_else(|| Error::Protocol("two-party state missing".into()))?
-                .prepare(plan, inference, batch, client)?,
+            ServerSource::TwoParty(tp) => tp.prepare(plan, inference, batch, client)?,
             #[cfg(not(feature = "two-party"))]
-            None => unreachable!("refused at setup"),
+            ServerSource::Never(_) => unreachable!("never constructed"),
         };
         tr.offline = traces;
         tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -321,9 +333,7 @@ fn serve_session_mode(
         // Freed after the output is sent (see `Online::finish`).
         drop(spent);
         client.set_deadline(None);
-        if let Some(d) = dealer.as_deref_mut() {
-            d.set_deadline(None);
-        }
+        source.set_dealer_deadline(None);
         out.push(tr);
     }
 }
@@ -424,11 +434,8 @@ pub fn deal_session_limited(
 /// times, then [`ClientSession::close`].
 pub struct ClientSession<'a> {
     server: &'a mut dyn Channel,
-    /// The dealer's channel (dealer mode); `None` in two-party mode.
-    dealer: Option<&'a mut dyn Channel>,
-    /// The client's HE key and own seed (two-party mode).
-    #[cfg(feature = "two-party")]
-    two_party: Option<TwoPartyClient>,
+    /// Where the correlated randomness comes from.
+    source: ClientSource<'a>,
     seed: Seed,
     skeleton: Plan,
     masked: EncodedPlan,
@@ -437,6 +444,25 @@ pub struct ClientSession<'a> {
     policy: GuardPolicy,
     /// Setup cost.
     pub setup: SetupReport,
+}
+
+/// The client's source of correlated randomness: the dealer's channel, or (two-party mode) its
+/// own HE key and seed, the material then coming over the server's channel.
+enum ClientSource<'a> {
+    Dealer(&'a mut dyn Channel),
+    #[cfg(feature = "two-party")]
+    TwoParty(Box<TwoPartyClient>),
+}
+
+impl ClientSource<'_> {
+    /// The dealer's channel (None in two-party mode).
+    fn dealer(&mut self) -> Option<&mut dyn Channel> {
+        match self {
+            ClientSource::Dealer(d) => Some(&mut **d),
+            #[cfg(feature = "two-party")]
+            ClientSource::TwoParty(_) => None,
+        }
+    }
 }
 
 /// The client's result of one inference.
@@ -483,9 +509,7 @@ impl<'a> ClientSession<'a> {
         };
         Ok(ClientSession {
             server,
-            dealer: Some(dealer),
-            #[cfg(feature = "two-party")]
-            two_party: None,
+            source: ClientSource::Dealer(dealer),
             seed,
             skeleton,
             masked,
@@ -520,8 +544,7 @@ impl<'a> ClientSession<'a> {
         };
         Ok(ClientSession {
             server,
-            dealer: None,
-            two_party: Some(tp),
+            source: ClientSource::TwoParty(Box::new(tp)),
             seed,
             skeleton,
             masked,
@@ -576,26 +599,18 @@ impl<'a> ClientSession<'a> {
         let x = fp.encode_slice(input)?;
         self.inference += 1;
         send_batch(self.server, batch)?;
-        if let Some(d) = self.dealer.as_deref_mut() {
+        if let Some(d) = self.source.dealer() {
             send_batch(d, batch)?;
         }
         let mut tr = PartyTraces::default();
         let t0 = Instant::now();
-        let (material, traces): (Vec<Option<Material>>, _) = match self.dealer.as_deref_mut() {
-            Some(d) => DealerStream::new(CLIENT, &self.seed, &self.masked).prepare(
-                &self.skeleton,
-                self.inference,
-                batch,
-                d,
-            )?,
+        let (material, traces): (Vec<Option<Material>>, _) = match &mut self.source {
+            ClientSource::Dealer(d) => DealerStream::new(CLIENT, &self.seed, &self.masked)
+                .prepare(&self.skeleton, self.inference, batch, *d)?,
             #[cfg(feature = "two-party")]
-            None => self
-                .two_party
-                .as_mut()
-                .ok_or_else(|| Error::Protocol("two-party state missing".into()))?
-                .prepare(&self.skeleton, self.inference, batch, &mut *self.server)?,
-            #[cfg(not(feature = "two-party"))]
-            None => unreachable!("no dealer-free session without the two-party feature"),
+            ClientSource::TwoParty(tp) => {
+                tp.prepare(&self.skeleton, self.inference, batch, &mut *self.server)?
+            }
         };
         tr.offline = traces;
         tr.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -629,9 +644,10 @@ impl<'a> ClientSession<'a> {
     /// Ends the session (server and dealer return).
     pub fn close(self) -> Result<()> {
         send_batch(self.server, 0)?;
-        match self.dealer {
-            Some(d) => send_batch(d, 0),
-            None => Ok(()),
+        match self.source {
+            ClientSource::Dealer(d) => send_batch(d, 0),
+            #[cfg(feature = "two-party")]
+            ClientSource::TwoParty(_) => Ok(()),
         }
     }
 }

@@ -54,6 +54,16 @@ impl ChannelStats {
         self.bytes_sent + self.bytes_received
     }
 
+    /// Adds `other`'s counters field by field (e.g. two channels of one party, or a phase's
+    /// counters into a layer's).
+    pub fn add(&mut self, other: &ChannelStats) {
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.messages_sent += other.messages_sent;
+        self.messages_received += other.messages_received;
+        self.send_phases += other.send_phases;
+    }
+
     /// The counters accumulated since `earlier` (a snapshot taken before on the same channel),
     /// field by field; saturates at 0 if `earlier` is not actually earlier. Use it for per-layer
     /// reports: `let before = ch.stats(); ...; let layer = ch.stats().since(&before);`.

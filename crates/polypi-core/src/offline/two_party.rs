@@ -609,12 +609,7 @@ fn run(
     w.finish_polys()?;
     if let Some(t) = first.and_then(|i| traces.get_mut(i)) {
         t.ms += t0.elapsed().as_secs_f64() * 1e3;
-        let d = w.link.stats().since(&before);
-        t.stats.bytes_sent += d.bytes_sent;
-        t.stats.bytes_received += d.bytes_received;
-        t.stats.messages_sent += d.messages_sent;
-        t.stats.messages_received += d.messages_received;
-        t.stats.send_phases += d.send_phases;
+        t.stats.add(&w.link.stats().since(&before));
     }
     Ok((w.material, traces))
 }
