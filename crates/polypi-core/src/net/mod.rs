@@ -31,7 +31,9 @@ pub use tls::{ClientAuth, TlsConfig, TlsFiles};
 /// different version are refused with [`Error::VersionMismatch`]. Bump it on any change of the
 /// framing or of the message sequence of a protocol.
 /// Version 3: the session skeleton names its preprocessing mode (dealer or two-party).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: two-party HE ciphertexts are bit-packed and conv responses pack output channels
+/// at a tighter offset (the layout of the preprocessing messages changed).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Counters of one endpoint of a channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -164,15 +164,26 @@ impl HeParams {
         self.moduli[..RESPONSE_LEVELS].iter().map(|q| (*q as f64).log2()).sum()
     }
 
-    /// Bytes of one fresh ciphertext on the wire: the seed of `a` and `b` in NTT form.
+    /// Bits of a residue modulo `q_i` on the wire (`ceil(log2 q_i)`, 52 here).
+    fn widths(&self) -> Vec<u32> {
+        self.moduli.iter().map(|q| 64 - q.leading_zeros()).collect()
+    }
+
+    /// Bytes of one fresh ciphertext on the wire: the 32-byte seed of `a`, then `b` in NTT form
+    /// bit-packed ([`BitWriter`]: each residue mod `q_i` in `ceil(log2 q_i)` bits).
     pub fn fresh_ct_bytes(&self) -> usize {
-        32 + LEVELS * DEGREE * 8
+        let bits: u64 = self.widths().iter().map(|&w| w as u64 * DEGREE as u64).sum();
+        32 + bits.div_ceil(8) as usize
     }
 
     /// Bytes of one response with `useful` decrypted coefficients: `a` in full and `b` only at
-    /// the useful coefficients, both modulo `q_0 q_1`.
+    /// the useful coefficients, both modulo `q_0 q_1`, bit-packed like [`Self::fresh_ct_bytes`].
     pub fn response_bytes(&self, useful: usize) -> usize {
-        RESPONSE_LEVELS * (DEGREE + useful) * 8
+        let bits: u64 = self.widths()[..RESPONSE_LEVELS]
+            .iter()
+            .map(|&w| w as u64 * (DEGREE + useful) as u64)
+            .sum();
+        bits.div_ceil(8) as usize
     }
 }
 
@@ -293,14 +304,7 @@ impl SecretKey {
         b += &scaled_error(&p.fresh, t, rng)?;
         b.change_representation(Representation::Ntt);
         b -= &(&a * &self.s);
-        let mut out = Vec::with_capacity(p.fresh_ct_bytes());
-        out.extend_from_slice(&seed);
-        for row in b.coefficients().outer_iter() {
-            for &x in row.iter() {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-        Ok(out)
+        Ok(fresh_wire(p, &seed, &b))
     }
 
     /// Decrypts a response ([`Response::to_bytes`] layout) at its `useful` coefficients, in the
@@ -320,12 +324,24 @@ impl SecretKey {
                 p.response_bytes(useful.len())
             )));
         }
-        let words: Vec<u64> =
-            msg.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-        let (a_words, b_words) = words.split_at(RESPONSE_LEVELS * DEGREE);
-        let mut a =
-            Poly::try_convert_from(a_words.to_vec(), &p.resp, false, Representation::PowerBasis)
-                .map_err(he_err)?;
+        let n = useful.len();
+        let widths = p.widths();
+        let mut rd = BitReader::new(msg);
+        let mut a_words = Vec::with_capacity(RESPONSE_LEVELS * DEGREE);
+        let mut b_words = Vec::with_capacity(RESPONSE_LEVELS * n);
+        for (len, out) in [(DEGREE, &mut a_words), (n, &mut b_words)] {
+            for (&w, &q) in widths.iter().zip(&p.moduli).take(RESPONSE_LEVELS) {
+                for _ in 0..len {
+                    let x = rd.read(w);
+                    if x >= q {
+                        return Err(Error::Protocol("HE response coefficient out of range".into()));
+                    }
+                    out.push(x);
+                }
+            }
+        }
+        let mut a = Poly::try_convert_from(a_words, &p.resp, false, Representation::PowerBasis)
+            .map_err(he_err)?;
         a.change_representation(Representation::Ntt);
         let mut as_ = &a * &self.s_resp;
         as_.change_representation(Representation::PowerBasis);
@@ -335,7 +351,6 @@ impl SecretKey {
         let big_q = q0 as u128 * q1 as u128;
         // The plaintext was multiplied by (q2 q3)^-1 mod t by the modulus switch.
         let undo = p.moduli[RESPONSE_LEVELS..].iter().fold(1u64, |acc, q| t.mul(acc, *q));
-        let n = useful.len();
         let mut out = Vec::with_capacity(n);
         for (k, &pos) in useful.iter().enumerate() {
             let pos = pos as usize;
@@ -403,11 +418,15 @@ pub fn parse_ciphertext(p: &HeParams, msg: &[u8]) -> Result<Ciphertext> {
         )));
     }
     let seed: [u8; 32] = msg[..32].try_into().unwrap();
-    let words: Vec<u64> =
-        msg[32..].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-    for (row, q) in words.chunks(DEGREE).zip(&p.moduli) {
-        if row.iter().any(|x| x >= q) {
-            return Err(Error::Protocol("HE ciphertext coefficient out of range".into()));
+    let mut rd = BitReader::new(&msg[32..]);
+    let mut words = Vec::with_capacity(LEVELS * DEGREE);
+    for (w, &q) in p.widths().into_iter().zip(&p.moduli) {
+        for _ in 0..DEGREE {
+            let x = rd.read(w);
+            if x >= q {
+                return Err(Error::Protocol("HE ciphertext coefficient out of range".into()));
+            }
+            words.push(x);
         }
     }
     let b = Poly::try_convert_from(words, &p.fresh, false, Representation::Ntt).map_err(he_err)?;
@@ -415,16 +434,86 @@ pub fn parse_ciphertext(p: &HeParams, msg: &[u8]) -> Result<Ciphertext> {
     Ok(Ciphertext { b, a })
 }
 
-/// Wire form of the public key: seed of `a_pk`, then `b_pk` (NTT, LE u64).
-pub fn public_key_bytes(pk: &PublicKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + LEVELS * DEGREE * 8);
-    out.extend_from_slice(&pk.seed);
-    for row in pk.b.coefficients().outer_iter() {
+/// Wire form of a fresh ciphertext or public key: the seed of `a`, then `b` (NTT form,
+/// bit-packed row by row, [`HeParams::fresh_ct_bytes`] bytes).
+fn fresh_wire(p: &HeParams, seed: &[u8; 32], b: &Poly) -> Vec<u8> {
+    let mut wr = BitWriter::with_capacity(p.fresh_ct_bytes());
+    wr.bytes.extend_from_slice(seed);
+    for (row, w) in b.coefficients().outer_iter().zip(p.widths()) {
         for &x in row.iter() {
-            out.extend_from_slice(&x.to_le_bytes());
+            wr.write(x, w);
         }
     }
-    out
+    wr.finish()
+}
+
+/// Wire form of the public key: seed of `a_pk`, then `b_pk` (NTT form, bit-packed), as a fresh
+/// ciphertext.
+pub fn public_key_bytes(p: &HeParams, pk: &PublicKey) -> Vec<u8> {
+    fresh_wire(p, &pk.seed, &pk.b)
+}
+
+/// Little-endian bit packing of residues (each value in a given number of bits, LSB first),
+/// the wire form of ciphertexts: 52-bit residues take 6.5 bytes instead of 8.
+struct BitWriter {
+    bytes: Vec<u8>,
+    acc: u128,
+    fill: u32,
+}
+
+impl BitWriter {
+    fn with_capacity(n: usize) -> BitWriter {
+        BitWriter { bytes: Vec::with_capacity(n), acc: 0, fill: 0 }
+    }
+
+    /// Appends the low `bits` (<= 64) bits of `x` (`x < 2^bits`).
+    fn write(&mut self, x: u64, bits: u32) {
+        debug_assert!(bits == 64 || x >> bits == 0);
+        self.acc |= (x as u128) << self.fill;
+        self.fill += bits;
+        while self.fill >= 8 {
+            self.bytes.push(self.acc as u8);
+            self.acc >>= 8;
+            self.fill -= 8;
+        }
+    }
+
+    /// The bytes, the last one zero-padded.
+    fn finish(mut self) -> Vec<u8> {
+        if self.fill > 0 {
+            self.bytes.push(self.acc as u8);
+        }
+        self.bytes
+    }
+}
+
+/// Reads what [`BitWriter`] wrote. The caller checks the message length first; reading past
+/// the end yields zero bits.
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    acc: u128,
+    fill: u32,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(bytes: &'a [u8]) -> BitReader<'a> {
+        BitReader { bytes, pos: 0, acc: 0, fill: 0 }
+    }
+
+    /// The next `bits` (<= 64) bits as an integer.
+    fn read(&mut self, bits: u32) -> u64 {
+        while self.fill < bits {
+            let b = self.bytes.get(self.pos).copied().unwrap_or(0);
+            self.pos += 1;
+            self.acc |= (b as u128) << self.fill;
+            self.fill += 8;
+        }
+        let x = if bits == 64 { self.acc as u64 } else { (self.acc as u64) & ((1u64 << bits) - 1) };
+        self.acc >>= bits;
+        self.fill -= bits;
+        x
+    }
 }
 
 /// Parses [`public_key_bytes`]. Errors: `Protocol` for a wrong size or out-of-range words.
@@ -487,8 +576,9 @@ impl Accumulator {
     /// Finishes the response: adds a fresh public-key encryption of zero, adds the plaintext
     /// `plain[k]` (the negated server share, centered) and the flood `t * E_k` at each useful
     /// coefficient `useful[k]`, switches
-    /// from `Q` to `q_0 q_1` and returns the wire form: `a` (all `N` coefficients, both primes),
-    /// then `b` at the useful coefficients (prime 0 for all, then prime 1 for all).
+    /// from `Q` to `q_0 q_1` and returns the wire form, bit-packed ([`HeParams::response_bytes`]
+    /// bytes): `a` (all `N` coefficients, prime 0 then prime 1), then `b` at the useful
+    /// coefficients (prime 0 for all, then prime 1 for all).
     /// Errors: `InvalidArgument` on a sampler failure.
     #[allow(clippy::too_many_arguments)]
     pub fn finish(
@@ -521,7 +611,7 @@ impl Accumulator {
         let switch = Switch::new(p, t);
         // 2^(flood-1) mod q_i: the offset that centers the flood.
         let half: Vec<u64> = p.moduli.iter().map(|&q| pow2_mod(flood - 1, q)).collect();
-        let mut out = Vec::with_capacity(p.response_bytes(useful.len()));
+        let mut out = BitWriter::with_capacity(p.response_bytes(useful.len()));
         // a: every coefficient.
         let mut a_rows = vec![vec![0u64; DEGREE]; RESPONSE_LEVELS];
         let mut res = [0u64; LEVELS];
@@ -556,12 +646,15 @@ impl Accumulator {
                 row[k] = *r;
             }
         }
-        for row in a_rows.iter().chain(&b_rows) {
-            for &x in row {
-                out.extend_from_slice(&x.to_le_bytes());
+        let widths = p.widths();
+        for rows in [&a_rows, &b_rows] {
+            for (row, &w) in rows.iter().zip(&widths) {
+                for &x in row {
+                    out.write(x, w);
+                }
             }
         }
-        Ok(out)
+        Ok(out.finish())
     }
 }
 
@@ -674,8 +767,9 @@ mod tests {
         let p = HeParams::new().unwrap();
         let mut rng = ChaCha20Rng::from_seed([3u8; 32]);
         let sk = SecretKey::generate(&p, &mut rng).unwrap();
-        let pk = parse_public_key(&p, &public_key_bytes(&sk.public_key(&p, t, &mut rng).unwrap()))
-            .unwrap();
+        let pk =
+            parse_public_key(&p, &public_key_bytes(&p, &sk.public_key(&p, t, &mut rng).unwrap()))
+                .unwrap();
         let m: Vec<u64> = (0..DEGREE).map(|_| t.reduce(rng.next_u64() as i128)).collect();
         let mut w = vec![0u64; DEGREE];
         let fan_in = if dense { DEGREE } else { 9 };
@@ -697,6 +791,28 @@ mod tests {
             assert_eq!(got[k], t.reduce(want as i128 - c0[k] as i128), "coefficient {pos}");
         }
         assert!(sk.decrypt_response(&p, t, &msg[8..], &useful).is_err());
+        // A residue out of range (all bits set) is refused, not reduced.
+        let mut bad = msg.clone();
+        bad[..7].fill(0xff);
+        assert!(sk.decrypt_response(&p, t, &bad, &useful).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bit_packing_round_trips(vals in proptest::collection::vec((proptest::prelude::any::<u64>(), 1u32..=64), 0..200)) {
+            let mut w = BitWriter::with_capacity(0);
+            let vals: Vec<(u64, u32)> = vals.into_iter().map(|(x, b)| (if b == 64 { x } else { x & ((1 << b) - 1) }, b)).collect();
+            for &(x, b) in &vals {
+                w.write(x, b);
+            }
+            let total: u32 = vals.iter().map(|v| v.1).sum();
+            let bytes = w.finish();
+            proptest::prop_assert_eq!(bytes.len(), total.div_ceil(8) as usize);
+            let mut r = BitReader::new(&bytes);
+            for &(x, b) in &vals {
+                proptest::prop_assert_eq!(r.read(b), x);
+            }
+        }
     }
 
     #[test]

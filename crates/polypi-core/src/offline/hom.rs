@@ -8,11 +8,15 @@
 //!   `O - c Hp Wp - l Wp - l'` with `O = (Cn - 1) Hp Wp + (kh - 1) Wp + kw - 1`. Then coefficient
 //!   `O + i Wp + j` of the product is the stride-1 convolution at `(i, j)` over the block's
 //!   channels; summing the blocks' products gives the output channel (`out_h * out_w` useful
-//!   coefficients; strides pick every s-th). A product occupies `S = Cn Hp Wp + O` coefficients,
-//!   so when `S <= N / 2` the kernels of `P = floor(N / S)` output channels are placed at offsets
-//!   `p S` of one polynomial and one response carries `P` output channels (their products do
-//!   not overlap; an extension of Cheetah's packing that keeps small feature maps from wasting
-//!   most of each response). `Cn` minimises `2 * input polynomials + responses`.
+//!   coefficients; strides pick every s-th). Several output channels share one response (an
+//!   extension of Cheetah's packing that keeps small feature maps from wasting most of each
+//!   response): the kernels of `P` output channels are placed at offsets `p D`. The product of
+//!   kernel `p` has support `[p D, p D + Cn Hp Wp + O)` and its useful coefficients are `p D + O +
+//!   [0, U)` (`U` the span of the strided output positions); no product's support may touch
+//!   another's useful coefficients, also after the negacyclic wrap, which holds when `D >= max(O
+//!   + U, Cn Hp Wp)`, `(P - 1) D + Cn Hp Wp <= N` and `(P - 1) D + O + U <= N` (the garbage
+//!   coefficients may overlap each other: they are never decrypted). `Cn` minimises the bytes
+//!   `2 * input polynomials + responses` (an upload is twice the size of a response).
 //! - **Fully connected** (`in -> out`): input blocks of `ni` elements (coefficient `j`), output
 //!   blocks of `no = min(out, N / ni)` rows; weight row `r` of a block reversed at coefficients
 //!   `r ni + ni - 1 - j`, so coefficient `r ni + ni - 1` of the product is the partial dot product.
@@ -59,6 +63,17 @@ fn div_ceil(a: usize, b: usize) -> usize {
     a.div_ceil(b.max(1))
 }
 
+/// `(D, O, U)` of a conv packed with `cn` channels per input polynomial: the offset between
+/// the kernels of output channels sharing a response, the position of output `(0, 0)` in a
+/// product, and the span of the useful (strided output) coefficients (module docs).
+fn offset_stride(g: &ConvGeom, cn: usize) -> (usize, usize, usize) {
+    let wp = g.w + 2 * g.padding;
+    let hw = (g.h + 2 * g.padding) * wp;
+    let o = (cn - 1) * hw + (g.kh - 1) * wp + g.kw - 1;
+    let u = (g.out_h().max(1) - 1) * g.stride * wp + (g.out_w().max(1) - 1) * g.stride + 1;
+    ((o + u).max(cn * hw), o, u)
+}
+
 impl Packing {
     /// Packing of a conv layer. Errors: `Graph` (naming `node`) when a padded input plane does
     /// not fit one polynomial (spatial tiling is not built) or the geometry is degenerate.
@@ -75,13 +90,16 @@ impl Packing {
         }
         let c = (geom.c_in / geom.groups).max(1);
         let m = (geom.c_out / geom.groups).max(1);
-        let wp = geom.w + 2 * geom.padding;
         let mut best = (usize::MAX, 1, 1);
         for cn in 1..=c.min(DEGREE / hw).max(1) {
-            let span = cn * hw + (cn - 1) * hw + (geom.kh - 1) * wp + geom.kw - 1;
+            let (d, o, u) = offset_stride(&geom, cn);
+            let room = DEGREE.saturating_sub(cn * hw).min(DEGREE.saturating_sub(o + u));
             let k = cn.min(c) * geom.kh * geom.kw * div_ceil(c, cn);
-            let per = (DEGREE / span.max(1)).min(MAX_NOISE_FAN_IN / k.max(1)).clamp(1, m);
-            let cost = 2 * div_ceil(c, cn) + div_ceil(m, per);
+            let per = (room / d + 1).min(MAX_NOISE_FAN_IN / k.max(1)).clamp(1, m);
+            // Bytes in units of a response's `a`: uploads count twice, each response carries
+            // its useful `b` coefficients too.
+            let useful = per * geom.out_h() * geom.out_w();
+            let cost = 2 * DEGREE * div_ceil(c, cn) + div_ceil(m, per) * (DEGREE + useful);
             if cost < best.0 {
                 best = (cost, cn, per);
             }
@@ -156,12 +174,11 @@ impl Packing {
         }
     }
 
-    /// `(responses per group, output channels per response, offset stride S, O)` of a conv.
+    /// `(responses per group, output channels per response, offset stride D, O)` of a conv.
     fn conv_out(&self) -> (usize, usize, usize, usize) {
-        let Packing::Conv { per, .. } = self else { unreachable!() };
-        let (g, cn, wp, hw, _) = self.conv_dims();
-        let o = (cn - 1) * hw + (g.kh - 1) * wp + g.kw - 1;
-        (div_ceil(g.c_out / g.groups, *per), *per, cn * hw + o, o)
+        let Packing::Conv { geom, cn, per } = self else { unreachable!() };
+        let (d, o, _) = offset_stride(geom, *cn);
+        (div_ceil(geom.c_out / geom.groups, *per), *per, d, o)
     }
 
     /// Responses per sample.
@@ -222,7 +239,7 @@ impl Packing {
         match self {
             Packing::Conv { .. } => {
                 let (g, _, wp, _, _) = self.conv_dims();
-                let (rpg, per, span, off) = self.conv_out();
+                let (rpg, per, d, off) = self.conv_out();
                 let mg = g.c_out / g.groups;
                 let (grp, r) = (o / rpg, o % rpg);
                 let (oh, ow) = (g.out_h(), g.out_w());
@@ -235,7 +252,7 @@ impl Packing {
                     let ch = grp * mg + oc;
                     for i in 0..oh {
                         for j in 0..ow {
-                            let pos = p * span + off + i * g.stride * wp + j * g.stride;
+                            let pos = p * d + off + i * g.stride * wp + j * g.stride;
                             v.push((pos as u32, (ch * oh + i) * ow + j));
                         }
                     }
@@ -257,7 +274,7 @@ impl Packing {
         match self {
             Packing::Conv { .. } => {
                 let (g, cn, wp, hw, blocks) = self.conv_dims();
-                let (rpg, per, span, off) = self.conv_out();
+                let (rpg, per, d, off) = self.conv_out();
                 let cg = g.c_in / g.groups;
                 let og = g.c_out / g.groups;
                 let (grp, b) = (j / blocks, j % blocks);
@@ -276,7 +293,7 @@ impl Packing {
                         }
                         for l in 0..g.kh {
                             for l2 in 0..g.kw {
-                                let pos = p * span + off - c * hw - l * wp - l2;
+                                let pos = p * d + off - c * hw - l * wp - l2;
                                 k[pos] = wg[oo * kk + (ch * g.kh + l) * g.kw + l2];
                             }
                         }
@@ -387,6 +404,36 @@ mod tests {
         let Packing::Conv { per, .. } = p else { unreachable!() };
         assert!(per > 1, "{p:?}");
         assert!(p.outputs() < 256 / 4, "{p:?}");
+    }
+
+    /// NET-C's 8x8 layers and a strided ResNet layer, packed and evaluated in the clear:
+    /// several output channels per response, every output exactly once and correct.
+    #[test]
+    fn dense_output_packing_is_exact_on_small_maps() {
+        let mut s = 7u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s
+        };
+        for (c_in, hw, c_out, k, stride, padding) in
+            [(64, 8, 64, 3, 1, 1), (64, 8, 16, 1, 1, 0), (16, 16, 32, 3, 2, 1)]
+        {
+            let geom =
+                ConvGeom { c_in, h: hw, w: hw, c_out, kh: k, kw: k, stride, padding, groups: 1 };
+            let p = Packing::conv(geom, "t").unwrap();
+            let Packing::Conv { per, .. } = p else { unreachable!() };
+            assert!(per >= 4, "{p:?}");
+            let x: Vec<u64> = (0..c_in * hw * hw).map(|_| next()).collect();
+            let weight = vec![(0..c_out * c_in * k * k).map(|_| next()).collect::<Vec<u64>>()];
+            let want = ops::conv_ring(
+                &RingTensor { shape: vec![1, c_in, hw, hw], data: x.clone() },
+                &weight,
+                &geom,
+                "t",
+            )
+            .unwrap();
+            check(&p, &x, &weight, &want.data);
+        }
     }
 
     #[test]

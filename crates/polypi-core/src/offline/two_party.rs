@@ -155,11 +155,11 @@ impl TwoPartyClient {
         let mut rng = he::he_rng()?;
         let sk = SecretKey::generate(&params, &mut rng)?;
         let pk = sk.public_key(&params, PlainModulus::Pow64, &mut rng)?;
-        link.send(&he::public_key_bytes(&pk))?;
+        link.send(&he::public_key_bytes(&params, &pk))?;
         if !polys.is_empty() {
             let mut msg = Vec::new();
             for t in ole.moduli() {
-                msg.extend(he::public_key_bytes(&sk.public_key(&params, t, &mut rng)?));
+                msg.extend(he::public_key_bytes(&params, &sk.public_key(&params, t, &mut rng)?));
             }
             link.send(&msg)?;
         }
