@@ -42,6 +42,10 @@ pub struct CostArgs {
     pub json: bool,
     #[command(flatten)]
     pub poly: crate::common::PolyProtocolArg,
+    /// With two-party, also the dealer-free preprocessing's bytes per layer (exact, from the HE
+    /// packings; docs/two-party.md).
+    #[command(flatten)]
+    pub pre: crate::common::PreprocessingArg,
 }
 
 /// Runs `polypi cost`.
@@ -53,10 +57,48 @@ pub fn run(a: CostArgs) -> Result<ExitCode> {
     plan.poly_protocol = a.poly.poly_protocol;
     let profile = Profile::parse(&a.profile).context("bad --profile")?;
     let report = predict(&plan, a.batch, &profile, &a.link).context("cost model failed")?;
+    if a.pre.preprocessing == crate::common::Preprocessing::TwoParty {
+        return two_party(&plan, &a, &report);
+    }
     if a.json {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--preprocessing two-party`: the cost report, then the two-party preprocessing bytes per
+/// layer and of the session setup (JSON: `{"cost": .., "two_party": {"layers": [{"name",
+/// "bytes"}], "total_bytes", "setup_bytes"}}`).
+fn two_party(
+    plan: &polypi_core::model::Plan,
+    a: &CostArgs,
+    report: &polypi_core::cost::CostReport,
+) -> Result<ExitCode> {
+    use polypi_core::offline::two_party::{preprocessing_bytes, setup_bytes};
+    let layers = preprocessing_bytes(plan, a.batch).context("two-party preprocessing")?;
+    let total: u64 = layers.iter().map(|(_, b)| b).sum();
+    let setup = setup_bytes(plan)?;
+    if a.json {
+        let layers: Vec<serde_json::Value> =
+            layers.iter().map(|(n, b)| serde_json::json!({ "name": n, "bytes": b })).collect();
+        let cost: serde_json::Value = serde_json::from_str(&report.to_json())?;
+        let tp =
+            serde_json::json!({ "layers": layers, "total_bytes": total, "setup_bytes": setup });
+        println!("{}", serde_json::json!({ "cost": cost, "two_party": tp }));
+    } else {
+        print!("{}", report.table());
+        println!("two-party preprocessing (no dealer), batch {}:", a.batch);
+        println!("{:<18} {:>14}", "layer", "bytes");
+        for (n, b) in layers.iter().filter(|(_, b)| *b > 0) {
+            println!("{n:<18} {b:>14}");
+        }
+        println!(
+            "total {:.3} MB per inference, plus {:.3} MB once per session (public keys)",
+            total as f64 / 1e6,
+            setup as f64 / 1e6
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -522,6 +522,27 @@ fn bench_poly_protocols_differ_in_bytes() {
     assert_fails(&o, 2, "dealer-powers or share-powers");
 }
 
+/// `polypi cost --preprocessing two-party` predicts the dealer-free preprocessing bytes
+/// exactly: per inference and per session, equal to what `polypi bench` measures.
+#[test]
+fn cost_predicts_two_party_bytes_bench_measures() {
+    let args = ["--net", "NET-M", "--act", "square", "--preprocessing", "two-party", "--json"];
+    let o = run(&[&["cost", "--profile", "pasnet"], &args[..]].concat());
+    assert!(o.status.success(), "cost failed: {}", text(&o.stderr));
+    let c = json(&o);
+    let tp = &c["two_party"];
+    let layers = tp["layers"].as_array().unwrap();
+    let sum: u64 = layers.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(tp["total_bytes"].as_u64().unwrap(), sum);
+    let o = run(&[&["bench", "--runs", "1"], &args[..]].concat());
+    assert!(o.status.success(), "bench failed: {}", text(&o.stderr));
+    let b = &json(&o)[0]["summary"];
+    assert_eq!(b["preprocessing_bytes"], tp["total_bytes"]);
+    // The session setup: the skeleton one way, the client's public keys the other.
+    let setup = tp["setup_bytes"].as_u64().unwrap();
+    assert!(b["setup_bytes"].as_u64().unwrap() > setup, "{b} vs {setup}");
+}
+
 /// Writes an IDX split `{prefix}-images-idx3-ubyte` / `-labels-` of `n` 28x28 images into `dir`;
 /// image 0 is the pattern of `gray_png`, the others pseudo-random bytes.
 fn write_idx(dir: &Path, prefix: &str, n: u32) {

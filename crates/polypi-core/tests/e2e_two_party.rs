@@ -6,6 +6,7 @@
 //! runs.
 #![cfg(feature = "two-party")]
 
+use polypi_core::engine::deploy::session_memory_bytes;
 use polypi_core::engine::guard::GuardPolicy;
 use polypi_core::engine::session::{run_local, run_local_two_party, LocalOpts, Transport};
 use polypi_core::engine::{run_fixed, EncodedPlan};
@@ -15,6 +16,7 @@ use polypi_core::model::{
     ConvGeom, ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer, PolyProtocol,
 };
 use polypi_core::net::LinkModel;
+use polypi_core::offline::two_party;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -185,6 +187,24 @@ fn same_as_twin_and_dealer(plan: Plan) {
                 matches!(l.kind.as_str(), "Conv2d" | "Linear" | "Input") || Some(i) == first_poly;
             assert_eq!(l.bytes_two_party > 0, want, "{}: {}", l.name, l.bytes_two_party);
         }
+        // The static count (serve's memory admission, `polypi cost`) is the measured traffic,
+        // layer by layer.
+        let predicted = two_party::preprocessing_bytes(&plan, *b).unwrap();
+        let measured: Vec<(String, u64)> = run
+            .report
+            .layers
+            .iter()
+            .filter(|l| l.kind != "Reveal")
+            .map(|l| (l.name.clone(), l.bytes_two_party))
+            .collect();
+        assert_eq!(predicted, measured);
+        // Serve's admission reserves the HE working set on top of the dealer mode's estimate.
+        let wire: u64 = predicted.iter().map(|(_, b)| b).sum();
+        let (tp, dm) = (
+            session_memory_bytes(&plan, *b, true).unwrap(),
+            session_memory_bytes(&plan, *b, false).unwrap(),
+        );
+        assert_eq!(tp, dm + 2 * wire);
     }
 }
 

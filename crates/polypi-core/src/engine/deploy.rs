@@ -131,9 +131,33 @@ impl Admission {
 /// plus the online messages of one inference of `batch` samples, exact sizes from
 /// [`crate::cost::count`]) + 16 bytes per weight (the weight masks `B` and `F = W - B` of the
 /// setup) + 8 MiB (threads, buffers). The factor 2.5 is the measured peak RSS over dealer bytes
-/// of whole runs (see [`super::bench::check_memory_budget`]).
-/// Errors: those of [`crate::cost::count`]; `InvalidArgument` if the size overflows u64.
-pub fn session_memory_bytes(plan: &Plan, batch: usize) -> Result<u64> {
+/// of whole runs (see [`super::bench::check_memory_budget`]). With `two_party`, plus 2 x the
+/// two-party preprocessing traffic ([`crate::offline::two_party::preprocessing_bytes`]): the
+/// parsed ciphertexts and accumulators in NTT form (measured: NET-C x^2, batch 1, all roles
+/// in one process, 155 MB peak RSS against 48 MB with the dealer, for 53.5 MB of traffic).
+/// Errors: those of [`crate::cost::count`] (and of `preprocessing_bytes` with `two_party`);
+/// `InvalidArgument` if the size overflows u64 or `two_party` is asked of a build without the
+/// `two-party` feature.
+pub fn session_memory_bytes(plan: &Plan, batch: usize, two_party: bool) -> Result<u64> {
+    let dealer = dealer_session_memory_bytes(plan, batch)?;
+    if !two_party {
+        return Ok(dealer);
+    }
+    #[cfg(feature = "two-party")]
+    {
+        let wire: u64 = crate::offline::two_party::preprocessing_bytes(plan, batch)?
+            .iter()
+            .map(|(_, b)| *b)
+            .sum();
+        Ok(dealer.saturating_add(wire.saturating_mul(2)))
+    }
+    #[cfg(not(feature = "two-party"))]
+    Err(Error::InvalidArgument(
+        "this build has no two-party preprocessing (feature `two-party`)".into(),
+    ))
+}
+
+fn dealer_session_memory_bytes(plan: &Plan, batch: usize) -> Result<u64> {
     let layers = crate::cost::count(plan, batch)?;
     let mut material = 0u64;
     for l in &layers {
@@ -240,7 +264,7 @@ impl DeployedServer {
                 "max batch, max sessions and max pending handshakes must be at least 1".into(),
             ));
         }
-        let per_session = session_memory_bytes(&plan, opts.limits.max_batch)?;
+        let per_session = session_memory_bytes(&plan, opts.limits.max_batch, opts.two_party)?;
         if per_session > opts.memory_budget_bytes {
             return Err(Error::InvalidArgument(format!(
                 "one session at batch {} needs about {:.1} MB, more than the memory budget of \

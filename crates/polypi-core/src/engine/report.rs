@@ -66,7 +66,8 @@ pub struct InferenceReport {
 pub struct SetupReport {
     /// Client wall time of the setup, ms.
     pub ms: f64,
-    /// Bytes server -> client (skeleton + masked weights).
+    /// Bytes of the setup: server -> client (skeleton + masked weights) in dealer mode; both
+    /// ways in two-party mode (skeleton, and the client's public keys to the server).
     pub bytes: u64,
 }
 

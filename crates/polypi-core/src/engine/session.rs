@@ -538,9 +538,11 @@ impl<'a> ClientSession<'a> {
         let masked = EncodedPlan::new(&skeleton)?;
         let seed = Seed::from_os()?;
         let tp = TwoPartyClient::setup(seed.clone(), &skeleton, server)?;
+        // Both ways: the skeleton in, the client's public keys out.
+        let st = server.stats();
         let setup = SetupReport {
             ms: t0.elapsed().as_secs_f64() * 1e3,
-            bytes: server.stats().bytes_received,
+            bytes: st.bytes_received + st.bytes_sent,
         };
         Ok(ClientSession {
             server,

@@ -89,6 +89,67 @@ pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// Wire bytes of the two-party preprocessing of one inference of `batch` samples, per layer in
+/// plan order (`(layer name, bytes)`, both directions together, payload without framing),
+/// computed from the packings without running anything: the input's zero share (`8` bytes per
+/// element), per conv / linear layer the client's ciphertexts and the server's responses
+/// ([`Packing`], [`HeParams`]), and the one batched OLE of all polynomial layers ([`Ole`]),
+/// reported on the first polynomial layer as the measured reports do. Session setup (the
+/// public keys, [`setup_bytes`]) is not included.
+/// Errors: those of [`check_two_party_supported`], [`EncodedPlan::new`] and
+/// [`crate::cost::count`].
+pub fn preprocessing_bytes(plan: &Plan, batch: usize) -> Result<Vec<(String, u64)>> {
+    check_two_party_supported(plan)?;
+    let params = HeParams::new()?;
+    let ole = Ole::new()?;
+    let enc = EncodedPlan::new(plan)?;
+    let costs = crate::cost::count(plan, batch)?;
+    let mut out: Vec<(String, u64)> = Vec::with_capacity(plan.layers.len());
+    let (mut slots, mut big_m, mut first_poly) = (0usize, 1usize, None);
+    for (idx, (layer, cost)) in plan.layers.iter().zip(&costs).enumerate() {
+        let bytes = match &layer.op {
+            LayerOp::Input => 8 * cost.out_elements,
+            LayerOp::Conv2d(_) | LayerOp::Linear(_) => {
+                let p = packing(layer)?;
+                let up = p.inputs() * params.fresh_ct_bytes();
+                let down: usize =
+                    (0..p.outputs()).map(|o| params.response_bytes(p.useful(o).len())).sum();
+                (batch * (up + down)) as u64
+            }
+            LayerOp::Poly(_) => {
+                first_poly.get_or_insert(idx);
+                if let Some(pp) = enc.poly.get(&idx) {
+                    for g in pp.groups.iter().filter(|g| g.max_power() >= 2) {
+                        slots += cost.in_elements as usize;
+                        big_m = big_m.max(g.max_power());
+                    }
+                }
+                0
+            }
+            _ => 0,
+        };
+        out.push((layer.name.clone(), bytes));
+    }
+    if let Some(i) = first_poly {
+        if slots > 0 {
+            let v = big_m - 1;
+            out[i].1 += (ole.upload_bytes(&params, v, slots)
+                + ole.response_bytes(&params, v, slots)) as u64;
+        }
+    }
+    Ok(out)
+}
+
+/// Wire bytes of the two-party session setup: the client's public key, plus one per OLE
+/// prime when the plan has polynomial layers. Errors: `InvalidArgument` if the HE parameters
+/// cannot be built.
+pub fn setup_bytes(plan: &Plan) -> Result<u64> {
+    let params = HeParams::new()?;
+    let polys = plan.layers.iter().any(|l| matches!(l.op, LayerOp::Poly(_)));
+    let keys = 1 + if polys { Ole::new()?.moduli().len() } else { 0 };
+    Ok((keys * params.fresh_ct_bytes()) as u64)
+}
+
 fn packing(layer: &Layer) -> Result<Packing> {
     match &layer.op {
         LayerOp::Conv2d(c) => Packing::conv(c.geom, &layer.name),
