@@ -367,14 +367,11 @@ def main():
     }
     print(json.dumps(result, indent=2))
     for r in runs:
-        label = "first (incl. HE/OT setup)" if r["run"] == 1 else "warm"
-        print(
-            f"{args.net} {args.act}: run {r['run']} [{label}]: "
-            f"{r['wall_s'] + (setup_s if r['run'] == 1 else 0):.2f} s "
-            f"(+{setup_s:.2f} s link setup included in run 1), "
-            f"{r['total_mb']:.1f} MB sent by both parties",
-            file=sys.stderr,
-        )
+        if r["run"] == 1:
+            what = f"{r['wall_s'] + setup_s:.2f} s incl. {setup_s:.2f} s link + runtime setup (first, with OT/HE setup)"
+        else:
+            what = f"{r['wall_s']:.2f} s (warm)"
+        print(f"{args.net} {args.act}: run {r['run']}: {what}, {r['total_mb']:.1f} MB sent by both parties", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
