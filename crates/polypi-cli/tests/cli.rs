@@ -73,15 +73,10 @@ fn serve_dealer_query_three_processes() {
     assert!(text(&o.stdout).contains("online"), "{}", text(&o.stdout));
 }
 
-/// Dealer-free deployment (docs/two-party.md): `serve` and `query` with `--preprocessing
-/// two-party`, two processes over TLS and no dealer; the private class equals the plaintext
-/// class, the client reports the preprocessing traffic, and mismatched flags are refused.
-#[test]
-fn serve_query_two_processes_without_a_dealer() {
-    let d = tmp("twoparty");
-    let m = zoo(&d, "NET-M", "x2");
-    let img = gray_png(&d, "img.png", 28, 28);
-    let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
+/// Serves `model` with `--preprocessing two-party`, queries it once with `img` as a second
+/// process without a dealer, and checks the class and the logits against the dealer mode's
+/// `polypi infer`; returns the server and its address.
+fn query_without_dealer(m: &str, img: &str) -> (Daemon, String) {
     let plain = json(&run(&["infer", "--model", m, "--input", img, "--json"]));
     let want = plain["inputs"][0]["plaintext"]["class"].as_u64().unwrap();
     let server = Daemon::spawn(&[
@@ -114,6 +109,42 @@ fn serve_query_two_processes_without_a_dealer() {
     let v = json(&o);
     assert_eq!(v["results"][0]["class"].as_u64().unwrap(), want, "{v}");
     assert!(v["results"][0]["offline_bytes_received"].as_u64().unwrap() > 0, "{v}");
+    // The dealer-free logits equal the dealer mode's private logits up to the local
+    // truncations' last bits (both are the fixed-point twin within a few units of 2^-16).
+    let logits = |x: &serde_json::Value| -> Vec<f64> {
+        x.as_array().unwrap().iter().map(|y| y.as_f64().unwrap()).collect()
+    };
+    let (two, dealer) =
+        (logits(&v["results"][0]["logits"]), logits(&plain["inputs"][0]["private"]["logits"]));
+    assert_eq!(two.len(), 10);
+    for (a, b) in two.iter().zip(&dealer) {
+        assert!((a - b).abs() < 1e-3, "two-party {two:?} vs dealer {dealer:?}");
+    }
+    (server, saddr)
+}
+
+/// NET-C X2act served and queried as two processes over TLS with no dealer, on a CIFAR sample.
+#[test]
+fn serve_query_net_c_two_processes_without_a_dealer() {
+    let d = tmp("twoparty-netc");
+    let m = zoo(&d, "NET-C", "x2");
+    let img = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/samples/cifar/0-3.png");
+    let (server, _) = query_without_dealer(m.to_str().unwrap(), img);
+    let line = server.line(Duration::from_secs(60));
+    assert!(line.contains("1 inference(s)"), "server: {line}");
+}
+
+/// Dealer-free deployment (docs/two-party.md): `serve` and `query` with `--preprocessing
+/// two-party`, two processes over TLS and no dealer; the private class equals the plaintext
+/// class and the logits the dealer mode's, the client reports the preprocessing traffic, and
+/// mismatched flags are refused.
+#[test]
+fn serve_query_two_processes_without_a_dealer() {
+    let d = tmp("twoparty");
+    let m = zoo(&d, "NET-M", "x2");
+    let img = gray_png(&d, "img.png", 28, 28);
+    let (m, img) = (m.to_str().unwrap(), img.to_str().unwrap());
+    let (server, saddr) = query_without_dealer(m, img);
     let line = server.line(Duration::from_secs(30));
     assert!(line.contains("1 inference(s)"), "server: {line}");
     // A dealer-mode client against the two-party server: refused with the reason.
