@@ -1,4 +1,4 @@
-//! The engine: the one graph walk ([`walk`]) and its backends — plaintext ([`plain`]), the secure
+//! The engine: the one graph walk ([`mod@walk`]) and its backends — plaintext ([`plain`]), the secure
 //! parties ([`party`]) — the session protocol between server, client and dealer ([`session`]),
 //! deployment of the three roles as processes ([`deploy`]: session binding, concurrency,
 //! admission), reports ([`report`]), calibration of value ranges ([`calibrate`]) and the client's runtime

@@ -13,7 +13,7 @@
 //!    phase; server -> client: its share of the logits.
 
 use super::guard::{GuardBounds, GuardCheck, GuardPolicy, RangeViolation};
-use super::party::{check_supported, linear_indices, weight_masks, Dealer, Material, Online};
+use super::party::{check_supported, linear_indices, Material, Online};
 use super::plain::{check_input, EncodedPlan, FixedBackend};
 use super::report::{merge, InferenceReport, LayerReport, SetupReport};
 use super::walk::{walk, LayerTrace};
@@ -24,6 +24,7 @@ use crate::mpc::{CLIENT, SERVER};
 use crate::net::{emulated_pair, mem_pair, recv_ring, send_ring, Channel, LinkModel};
 #[cfg(feature = "two-party")]
 use crate::offline::two_party::{check_two_party_supported, TwoPartyClient, TwoPartyServer};
+use crate::offline::{weight_masks, Dealer};
 use crate::offline::{DealerStream, Preprocessing};
 use crate::ring::{FixedPoint, RingTensor};
 use std::time::{Duration, Instant};
@@ -472,7 +473,7 @@ pub struct ClientInference {
     pub logits: Vec<f32>,
     /// The client's measurements.
     pub traces: PartyTraces,
-    /// A failed range-guard check (only in [`GuardMode::Warn`]; in `Refuse` it is an error).
+    /// A failed range-guard check (only in [`crate::engine::guard::GuardMode::Warn`]; in `Refuse` it is an error).
     pub range_violation: Option<RangeViolation>,
 }
 

@@ -90,10 +90,10 @@ pub struct ConvUnit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "unit", rename_all = "snake_case")]
 pub enum Unit {
-    /// conv -> [BN] -> [ACT].
+    /// conv -> `[BN]` -> `[ACT]`.
     Conv(ConvUnit),
-    /// PolyKervNets `Kerv2d`: conv (no bias) -> `(x + c_p)^2` (node `act`) -> [BN] (node `bn`),
-    /// the published order. With an activation other than `pkn` the zoo builds conv -> [BN] ->
+    /// PolyKervNets `Kerv2d`: conv (no bias) -> `(x + c_p)^2` (node `act`) -> `[BN]` (node `bn`),
+    /// the published order. With an activation other than `pkn` the zoo builds conv -> `[BN]` ->
     /// ACT instead.
     Kerv(ConvUnit),
     /// A pooling site: average or max pooling, chosen when the network is built.

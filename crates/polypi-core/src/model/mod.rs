@@ -1,4 +1,4 @@
-//! Models: the graph IR ([`graph`]), the model file ([`file`]), compile passes into a [`Plan`]
+//! Models: the graph IR ([`graph`]), the model file ([`mod@file`]), compile passes into a [`Plan`]
 //! ([`compile`]), the size limits checked at load ([`limits`]), calibrated value ranges and the
 //! plan range check ([`range`]), the architecture descriptions of the reference and seed networks
 //! ([`arch`]) and their random-weight model files ([`zoo`]).

@@ -240,7 +240,7 @@ impl Act {
     /// The fixed activation variants (not [`Act::Poly`]).
     pub const ALL: [Act; 5] = [Act::Relu, Act::X2Act, Act::Square, Act::Pillar, Act::Pkn];
 
-    /// Short name ("relu", "x2act", "square", "pillar", "pkn", "poly<d>").
+    /// Short name ("relu", "x2act", "square", "pillar", "pkn", "`poly<d>`").
     pub fn name(self) -> String {
         match self {
             Act::Relu => "relu".into(),
@@ -262,7 +262,7 @@ impl fmt::Display for Act {
 impl FromStr for Act {
     type Err = Error;
     /// Accepts "relu", "x2"/"x2act", "square"/"poly"/"x^2", "pillar", "pkn"/"polykerv", and
-    /// "poly<d>" / "deg<d>" for a degree-`d` polynomial (2..=8) (case ignored). Errors with
+    /// `poly<d>` / `deg<d>` for a degree-`d` polynomial (2..=8) (case ignored). Errors with
     /// [`Error::InvalidArgument`].
     fn from_str(s: &str) -> Result<Self> {
         let l = s.to_lowercase();

@@ -170,7 +170,7 @@ impl HeParams {
     }
 
     /// Bytes of one fresh ciphertext on the wire: the 32-byte seed of `a`, then `b` in NTT form
-    /// bit-packed ([`BitWriter`]: each residue mod `q_i` in `ceil(log2 q_i)` bits).
+    /// bit-packed (`BitWriter`: each residue mod `q_i` in `ceil(log2 q_i)` bits).
     pub fn fresh_ct_bytes(&self) -> usize {
         let bits: u64 = self.widths().iter().map(|&w| w as u64 * DEGREE as u64).sum();
         32 + bits.div_ceil(8) as usize
@@ -307,7 +307,7 @@ impl SecretKey {
         Ok(fresh_wire(p, &seed, &b))
     }
 
-    /// Decrypts a response ([`Response::to_bytes`] layout) at its `useful` coefficients, in the
+    /// Decrypts a response ([`Accumulator::finish`] layout) at its `useful` coefficients, in the
     /// order of `useful`; returns plaintexts modulo `t`, with the modulus switch's factor undone.
     /// Errors: `Protocol` for a message of the wrong size.
     pub fn decrypt_response(

@@ -11,11 +11,10 @@
 //!
 //! Both produce the same [`Material`] per layer, so the online phase is the same code.
 
-pub use crate::engine::party::{weight_masks, Dealer, Material};
 pub use crate::engine::session::deal_session;
 
 mod dealer;
-pub use dealer::DealerStream;
+pub use dealer::{weight_masks, Dealer, DealerStream, Offline};
 
 #[cfg(feature = "two-party")]
 pub mod he;
@@ -29,7 +28,47 @@ pub mod two_party;
 use crate::engine::walk::LayerTrace;
 use crate::error::Result;
 use crate::model::Plan;
+use crate::mpc::relu::ReluMaterial;
 use crate::net::Channel;
+
+/// Per-layer correlated randomness a party holds between its offline and online phase.
+#[derive(Debug, Clone)]
+pub enum Material {
+    /// Linear layer: the client's input mask `A` (None at the server) and the party's
+    /// precomputed output share (server: `c0`; client: `A*F + c1`).
+    Linear {
+        /// The client's input mask `A` (ring elements, the layer's input layout); `None` at the
+        /// server.
+        mask: Option<Vec<u64>>,
+        /// This party's precomputed share of the masked product (the layer's output layout).
+        share: Vec<u64>,
+    },
+    /// Polynomial (dealer powers): per power group, this party's shares of `r^1..r^m`.
+    Poly {
+        /// `r_pows[group][k]`: this party's shares of `r^(k+1)` for the group's elements.
+        r_pows: Vec<Vec<Vec<u64>>>,
+    },
+    /// Polynomial (ESPN share powers): per power group, this party's Beaver masks of its share
+    /// powers `1..m-1` and its shares of the cross products ([`crate::mpc::espn::cross_pairs`] order).
+    SharePowers {
+        /// `masks[group][k]`: this party's Beaver masks of its share power `k + 1`.
+        masks: Vec<Vec<Vec<u64>>>,
+        /// `prods[group][j]`: this party's shares of cross product `j` (`crate::mpc::espn::cross_pairs`).
+        prods: Vec<Vec<Vec<u64>>>,
+    },
+    /// Input: this party's share of a dealer-made sharing of zero (server: `R0`, client: `-R0`),
+    /// added to the trivial sharing `(0, x)` of the client's input so that both shares are
+    /// uniform (SecureML local truncation is only correct on uniformly random shares).
+    Input {
+        /// This party's share of zero, one ring element per input element (NCHW).
+        zero_share: Vec<u64>,
+    },
+    /// ReLU (one level) or max-pool (one per tree level): this party's comparison material.
+    Compare {
+        /// One entry per comparison level (ReLU: one; max-pool: one per tree level).
+        levels: Vec<ReluMaterial>,
+    },
+}
 
 /// A source of one party's per-inference correlated randomness.
 pub trait Preprocessing {
