@@ -8,6 +8,52 @@ use crate::model::{ConvLayer, Layer, LayerOp, LinearLayer, Plan, PolyLayer};
 use crate::net::ChannelStats;
 use std::time::Instant;
 
+/// The layers no party computes anything for in an offline phase (average pooling, global
+/// average pooling, flatten, residual add): output shape only. Expands, inside `impl Backend for
+/// X` with `type Value = Vec<usize>` (a shape, NCHW), to the four methods; used by the
+/// preprocessing backends (dealer mode and two-party).
+macro_rules! local_shape_layers {
+    () => {
+        fn avgpool(
+            &mut self,
+            _idx: usize,
+            layer: &$crate::model::Layer,
+            _k: usize,
+            _s: usize,
+            _p: usize,
+            x: &Vec<usize>,
+        ) -> $crate::error::Result<Vec<usize>> {
+            Ok($crate::engine::party::with_batch(layer, x[0]))
+        }
+        fn global_avgpool(
+            &mut self,
+            _idx: usize,
+            layer: &$crate::model::Layer,
+            x: &Vec<usize>,
+        ) -> $crate::error::Result<Vec<usize>> {
+            Ok($crate::engine::party::with_batch(layer, x[0]))
+        }
+        fn flatten(
+            &mut self,
+            _idx: usize,
+            layer: &$crate::model::Layer,
+            x: Vec<usize>,
+        ) -> $crate::error::Result<Vec<usize>> {
+            Ok($crate::engine::party::with_batch(layer, x[0]))
+        }
+        fn add(
+            &mut self,
+            _idx: usize,
+            _layer: &$crate::model::Layer,
+            a: &Vec<usize>,
+            _b: &Vec<usize>,
+        ) -> $crate::error::Result<Vec<usize>> {
+            Ok(a.clone())
+        }
+    };
+}
+pub(crate) use local_shape_layers;
+
 /// The operator interface every backend implements. `Value` is the backend's tensor: an f32
 /// tensor, a ring tensor (plaintext or a party's share), or just a shape.
 ///

@@ -311,32 +311,7 @@ impl Backend for Offline<'_> {
         self.compare_material(idx, &levels)?;
         Ok(with_batch(layer, x[0]))
     }
-    fn avgpool(
-        &mut self,
-        _idx: usize,
-        layer: &Layer,
-        _k: usize,
-        _s: usize,
-        _p: usize,
-        x: &Vec<usize>,
-    ) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn flatten(&mut self, _idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn add(
-        &mut self,
-        _idx: usize,
-        _layer: &Layer,
-        a: &Vec<usize>,
-        _b: &Vec<usize>,
-    ) -> Result<Vec<usize>> {
-        Ok(a.clone())
-    }
+    crate::engine::walk::local_shape_layers!();
     fn counters(&self) -> ChannelStats {
         self.dealer.as_ref().map(|d| d.stats()).unwrap_or_default()
     }
@@ -518,32 +493,7 @@ impl Backend for Dealer<'_> {
         self.compare_keys(idx, layer, &levels)?;
         Ok(with_batch(layer, x[0]))
     }
-    fn avgpool(
-        &mut self,
-        _idx: usize,
-        layer: &Layer,
-        _k: usize,
-        _s: usize,
-        _p: usize,
-        x: &Vec<usize>,
-    ) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn flatten(&mut self, _idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn add(
-        &mut self,
-        _idx: usize,
-        _layer: &Layer,
-        a: &Vec<usize>,
-        _b: &Vec<usize>,
-    ) -> Result<Vec<usize>> {
-        Ok(a.clone())
-    }
+    crate::engine::walk::local_shape_layers!();
     /// Both of the dealer's channels, summed (client + server).
     fn counters(&self) -> ChannelStats {
         let mut c = self.client.stats();

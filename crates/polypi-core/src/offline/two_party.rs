@@ -27,6 +27,7 @@ use super::he::{self, HeParams, PlainModulus, PublicKey, SecretKey};
 use super::hom::Packing;
 use super::ole::Ole;
 use super::{Material, Preprocessing};
+use crate::engine::party::{numel, with_batch};
 use crate::engine::plain::EncodedPlan;
 use crate::engine::walk::{walk, Backend, LayerTrace};
 use crate::error::{Error, Result};
@@ -242,16 +243,6 @@ struct TwoPartyWalk<'p, 'a, 'l> {
     material: Vec<Option<Material>>,
     /// Polynomial layers waiting for the batched OLE: (layer, this party's powers per group).
     pending: Vec<(usize, Vec<Vec<Vec<u64>>>)>,
-}
-
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
-
-fn with_batch(layer: &Layer, batch: usize) -> Vec<usize> {
-    let mut s = vec![batch];
-    s.extend_from_slice(&layer.out_shape);
-    s
 }
 
 fn refuse(layer: &Layer) -> Error {
@@ -624,32 +615,7 @@ impl Backend for TwoPartyWalk<'_, '_, '_> {
     ) -> Result<Vec<usize>> {
         Err(refuse(layer))
     }
-    fn avgpool(
-        &mut self,
-        _idx: usize,
-        layer: &Layer,
-        _k: usize,
-        _s: usize,
-        _p: usize,
-        x: &Vec<usize>,
-    ) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn global_avgpool(&mut self, _idx: usize, layer: &Layer, x: &Vec<usize>) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn flatten(&mut self, _idx: usize, layer: &Layer, x: Vec<usize>) -> Result<Vec<usize>> {
-        Ok(with_batch(layer, x[0]))
-    }
-    fn add(
-        &mut self,
-        _idx: usize,
-        _layer: &Layer,
-        a: &Vec<usize>,
-        _b: &Vec<usize>,
-    ) -> Result<Vec<usize>> {
-        Ok(a.clone())
-    }
+    crate::engine::walk::local_shape_layers!();
     fn counters(&self) -> ChannelStats {
         self.link.stats()
     }
