@@ -142,8 +142,45 @@ pub fn linear_ring(
     }
     let n = x.shape[0];
     let mut out = RingTensor::zeros(&[n, out_f]);
-    gemm(&x.data, weight_t, &mut out.data, n, in_f, out_f);
+    if n <= SMALL_BATCH_ROWS {
+        // A few rows (batch-1 inference): one pass over the weights, row k of `W^T` scaled by
+        // x[i, k] and accumulated (contiguous, vectorised), instead of packing the whole weight
+        // matrix for the GEMM kernel on every call (4 MB for a 512 -> 1000 classifier).
+        small_batch_linear(&x.data, weight_t, &mut out.data, n, in_f, out_f);
+    } else {
+        gemm(&x.data, weight_t, &mut out.data, n, in_f, out_f);
+    }
     Ok(out)
+}
+
+/// Rows up to which [`linear_ring`] streams the weights instead of calling the packed GEMM.
+const SMALL_BATCH_ROWS: usize = 4;
+
+/// `out[n x o] = x[n x k] * w[k x o]` (row-major, wrapping u64) by rows of `w`, the output
+/// columns split across rayon's pool in blocks of 256 when the product is large.
+fn small_batch_linear(x: &[u64], w: &[u64], out: &mut [u64], n: usize, k: usize, o: usize) {
+    use rayon::prelude::*;
+    const BLOCK: usize = 256;
+    let block = |j0: usize, acc: &mut [u64], row: &[u64]| {
+        for (kk, &a) in row.iter().enumerate() {
+            if a == 0 {
+                continue;
+            }
+            let wr = &w[kk * o + j0..kk * o + j0 + acc.len()];
+            for (c, &b) in acc.iter_mut().zip(wr) {
+                *c = c.wrapping_add(a.wrapping_mul(b));
+            }
+        }
+    };
+    for i in 0..n {
+        let row = &x[i * k..(i + 1) * k];
+        let dst = &mut out[i * o..(i + 1) * o];
+        if k * o > 1 << 18 {
+            dst.par_chunks_mut(BLOCK).enumerate().for_each(|(b, acc)| block(b * BLOCK, acc, row));
+        } else {
+            block(0, dst, row);
+        }
+    }
 }
 
 /// Adds a per-channel bias (dim 1) to `y` in place.
@@ -350,4 +387,28 @@ pub fn poly_combine(
     }
     t.apply(&mut y.data, frac_bits);
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The few-row path of `linear_ring` equals the packed GEMM exactly (wrapping u64).
+    #[test]
+    fn small_batch_linear_equals_gemm() {
+        let mut s = 11u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s
+        };
+        for (n, k, o) in [(1, 512, 1000), (3, 7, 5), (4, 300, 1), (2, 1, 257), (1, 1024, 10)] {
+            let x: Vec<u64> = (0..n * k).map(|i| if i % 5 == 0 { 0 } else { next() }).collect();
+            let w: Vec<u64> = (0..k * o).map(|_| next()).collect();
+            let mut want = vec![0u64; n * o];
+            gemm(&x, &w, &mut want, n, k, o);
+            let got =
+                linear_ring(&RingTensor { shape: vec![n, k], data: x }, &w, k, o, "t").unwrap();
+            assert_eq!(got.data, want, "{n}x{k}x{o}");
+        }
+    }
 }
