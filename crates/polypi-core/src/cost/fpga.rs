@@ -43,8 +43,9 @@
 //! is one tile and moves exactly weights + input + output. Other layers move `8 (in + out)`
 //! bytes (activations pass through DDR between layers: the other party's messages arrive there
 //! through the host). Both parties also read the correlated randomness the dealer sent them for
-//! the layer (`c1`, powers of `r`, DCF keys). `dram = max over parties of bytes / bandwidth`,
-//! overlapped with compute (double buffering) except for the first tile's load.
+//! the layer (`c1`, powers of `r`, DCF keys). `dram = max over parties of bytes / bandwidth`;
+//! the first input + weight tile (`first_load`) is loaded before compute starts, the rest
+//! streams under compute (double buffering).
 //!
 //! **Network and overlap** (what overlaps what):
 //! - `wire = max(bytes c->s, bytes s->c) x 8 / bandwidth` (full duplex), `latency = rounds x
@@ -52,15 +53,17 @@
 //! - With `streaming` (default) a layer's messages go out tile by tile as they are computed and
 //!   the receiver computes on the tiles already received (a polynomial's opening, a comparison's
 //!   `x + r` and its DReLU bits, a linear layer's `X1 - A`): the layer's body is `max(compute,
-//!   dram, wire)` and its rounds add `latency` (the last tile still crosses the link). Without
-//!   streaming the body is `max(compute, dram) + wire`. Pipeline fill (one tile) is neglected.
+//!   dram - first_load, wire)` and its rounds add `latency` (the last tile still crosses the
+//!   link). Without streaming the body is `max(compute, dram - first_load) + wire`. The
+//!   pipeline fill and drain of one compute tile is neglected.
 //! - Across layers, online compute does NOT overlap: the next layer needs this layer's opened
 //!   values (a conv's window spans all input channels; we do not model line-buffered layer
 //!   fusion). What overlaps: with `prefetch` (default) the next layer's first weight and input
 //!   tile load runs while this layer waits on the link (its exposed network time); the next
 //!   layer's masks are re-expanded by ChaCha20 concurrently with its own compute.
 //! - Layer time `= max(0, first_load - previous exposed network) + body + latency`; exposed
-//!   network `= body + latency - max(compute, dram)`; the total is the sum over layers.
+//!   network `= body + latency - max(compute, dram - first_load)`; the total is the sum over
+//!   layers.
 //!
 //! **Split** ([`DspPolicy`]): per network (default) the split minimising the total over a grid
 //! (the polynomial engine in whole product units, the comparison engine in 0, 1, 2, 4, ... DSPs,
@@ -482,7 +485,8 @@ fn eval(pre: &Pre, split: DspSplit, hide_ms: f64, p: &FpgaProfile) -> LayerSched
     let dram_ms = pre.dram_bytes as f64 / bw * 1e3;
     let first = pre.first_load_bytes as f64 / bw * 1e3;
     let load_ms = if p.prefetch { (first - hide_ms).max(0.0) } else { first };
-    let local = compute_ms.max(dram_ms);
+    // The first tile's load precedes compute; the rest of the traffic streams under it.
+    let local = compute_ms.max(dram_ms - first);
     let body = if p.streaming { local.max(pre.wire_ms) } else { local + pre.wire_ms };
     let time_ms = load_ms + body + pre.latency_ms;
     LayerSchedule {

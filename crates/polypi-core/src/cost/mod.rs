@@ -584,9 +584,15 @@ pub enum SiteKind {
 /// `profile` over `link`, in ms (PASNet: in PASNet's units). For the architecture search.
 ///
 /// CPU and FPGA: the engine's protocol for the site alone (a polynomial: one exchange of 8 bytes
-/// per element and power group at the default 16 fractional bits, one round; ReLU: FSS comparison, two exchanges, 2 rounds;
-/// MaxPool 2x2/2: a two-level tree of n/2 then n/4 ReLUs, 4 rounds; average pooling: local).
-/// A degree outside 1..=8 gives `f64::NAN`.
+/// per element and power group at the default 16 fractional bits, one round; ReLU: FSS
+/// comparison, two exchanges, 2 rounds; MaxPool 2x2/2: a two-level tree of n/2 then n/4 ReLUs,
+/// 4 rounds; average pooling: local). CPU: the calibrated two-timeline simulation. FPGA: the
+/// scheduler model ([`fpga::schedule`]) on the site as a one-layer network: the site's engine
+/// (polynomial product units, the comparison engine's AES cores and adders, or the LUT fabric),
+/// its DRAM traffic (activations and the dealer's material, e.g. DCF keys) and its link time
+/// under the profile's DSP policy, so the search's per-site costs come from the same model as
+/// `polypi cost --profile fpga`.
+/// A degree outside 1..=8, or an invalid FPGA profile, gives `f64::NAN`.
 pub fn site_latency(kind: SiteKind, n_elements: usize, profile: &Profile, link: &LinkModel) -> f64 {
     if let Profile::Pasnet = profile {
         return pasnet_site(kind, n_elements as f64);
