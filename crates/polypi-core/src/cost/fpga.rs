@@ -10,13 +10,14 @@
 //! every ring element 8 bytes):
 //!
 //! **Engines** (per party; each party has its own board). With `D_g`, `D_p`, `D_c` DSPs:
-//! - GEMM engine: `U_g = floor(D_g / dsp_per_mac64)` MAC units as a `Pm x Pn` array (Pn input
-//!   channels reduced by an adder tree, Pm output channels; Pn a power of two up to
-//!   `gemm_max_lanes`, chosen per layer). A conv takes `batch x ceil(groups * Mg / Pm) x
-//!   ceil(Ng / Pn) x out_h x out_w x kh x kw` cycles (Mg, Ng output / input channels per group;
-//!   groups are packed along the array's rows, which have their own input buffers), the model of
-//!   Zhang et al., "Optimizing FPGA-based accelerator design for deep convolutional neural
-//!   networks", FPGA 2015. A linear layer is a 1x1 conv on a 1x1 image per sample.
+//! - GEMM engine: `U_g = floor(D_g / dsp_per_mac64)` MAC units as a `Pm x Pn` array (Pn terms
+//!   of the im2col reduction `Ng x kh x kw` summed by an adder tree, Pm output channels; Pn a
+//!   power of two up to `gemm_max_lanes`, chosen per layer). A conv takes `batch x ceil(groups *
+//!   Mg / Pm) x ceil(Ng kh kw / Pn) x out_h x out_w` cycles (Mg, Ng output / input channels per
+//!   group; groups are packed along the array's rows, which have their own input buffers): the
+//!   unrolled-array model of Zhang et al., "Optimizing FPGA-based accelerator design for deep
+//!   convolutional neural networks", FPGA 2015, with the kernel window in the reduction. A linear
+//!   layer is a 1x1 conv on a 1x1 image per sample.
 //! - Polynomial engine: `U_p = floor(D_p / dsp_per_mac64)` 64-bit product units;
 //!   [`Work::ring_products`] / `U_p` cycles (X2act / x^2: 4-5 products per element, PILLAR's
 //!   degree 4: more, see the counter).
@@ -315,8 +316,8 @@ pub fn gemm_cycles(g: &GemmShape, units: u64, max_lanes: u64) -> Option<(u64, [u
         return None;
     }
     let rows = (g.groups * g.mg()) as u64;
-    let ng = g.ng() as u64;
-    let per = (g.batch * g.out_h * g.out_w * g.kh * g.kw) as u64;
+    let ng = (g.ng() * g.kh * g.kw) as u64;
+    let per = (g.batch * g.out_h * g.out_w) as u64;
     let mut best: Option<(u64, [u64; 2])> = None;
     let mut pn = 1u64;
     while pn <= units.min(max_lanes) {
@@ -695,6 +696,33 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_gemm_array_never_beats_its_mac_bound_and_fits_its_units() {
+        for (c_in, c_out, k, hw, groups) in
+            [(3, 64, 7, 224, 1), (64, 64, 3, 56, 1), (512, 512, 3, 7, 1), (32, 32, 3, 112, 32)]
+        {
+            let g = GemmShape {
+                batch: 2,
+                c_in,
+                c_out,
+                groups,
+                h: hw,
+                w: hw,
+                out_h: hw,
+                out_w: hw,
+                kh: k,
+                kw: k,
+                stride: 1,
+            };
+            for units in [1u64, 7, 64, 161, 172] {
+                let (cyc, [pm, pn]) = gemm_cycles(&g, units, 64).unwrap();
+                assert!(pm * pn <= units && pn <= 64, "{pm}x{pn} > {units}");
+                assert!(cyc * pm * pn >= g.macs(), "{cyc} cycles x {pm}x{pn} < {}", g.macs());
+            }
+            assert!(gemm_cycles(&g, 0, 64).is_none());
         }
     }
 
