@@ -134,7 +134,7 @@ pub struct GemmShape {
     pub c_out: usize,
     /// Channel groups (1 dense; c_in depthwise).
     pub groups: usize,
-    /// Input height, width.
+    /// Input height.
     pub h: usize,
     /// Input width.
     pub w: usize,
