@@ -882,6 +882,27 @@ mod tests {
     }
 
     #[test]
+    fn the_report_prints_the_schedule_only_for_the_fpga_profile() {
+        let pl = plan(RefNet::NetM, Act::Relu, Pool::Max);
+        let r = predict(&pl, 1, &Profile::Fpga(FpgaProfile::default()), &LinkModel::lan()).unwrap();
+        let t = r.table();
+        assert!(t.contains("FPGA schedule: one DSP split"), "{t}");
+        assert!(t.contains("FPGA totals"));
+        // One schedule row per layer, with the comparison engine for ReLU / max-pool.
+        assert!(r.layers.iter().all(|l| l.fpga.is_some()));
+        let kinds: Vec<_> = r.layers.iter().map(|l| l.fpga.as_ref().unwrap().engine).collect();
+        assert_eq!(kinds.iter().filter(|&&e| e == Engine::Compare).count(), 5, "{kinds:?}");
+        let split = r.fpga_split.unwrap();
+        assert!(split.compare > 0 && split.poly == 0, "{split:?}");
+        let sum: f64 = r.layers.iter().map(|l| l.online_ms).sum();
+        assert!((sum - r.online_ms).abs() < 1e-9);
+        assert!(r.to_json().contains("\"fpga_split\""));
+        let pas = predict(&pl, 1, &Profile::Pasnet, &LinkModel::none()).unwrap();
+        assert!(!pas.table().contains("FPGA schedule"));
+        assert!(!pas.to_json().contains("\"fpga\""));
+    }
+
+    #[test]
     fn bad_profiles_are_refused_and_old_json_loads() {
         let pl = plan(RefNet::NetM, Act::Square, Pool::Avg);
         let over = FpgaProfile {
