@@ -61,16 +61,18 @@ client's `X1 - A` of a linear layer, the server's half of every exchange, the ou
 client's half of an exchange and a shortcut conv's message overlap the server's GEMM. Offline:
 per layer server + client + dealer work (the three roles share the cores in-process).
 
-FPGA (`Profile::Fpga`): an analytic accelerator model. PolyMPCNet's and PASNet's FPGA designs
-(board, DSPs, clock, bandwidth, performance-model equations) are not public: NOT FOUND in the
-sources of `docs/sources.md` §1-2. Our assumed default: a ZCU104-class part
-(1728 DSP48E2 at 300 MHz, 10 DSPs per pipelined 64-bit wrapping MAC = the limb products of the
-low 64 bits with 17-bit limbs, so 172.8 MAC/cycle = 51.8 GMAC/s; 4.75 MiB on-chip; 19.2 GB/s
-DDR4; elementwise ops 64/cycle; ChaCha20 64 B/cycle; 8 AES blocks/cycle, a DCF eval on the
-35-bit comparison input (29 tree levels, `mpc::fss::depth`) = 2 x 29 blocks, a key generation =
-4 x 29). Per layer: max(compute, off-chip traffic when weights + input +
-output exceed on-chip memory, network = bytes/bandwidth + rounds x RTT/2 + 10 us per message),
-layers pipelined, communication overlapped with compute.
+FPGA (`Profile::Fpga`): the scheduler and performance model of `cost::fpga`
+([fpga-model.md](fpga-model.md)): per network a split of the DSPs between a GEMM engine, a
+polynomial engine and a comparison engine, per conv / linear layer a GEMM array shape and a tile
+against the on-chip buffer with the DRAM traffic it implies, and the overlap of each layer's link
+time with its compute (streaming) and of the next layer's first tile load with this layer's wait
+on the link (prefetch). PolyMPCNet's and PASNet's FPGA designs (board, DSPs, clock, bandwidth,
+performance-model equations) are not public: NOT FOUND in the sources of `docs/sources.md` §1-2.
+Our assumed default: a ZCU104-class part (XCZU7EV: 1728 DSP48E2 at 300 MHz, 10 DSPs per
+pipelined 64-bit wrapping multiplier = the limb products of the low 64 bits with 17-bit limbs;
+4.75 MiB BRAM + URAM; 19.2 GB/s DDR4; elementwise ops 64/cycle; ChaCha20 64 B/cycle; 8 AES
+blocks/cycle, a DCF eval on the 35-bit comparison input (29 tree levels, `mpc::fss::depth`) =
+2 x 29 blocks, a key generation = 4 x 29; 10 us per message on the host).
 
 PASNet (`Profile::Pasnet`): the per-site table hard-coded in PASNet's code
 (`models/gate_tmp.py`, docs/sources.md §2), n = elements per sample of the site's input: ReLU

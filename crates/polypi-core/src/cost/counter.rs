@@ -72,6 +72,14 @@ pub struct Work {
     /// DCF key generations on 35-bit inputs ([`crate::mpc::fss::gen`], dealer, one per
     /// comparison; both parties' keys).
     pub dcf_gens: u64,
+    /// 64-bit ring products of a polynomial layer (the work of an FPGA's polynomial engine,
+    /// [`super::fpga`]): per element, dealer powers: the public powers `e^2..e^m` (m - 1 per
+    /// group), the cross terms `e^(k-i) r^i` (k - 1 per power k) and one coefficient product per
+    /// degree; ESPN share powers: the own powers (m - 1 per group), one product per cross pair
+    /// and one per degree. Also counted (as single passes) in `elementwise`; the CPU profile does
+    /// not price this field separately.
+    #[serde(default)]
+    pub ring_products: u64,
 }
 
 impl Work {
@@ -86,6 +94,7 @@ impl Work {
         self.combine_terms += o.combine_terms;
         self.dcf_evals += o.dcf_evals;
         self.dcf_gens += o.dcf_gens;
+        self.ring_products += o.ring_products;
     }
     fn elem(n: usize) -> Work {
         Work { elementwise: n as u64, ..Default::default() }
@@ -474,6 +483,9 @@ impl Backend for CostCounter {
             }
         }
         post.combine_terms = (n * (plan.degree + 1)) as u64;
+        let cross: usize =
+            plan.groups.iter().flat_map(|g| g.powers.iter()).map(|&k| k.saturating_sub(1)).sum();
+        post.ring_products = (n * (extra + cross + plan.degree)) as u64;
         c.one_exchange(Work::elem(pre), 8 * (n * groups) as u64, post);
         self.put(idx, c);
         Ok(x.clone())
@@ -596,6 +608,7 @@ fn share_powers_cost(mut c: LayerCost, plan: &PolyPlan, n: usize) -> LayerCost {
     let pre = n * (2 * groups + 2 * sent);
     let mut post = Work::elem(n * (2 * powers + 4 * pairs + 1));
     post.combine_terms = (n * (plan.degree + 1)) as u64;
+    post.ring_products = (n * (sent + pairs + plan.degree)) as u64;
     c.one_exchange(Work::elem(pre), 8 * (n * sent) as u64, post);
     c
 }

@@ -30,10 +30,12 @@
 //! roles share the cores (in-process runs).
 
 pub mod counter;
+pub mod fpga;
 pub mod profile;
 
 pub use counter::{count, session_cost, CostCounter, LayerCost, Party, SessionCost, Step, Work};
-pub use profile::{calibrate, machine_description, CpuProfile, FpgaProfile, Profile};
+pub use fpga::{DspSplit, Engine, FpgaSchedule, LayerSchedule};
+pub use profile::{calibrate, machine_description, CpuProfile, DspPolicy, FpgaProfile, Profile};
 
 use crate::error::{Error, Result};
 use crate::model::{Layer, LayerOp, Plan, PolyLayer};
@@ -51,6 +53,10 @@ pub struct CostRow {
     pub online_ms: f64,
     /// Predicted offline time of this layer (CPU and FPGA; 0 for PASNet).
     pub offline_ms: f64,
+    /// The FPGA scheduler's entry for this layer (engine split, tile, compute / DRAM / network /
+    /// exposed ms; [`fpga`]); absent for other profiles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fpga: Option<LayerSchedule>,
 }
 
 /// Prediction for one inference of a batch on a profile and a link.
@@ -88,6 +94,10 @@ pub struct CostReport {
     pub prg_bytes: [u64; 3],
     /// Session setup and control messages (absent for PASNet).
     pub session: Option<SessionCost>,
+    /// The FPGA scheduler's DSP split for the whole network (fpga profile with the per-network
+    /// or fixed policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fpga_split: Option<DspSplit>,
     /// Caveats of this prediction.
     pub notes: Vec<String>,
 }
@@ -151,9 +161,78 @@ impl CostReport {
                 se.skeleton_bytes
             );
         }
+        s += &self.fpga_table();
         for n in &self.notes {
             s += &format!("note: {n}\n");
         }
+        s
+    }
+
+    /// The FPGA schedule per layer (empty unless the fpga profile was used): main engine, DSPs
+    /// of the GEMM / polynomial / comparison engines, GEMM array Pm x Pn, tile (output channels
+    /// x input channels x output rows x output columns), DRAM MB, and compute, DRAM, exposed
+    /// first-tile load, network, exposed network and layer time in ms.
+    pub fn fpga_table(&self) -> String {
+        if self.layers.iter().all(|r| r.fpga.is_none()) {
+            return String::new();
+        }
+        let mut s = match &self.fpga_split {
+            Some(d) => format!(
+                "FPGA schedule: one DSP split for the network: GEMM {} / poly {} / compare {} DSPs\n",
+                d.gemm, d.poly, d.compare
+            ),
+            None => "FPGA schedule: DSP split chosen per layer\n".to_string(),
+        };
+        s += &format!(
+            "{:<18} {:<7} {:>14} {:>8} {:>17} {:>8} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9}\n",
+            "layer",
+            "engine",
+            "DSP g/p/c",
+            "array",
+            "tile m.n.h.w",
+            "DRAM MB",
+            "compute",
+            "DRAM",
+            "load",
+            "network",
+            "exposed",
+            "time ms"
+        );
+        for r in &self.layers {
+            let Some(f) = &r.fpga else { continue };
+            let array = f.array.map(|a| format!("{}x{}", a[0], a[1])).unwrap_or_else(|| "-".into());
+            let tile = f
+                .tile
+                .map(|t| format!("{}.{}.{}.{}", t.m, t.n, t.h, t.w))
+                .unwrap_or_else(|| "-".into());
+            s += &format!(
+                "{:<18} {:<7} {:>14} {:>8} {:>17} {:>8.3} {:>9.4} {:>8.4} {:>7.4} {:>9.4} {:>9.4} {:>9.4}\n",
+                truncate(&r.cost.name, 18),
+                f.engine.name(),
+                format!("{}/{}/{}", f.split.gemm, f.split.poly, f.split.compare),
+                array,
+                tile,
+                f.dram_bytes as f64 / 1e6,
+                f.compute_ms,
+                f.dram_ms,
+                f.load_ms,
+                f.network_ms,
+                f.exposed_ms,
+                f.time_ms
+            );
+        }
+        let sum = |g: fn(&LayerSchedule) -> f64| -> f64 {
+            self.layers.iter().filter_map(|r| r.fpga.as_ref()).map(g).sum()
+        };
+        s += &format!(
+            "FPGA totals: compute {:.3} ms, DRAM {:.3} ms, exposed load {:.3} ms, exposed network \
+             {:.3} ms, online {:.3} ms\n",
+            sum(|f| f.compute_ms),
+            sum(|f| f.dram_ms),
+            sum(|f| f.load_ms),
+            sum(|f| f.exposed_ms),
+            self.online_ms
+        );
         s
     }
 
@@ -194,18 +273,17 @@ pub fn cpu_work_ms(w: &Work, p: &CpuProfile) -> f64 {
     s * 1e3 + poly_ns / 1e6
 }
 
-/// Milliseconds of local work on an FPGA profile (MACs on the DSP array, elementwise and PRG in
-/// fabric, not overlapped with each other).
+/// Milliseconds of local work on an FPGA profile with every DSP on the work at hand (MACs and
+/// ring products on 64-bit multipliers, elementwise, PRG and AES in fabric, not overlapped with
+/// each other). Used for the offline phase; the online phase is scheduled by [`fpga`].
 pub fn fpga_work_ms(w: &Work, p: &FpgaProfile) -> f64 {
     let clk = p.clock_mhz * 1e6;
-    let s = w.macs() as f64 / p.macs_per_s()
+    let s = (w.macs() + w.ring_products) as f64 / p.macs_per_s()
         + w.elementwise as f64 / (p.elementwise_per_cycle * clk)
         + w.prg_bytes as f64 / (p.prg_bytes_per_cycle * clk);
-    let terms: u64 = w.binomial.iter().enumerate().map(|(k, &c)| c * (k as u64 + 1)).sum::<u64>()
-        + w.combine_terms;
     let levels = crate::mpc::fss::depth(crate::mpc::relu::RING_BITS - 1) as u64;
     let aes = (w.dcf_evals * 2 * levels + w.dcf_gens * 4 * levels) as f64;
-    (s + terms as f64 / (p.poly_terms_per_cycle * clk) + aes / (p.aes_blocks_per_cycle * clk)) * 1e3
+    (s + aes / (p.aes_blocks_per_cycle * clk)) * 1e3
 }
 
 /// The two-timeline simulation of the online phase (see the module docs).
@@ -298,33 +376,13 @@ fn cpu_times(
         .collect()
 }
 
-fn fpga_times(layers: &[LayerCost], p: &FpgaProfile, link: &LinkModel) -> Vec<(f64, f64)> {
-    let onchip = p.onchip_mib * (1u64 << 20) as f64;
+fn fpga_offline(layers: &[LayerCost], p: &FpgaProfile) -> Vec<f64> {
     layers
         .iter()
         .map(|l| {
-            let compute = fpga_work_ms(&l.online_work(Party::Server), p)
-                .max(fpga_work_ms(&l.online_work(Party::Client), p));
-            let footprint = 8.0 * (l.weights + l.in_elements + l.out_elements) as f64;
-            let offchip = if footprint > onchip && l.kind != "Reveal" {
-                footprint / (p.offchip_gbytes_per_s * 1e9) * 1e3
-            } else {
-                0.0
-            };
-            let bytes = l.bytes_client_to_server.max(l.bytes_server_to_client);
-            let wire = if link.bandwidth_bits_per_s.is_finite() {
-                bytes as f64 * 8.0 / link.bandwidth_bits_per_s * 1e3
-            } else {
-                0.0
-            };
-            let msgs = (l.messages_client_to_server + l.messages_server_to_client) as f64;
-            let network =
-                wire + l.rounds as f64 * link.rtt_ms / 2.0 + msgs * p.per_message_us / 1e3;
-            let online = compute.max(offchip).max(network);
-            let offline = fpga_work_ms(&l.offline_client, p)
+            fpga_work_ms(&l.offline_client, p)
                 .max(fpga_work_ms(&l.offline_dealer, p))
-                .max(fpga_work_ms(&l.offline_server, p));
-            (online, offline)
+                .max(fpga_work_ms(&l.offline_server, p))
         })
         .collect()
 }
@@ -374,6 +432,7 @@ fn pasnet_report(plan: &Plan, batch: usize, link: &LinkModel) -> Result<CostRepo
             },
             online_ms: t,
             offline_ms: 0.0,
+            fpga: None,
         });
     }
     Ok(CostReport {
@@ -393,6 +452,7 @@ fn pasnet_report(plan: &Plan, batch: usize, link: &LinkModel) -> Result<CostRepo
         macs: 0,
         prg_bytes: [0; 3],
         session: None,
+        fpga_split: None,
         notes: vec![
             "PASNet's table: units as published (not stated in the source; not ms)".into(),
             "linear layers, bytes, rounds and the link are not modelled by the table".into(),
@@ -420,6 +480,7 @@ pub fn predict(
     }
     let layers = count(plan, batch)?;
     let session = session_cost(plan)?;
+    let mut sched: Option<fpga::FpgaSchedule> = None;
     let (times, desc, notes) = match profile {
         Profile::Cpu(p) => (
             cpu_times(&layers, p, link, true),
@@ -438,13 +499,30 @@ pub fn predict(
                 p.exchange_gbytes_per_s
             )],
         ),
-        Profile::Fpga(p) => (
-            fpga_times(&layers, p, link),
-            p.name.clone(),
-            vec!["fpga: analytic model with assumed parameters (PolyMPCNet/PASNet FPGA details \
-                 are not public, sources.md §1-2); layers pipelined, communication overlapped"
-                .into()],
-        ),
+        Profile::Fpga(p) => {
+            let s = fpga::schedule_plan(plan, batch, &layers, p, link)?;
+            let times = s.layers.iter().map(|l| l.time_ms).zip(fpga_offline(&layers, p)).collect();
+            sched = Some(s);
+            (
+                times,
+                p.name.clone(),
+                vec![format!(
+                    "fpga: scheduler model with ASSUMED board parameters (PolyMPCNet/PASNet publish \
+                     neither board nor equations, sources.md §1-2; docs/fpga-model.md): {} DSPs \
+                     ({} per 64-bit multiplier) at {} MHz, {} MiB on chip, {} GB/s DDR, AES {} \
+                     blocks/cycle; DSP policy {:?}; streaming {}, prefetch {}",
+                    p.dsp_count,
+                    p.dsp_per_mac64,
+                    p.clock_mhz,
+                    p.onchip_mib,
+                    p.offchip_gbytes_per_s,
+                    p.aes_blocks_per_cycle,
+                    p.dsp_policy,
+                    p.streaming,
+                    p.prefetch
+                )],
+            )
+        }
         Profile::Pasnet => unreachable!("handled above"),
     };
     let mut rep = CostReport {
@@ -464,8 +542,10 @@ pub fn predict(
         macs: 0,
         prg_bytes: [0; 3],
         session: Some(session),
+        fpga_split: sched.as_ref().and_then(|s| s.split),
         notes,
     };
+    let mut fl = sched.map(|s| s.layers.into_iter());
     for (c, (on, off)) in layers.into_iter().zip(times) {
         rep.online_ms += on;
         rep.offline_ms += off;
@@ -478,7 +558,8 @@ pub fn predict(
         rep.prg_bytes[0] += c.prg_bytes_server;
         rep.prg_bytes[1] += c.prg_bytes_client;
         rep.prg_bytes[2] += c.prg_bytes_dealer;
-        rep.layers.push(CostRow { cost: c, online_ms: on, offline_ms: off });
+        let fpga = fl.as_mut().and_then(|it| it.next());
+        rep.layers.push(CostRow { cost: c, online_ms: on, offline_ms: off, fpga });
     }
     Ok(rep)
 }
@@ -503,9 +584,15 @@ pub enum SiteKind {
 /// `profile` over `link`, in ms (PASNet: in PASNet's units). For the architecture search.
 ///
 /// CPU and FPGA: the engine's protocol for the site alone (a polynomial: one exchange of 8 bytes
-/// per element and power group at the default 16 fractional bits, one round; ReLU: FSS comparison, two exchanges, 2 rounds;
-/// MaxPool 2x2/2: a two-level tree of n/2 then n/4 ReLUs, 4 rounds; average pooling: local).
-/// A degree outside 1..=8 gives `f64::NAN`.
+/// per element and power group at the default 16 fractional bits, one round; ReLU: FSS
+/// comparison, two exchanges, 2 rounds; MaxPool 2x2/2: a two-level tree of n/2 then n/4 ReLUs,
+/// 4 rounds; average pooling: local). CPU: the calibrated two-timeline simulation. FPGA: the
+/// scheduler model ([`fpga::schedule`]) on the site as a one-layer network: the site's engine
+/// (polynomial product units, the comparison engine's AES cores and adders, or the LUT fabric),
+/// its DRAM traffic (activations and the dealer's material, e.g. DCF keys) and its link time
+/// under the profile's DSP policy, so the search's per-site costs come from the same model as
+/// `polypi cost --profile fpga`.
+/// A degree outside 1..=8, or an invalid FPGA profile, gives `f64::NAN`.
 pub fn site_latency(kind: SiteKind, n_elements: usize, profile: &Profile, link: &LinkModel) -> f64 {
     if let Profile::Pasnet = profile {
         return pasnet_site(kind, n_elements as f64);
@@ -561,12 +648,14 @@ pub fn site_latency(kind: SiteKind, n_elements: usize, profile: &Profile, link: 
         }
     };
     let layers = [cost];
-    let t = match profile {
-        Profile::Cpu(p) => cpu_times(&layers, p, link, false),
-        Profile::Fpga(p) => fpga_times(&layers, p, link),
+    match profile {
+        Profile::Cpu(p) => cpu_times(&layers, p, link, false)[0].0,
+        Profile::Fpga(p) => {
+            let item = fpga::FpgaItem { cost: &layers[0], gemm: None };
+            fpga::schedule(&[item], p, link).map(|s| s.total_ms).unwrap_or(f64::NAN)
+        }
         Profile::Pasnet => unreachable!("handled above"),
-    };
-    t[0].0
+    }
 }
 
 #[cfg(test)]

@@ -56,53 +56,110 @@ pub struct CpuProfile {
     pub shared_cores: bool,
 }
 
-/// An analytic FPGA accelerator for the same operators (u64 wrapping MACs, elementwise ring ops,
-/// PRG), with the host's network link.
+/// An analytic FPGA accelerator (one per party: the server's and the client's boards are alike)
+/// for the same operators, with the host's network link. The per-layer schedule is computed by
+/// [`super::fpga`] (engine split, tiling, DRAM traffic, overlap of communication); see
+/// `docs/fpga-model.md` for the equations.
 ///
 /// Assumptions (no public source gives PolyMPCNet's or PASNet's FPGA design: board, DSP count,
-/// clock, bandwidth and performance-model equations are NOT FOUND, see
-/// `docs/sources.md` §1-2; these defaults are ours):
+/// clock, bandwidth and performance-model equations are NOT FOUND, see `docs/sources.md` §1-2;
+/// these defaults are ours):
 /// - default device: a Zynq UltraScale+ ZCU104-class part (XCZU7EV: 1728 DSP48E2, 300 MHz,
-///   ~4.75 MiB BRAM+URAM, one DDR4-2400 x64 channel ~19.2 GB/s);
-/// - one 64-bit wrapping MAC takes `dsp_per_mac64` DSPs: with 17-bit limbs, the low 64 bits of a
-///   64x64 product need the 10 limb products (i, j) with i + j <= 3; one MAC per DSP group per
-///   cycle (fully pipelined), so MACs/cycle = dsp_count / dsp_per_mac64;
-/// - elementwise ops (adds, shifts, binomial terms) and ChaCha20 run in LUT fabric at
-///   `elementwise_per_cycle` elements per cycle and `prg_bytes_per_cycle`;
-/// - weights and activations stream from off-chip memory unless the layer's weights + input +
-///   output fit in `onchip_mib`;
-/// - layers are pipelined and communication is overlapped with compute: a layer takes
-///   max(compute, off-chip traffic, network), where network = its bytes on the link + its rounds
-///   x RTT/2 + `per_message_us` per message (the host's NIC/driver).
+///   ~4.75 MiB BRAM+URAM (11 Mbit BRAM + 27 Mbit URAM), one DDR4-2400 x64 channel ~19.2 GB/s);
+/// - one 64-bit wrapping multiplier (a MAC unit of the GEMM engine or a product unit of the
+///   polynomial engine) takes `dsp_per_mac64` DSPs: with 17-bit limbs the low 64 bits of a
+///   64x64 product need the 10 limb products (i, j) with i + j <= 3; fully pipelined, one result
+///   per unit per cycle;
+/// - the DSPs are split between three engines ([`DspPolicy`]): the GEMM engine (a Pm x Pn array
+///   of MAC units), the polynomial engine (product units) and the comparison engine, whose
+///   per-level DCF value path (a 36-bit add of a converted AES output and a correction word)
+///   runs on DSP48E2 ALUs used as 48-bit adders (one add per DSP per cycle);
+/// - LUT fabric: elementwise ring ops (adds, shifts, truncations) at `elementwise_per_cycle`,
+///   ChaCha20 (mask re-expansion from seeds) at `prg_bytes_per_cycle`, and the comparison
+///   engine's AES-128 cores at `aes_blocks_per_cycle` (a DCF evaluation = 2 x
+///   [`crate::mpc::fss::depth`] blocks, 29 levels on the 35-bit comparison input);
+/// - on-chip buffer `onchip_mib` holds the GEMM tiles (double-buffered input and weight tiles
+///   plus the output tile); off-chip DDR at `offchip_gbytes_per_s`;
+/// - network: bytes at the link's bandwidth (full duplex) + rounds x RTT/2 + `per_message_us`
+///   per message (the host's NIC/driver); with `streaming` a message is sent tile by tile as it
+///   is computed and the receiver computes on the tiles already received.
+///
+/// JSON: every field added with the scheduler model has a serde default, so profile files
+/// written before it still load (their removed `poly_terms_per_cycle` is ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FpgaProfile {
     /// Name of the modelled device.
     pub name: String,
-    /// DSP slices available to the GEMM engine.
+    /// DSP slices of the device (shared by the three engines).
     pub dsp_count: u64,
     /// Clock, MHz.
     pub clock_mhz: f64,
-    /// DSP slices per pipelined 64-bit wrapping multiply-accumulate.
+    /// DSP slices per pipelined 64-bit wrapping multiplier (MAC or product unit).
     pub dsp_per_mac64: f64,
     /// Elementwise ring operations per cycle (LUT adders/shifters).
     pub elementwise_per_cycle: f64,
-    /// ChaCha20 output bytes per cycle.
+    /// ChaCha20 output bytes per cycle (LUT fabric).
     pub prg_bytes_per_cycle: f64,
-    /// AES-128 blocks per cycle (pipelined AES cores) for the DCF of ReLU / MaxPool; a DCF
+    /// AES-128 blocks per cycle of the comparison engine's pipelined (LUT) AES cores; a DCF
     /// evaluation is priced at 2 x [`crate::mpc::fss::depth`] blocks (29 levels for the 35-bit DCF
     /// of [`crate::mpc::relu::RING_BITS`] = 36), a key generation at 4 x depth (both parties'
     /// trees).
     pub aes_blocks_per_cycle: f64,
-    /// 64-bit multipliers for the elementwise polynomial evaluation (binomial sums, coefficient
-    /// terms), taken from the same DSP budget when the GEMM engine is idle: terms per cycle =
-    /// `dsp_count / dsp_per_mac64`.
-    pub poly_terms_per_cycle: f64,
     /// On-chip memory (BRAM + URAM), MiB (2^20 bytes).
     pub onchip_mib: f64,
     /// Off-chip memory bandwidth, GB/s (10^9 bytes).
     pub offchip_gbytes_per_s: f64,
     /// Host network stack cost per message, µs.
     pub per_message_us: f64,
+    /// How the scheduler splits the DSPs between the engines (default: one split per network,
+    /// as a bitstream is synthesised once).
+    #[serde(default)]
+    pub dsp_policy: DspPolicy,
+    /// Widest input-channel unroll Pn of the GEMM array (adder-tree width), a power of two.
+    #[serde(default = "default_max_lanes")]
+    pub gemm_max_lanes: u64,
+    /// Messages stream tile by tile: a layer's sends overlap its compute and the receiver starts
+    /// on the part already received (default true).
+    #[serde(default = "default_true")]
+    pub streaming: bool,
+    /// The next layer's first weight and input tile are loaded from DDR while this layer waits
+    /// on the link (default true).
+    #[serde(default = "default_true")]
+    pub prefetch: bool,
+}
+
+fn default_max_lanes() -> u64 {
+    64
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How the FPGA scheduler ([`super::fpga`]) splits the DSP slices between the GEMM, polynomial
+/// and comparison engines. JSON: `{"policy": "per_network"}`, `{"policy": "per_layer"}` or
+/// `{"policy": "fixed", "gemm": 1600, "poly": 120, "compare": 8}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy")]
+pub enum DspPolicy {
+    /// One split for the whole network, chosen to minimise its total online latency (a
+    /// bitstream synthesised for the network). [`super::site_latency`] treats the site alone as
+    /// the network.
+    #[default]
+    PerNetwork,
+    /// Each layer gets the split that minimises its own latency (a reconfigurable pool of
+    /// DSP units, e.g. runtime-composable MAC units; optimistic).
+    PerLayer,
+    /// A given split (DSP slices per engine); errors if it exceeds the device or leaves an
+    /// engine the network needs without DSPs.
+    Fixed {
+        /// DSPs of the GEMM engine.
+        gemm: u64,
+        /// DSPs of the polynomial engine.
+        poly: u64,
+        /// DSPs of the comparison engine (48-bit adders of the DCF value path).
+        compare: u64,
+    },
 }
 
 impl Default for FpgaProfile {
@@ -114,19 +171,77 @@ impl Default for FpgaProfile {
             dsp_per_mac64: 10.0,
             elementwise_per_cycle: 64.0,
             prg_bytes_per_cycle: 64.0,
-            poly_terms_per_cycle: 172.0,
             aes_blocks_per_cycle: 8.0,
             onchip_mib: 4.75,
             offchip_gbytes_per_s: 19.2,
             per_message_us: 10.0,
+            dsp_policy: DspPolicy::PerNetwork,
+            gemm_max_lanes: 64,
+            streaming: true,
+            prefetch: true,
         }
     }
 }
 
 impl FpgaProfile {
-    /// Peak multiply-accumulates per second.
+    /// Peak multiply-accumulates per second with every DSP in the GEMM engine.
     pub fn macs_per_s(&self) -> f64 {
-        self.dsp_count as f64 / self.dsp_per_mac64 * self.clock_mhz * 1e6
+        (self.dsp_count as f64 / self.dsp_per_mac64).floor() * self.clock_mhz * 1e6
+    }
+
+    /// On-chip buffer, bytes.
+    pub fn onchip_bytes(&self) -> u64 {
+        (self.onchip_mib * (1u64 << 20) as f64) as u64
+    }
+
+    /// Checks that every rate is positive and finite where it must be, that one 64-bit multiplier
+    /// fits the device, and that a fixed split fits it. Errors: `InvalidArgument` naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |v: f64, what: &str| -> Result<()> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "fpga profile: {what} must be positive and finite, got {v}"
+                )))
+            }
+        };
+        pos(self.clock_mhz, "clock_mhz")?;
+        pos(self.dsp_per_mac64, "dsp_per_mac64")?;
+        pos(self.elementwise_per_cycle, "elementwise_per_cycle")?;
+        pos(self.prg_bytes_per_cycle, "prg_bytes_per_cycle")?;
+        pos(self.aes_blocks_per_cycle, "aes_blocks_per_cycle")?;
+        pos(self.onchip_mib, "onchip_mib")?;
+        pos(self.offchip_gbytes_per_s, "offchip_gbytes_per_s")?;
+        if !(self.per_message_us.is_finite() && self.per_message_us >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "fpga profile: per_message_us must be >= 0, got {}",
+                self.per_message_us
+            )));
+        }
+        if (self.dsp_count as f64) < self.dsp_per_mac64 {
+            return Err(Error::InvalidArgument(format!(
+                "fpga profile: {} DSPs cannot hold one 64-bit multiplier ({} DSPs)",
+                self.dsp_count, self.dsp_per_mac64
+            )));
+        }
+        if self.gemm_max_lanes == 0 || !self.gemm_max_lanes.is_power_of_two() {
+            return Err(Error::InvalidArgument(format!(
+                "fpga profile: gemm_max_lanes must be a power of two, got {}",
+                self.gemm_max_lanes
+            )));
+        }
+        if let DspPolicy::Fixed { gemm, poly, compare } = self.dsp_policy {
+            let total = gemm.saturating_add(poly).saturating_add(compare);
+            if total > self.dsp_count {
+                return Err(Error::InvalidArgument(format!(
+                    "fpga profile: fixed split {gemm} + {poly} + {compare} = {total} DSPs exceeds \
+                     the device's {}",
+                    self.dsp_count
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
