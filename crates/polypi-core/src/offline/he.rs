@@ -2,8 +2,9 @@
 //! (docs/two-party.md). Built on `fhe-math`'s RNS polynomials (NTT, uniform and centered-binomial
 //! samplers); the encryption itself is the textbook BGV form with the message in the low bits:
 //!
-//! - ring `R_Q = Z_Q[X]/(X^N + 1)`, `N = `[`DEGREE`], `Q = q_0 q_1 q_2 q_3` ([`PRIME_BITS`]-bit
-//!   NTT primes, `log2 Q ≈ 208`); plaintexts are polynomials over `Z_t`, `t = 2^64` (the
+//! - ring `R_Q = Z_Q[X]/(X^N + 1)`, `N = `[`DEGREE`], `Q = q_0 q_1 q_2 q_3` (NTT primes: `q_0
+//!   q_1` of [`PRIME_BITS`] bits, kept by the responses; `q_2 q_3` of [`DROP_PRIME_BITS`] bits,
+//!   dropped by the modulus switch; `log2 Q ≈ 212`); plaintexts are polynomials over `Z_t`, `t = 2^64` (the
 //!   engine's ring), lifted to their centered representatives;
 //! - secret key `s` and errors `e` centered binomial with variance [`NOISE_VARIANCE`]
 //!   (`|s_i|, |e_i| <= `[`NOISE_BOUND`]);
@@ -19,7 +20,7 @@
 //! BGV-style (the correction `δ ≡ c mod q`, `δ ≡ 0 mod t`) from `Q` down to `q_0 q_1`, which
 //! multiplies the plaintext by `(q_2 q_3)^-1 mod t` (the client multiplies it back).
 //!
-//! Security: `N = 8192`, `log2 Q ≈ 208 <= 218`, the HE standard's (Albrecht et al. 2018, table of
+//! Security: `N = 8192`, `log2 Q ≈ 212 <= 218`, the HE standard's (Albrecht et al. 2018, table of
 //! the HomomorphicEncryption.org standard) bound for 128-bit classical security with a secret
 //! from the error distribution. See docs/two-party.md.
 
@@ -36,6 +37,11 @@ use std::sync::Arc;
 pub const DEGREE: usize = 8192;
 /// Bits of each RNS prime of `Q` (each prime is `1 mod 2N`).
 pub const PRIME_BITS: usize = 52;
+/// Bits of the primes `q_2, q_3` the modulus switch drops: larger than [`PRIME_BITS`] so that
+/// the flooded noise of a response summing up to [`super::hom::MAX_NOISE_FAN_IN`] products
+/// fits `Q` (and, divided by `q_2 q_3`, the response modulus), while the responses keep their
+/// `2 x 52` bits.
+pub const DROP_PRIME_BITS: usize = 54;
 /// Primes of a fresh ciphertext (`Q = q_0 ... q_3`).
 pub const LEVELS: usize = 4;
 /// Primes kept in the server's response after the modulus switch (`q_0 q_1`).
@@ -138,16 +144,21 @@ pub struct HeParams {
 }
 
 impl HeParams {
-    /// The fixed parameters (deterministic primes: the largest [`PRIME_BITS`]-bit primes that are
-    /// `1 mod 2N`). Errors: `InvalidArgument` if the prime search or the contexts fail.
+    /// The fixed parameters (deterministic primes `1 mod 2N`: the largest [`PRIME_BITS`]-bit
+    /// ones for `q_0, q_1`, the largest [`DROP_PRIME_BITS`]-bit ones for `q_2, q_3`).
+    /// Errors: `InvalidArgument` if the prime search or the contexts fail.
     pub fn new() -> Result<HeParams> {
         let mut moduli = Vec::with_capacity(LEVELS);
-        let mut upper = 1u64 << PRIME_BITS;
-        for _ in 0..LEVELS {
-            let p = generate_prime(PRIME_BITS, 2 * DEGREE as u64, upper)
-                .ok_or_else(|| he_err("no NTT prime found"))?;
-            moduli.push(p);
-            upper = p;
+        for (bits, count) in
+            [(PRIME_BITS, RESPONSE_LEVELS), (DROP_PRIME_BITS, LEVELS - RESPONSE_LEVELS)]
+        {
+            let mut upper = 1u64 << bits;
+            for _ in 0..count {
+                let p = generate_prime(bits, 2 * DEGREE as u64, upper)
+                    .ok_or_else(|| he_err("no NTT prime found"))?;
+                moduli.push(p);
+                upper = p;
+            }
         }
         let fresh = Context::new_arc(&moduli, DEGREE).map_err(he_err)?;
         let resp = Context::new_arc(&moduli[..RESPONSE_LEVELS], DEGREE).map_err(he_err)?;
@@ -740,10 +751,13 @@ mod tests {
         for &q in &p.moduli {
             assert_eq!(q.wrapping_mul(inv_mod_2_64(q)), 1);
             assert_eq!(q % (2 * DEGREE as u64), 1);
-            assert!(q < 1 << PRIME_BITS);
+            assert!(q < 1 << DROP_PRIME_BITS);
         }
         assert_eq!(mul_mod(inv_mod(5, p.moduli[0]), 5, p.moduli[0]), 1);
         assert!(p.log_q() <= 218.0, "log Q {} over the 128-bit bound for N = 8192", p.log_q());
+        assert!(p.moduli[..RESPONSE_LEVELS].iter().all(|&q| q < 1 << PRIME_BITS));
+        let distinct: std::collections::BTreeSet<u64> = p.moduli.iter().copied().collect();
+        assert_eq!(distinct.len(), LEVELS);
     }
 
     /// Negacyclic product coefficient `pos` of `m * w` with wrapping arithmetic `mul`/`add`.
@@ -818,6 +832,12 @@ mod tests {
     #[test]
     fn product_round_trip_is_exact_mod_2_64() {
         round_trip(PlainModulus::Pow64, false);
+    }
+
+    /// A dense kernel (all `N` coefficients full-range: the largest noise of one product).
+    #[test]
+    fn dense_product_round_trip_is_exact_mod_2_64() {
+        round_trip(PlainModulus::Pow64, true);
     }
 
     #[test]

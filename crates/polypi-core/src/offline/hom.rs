@@ -57,7 +57,7 @@ pub enum Packing {
 /// Largest number of non-zero kernel coefficients one response may sum (over its input
 /// polynomials): the encryption noise times the kernel grows with it, and the flooding of
 /// [`super::he::flood_bits`] must stay within the modulus (checked by a test there).
-pub const MAX_NOISE_FAN_IN: usize = 8192;
+pub const MAX_NOISE_FAN_IN: usize = 1 << 17;
 
 fn div_ceil(a: usize, b: usize) -> usize {
     a.div_ceil(b.max(1))
