@@ -39,8 +39,12 @@ pub enum DeviceKind {
     /// burn's pure-Rust CPU backend.
     #[default]
     Flex,
-    /// CUDA GPU 0 (needs the crate feature `cuda`).
+    /// CUDA GPU 0 (needs the crate feature `cuda`; burn's CubeCL CUDA runtime loads the
+    /// driver at run time, so the build needs no CUDA toolkit).
     Cuda,
+    /// The best GPU wgpu finds (Vulkan, Metal or DX12; `CUBECL_WGPU_DEFAULT_DEVICE` overrides
+    /// it; needs the crate feature `wgpu`).
+    Wgpu,
 }
 
 /// Everything a training run needs. Defaults follow the papers (docs/sources.md): SGD momentum
@@ -424,7 +428,17 @@ pub fn device(kind: DeviceKind) -> Result<Device> {
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => Ok(Device::cuda(0)),
         #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => bail!("this polypi-train was built without the `cuda` feature"),
+        DeviceKind::Cuda => bail!(
+            "this polypi-train was built without the `cuda` feature (cargo build --release -p \
+             polypi-train --features cuda)"
+        ),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceKind::Wgpu => bail!(
+            "this polypi-train was built without the `wgpu` feature (cargo build --release -p \
+             polypi-train --features wgpu)"
+        ),
     }
 }
 
