@@ -14,12 +14,12 @@ use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, Linear};
 use burn::tensor::Tensor;
-use polypi_core::model::file::{ModelFile, TensorF32};
 use polypi_core::model::arch::Unit as AUnit;
+use polypi_core::model::file::{ModelFile, TensorF32};
 use polypi_core::model::graph::{Graph, ModelCard, Node, Normalize, Op};
 
-use crate::layers::{ActKind, Activation};
 use crate::archnet::{Layer, L_AVGPOOL, L_CONV, L_KERV, L_MAXPOOL};
+use crate::layers::{ActKind, Activation};
 use crate::nets::{Net, Unit, POOL_AVG, POOL_MAX};
 use crate::train::{TrainConfig, TrainReport};
 
@@ -113,34 +113,28 @@ impl Builder {
     fn act_named(&mut self, n: String, a: &Activation, input: &str) -> String {
         match a.act_kind() {
             ActKind::Relu => self.push(n, input, Op::Relu),
-            ActKind::X2act | ActKind::ReactPkn => {
-                match &a.x2 {
-                    Some(x2) => {
-                        let w0 = self.param1(format!("{n}.w0"), &x2.w0);
-                        let w1 = self.param1(format!("{n}.w1"), &x2.w1);
-                        let b = self.param1(format!("{n}.b"), &x2.b);
-                        self.push(n, input, Op::X2Act { s: x2.s, w0, w1, b })
-                    }
-                    None => self.push(n, input, Op::Identity),
+            ActKind::X2act | ActKind::ReactPkn => match &a.x2 {
+                Some(x2) => {
+                    let w0 = self.param1(format!("{n}.w0"), &x2.w0);
+                    let w1 = self.param1(format!("{n}.w1"), &x2.w1);
+                    let b = self.param1(format!("{n}.b"), &x2.b);
+                    self.push(n, input, Op::X2Act { s: x2.s, w0, w1, b })
                 }
-            }
-            ActKind::Poly | ActKind::Square => {
-                self.push(
-                    n,
-                    input,
-                    Op::Poly { coefficients: a.poly_coefficients(), coefficients_tensor: None },
-                )
-            }
-            ActKind::Pkn | ActKind::Rpkn => {
-                match &a.kerv {
-                    Some(k) => {
-                        let c_p = data(k.c_p.val()).1.first().copied().unwrap_or(0.0);
-                        let a_p = data(k.a_p.val()).1.first().copied().unwrap_or(1.0);
-                        self.push(n, input, Op::PolyKerv { c_p, d_p: k.d_p, a_p })
-                    }
-                    None => self.push(n, input, Op::Identity),
+                None => self.push(n, input, Op::Identity),
+            },
+            ActKind::Poly | ActKind::Square => self.push(
+                n,
+                input,
+                Op::Poly { coefficients: a.poly_coefficients(), coefficients_tensor: None },
+            ),
+            ActKind::Pkn | ActKind::Rpkn => match &a.kerv {
+                Some(k) => {
+                    let c_p = data(k.c_p.val()).1.first().copied().unwrap_or(0.0);
+                    let a_p = data(k.a_p.val()).1.first().copied().unwrap_or(1.0);
+                    self.push(n, input, Op::PolyKerv { c_p, d_p: k.d_p, a_p })
                 }
-            }
+                None => self.push(n, input, Op::Identity),
+            },
         }
     }
 

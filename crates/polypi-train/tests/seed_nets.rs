@@ -184,8 +184,8 @@ fn check(net: NetKind, act: ActKind, stem: Option<Stem>, extra: impl Fn(&mut Tra
         assert_eq!(mf.tensors.len(), zf.tensors.len(), "{net:?}: tensor count");
         for (name, t) in &mf.tensors {
             let z = &zf.tensors.get(name).unwrap_or_else(|| panic!("zoo lacks {name}"));
-            let x2 = [".w0", ".w1", ".b"].iter().any(|s| name.ends_with(s))
-                && !name.ends_with(".bias");
+            let x2 =
+                [".w0", ".w1", ".b"].iter().any(|s| name.ends_with(s)) && !name.ends_with(".bias");
             if per_site && x2 {
                 assert_eq!(t.shape, vec![1], "{name}: one X2act set per site");
             } else {
