@@ -40,8 +40,8 @@ pub enum ActKind {
     /// `a*x^2 + b*x + c` with one trainable scalar set per site, init a = 0.009, b = 0.5, c = 0.47.
     /// Runs as an X2Act node with `[1]` tensors.
     ReactPkn,
-    /// `x^2` at every site (the "square" / "poly" variant of reference.md; PILLAR's ResNet-110
-    /// square baseline): no trainable coefficients, no clipping or range penalty by default.
+    /// `x^2` at every site (the "square" variant of reference.md, `polypi zoo --act square`): no
+    /// trainable coefficients, no clipping or range penalty by default.
     /// Exported as a `Poly` node with coefficients `[0, 0, 1]`.
     Square,
 }

@@ -33,8 +33,8 @@ pub enum NetKind {
     NetC,
     /// CIFAR ResNet-18: stem conv 64, four stages of two BasicBlocks, global average pool, fc 512->10.
     NetR18,
-    /// ResNet-18 (He et al. 2016; PASNet-A), stem by `--stem` (default imagenet); built from
-    /// `polypi_core::model::arch::resnet` like every network below ([`crate::archnet`]).
+    /// ResNet-18 (He et al. 2016; PASNet-A), stem by `--stem` (default imagenet); built from its
+    /// architecture description (polypi-core `model::arch`), like every network below.
     Resnet18,
     /// ResNet-34, stem by `--stem`.
     Resnet34,
