@@ -172,6 +172,9 @@ fn check(net: NetKind, act: ActKind, stem: Option<Stem>, extra: impl Fn(&mut Tra
                 a.op,
                 b.op
             );
+            if let (Op::X2Act { s: s1, .. }, Op::X2Act { s: s2, .. }) = (&a.op, &b.op) {
+                assert_eq!(s1, s2, "{}: X2act scale", a.name);
+            }
             if let (
                 Op::Conv2d { stride: s1, padding: p1, groups: g1, .. },
                 Op::Conv2d { stride: s2, padding: p2, groups: g2, .. },
@@ -199,7 +202,8 @@ fn check(net: NetKind, act: ActKind, stem: Option<Stem>, extra: impl Fn(&mut Tra
 #[test]
 fn imagenet_family_resnets_x2act() {
     check(NetKind::Resnet18, ActKind::X2act, None, |_| {});
-    check(NetKind::Resnet34, ActKind::X2act, None, |c| c.x2_scale = 1.0);
+    // One coefficient set per channel (`--x2act-per-channel`): the zoo's tensor shapes exactly.
+    check(NetKind::Resnet34, ActKind::X2act, None, |c| c.x2act_per_site = false);
     check(NetKind::Resnet50, ActKind::X2act, None, |c| c.x2_scale = 0.1);
 }
 
@@ -309,4 +313,58 @@ fn more_classes_than_the_dataset() {
     assert_eq!(mf.graph.labels[0], "airplane");
     assert_eq!(mf.graph.labels[11], "class11");
     assert_eq!(mf.tensors["fc.weight"].shape[0], 12);
+}
+
+/// The command line picks each network's defaults: PASNet's X2act per site with `s = 0.1` on
+/// ResNet-50, max pooling at VGG-16's pooling sites with ReLU (average with X2act), and
+/// `--x2act-per-channel` / `--pool` override them.
+#[test]
+fn command_line_defaults_per_network() {
+    let _g = TRAIN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("polypi-seed-nets-{}-cli", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = root().join("data/cifar10-subset");
+    let run = |name: &str, args: &[&str]| {
+        let out = dir.join(format!("{name}.safetensors"));
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_polypi-train"))
+            .args(["train", "--width", "0.125", "--data", "cifar10", "--train-limit", "32"])
+            .args(["--test-limit", "4", "--epochs", "1", "--batch-size", "32", "--quiet"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        ModelFile::load(&out).unwrap()
+    };
+    let x2 = |mf: &ModelFile| -> Vec<(f32, Vec<usize>)> {
+        mf.graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::X2Act { s, w0, .. } => Some((*s, mf.tensors[w0].shape.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let r50 = run("r50", &["--net", "resnet50", "--stem", "cifar", "--act", "x2act"]);
+    let sites = x2(&r50);
+    assert_eq!(sites.len(), 49, "ResNet-50: 1 + 16 * 3 activation sites");
+    assert!(sites.iter().all(|(s, shape)| *s == 0.1 && shape == &vec![1]), "{sites:?}");
+    let r50c = run(
+        "r50c",
+        &["--net", "resnet50", "--stem", "cifar", "--act", "x2act", "--x2act-per-channel"],
+    );
+    assert!(x2(&r50c).iter().all(|(_, shape)| shape[0] > 1));
+    let pools = |mf: &ModelFile| -> (usize, usize) {
+        let n = |f: fn(&Op) -> bool| mf.graph.nodes.iter().filter(|n| f(&n.op)).count();
+        (n(|o| matches!(o, Op::MaxPool2d { .. })), n(|o| matches!(o, Op::AvgPool2d { .. })))
+    };
+    assert_eq!(pools(&run("vgg-relu", &["--net", "vgg16", "--act", "relu"])), (5, 0));
+    assert_eq!(pools(&run("vgg-x2", &["--net", "vgg16", "--act", "x2act"])), (0, 5));
+    let vgg = run("vgg-relu-avg", &["--net", "vgg16", "--act", "relu", "--pool", "avg"]);
+    assert_eq!(pools(&vgg), (0, 5));
 }
