@@ -271,7 +271,8 @@ pub fn default_cifar_dir() -> PathBuf {
 /// and `fashion-mnist/`) for the IDX sets; for CIFAR-10 it is the folder holding either the subset
 /// files (`train_subset_4660.bin`, `test_batch_first932.bin`) or the official
 /// `data_batch_{1..5}.bin` / `test_batch.bin`, or the fetch folder (`data/fetched`, holding
-/// `cifar10-subset/`).
+/// `cifar10-subset/`); the subset files may be gzip-compressed (`.gz`, as committed in
+/// `data/cifar10-subset/`).
 ///
 /// # Errors
 /// [`DataError::Missing`] (with a hint to run `scripts/fetch-data.sh`) if a file is absent,
@@ -311,7 +312,7 @@ pub fn load(kind: DatasetKind, data_dir: &Path) -> Result<(Dataset, Dataset), Da
                         at the official data_batch_*.bin / test_batch.bin";
             let sub = data_dir.join("cifar10-subset");
             let data_dir = if !data_dir.join("data_batch_1.bin").exists()
-                && !data_dir.join("train_subset_4660.bin").exists()
+                && !idx_path(data_dir, "train_subset_4660.bin").exists()
                 && sub.is_dir()
             {
                 sub.as_path()
@@ -326,9 +327,18 @@ pub fn load(kind: DatasetKind, data_dir: &Path) -> Result<(Dataset, Dataset), Da
                     load_cifar_bin(&[data_dir.join("test_batch.bin")], hint)?,
                 ))
             } else {
+                // The subset as committed (`.gz`) or as unpacked by scripts/fetch-data.sh.
+                let file = |stem| {
+                    let p = idx_path(data_dir, stem);
+                    if p.exists() {
+                        p
+                    } else {
+                        data_dir.join(stem)
+                    }
+                };
                 Ok((
-                    load_cifar_bin(&[data_dir.join("train_subset_4660.bin")], hint)?,
-                    load_cifar_bin(&[data_dir.join("test_batch_first932.bin")], hint)?,
+                    load_cifar_bin(&[file("train_subset_4660.bin")], hint)?,
+                    load_cifar_bin(&[file("test_batch_first932.bin")], hint)?,
                 ))
             }
         }

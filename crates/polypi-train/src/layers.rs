@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const PILLAR_DEG4: [f32; 5] =
     [322.0 / 1024.0, 512.0 / 1024.0, 160.0 / 1024.0, 0.0, -3.0 / 1024.0];
 
+/// Coefficients of [`ActKind::Square`], lowest degree first: `x^2`.
+pub const SQUARE: [f32; 3] = [0.0, 0.0, 1.0];
+
 /// The activation used at every ACT site of a network (reference.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -37,6 +40,10 @@ pub enum ActKind {
     /// `a*x^2 + b*x + c` with one trainable scalar set per site, init a = 0.009, b = 0.5, c = 0.47.
     /// Runs as an X2Act node with `[1]` tensors.
     ReactPkn,
+    /// `x^2` at every site (the "square" variant of reference.md, `polypi zoo --act square`): no
+    /// trainable coefficients, no clipping or range penalty by default.
+    /// Exported as a `Poly` node with coefficients `[0, 0, 1]`.
+    Square,
 }
 
 impl ActKind {
@@ -49,6 +56,7 @@ impl ActKind {
             ActKind::Pkn => "pkn",
             ActKind::Rpkn => "rpkn",
             ActKind::ReactPkn => "react-pkn",
+            ActKind::Square => "square",
         }
     }
 }
@@ -227,14 +235,14 @@ impl PolyKerv {
 #[derive(Module, Debug)]
 pub struct Activation {
     /// Which activation (stored as [`ActKind`] index: 0 relu, 1 x2act, 2 poly, 3 pkn, 4 rpkn,
-    /// 5 react-pkn).
+    /// 5 react-pkn, 6 square).
     pub kind: u8,
     /// X2Act parameters (kind x2act).
     pub x2: Option<X2Act>,
     /// PolyKerv parameters (kinds pkn, rpkn).
     pub kerv: Option<PolyKerv>,
     /// PILLAR polynomial coefficients, lowest degree first, shape `[D + 1]`, not trainable
-    /// (kind poly; None in records of older versions: [`PILLAR_DEG4`]).
+    /// (kind poly; None in records of older versions: [`PILLAR_DEG4`]; kind square: [`SQUARE`]).
     pub poly: Option<Param<Tensor<1>>>,
 }
 
@@ -250,8 +258,12 @@ impl Activation {
         poly: &[f32],
         device: &Device,
     ) -> Self {
-        let poly = (kind == ActKind::Poly)
-            .then(|| Param::from_tensor(Tensor::from_floats(poly, device)).set_require_grad(false));
+        let poly = match kind {
+            ActKind::Poly => Some(poly),
+            ActKind::Square => Some(&SQUARE[..]),
+            _ => None,
+        }
+        .map(|c| Param::from_tensor(Tensor::from_floats(c, device)).set_require_grad(false));
         let (x2, kerv) = match kind {
             ActKind::X2act => (Some(X2Act::new(channels, x2_scale, device)), None),
             ActKind::ReactPkn => (Some(X2Act::with_init(1, 1.0, (0.009, 0.5, 0.47), device)), None),
@@ -299,6 +311,7 @@ impl Activation {
                 Some(a) => a.forward(x),
                 None => x,
             },
+            ActKind::Square => x.clone().mul(x),
             ActKind::Poly => {
                 let x = match (ctx.train, ctx.clip) {
                     (true, Some(c)) => x.clamp(-c, c),
@@ -332,6 +345,7 @@ fn kind_to_u8(k: ActKind) -> u8 {
         ActKind::Pkn => 3,
         ActKind::Rpkn => 4,
         ActKind::ReactPkn => 5,
+        ActKind::Square => 6,
     }
 }
 
@@ -342,6 +356,7 @@ fn u8_to_kind(k: u8) -> ActKind {
         2 => ActKind::Poly,
         3 => ActKind::Pkn,
         5 => ActKind::ReactPkn,
+        6 => ActKind::Square,
         _ => ActKind::Rpkn,
     }
 }

@@ -6,7 +6,10 @@
 //! - [`folder`]: ImageNet-layout image folders (class folders of PNG / JPEG).
 //! - [`layers`]: ReLU, X2Act (PASNet / PolyMPCNet), PILLAR's fixed degree-4 polynomial, PolyKerv
 //!   (PolyKervNets / R-PKN).
-//! - [`nets`]: NET-M, NET-C, NET-R18 of reference.md in every activation variant, by width.
+//! - [`nets`]: NET-M, NET-C, NET-R18 of reference.md in every activation variant, by width, and
+//!   the choice of every network.
+//! - [`archnet`]: the seeds' networks (ResNet-18/34/50, ResNet-32/110, VGG-16-BN, MobileNetV2,
+//!   PKR-18, PKV-16, PKA-8) built from polypi-core's architecture descriptions (`polypi zoo`'s).
 //! - [`train`]: [`TrainConfig`] (defaults from the papers) and [`train()`], the training loop.
 //! - [`polyfit`]: PILLAR's integer-coefficient least-squares fit of ReLU (`fit-poly`).
 //! - [`export`]: conversion to `polypi_core::model::file::ModelFile` with a model card.
@@ -16,6 +19,7 @@
 //! `--device cuda`.
 #![warn(missing_docs)]
 
+pub mod archnet;
 pub mod data;
 pub mod export;
 pub mod folder;

@@ -186,24 +186,40 @@ struct MeasureArgs {
 /// Arguments of a training run.
 #[derive(clap::Args, Debug)]
 struct Args {
-    /// Network (reference.md).
+    /// Network: net-m, net-c, net-r18 (reference.md), or one of the seeds' networks built from
+    /// the architecture description `polypi zoo` uses: resnet18, resnet34, resnet50 (--stem),
+    /// resnet32, resnet110, vgg16 (VGG-16-BN), mobilenetv2, pkr18, pkv16, pka8.
     #[arg(long, value_enum, default_value = "net-m")]
     net: NetKind,
-    /// Activation at every ACT site.
+    /// Activation at every ACT site: relu, x2act, poly (PILLAR degree 4, or --pillar-degree),
+    /// square (x^2), pkn, rpkn, react-pkn.
     #[arg(long, value_enum, default_value = "x2act")]
     act: ActKind,
-    /// Width multiplier on hidden channels.
+    /// Width multiplier on hidden channels (rounded, at least 1: the rule of `polypi zoo
+    /// --width`, so both build the same shapes).
     #[arg(long, default_value_t = 1.0)]
     width: f32,
-    /// Leave out batch norm after convolutions.
+    /// Stem of resnet18/34/50: imagenet (conv7x7/s2 + 3x3/s2/p1 pooling; default, as `polypi
+    /// zoo`) or cifar (conv3x3/s1, no pooling).
+    #[arg(long, value_parser = parse_stem)]
+    stem: Option<polypi_core::model::arch::Stem>,
+    /// Output classes (default: the dataset's class count).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Leave out batch norm after convolutions (NET-M, NET-C).
     #[arg(long)]
     no_batch_norm: bool,
-    /// Pooling kind (NET-M, NET-C).
-    #[arg(long, value_enum, default_value = "avg")]
-    pool: PoolKind,
-    /// X2Act weight scale s.
-    #[arg(long, default_value_t = 1.0)]
-    x2_scale: f32,
+    /// Pooling at the pooling sites: NET-M / NET-C's 2x2 pools, the ImageNet stem's pool,
+    /// VGG-16's pools (default: avg; max for the seeds' networks with --act relu).
+    #[arg(long, value_enum)]
+    pool: Option<PoolKind>,
+    /// X2Act weight scale s (default: the network's, PASNet's 0.1 for resnet50, else 1).
+    #[arg(long)]
+    x2_scale: Option<f32>,
+    /// X2act with one coefficient set per channel on the networks where PASNet's one set per
+    /// site is the default (resnet18/34/50/32/110, mobilenetv2).
+    #[arg(long, conflicts_with = "x2act_per_site")]
+    x2act_per_channel: bool,
     /// PolyKerv init `C_P,A_P` for --act pkn/rpkn (default: the paper's, 1,1 / 0.47,0.009).
     #[arg(long, value_delimiter = ',')]
     kerv_init: Option<Vec<f32>>,
@@ -216,7 +232,8 @@ struct Args {
     /// (torchvision's Resize(256) + CenterCrop(224), scaled).
     #[arg(long, default_value_t = 224)]
     image_size: usize,
-    /// X2act with one scalar set (w0, w1, b) per site, as PASNet (default: one per channel).
+    /// X2act with one scalar set (w0, w1, b) per site, as PASNet (default: one per channel, but
+    /// one per site on resnet18/34/50/32/110 and mobilenetv2).
     #[arg(long)]
     x2act_per_site: bool,
     /// With --act poly: fit PILLAR's polynomial of this degree (`fit-poly`) instead of using the
@@ -422,20 +439,41 @@ fn measure(a: MeasureArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--stem`: imagenet or cifar.
+fn parse_stem(s: &str) -> Result<polypi_core::model::arch::Stem, String> {
+    s.parse().map_err(|e: polypi_core::Error| e.to_string())
+}
+
 fn train(a: Args) -> Result<()> {
+    let described = a.net.from_description();
+    let x2_scale = match (a.x2_scale, a.net.ref_net()) {
+        (Some(s), _) => s,
+        (None, Some(r)) if described => {
+            polypi_core::model::zoo::describe(r, a.stem, None)?.x2act_scale
+        }
+        _ => 1.0,
+    };
+    let pool = a.pool.unwrap_or(if described && a.act == ActKind::Relu {
+        PoolKind::Max
+    } else {
+        PoolKind::Avg
+    });
     let cfg = TrainConfig {
         net: a.net,
         act: a.act,
         width: a.width,
         batch_norm: !a.no_batch_norm,
-        pool: a.pool,
-        x2_scale: a.x2_scale,
+        pool,
+        x2_scale,
+        stem: a.stem,
+        classes: a.classes,
         kerv_init: match a.kerv_init.as_deref() {
             None => None,
             Some(&[c_p, a_p]) => Some((c_p, a_p)),
             Some(v) => anyhow::bail!("--kerv-init takes two numbers C_P,A_P, got {v:?}"),
         },
-        x2act_per_site: a.x2act_per_site,
+        x2act_per_site: a.x2act_per_site
+            || (a.net.x2act_per_site_default() && !a.x2act_per_channel),
         pkn_layout: a.pkn_layout,
         pillar: match a.pillar_degree {
             None => None,

@@ -14,6 +14,10 @@ use burn::nn::{
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use polypi_core::model::arch::Stem;
+use polypi_core::model::zoo::RefNet;
+
+use crate::archnet;
 use crate::layers::{ActKind, Activation, Ctx};
 
 /// Which reference network.
@@ -29,6 +33,27 @@ pub enum NetKind {
     NetC,
     /// CIFAR ResNet-18: stem conv 64, four stages of two BasicBlocks, global average pool, fc 512->10.
     NetR18,
+    /// ResNet-18 (He et al. 2016; PASNet-A), stem by `--stem` (default imagenet); built from its
+    /// architecture description (polypi-core `model::arch`), like every network below.
+    Resnet18,
+    /// ResNet-34, stem by `--stem`.
+    Resnet34,
+    /// ResNet-50 (bottleneck blocks; PASNet-B), stem by `--stem`.
+    Resnet50,
+    /// CIFAR ResNet-32 (16/32/64 channels, 5 BasicBlocks per stage; PILLAR).
+    Resnet32,
+    /// CIFAR ResNet-110 (18 BasicBlocks per stage; PILLAR).
+    Resnet110,
+    /// VGG-16-BN, CIFAR layout (PILLAR).
+    Vgg16,
+    /// MobileNetV2 (depthwise convolutions; PASNet-D).
+    Mobilenetv2,
+    /// PolyKervNets PKR-18 (stages 1-3, kervolutions as published).
+    Pkr18,
+    /// PolyKervNets PKV-16.
+    Pkv16,
+    /// PolyKervNets PKA-8 (no BatchNorm).
+    Pka8,
 }
 
 impl NetKind {
@@ -38,15 +63,83 @@ impl NetKind {
             NetKind::NetM => "NET-M",
             NetKind::NetC => "NET-C",
             NetKind::NetR18 => "NET-R18",
+            NetKind::Resnet18 => "ResNet-18",
+            NetKind::Resnet34 => "ResNet-34",
+            NetKind::Resnet50 => "ResNet-50",
+            NetKind::Resnet32 => "ResNet-32",
+            NetKind::Resnet110 => "ResNet-110",
+            NetKind::Vgg16 => "VGG-16-BN",
+            NetKind::Mobilenetv2 => "MobileNetV2",
+            NetKind::Pkr18 => "PKR-18",
+            NetKind::Pkv16 => "PKV-16",
+            NetKind::Pka8 => "PKA-8",
         }
     }
-    /// Short name for file names ("netm").
+    /// Short name for file names ("netm", "resnet18").
     pub fn short(self) -> &'static str {
         match self {
             NetKind::NetM => "netm",
             NetKind::NetC => "netc",
             NetKind::NetR18 => "netr18",
+            k => k.ref_net().map_or("net", |r| r.name()),
         }
+    }
+
+    /// Every network, reference networks first.
+    pub const ALL: [NetKind; 13] = [
+        NetKind::NetM,
+        NetKind::NetC,
+        NetKind::NetR18,
+        NetKind::Resnet18,
+        NetKind::Resnet34,
+        NetKind::Resnet50,
+        NetKind::Resnet32,
+        NetKind::Resnet110,
+        NetKind::Vgg16,
+        NetKind::Mobilenetv2,
+        NetKind::Pkr18,
+        NetKind::Pkv16,
+        NetKind::Pka8,
+    ];
+
+    /// The zoo network of the same architecture (`polypi zoo --net`).
+    pub fn ref_net(self) -> Option<RefNet> {
+        Some(match self {
+            NetKind::NetM => RefNet::NetM,
+            NetKind::NetC => RefNet::NetC,
+            NetKind::NetR18 => RefNet::NetR18,
+            NetKind::Resnet18 => RefNet::ResNet18,
+            NetKind::Resnet34 => RefNet::ResNet34,
+            NetKind::Resnet50 => RefNet::ResNet50,
+            NetKind::Resnet32 => RefNet::ResNet32,
+            NetKind::Resnet110 => RefNet::ResNet110,
+            NetKind::Vgg16 => RefNet::Vgg16,
+            NetKind::Mobilenetv2 => RefNet::MobileNetV2,
+            NetKind::Pkr18 => RefNet::Pkr18,
+            NetKind::Pkv16 => RefNet::Pkv16,
+            NetKind::Pka8 => RefNet::Pka8,
+        })
+    }
+
+    /// Whether the network is built from its architecture description ([`crate::archnet`]);
+    /// false for NET-M, NET-C and NET-R18, whose hand-written builder (and exported files) stay
+    /// as they were.
+    pub fn from_description(self) -> bool {
+        !matches!(self, NetKind::NetM | NetKind::NetC | NetKind::NetR18)
+    }
+
+    /// PASNet's X2act granularity for this network: one scalar set per site for the ResNets and
+    /// MobileNetV2 (`models/gate_tmp.py` `x2act`), one per channel (polypi's default) otherwise.
+    pub fn x2act_per_site_default(self) -> bool {
+        matches!(
+            self,
+            NetKind::Resnet18
+                | NetKind::Resnet34
+                | NetKind::Resnet50
+                | NetKind::Resnet32
+                | NetKind::Resnet110
+                | NetKind::Mobilenetv2
+        )
     }
 }
 
@@ -94,6 +187,13 @@ pub struct NetSpec {
     pub in_channels: usize,
     /// Number of classes.
     pub classes: usize,
+    /// Stem of ResNet-18/34/50 (None = the description's default, ImageNet).
+    #[serde(default)]
+    pub stem: Option<Stem>,
+    /// Input height = width in pixels (networks built from their description; 0 = the
+    /// description's).
+    #[serde(default)]
+    pub input_size: usize,
 }
 
 /// A PILLAR polynomial fitted by [`crate::polyfit::fit_relu`]: degree, precision, range and the
@@ -335,7 +435,8 @@ impl ResBlock {
     }
 }
 
-/// A network: units, then residual blocks, then units; the output is `[N, classes]` logits.
+/// A network: units, then residual blocks, then units, then description layers; the output is
+/// `[N, classes]` logits.
 #[derive(Module, Debug)]
 pub struct Net {
     /// Units before the residual blocks (the whole net for NET-M / NET-C; the stem for NET-R18).
@@ -346,6 +447,9 @@ pub struct Net {
     pub post: Vec<Unit>,
     /// Number of classes.
     pub classes: usize,
+    /// The layers of a network built from its architecture description ([`crate::archnet`]; the
+    /// whole network, with `pre`, `blocks` and `post` empty), one per description unit.
+    pub arch: Vec<archnet::Layer>,
 }
 
 impl Net {
@@ -360,6 +464,9 @@ impl Net {
         }
         for u in &self.post {
             x = u.forward(x, ctx);
+        }
+        for l in &self.arch {
+            x = l.forward(x, ctx);
         }
         let [n, f, h, w] = x.dims();
         x.reshape([n, f * h * w])
@@ -423,8 +530,37 @@ fn fc_unit(fin: usize, fout: usize, act: Option<(&NetSpec, usize)>, device: &Dev
     }
 }
 
-/// Builds the network described by `spec` on `device` (fresh random init).
-pub fn build(spec: &NetSpec, device: &Device) -> Net {
+/// Builds the network described by `spec` on `device` (fresh random init): NET-M, NET-C and
+/// NET-R18 by the hand-written builder below, every other network from its architecture
+/// description ([`crate::archnet`]).
+///
+/// # Errors
+/// For a network built from its description: a stem on a network without the choice, zero
+/// classes, a width that is not finite and positive, or an input too small for the network.
+pub fn build(spec: &NetSpec, device: &Device) -> anyhow::Result<Net> {
+    if spec.net.from_description() {
+        let arch = archnet::describe(spec)?;
+        let size = if spec.input_size == 0 { arch.input_shape[1] } else { spec.input_size };
+        let layers = archnet::build_layers(&arch, spec, size, device)?;
+        return Ok(Net {
+            pre: vec![],
+            blocks: vec![],
+            post: vec![],
+            classes: spec.classes,
+            arch: layers,
+        });
+    }
+    if spec.stem.is_some() {
+        anyhow::bail!(
+            "{} has a fixed stem; --stem applies to resnet18, resnet34 and resnet50",
+            spec.net.display_name()
+        );
+    }
+    Ok(build_reference(spec, device))
+}
+
+/// NET-M, NET-C, NET-R18 (reference.md) as the hand-written units of this module.
+fn build_reference(spec: &NetSpec, device: &Device) -> Net {
     let w = spec.width;
     let cin = spec.in_channels;
     match spec.net {
@@ -447,6 +583,7 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
                 blocks: vec![],
                 post: vec![],
                 classes: spec.classes,
+                arch: vec![],
             }
         }
         NetKind::NetC => {
@@ -465,9 +602,11 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
             u7.flatten = true;
             us.push(u7);
             us.push(fc_unit(c7 * 64, spec.classes, None, device));
-            Net { pre: us, blocks: vec![], post: vec![], classes: spec.classes }
+            Net { pre: us, blocks: vec![], post: vec![], classes: spec.classes, arch: vec![] }
         }
-        NetKind::NetR18 => {
+        // NET-R18 (`build` sends every network with a description elsewhere).
+        _ => {
+            debug_assert_eq!(spec.net, NetKind::NetR18);
             let c0 = ch(64, w);
             let kerv = spec.pkn_layout == PknLayout::Published
                 && matches!(spec.act, ActKind::Pkn | ActKind::Rpkn);
@@ -512,6 +651,7 @@ pub fn build(spec: &NetSpec, device: &Device) -> Net {
                 blocks,
                 post: vec![head, fc_unit(cprev, spec.classes, None, device)],
                 classes: spec.classes,
+                arch: vec![],
             }
         }
     }

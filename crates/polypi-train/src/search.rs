@@ -78,12 +78,14 @@ impl Arch {
     }
 }
 
-/// Number of (activation, pooling) sites of `net`: NET-M (3, 2), NET-C (7, 2), NET-R18 (17, 0).
+/// Number of (activation, pooling) sites of `net`: NET-M (3, 2), NET-C (7, 2), NET-R18 (17, 0);
+/// (0, 0) for the networks built from their description, which the search does not cover.
 pub fn site_counts(net: NetKind) -> (usize, usize) {
     match net {
         NetKind::NetM => (3, 2),
         NetKind::NetC => (7, 2),
         NetKind::NetR18 => (17, 0),
+        _ => (0, 0),
     }
 }
 
@@ -541,6 +543,9 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
     if cfg.search_epochs == 0 || cfg.batch_size == 0 {
         bail!("search epochs and batch size must be positive");
     }
+    if cfg.net.from_description() {
+        bail!("the search covers NET-M, NET-C and NET-R18, not {}", cfg.net.display_name());
+    }
     if !cfg.lambda.is_finite() || cfg.lambda < 0.0 {
         bail!("lambda must be a finite non-negative number, got {}", cfg.lambda);
     }
@@ -577,8 +582,10 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
         pkn_layout: Default::default(),
         in_channels: c,
         classes: 10,
+        stem: None,
+        input_size: 0,
     };
-    let mut model = nets::build(&spec, &ad);
+    let mut model = nets::build(&spec, &ad)?;
     let mut alphas = Alphas::zeros(cfg.net, &ad);
     let mut w_optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))

@@ -149,6 +149,10 @@ pub struct TrainConfig {
     /// Per-site architecture from a search ([`crate::search::Arch`]): overrides `act` and `pool`
     /// site by site (the net is built with X2act, STPAI init, then the chosen sites are swapped).
     pub arch: Option<crate::search::Arch>,
+    /// Stem of ResNet-18/34/50 (None = ImageNet, the description's default, as `polypi zoo`).
+    pub stem: Option<polypi_core::model::arch::Stem>,
+    /// Output classes (None = the dataset's class count; at least that many).
+    pub classes: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -197,6 +201,8 @@ impl Default for TrainConfig {
             max_steps_per_epoch: None,
             command: String::new(),
             arch: None,
+            stem: None,
+            classes: None,
         }
     }
 }
@@ -204,7 +210,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// The network spec this config trains.
     pub fn spec(&self) -> NetSpec {
-        let [c, _, _] = self.input_shape();
+        let [c, h, _] = self.input_shape();
         NetSpec {
             net: self.net,
             act: if self.arch.is_some() { ActKind::X2act } else { self.act },
@@ -217,7 +223,9 @@ impl TrainConfig {
             x2act_per_site: self.x2act_per_site,
             pkn_layout: self.pkn_layout,
             in_channels: c,
-            classes: self.labels().len().max(1),
+            classes: self.classes.unwrap_or(self.labels().len().max(1)),
+            stem: self.stem,
+            input_size: h,
         }
     }
 
@@ -306,6 +314,12 @@ impl TrainConfig {
             self.warmup_epochs,
             self.seed
         );
+        if let Some(st) = self.stem {
+            r += &format!(", {st:?} stem");
+        }
+        if let Some(k) = self.classes {
+            r += &format!(", {k} classes");
+        }
         if self.no_decay_act {
             r += ", no decay on activation coefficients";
         }
@@ -449,7 +463,7 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
             let fixed = match cfg.net {
                 NetKind::NetM => Some(28),
                 NetKind::NetC => Some(32),
-                NetKind::NetR18 => None,
+                _ => None,
             };
             if let Some(side) = fixed.filter(|&s| s != cfg.image_size) {
                 bail!(
@@ -537,7 +551,20 @@ pub fn infer(model: &Net, input: &[f32], n: usize, shape: [usize; 3], device: &D
 
 /// Builds `cfg`'s network, loading `resume` weights if set.
 pub fn build_model(cfg: &TrainConfig, device: &Device) -> Result<Net> {
-    let mut model = nets::build(&cfg.spec(), device);
+    if cfg.arch.is_some() && cfg.net.from_description() {
+        bail!(
+            "a searched architecture (--arch) applies to NET-M, NET-C and NET-R18, not {}",
+            cfg.net.display_name()
+        );
+    }
+    if cfg.net.from_description() && !cfg.batch_norm {
+        bail!(
+            "{} has its BatchNorm layers fixed by its description; --no-batch-norm applies to \
+             NET-M and NET-C",
+            cfg.net.display_name()
+        );
+    }
+    let mut model = nets::build(&cfg.spec(), device)?;
     if let Some(a) = &cfg.arch {
         crate::search::apply_arch(&mut model, a, cfg.x2_scale, device)?;
     }
@@ -583,6 +610,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     if cfg.epochs == 0 || cfg.batch_size == 0 {
         bail!("epochs and batch_size must be positive");
     }
+    let labels = cfg.labels().len();
+    if let Some(k) = cfg.classes.filter(|&k| k < labels) {
+        bail!("--classes {k} is fewer than the dataset's {labels} classes");
+    }
     let (train_ds, test_ds) = load_data(cfg)?;
     let base = device(cfg.device)?;
     base.seed(cfg.seed);
@@ -591,7 +622,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport> {
     let teacher = match &cfg.teacher {
         Some(p) => {
             let tcfg = TrainConfig { act: ActKind::Relu, resume: None, arch: None, ..cfg.clone() };
-            let mut t = nets::build(&tcfg.spec(), &base);
+            let mut t = nets::build(&tcfg.spec(), &base)?;
             load_checkpoint(&mut t, p)
                 .context("loading the KD teacher (a ReLU net of the same --net/--width)")?;
             Some(t.valid())

@@ -65,8 +65,10 @@ fn supernet_step_gives_alpha_gradients_and_expected_latency() {
         pkn_layout: Default::default(),
         in_channels: 1,
         classes: 10,
+        stem: None,
+        input_size: 0,
     };
-    let model = nets::build(&spec, &device);
+    let model = nets::build(&spec, &device).unwrap();
     let alphas = Alphas::zeros(NetKind::NetM, &device);
     let costs = Arc::new(SiteCosts::new(Profile::Pasnet, LinkModel::none()));
     let ds = data::synthetic(8, [1, 28, 28], 3);
