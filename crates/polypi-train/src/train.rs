@@ -39,8 +39,8 @@ pub enum DeviceKind {
     /// burn's pure-Rust CPU backend.
     #[default]
     Flex,
-    /// CUDA GPU 0 (needs the crate feature `cuda`; burn's CubeCL CUDA runtime loads the
-    /// driver at run time, so the build needs no CUDA toolkit).
+    /// CUDA GPU 0 (needs the crate feature `cuda`, whose build downloads an LLVM bundle:
+    /// crates/polypi-train/README.md).
     Cuda,
     /// The best GPU wgpu finds (Vulkan, Metal or DX12; `CUBECL_WGPU_DEFAULT_DEVICE` overrides
     /// it; needs the crate feature `wgpu`).
