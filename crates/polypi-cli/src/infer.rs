@@ -255,10 +255,16 @@ fn print_text(d: &InferOutput, model: &common::Model) {
         println!("\nper layer (input 1: {}):", first.file);
         print!("{}", first.report.table());
     }
+    let two_party = d.inputs.first().is_some_and(|i| i.report.preprocessing_bytes > 0);
     println!(
-        "setup (once per session): {:.2} ms, {:.3} MB server -> client",
+        "setup (once per session): {:.2} ms, {:.3} MB {}",
         d.setup.ms,
-        d.setup.bytes as f64 / 1e6
+        d.setup.bytes as f64 / 1e6,
+        if two_party {
+            "both ways (skeleton; the client's public keys)"
+        } else {
+            "server -> client"
+        }
     );
     println!(
         "mean online latency {:.2} ms over {} input(s); wall time {:.0} ms; private == plaintext: {}",
