@@ -329,46 +329,28 @@ pub fn powers_from_opening(
     let n = e.len();
     let mut out = Vec::with_capacity(powers.len());
     for &k in powers {
+        // Term by term over whole vectors (vectorisable): i = k..0 with epow = e^(k-i).
         let mut acc = vec![0u64; n];
-        // Independent per element: chunks of the vectors run on rayon's pool when large.
-        let chunk = |(ci, a): (usize, &mut [u64])| {
-            let lo = ci * PAR_CHUNK;
-            let e = &e[lo..lo + a.len()];
-            // Term by term over whole chunks (vectorisable): i = k..0 with epow = e^(k-i).
-            let mut epow = vec![1u64; a.len()];
-            for i in (0..=k).rev() {
-                let c = binom(k, i);
-                if i > 0 {
-                    let r = &r_pows[i - 1][lo..lo + a.len()];
-                    for ((a, p), r) in a.iter_mut().zip(&epow).zip(r) {
-                        *a = a.wrapping_add(c.wrapping_mul(p.wrapping_mul(*r)));
-                    }
-                    for (p, ev) in epow.iter_mut().zip(e) {
-                        *p = p.wrapping_mul(*ev);
-                    }
-                } else if t.adds_constants() {
-                    for (a, p) in a.iter_mut().zip(&epow) {
-                        *a = a.wrapping_add(c.wrapping_mul(*p));
-                    }
+        let mut epow = vec![1u64; n];
+        for i in (0..=k).rev() {
+            let c = binom(k, i);
+            if i > 0 {
+                for ((a, p), r) in acc.iter_mut().zip(&epow).zip(&r_pows[i - 1]) {
+                    *a = a.wrapping_add(c.wrapping_mul(p.wrapping_mul(*r)));
+                }
+                for (p, ev) in epow.iter_mut().zip(e) {
+                    *p = p.wrapping_mul(*ev);
+                }
+            } else if t.adds_constants() {
+                for (a, p) in acc.iter_mut().zip(&epow) {
+                    *a = a.wrapping_add(c.wrapping_mul(*p));
                 }
             }
-        };
-        if n >= PAR_MIN && rayon::current_num_threads() > 1 {
-            use rayon::prelude::*;
-            acc.par_chunks_mut(PAR_CHUNK).enumerate().for_each(chunk);
-        } else {
-            acc.chunks_mut(PAR_CHUNK).enumerate().for_each(chunk);
         }
         out.push(acc);
     }
     out
 }
-
-/// Elements per task of the element-wise polynomial steps ([`powers_from_opening`],
-/// [`poly_combine`]).
-const PAR_CHUNK: usize = 8192;
-/// Vectors shorter than this stay on the calling thread.
-const PAR_MIN: usize = 1 << 16;
 
 /// Final step of a polynomial: `acc = c_0 + c_1 x + sum_k c_k x^k` per channel, truncated by f.
 /// `x` is the input at scale f, `pows[k]` the value/share of `x^k` at scale f (index = power; 0
@@ -382,31 +364,26 @@ pub fn poly_combine(
     t: Trunc,
 ) -> RingTensor {
     let n = x.shape[0];
-    let c = x.shape.get(1).copied().unwrap_or(1).max(1);
-    let inner = (x.data.len() / (n * c).max(1)).max(1);
+    let c = x.shape.get(1).copied().unwrap_or(1);
+    let inner = x.data.len() / (n * c).max(1);
     let mut y = RingTensor::zeros(&x.shape);
-    // Independent per element (channel = (j / inner) mod c): chunks on rayon's pool when large.
-    let chunk = |(ci, out): (usize, &mut [u64])| {
-        let lo = ci * PAR_CHUNK;
-        for (o, j) in out.iter_mut().zip(lo..) {
-            let co = plan.coeffs_of((j / inner) % c);
-            let mut acc = co[1].wrapping_mul(x.data[j]);
-            if t.adds_constants() {
-                acc = acc.wrapping_add(co[0]);
-            }
-            for (k, ck) in co.iter().enumerate().skip(2) {
-                if let Some(p) = pows[k].get(j) {
-                    acc = acc.wrapping_add(ck.wrapping_mul(*p));
+    for img in 0..n {
+        for ch in 0..c {
+            let co = plan.coeffs_of(ch);
+            let s = (img * c + ch) * inner;
+            for j in s..s + inner {
+                let mut acc = co[1].wrapping_mul(x.data[j]);
+                if t.adds_constants() {
+                    acc = acc.wrapping_add(co[0]);
                 }
+                for (k, ck) in co.iter().enumerate().skip(2) {
+                    if let Some(p) = pows[k].get(j) {
+                        acc = acc.wrapping_add(ck.wrapping_mul(*p));
+                    }
+                }
+                y.data[j] = acc;
             }
-            *o = acc;
         }
-    };
-    if y.data.len() >= PAR_MIN && rayon::current_num_threads() > 1 {
-        use rayon::prelude::*;
-        y.data.par_chunks_mut(PAR_CHUNK).enumerate().for_each(chunk);
-    } else {
-        y.data.chunks_mut(PAR_CHUNK).enumerate().for_each(chunk);
     }
     t.apply(&mut y.data, frac_bits);
     y
@@ -415,54 +392,6 @@ pub fn poly_combine(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The parallel path of the element-wise polynomial steps equals the same steps on small
-    /// pieces (the sequential path): powers of a dealer-powers opening and the per-channel
-    /// combination, over 2^17 + 5 elements in 4 channels.
-    #[test]
-    fn parallel_polynomial_steps_equal_sequential() {
-        use crate::mpc::encode::{PolyPlan, PowerGroup};
-        let mut s = 5u64;
-        let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            s
-        };
-        let n = (1 << 17) + 5;
-        let e: Vec<u64> = (0..n).map(|_| next()).collect();
-        let r: Vec<Vec<u64>> = (0..3).map(|_| (0..n).map(|_| next()).collect()).collect();
-        let whole = powers_from_opening(&e, &r, &[2, 3], Trunc::Share(0));
-        let piece = 1000;
-        for lo in (0..n).step_by(piece) {
-            let hi = (lo + piece).min(n);
-            let rp: Vec<Vec<u64>> = r.iter().map(|v| v[lo..hi].to_vec()).collect();
-            let part = powers_from_opening(&e[lo..hi], &rp, &[2, 3], Trunc::Share(0));
-            for (w, p) in whole.iter().zip(&part) {
-                assert_eq!(&w[lo..hi], &p[..]);
-            }
-        }
-        let c = 4;
-        let x = RingTensor { shape: vec![1, c, n / c], data: e[..c * (n / c)].to_vec() };
-        let m = x.data.len();
-        let pows = vec![vec![], vec![], whole[0][..m].to_vec(), whole[1][..m].to_vec()];
-        let coeffs: Vec<Vec<u64>> = (0..c).map(|_| (0..4).map(|_| next()).collect()).collect();
-        let plan = PolyPlan {
-            degree: 3,
-            groups: vec![PowerGroup { frac_bits: 16, powers: vec![2, 3] }],
-            coeffs,
-            protocol: crate::model::PolyProtocol::DealerPowers,
-        };
-        let y = poly_combine(&x, &pows, &plan, 16, Trunc::Share(0));
-        let inner = n / c;
-        for j in (0..m).step_by(977) {
-            let co = plan.coeffs_of(j / inner);
-            let mut want = co[0].wrapping_add(co[1].wrapping_mul(x.data[j]));
-            want = want.wrapping_add(co[2].wrapping_mul(pows[2][j]));
-            want = want.wrapping_add(co[3].wrapping_mul(pows[3][j]));
-            let mut w = [want];
-            Trunc::Share(0).apply(&mut w, 16);
-            assert_eq!(y.data[j], w[0], "element {j}");
-        }
-    }
 
     /// The few-row path of `linear_ring` equals the packed GEMM exactly (wrapping u64).
     #[test]
