@@ -46,8 +46,11 @@ use std::collections::HashMap;
 /// share-powers protocol ("dealer-only"), a conv whose padded plane does not fit one polynomial,
 /// or a layer whose fan-in is too large.
 pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
-    let params = HeParams::new()?;
-    let ole = Ole::new()?;
+    check_with(plan, &HeParams::new()?, &Ole::new()?)
+}
+
+/// [`check_two_party_supported`] with parameters the caller already built.
+fn check_with(plan: &Plan, params: &HeParams, ole: &Ole) -> Result<()> {
     for l in &plan.layers {
         let refuse = |what: &str| {
             Err(Error::graph(
@@ -68,7 +71,7 @@ pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
                 let terms = p.degree.saturating_sub(1).max(1);
                 ole.mask_bits(terms).map_err(|e| Error::graph(&l.name, e.to_string()))?;
                 for t in ole.moduli() {
-                    he::flood_bits(&params, t, he::DEGREE * terms)
+                    he::flood_bits(params, t, he::DEGREE * terms)
                         .map_err(|e| Error::graph(&l.name, e.to_string()))?;
                 }
             }
@@ -76,12 +79,12 @@ pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
             LayerOp::MaxPool2d { .. } => return refuse("max-pool"),
             LayerOp::Conv2d(c) => {
                 let p = Packing::conv(c.geom, &l.name)?;
-                he::flood_bits(&params, PlainModulus::Pow64, p.noise_fan_in())
+                he::flood_bits(params, PlainModulus::Pow64, p.noise_fan_in())
                     .map_err(|e| Error::graph(&l.name, e.to_string()))?;
             }
             LayerOp::Linear(c) => {
                 let p = Packing::fc(c.in_features, c.out_features);
-                he::flood_bits(&params, PlainModulus::Pow64, p.noise_fan_in())
+                he::flood_bits(params, PlainModulus::Pow64, p.noise_fan_in())
                     .map_err(|e| Error::graph(&l.name, e.to_string()))?;
             }
             _ => {}
@@ -100,9 +103,9 @@ pub fn check_two_party_supported(plan: &Plan) -> Result<()> {
 /// Errors: those of [`check_two_party_supported`], [`EncodedPlan::new`] and
 /// [`crate::cost::count`].
 pub fn preprocessing_bytes(plan: &Plan, batch: usize) -> Result<Vec<(String, u64)>> {
-    check_two_party_supported(plan)?;
     let params = HeParams::new()?;
     let ole = Ole::new()?;
+    check_with(plan, &params, &ole)?;
     let enc = EncodedPlan::new(plan)?;
     let costs = crate::cost::count(plan, batch)?;
     let mut out: Vec<(String, u64)> = Vec::with_capacity(plan.layers.len());
@@ -147,7 +150,7 @@ pub fn preprocessing_bytes(plan: &Plan, batch: usize) -> Result<Vec<(String, u64
 pub fn setup_bytes(plan: &Plan) -> Result<u64> {
     let params = HeParams::new()?;
     let polys = plan.layers.iter().any(|l| matches!(l.op, LayerOp::Poly(_)));
-    let keys = 1 + if polys { Ole::new()?.moduli().len() } else { 0 };
+    let keys = 1 + if polys { super::ole::OLE_PRIMES } else { 0 };
     Ok((keys * params.fresh_ct_bytes()) as u64)
 }
 
