@@ -79,6 +79,9 @@ pub struct Layer {
     pub kernel: usize,
     /// Pooling step.
     pub stride: usize,
+    /// A pooling layer built from the description's `Pool` unit (its max / avg choice; PASNet's
+    /// stem pooling gate): a pooling site of the architecture search. Not stored in checkpoints.
+    pub pool_site: bool,
 }
 
 impl Layer {
@@ -95,6 +98,7 @@ impl Layer {
             padding: 0,
             kernel: 0,
             stride: 0,
+            pool_site: false,
         }
     }
 
@@ -105,6 +109,27 @@ impl Layer {
             None => x,
         };
         let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let max = |x: Tensor<4>| {
+            MaxPool2dConfig::new([k, k])
+                .with_strides([s, s])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .init()
+                .forward(x)
+        };
+        let avg = |x: Tensor<4>| {
+            AvgPool2dConfig::new([k, k])
+                .with_strides([s, s])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .with_count_include_pad(true)
+                .init()
+                .forward(x)
+        };
+        if self.pool_site {
+            // Supernet forward: PASNet's GatePool, `p_max * maxpool(x) + p_avg * avgpool(x)`.
+            if let Some(g) = ctx.gates.as_mut() {
+                return g.mix_pool(x, max, avg);
+            }
+        }
         match self.kind {
             L_CONV | L_KERV => {
                 let mut y = match &self.conv {
@@ -125,17 +150,8 @@ impl Layer {
                 }
                 y
             }
-            L_MAXPOOL => MaxPool2dConfig::new([k, k])
-                .with_strides([s, s])
-                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-                .init()
-                .forward(x),
-            L_AVGPOOL => AvgPool2dConfig::new([k, k])
-                .with_strides([s, s])
-                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-                .with_count_include_pad(true)
-                .init()
-                .forward(x),
+            L_MAXPOOL => max(x),
+            L_AVGPOOL => avg(x),
             L_GAP => x.mean_dim(3).mean_dim(2),
             L_FLATTEN => {
                 let [n, c, h, w] = x.dims();
@@ -166,6 +182,46 @@ impl Layer {
             }
         }
     }
+}
+
+/// The search sites of `layers`, in forward order (a residual's body, then its shortcut, then
+/// the activation after its add): every activation site into `acts`, every pooling site (a
+/// layer with [`Layer::pool_site`]) into `pools`.
+pub fn sites_mut<'a>(
+    layers: &'a mut [Layer],
+    acts: &mut Vec<&'a mut Activation>,
+    pools: &mut Vec<&'a mut Layer>,
+) {
+    for l in layers.iter_mut() {
+        if l.pool_site {
+            pools.push(l);
+            continue;
+        }
+        sites_mut(&mut l.body, acts, pools);
+        sites_mut(&mut l.shortcut, acts, pools);
+        if let Some(a) = l.act.as_mut() {
+            acts.push(a);
+        }
+    }
+}
+
+/// Number of (activation, pooling) search sites of a description's `units`: the units with an
+/// activation (conv, kervolution, linear, residual add) and the `Pool` units (max / avg choice).
+pub fn count_sites(units: &[Unit]) -> (usize, usize) {
+    units.iter().fold((0, 0), |(a, p), u| {
+        let (da, dp) = match u {
+            Unit::Conv(c) | Unit::Kerv(c) => (usize::from(c.act.is_some()), 0),
+            Unit::Linear { act, .. } => (usize::from(act.is_some()), 0),
+            Unit::Pool { .. } => (0, 1),
+            Unit::Residual { body, shortcut, act, .. } => {
+                let (ba, bp) = count_sites(body);
+                let (sa, sp) = count_sites(shortcut);
+                (ba + sa + usize::from(act.is_some()), bp + sp)
+            }
+            _ => (0, 0),
+        };
+        (a + da, p + dp)
+    })
 }
 
 /// Per-sample shape between layers while building.
@@ -260,7 +316,9 @@ impl Builder<'_> {
                     PoolKind::Max => L_MAXPOOL,
                     PoolKind::Avg => L_AVGPOOL,
                 };
-                self.pool(kind, name, (*kernel, *stride, *padding), x)
+                let (mut l, y) = self.pool(kind, name, (*kernel, *stride, *padding), x)?;
+                l.pool_site = true;
+                Ok((l, y))
             }
             Unit::AvgPool { name, kernel, stride, padding } => {
                 self.pool(L_AVGPOOL, name, (*kernel, *stride, *padding), x)

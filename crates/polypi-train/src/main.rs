@@ -110,6 +110,21 @@ struct SearchArgs {
     /// Width multiplier.
     #[arg(long, default_value_t = 1.0)]
     width: f32,
+    /// Stem of resnet18/34/50: imagenet (default; its 3x3/s2/p1 pool is PASNet's stem pooling
+    /// gate, max vs avg) or cifar (no pooling site).
+    #[arg(long, value_parser = parse_stem)]
+    stem: Option<polypi_core::model::arch::Stem>,
+    /// X2Act weight scale s (default: the network's, PASNet's 0.1 for resnet50, else 1).
+    #[arg(long)]
+    x2_scale: Option<f32>,
+    /// X2act with one coefficient set per channel on the networks where PASNet's one set per
+    /// site is the default (resnet18/34/50/32/110, mobilenetv2).
+    #[arg(long)]
+    x2act_per_channel: bool,
+    /// Fine-tune the derived network from the supernet's weights (PASNet) instead of
+    /// retraining it from scratch.
+    #[arg(long)]
+    finetune: bool,
     /// Latency profile: pasnet (PASNet's table), cpu (calibrated now), cpu:FILE, fpga, fpga:FILE.
     #[arg(long, default_value = "pasnet")]
     profile: String,
@@ -327,6 +342,11 @@ struct Args {
     /// relu / x2act and max / avg; overrides --act and --pool).
     #[arg(long)]
     arch: Option<PathBuf>,
+    /// Start from this burn checkpoint of the network with X2act at every site, loaded before
+    /// --arch is applied: the `supernet.ckpt.safetensors` of `polypi-train search` (PASNet's
+    /// fine-tuning of the derived network from the supernet).
+    #[arg(long, requires = "arch")]
+    init_from: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -377,6 +397,10 @@ fn search(a: SearchArgs) -> Result<()> {
     let cfg = SearchConfig {
         net: a.net,
         width: a.width,
+        stem: a.stem,
+        x2_scale: x2_scale_of(a.net, a.stem, a.x2_scale)?,
+        x2act_per_site: a.net.x2act_per_site_default() && !a.x2act_per_channel,
+        finetune: a.finetune,
         data: a.data.data,
         data_dir: a.data.dir(),
         train_limit: a.data.train_limit,
@@ -444,15 +468,24 @@ fn parse_stem(s: &str) -> Result<polypi_core::model::arch::Stem, String> {
     s.parse().map_err(|e: polypi_core::Error| e.to_string())
 }
 
-fn train(a: Args) -> Result<()> {
-    let described = a.net.from_description();
-    let x2_scale = match (a.x2_scale, a.net.ref_net()) {
+/// X2act's scale `s`: `given`, else the description's (PASNet's 0.1 for ResNet-50), else 1.
+fn x2_scale_of(
+    net: NetKind,
+    stem: Option<polypi_core::model::arch::Stem>,
+    given: Option<f32>,
+) -> Result<f32> {
+    Ok(match (given, net.ref_net()) {
         (Some(s), _) => s,
-        (None, Some(r)) if described => {
-            polypi_core::model::zoo::describe(r, a.stem, None)?.x2act_scale
+        (None, Some(r)) if net.from_description() => {
+            polypi_core::model::zoo::describe(r, stem, None)?.x2act_scale
         }
         _ => 1.0,
-    };
+    })
+}
+
+fn train(a: Args) -> Result<()> {
+    let described = a.net.from_description();
+    let x2_scale = x2_scale_of(a.net, a.stem, a.x2_scale)?;
     let pool = a.pool.unwrap_or(if described && a.act == ActKind::Relu {
         PoolKind::Max
     } else {
@@ -512,6 +545,7 @@ fn train(a: Args) -> Result<()> {
         seed: a.seed,
         out: a.out,
         resume: a.resume,
+        init_from: a.init_from,
         progress: !a.quiet,
         device: a.device,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -524,6 +558,14 @@ fn train(a: Args) -> Result<()> {
                         p.display(),
                         d.net.display_name(),
                         a.net.display_name()
+                    );
+                }
+                if d.stem != a.stem {
+                    bail!(
+                        "{} was searched with stem {:?}, not {:?} (--stem)",
+                        p.display(),
+                        d.stem,
+                        a.stem
                     );
                 }
                 Some(d.arch)

@@ -18,8 +18,16 @@
 //! step (lr 3e-4, weight decay 1e-3) on a batch of the second half with the full loss.
 //!
 //! **Derivation.** After the search, argmax per site gives an [`Arch`]; the derived network is
-//! retrained from scratch (X2act sites with the STPAI init) by [`crate::train()`] and exported
-//! as a polypi model file.
+//! retrained by [`crate::train()`] and exported as a polypi model file, either from scratch (X2act
+//! sites with the STPAI init) or, as PASNet does, fine-tuned from the supernet's weights
+//! ([`SearchConfig::finetune`]: the supernet checkpoint is loaded, then the ReLU / MaxPool sites
+//! are swapped in).
+//!
+//! **Search spaces.** NET-M and NET-C (activation and 2x2 pooling gates), NET-R18, and PASNet's
+//! own: ResNet-18/34/50 (activation gates, plus the ImageNet stem's 3x3/s2/p1 pooling gate; the
+//! CIFAR stem has no pooling site) and MobileNetV2 (activation gates only), built from their
+//! architecture descriptions ([`crate::archnet`]); any other described network works the same
+//! way.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,19 +43,24 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use polypi_core::cost::profile::Profile;
 use polypi_core::cost::{site_latency, SiteKind};
+use polypi_core::model::arch::Stem;
+use polypi_core::model::zoo;
 use polypi_core::net::LinkModel;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::archnet;
 use crate::data::DatasetKind;
 use crate::layers::{ActKind, Activation, Ctx};
-use crate::nets::{self, Net, NetKind, NetSpec, PoolKind, POOL_AVG, POOL_MAX, POOL_NONE};
+use crate::nets::{self, Net, NetKind, PoolKind, POOL_AVG, POOL_MAX, POOL_NONE};
 use crate::train::{self, DeviceKind, TrainConfig};
 
 /// Per-site operator choices of a network, in forward order (activation sites: every conv /
-/// hidden fc activation, in NET-R18 `act1`, `act2` of each block; pooling sites: the 2x2/2 pools
-/// of NET-M / NET-C).
+/// hidden fc activation, in NET-R18 `act1`, `act2` of each block, in the networks built from
+/// their description every activation of a conv / linear unit or after a residual add; pooling
+/// sites: the 2x2/2 pools of NET-M / NET-C, the ImageNet stem's 3x3/s2/p1 pool of ResNet-18/34/50,
+/// PASNet's stem pooling gate).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arch {
     /// Activation per activation site: `relu` or `x2act`.
@@ -57,10 +70,10 @@ pub struct Arch {
 }
 
 impl Arch {
-    /// Every site the same: `act` at every activation site, `pool` at every pooling site of `net`.
-    pub fn uniform(net: NetKind, act: ActKind, pool: PoolKind) -> Self {
-        let (a, p) = site_counts(net);
-        Arch { acts: vec![act; a], pools: vec![pool; p] }
+    /// Every site the same: `act` at every one of `sites.0` activation sites, `pool` at every one
+    /// of `sites.1` pooling sites (the counts of [`site_counts`]).
+    pub fn uniform(sites: (usize, usize), act: ActKind, pool: PoolKind) -> Self {
+        Arch { acts: vec![act; sites.0], pools: vec![pool; sites.1] }
     }
 
     /// Short text such as `relu,x2act,x2act|max,avg`.
@@ -78,34 +91,45 @@ impl Arch {
     }
 }
 
-/// Number of (activation, pooling) sites of `net`: NET-M (3, 2), NET-C (7, 2), NET-R18 (17, 0);
-/// (0, 0) for the networks built from their description, which the search does not cover.
-pub fn site_counts(net: NetKind) -> (usize, usize) {
-    match net {
+/// Number of (activation, pooling) sites of `net` with stem `stem` (ResNet-18/34/50 only; None:
+/// the description's default, ImageNet): NET-M (3, 2), NET-C (7, 2), NET-R18 (17, 0); a network
+/// built from its description counts its units ([`archnet::count_sites`]), e.g. ResNet-18 (17, 1)
+/// with the ImageNet stem, (17, 0) with the CIFAR stem; MobileNetV2 (35, 0).
+///
+/// # Errors
+/// A stem on a network without the choice.
+pub fn site_counts(net: NetKind, stem: Option<Stem>) -> Result<(usize, usize)> {
+    Ok(match net {
         NetKind::NetM => (3, 2),
         NetKind::NetC => (7, 2),
         NetKind::NetR18 => (17, 0),
-        _ => (0, 0),
-    }
+        k => {
+            let Some(r) = k.ref_net() else { bail!("{} has no description", k.display_name()) };
+            let a = zoo::describe(r, stem, None)
+                .with_context(|| format!("describing {}", k.display_name()))?;
+            archnet::count_sites(&a.units)
+        }
+    })
 }
 
-/// Swaps the sites of `net` (built with X2act everywhere) to the choices of `arch`: a `relu`
-/// site gets a ReLU, an `x2act` site keeps its (fresh, STPAI-initialised) X2act; pooling sites get
-/// max or avg.
-///
-/// # Errors
-/// `arch` has a different number of sites than `net`, or chooses an activation other than relu
-/// / x2act.
-pub fn apply_arch(net: &mut Net, arch: &Arch, x2_scale: f32, device: &Device) -> Result<()> {
-    let (mut ai, mut pi) = (0usize, 0usize);
+/// A pooling site of a built network: NET-M / NET-C's pooling code (`POOL_MAX` / `POOL_AVG`) or
+/// a description layer (`L_MAXPOOL` / `L_AVGPOOL`).
+enum PoolSite<'a> {
+    Unit(&'a mut u8),
+    Layer(&'a mut archnet::Layer),
+}
+
+/// The activation and pooling sites of `net`, in forward order (the order of [`Arch`] and of a
+/// supernet's gates).
+fn sites_mut(net: &mut Net) -> (Vec<&mut Activation>, Vec<PoolSite<'_>>) {
     let mut acts: Vec<&mut Activation> = Vec::new();
-    let mut pools: Vec<&mut u8> = Vec::new();
+    let mut pools: Vec<PoolSite<'_>> = Vec::new();
     for u in net.pre.iter_mut() {
         if let Some(a) = u.act.as_mut() {
             acts.push(a);
         }
         if u.pool != POOL_NONE {
-            pools.push(&mut u.pool);
+            pools.push(PoolSite::Unit(&mut u.pool));
         }
     }
     for b in net.blocks.iter_mut() {
@@ -119,9 +143,25 @@ pub fn apply_arch(net: &mut Net, arch: &Arch, x2_scale: f32, device: &Device) ->
             acts.push(a);
         }
         if u.pool != POOL_NONE {
-            pools.push(&mut u.pool);
+            pools.push(PoolSite::Unit(&mut u.pool));
         }
     }
+    let mut layer_pools = Vec::new();
+    archnet::sites_mut(&mut net.arch, &mut acts, &mut layer_pools);
+    pools.extend(layer_pools.into_iter().map(PoolSite::Layer));
+    (acts, pools)
+}
+
+/// Swaps the sites of `net` (built with X2act everywhere) to the choices of `arch`: a `relu`
+/// site gets a ReLU, an `x2act` site keeps its (fresh, STPAI-initialised) X2act; pooling sites get
+/// max or avg.
+///
+/// # Errors
+/// `arch` has a different number of sites than `net`, or chooses an activation other than relu
+/// / x2act.
+pub fn apply_arch(net: &mut Net, arch: &Arch, x2_scale: f32, device: &Device) -> Result<()> {
+    let (mut ai, mut pi) = (0usize, 0usize);
+    let (acts, pools) = sites_mut(net);
     if acts.len() != arch.acts.len() || pools.len() != arch.pools.len() {
         bail!(
             "architecture has {} activation / {} pooling sites, the network {} / {}",
@@ -140,10 +180,13 @@ pub fn apply_arch(net: &mut Net, arch: &Arch, x2_scale: f32, device: &Device) ->
         ai += 1;
     }
     for p in pools {
-        *p = match arch.pools[pi] {
-            PoolKind::Max => POOL_MAX,
-            PoolKind::Avg => POOL_AVG,
-        };
+        let max = arch.pools[pi] == PoolKind::Max;
+        match p {
+            PoolSite::Unit(code) => *code = if max { POOL_MAX } else { POOL_AVG },
+            PoolSite::Layer(l) => {
+                l.kind = if max { archnet::L_MAXPOOL } else { archnet::L_AVGPOOL }
+            }
+        }
         pi += 1;
     }
     Ok(())
@@ -308,9 +351,10 @@ pub struct Alphas {
 }
 
 impl Alphas {
-    /// Zero logits (uniform mix, PASNet's init) for `net`'s sites.
-    pub fn zeros(net: NetKind, device: &Device) -> Self {
-        let (a, p) = site_counts(net);
+    /// Zero logits (uniform mix, PASNet's init) for `sites.0` activation and `sites.1` pooling
+    /// sites ([`site_counts`]).
+    pub fn zeros(sites: (usize, usize), device: &Device) -> Self {
+        let (a, p) = sites;
         let z = || Param::from_tensor(Tensor::<1>::zeros([2], device));
         Alphas { act: (0..a).map(|_| z()).collect(), pool: (0..p).map(|_| z()).collect() }
     }
@@ -341,6 +385,13 @@ pub struct SearchConfig {
     pub width: f32,
     /// X2Act weight scale `s`.
     pub x2_scale: f32,
+    /// Stem of ResNet-18/34/50 (None: ImageNet, whose 3x3/s2/p1 pool is a pooling site).
+    pub stem: Option<Stem>,
+    /// One X2act scalar set per site (PASNet) instead of one per channel.
+    pub x2act_per_site: bool,
+    /// Retrain the derived network from the supernet's weights (PASNet's fine-tuning) instead of
+    /// from scratch.
+    pub finetune: bool,
     /// Dataset.
     pub data: DatasetKind,
     /// Dataset folder.
@@ -391,6 +442,9 @@ impl Default for SearchConfig {
             net: NetKind::NetM,
             width: 1.0,
             x2_scale: 1.0,
+            stem: None,
+            x2act_per_site: false,
+            finetune: false,
             data: DatasetKind::FashionMnist,
             data_dir: PathBuf::from("data/fetched"),
             train_limit: None,
@@ -417,14 +471,33 @@ impl Default for SearchConfig {
 }
 
 impl SearchConfig {
-    /// The training config of the derived network `arch` (retraining from scratch), writing the
-    /// model to `out`.
-    pub fn retrain_config(&self, arch: &Arch, out: Option<PathBuf>, command: &str) -> TrainConfig {
+    /// The (activation, pooling) site counts of the searched network ([`site_counts`]).
+    ///
+    /// # Errors
+    /// A stem on a network without the choice.
+    pub fn site_counts(&self) -> Result<(usize, usize)> {
+        site_counts(self.net, self.stem)
+    }
+
+    /// The training config of the derived network `arch`, writing the model to `out`: retrained
+    /// from scratch, or, with `supernet` (the burn checkpoint [`search`] wrote), fine-tuned from
+    /// the supernet's weights (PASNet: the derived network inherits the supernet's convolutions,
+    /// BatchNorms and X2act coefficients; the ReLU sites lose their X2act).
+    pub fn retrain_config(
+        &self,
+        arch: &Arch,
+        out: Option<PathBuf>,
+        supernet: Option<PathBuf>,
+        command: &str,
+    ) -> TrainConfig {
         TrainConfig {
             net: self.net,
             act: ActKind::X2act,
             width: self.width,
             x2_scale: self.x2_scale,
+            stem: self.stem,
+            x2act_per_site: self.x2act_per_site,
+            init_from: supernet,
             data: self.data,
             data_dir: self.data_dir.clone(),
             train_limit: self.train_limit,
@@ -463,6 +536,9 @@ pub struct SiteChoice {
 pub struct DerivedArch {
     /// Network.
     pub net: NetKind,
+    /// Stem of ResNet-18/34/50 (None: the description's default, ImageNet).
+    #[serde(default)]
+    pub stem: Option<Stem>,
     /// Dataset searched on.
     pub data: DatasetKind,
     /// Latency weight lambda.
@@ -534,17 +610,17 @@ pub fn site_costs(cfg: &SearchConfig) -> Result<Arc<SiteCosts>> {
     Ok(Arc::new(SiteCosts::new(profile, link)))
 }
 
-/// Runs the bilevel search of `cfg` and derives the architecture (argmax per site).
+/// Runs the bilevel search of `cfg` and derives the architecture (argmax per site); with
+/// `supernet`, also writes the trained supernet (all sites X2act, the weights the gates mixed)
+/// there as a burn checkpoint, for fine-tuning the derived network
+/// ([`SearchConfig::retrain_config`]).
 ///
 /// # Errors
-/// Bad config (zero epochs / batch, fewer than 2 training images), dataset errors, bad profile
-/// or link, a non-finite loss.
-pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
+/// Bad config (zero epochs / batch, fewer than 2 training images, a stem on a network without
+/// the choice), dataset errors, bad profile or link, a non-finite loss, I/O writing `supernet`.
+pub fn search(cfg: &SearchConfig, supernet: Option<&Path>) -> Result<DerivedArch> {
     if cfg.search_epochs == 0 || cfg.batch_size == 0 {
         bail!("search epochs and batch size must be positive");
-    }
-    if cfg.net.from_description() {
-        bail!("the search covers NET-M, NET-C and NET-R18, not {}", cfg.net.display_name());
     }
     if !cfg.lambda.is_finite() || cfg.lambda < 0.0 {
         bail!("lambda must be a finite non-negative number, got {}", cfg.lambda);
@@ -553,13 +629,18 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
         bail!("the search runs on the built-in datasets (mnist, fashion-mnist, cifar10), not an image folder");
     }
     let costs = site_costs(cfg)?;
+    let site_count = cfg.site_counts()?;
+    // The supernet: the network of the retraining config, X2act at every site.
     let tcfg = TrainConfig {
-        net: cfg.net,
-        data: cfg.data,
-        data_dir: cfg.data_dir.clone(),
-        train_limit: cfg.train_limit,
+        arch: None,
+        init_from: None,
         test_limit: cfg.test_limit.or(Some(1)),
-        ..TrainConfig::default()
+        ..cfg.retrain_config(
+            &Arch::uniform(site_count, ActKind::X2act, PoolKind::Avg),
+            None,
+            None,
+            "",
+        )
     };
     let (train_ds, _) = train::load_data(&tcfg)?;
     if train_ds.len() < 2 {
@@ -568,25 +649,8 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
     let base = train::device(cfg.device)?;
     base.seed(cfg.seed);
     let ad = base.clone().autodiff();
-    let [c, _, _] = cfg.data.input_shape();
-    let spec = NetSpec {
-        net: cfg.net,
-        act: ActKind::X2act,
-        width: cfg.width,
-        batch_norm: true,
-        pool: PoolKind::Avg,
-        x2_scale: cfg.x2_scale,
-        kerv_init: None,
-        pillar: None,
-        x2act_per_site: false,
-        pkn_layout: Default::default(),
-        in_channels: c,
-        classes: 10,
-        stem: None,
-        input_size: 0,
-    };
-    let mut model = nets::build(&spec, &ad)?;
-    let mut alphas = Alphas::zeros(cfg.net, &ad);
+    let mut model = nets::build(&tcfg.spec(), &ad)?;
+    let mut alphas = Alphas::zeros(site_count, &ad);
     let mut w_optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
         .with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
@@ -720,10 +784,14 @@ pub fn search(cfg: &SearchConfig) -> Result<DerivedArch> {
             latency: s.latency,
         });
     }
-    let relu = Arch::uniform(cfg.net, ActKind::Relu, PoolKind::Max);
-    let x2 = Arch::uniform(cfg.net, ActKind::X2act, PoolKind::Avg);
+    if let Some(p) = supernet {
+        train::save_checkpoint(&model, p).context("writing the supernet checkpoint")?;
+    }
+    let relu = Arch::uniform(site_count, ActKind::Relu, PoolKind::Max);
+    let x2 = Arch::uniform(site_count, ActKind::X2act, PoolKind::Avg);
     Ok(DerivedArch {
         net: cfg.net,
+        stem: cfg.stem,
         data: cfg.data,
         lambda: cfg.lambda,
         profile: cfg.profile.clone(),

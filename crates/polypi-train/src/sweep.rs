@@ -117,14 +117,14 @@ pub fn run_sweep(
             ("all-ReLU", ActKind::Relu, PoolKind::Max),
             ("all-X2act", ActKind::X2act, PoolKind::Avg),
         ] {
-            let arch = Arch::uniform(cfg.net, act, pool);
+            let arch = Arch::uniform(cfg.site_counts()?, act, pool);
             let dir = out.join(label.to_ascii_lowercase());
             std::fs::create_dir_all(&dir)?;
             let model = dir.join("model.safetensors");
             if cfg.progress {
                 eprintln!("== reference {label}: training {} epochs", cfg.epochs);
             }
-            let r = crate::train(&cfg.retrain_config(&arch, Some(model.clone()), command))?;
+            let r = crate::train(&cfg.retrain_config(&arch, Some(model.clone()), None, command))?;
             let predicted = last.as_ref().map_or(f64::NAN, |d| search::predicted_latency(&arch, d));
             points.push(SweepPoint {
                 label: label.into(),
@@ -185,7 +185,7 @@ pub fn collect_sweep(
             ("all-ReLU", ActKind::Relu, PoolKind::Max),
             ("all-X2act", ActKind::X2act, PoolKind::Avg),
         ] {
-            let arch = Arch::uniform(cfg.net, act, pool);
+            let arch = Arch::uniform(cfg.site_counts()?, act, pool);
             let model = out.join(label.to_ascii_lowercase()).join("model.safetensors");
             let predicted = last.as_ref().map_or(f64::NAN, |d| search::predicted_latency(&arch, d));
             points.push(SweepPoint {
@@ -211,8 +211,10 @@ fn save(out: &Path, cfg: &SearchConfig, unit: &str, points: &[SweepPoint]) -> Re
         .with_context(|| format!("writing {}", out.join("sweep.json").display()))
 }
 
-/// One search at `cfg.lambda`, `arch.json` in `dir`, then (when `cfg.epochs > 0`) the
-/// retraining of the derived net to `dir/model.safetensors`. Returns the derived architecture,
+/// One search at `cfg.lambda`, `arch.json` and the supernet checkpoint
+/// `supernet.ckpt.safetensors` in `dir`, then (when `cfg.epochs > 0`) the retraining of the
+/// derived net (from scratch, or fine-tuned from the supernet with `cfg.finetune`) to
+/// `dir/model.safetensors`. Returns the derived architecture,
 /// the retrained test accuracy (NaN without retraining) and the model path.
 ///
 /// # Errors
@@ -226,7 +228,8 @@ pub fn search_and_retrain(
     if cfg.progress {
         eprintln!("== search: lambda {:e}, profile {}, link {}", cfg.lambda, cfg.profile, cfg.link);
     }
-    let d = search::search(cfg)?;
+    let supernet = dir.join("supernet.ckpt.safetensors");
+    let d = search::search(cfg, Some(&supernet))?;
     d.save(&dir.join("arch.json"))?;
     if cfg.progress {
         eprintln!(
@@ -242,7 +245,8 @@ pub fn search_and_retrain(
     if cfg.epochs == 0 {
         return Ok((d, f64::NAN, model));
     }
-    let r = crate::train(&cfg.retrain_config(&d.arch, Some(model.clone()), command))?;
+    let init = cfg.finetune.then_some(supernet);
+    let r = crate::train(&cfg.retrain_config(&d.arch, Some(model.clone()), init, command))?;
     Ok((d, r.test_accuracy, model))
 }
 

@@ -151,6 +151,10 @@ pub struct TrainConfig {
     pub arch: Option<crate::search::Arch>,
     /// Stem of ResNet-18/34/50 (None = ImageNet, the description's default, as `polypi zoo`).
     pub stem: Option<polypi_core::model::arch::Stem>,
+    /// Burn checkpoint to start from, loaded before `arch` is applied: the all-X2act supernet of
+    /// an architecture search (PASNet's fine-tuning of the derived network from the supernet's
+    /// weights). Unlike `resume` it must match the network built with X2act at every site.
+    pub init_from: Option<PathBuf>,
     /// Output classes (None = the dataset's class count; at least that many).
     pub classes: Option<usize>,
 }
@@ -202,6 +206,7 @@ impl Default for TrainConfig {
             command: String::new(),
             arch: None,
             stem: None,
+            init_from: None,
             classes: None,
         }
     }
@@ -551,12 +556,6 @@ pub fn infer(model: &Net, input: &[f32], n: usize, shape: [usize; 3], device: &D
 
 /// Builds `cfg`'s network, loading `resume` weights if set.
 pub fn build_model(cfg: &TrainConfig, device: &Device) -> Result<Net> {
-    if cfg.arch.is_some() && cfg.net.from_description() {
-        bail!(
-            "a searched architecture (--arch) applies to NET-M, NET-C and NET-R18, not {}",
-            cfg.net.display_name()
-        );
-    }
     if cfg.net.from_description() && !cfg.batch_norm {
         bail!(
             "{} has its BatchNorm layers fixed by its description; --no-batch-norm applies to \
@@ -565,6 +564,9 @@ pub fn build_model(cfg: &TrainConfig, device: &Device) -> Result<Net> {
         );
     }
     let mut model = nets::build(&cfg.spec(), device)?;
+    if let Some(p) = &cfg.init_from {
+        load_checkpoint(&mut model, p).context("loading the supernet (--init-from)")?;
+    }
     if let Some(a) = &cfg.arch {
         crate::search::apply_arch(&mut model, a, cfg.x2_scale, device)?;
     }

@@ -69,7 +69,7 @@ fn supernet_step_gives_alpha_gradients_and_expected_latency() {
         input_size: 0,
     };
     let model = nets::build(&spec, &device).unwrap();
-    let alphas = Alphas::zeros(NetKind::NetM, &device);
+    let alphas = Alphas::zeros((3, 2), &device);
     let costs = Arc::new(SiteCosts::new(Profile::Pasnet, LinkModel::none()));
     let ds = data::synthetic(8, [1, 28, 28], 3);
     let idx: Vec<usize> = (0..8).collect();
@@ -116,8 +116,8 @@ fn supernet_step_gives_alpha_gradients_and_expected_latency() {
 fn huge_lambda_chooses_x2act_and_avgpool_and_json_roundtrips() {
     let d = tmpdir("huge");
     fixture(&d);
-    let r = search::search(&tiny(&d, 1e3)).unwrap();
-    assert_eq!(r.arch, Arch::uniform(NetKind::NetM, ActKind::X2act, PoolKind::Avg));
+    let r = search::search(&tiny(&d, 1e3), None).unwrap();
+    assert_eq!(r.arch, Arch::uniform((3, 2), ActKind::X2act, PoolKind::Avg));
     assert_eq!(r.sites.len(), 5);
     assert!((r.predicted_latency - r.predicted_all_x2act).abs() < 1e-9);
     assert!(r.predicted_all_relu > 100.0 * r.predicted_all_x2act);
@@ -140,11 +140,11 @@ fn huge_lambda_chooses_x2act_and_avgpool_and_json_roundtrips() {
         assert!((0..2).all(|i| close(a.latency[i], b.latency[i]) && close(a.probs[i], b.probs[i])));
     }
     // Lambda 0: runs (the choice is up to the data; not asserted).
-    let r0 = search::search(&tiny(&d, 0.0)).unwrap();
+    let r0 = search::search(&tiny(&d, 0.0), None).unwrap();
     assert_eq!(r0.arch.acts.len(), 3);
     // Bad inputs give errors.
-    assert!(search::search(&tiny(&d, -1.0)).is_err());
-    assert!(search::search(&SearchConfig { profile: "gpu".into(), ..tiny(&d, 1.0) }).is_err());
+    assert!(search::search(&tiny(&d, -1.0), None).is_err());
+    assert!(search::search(&SearchConfig { profile: "gpu".into(), ..tiny(&d, 1.0) }, None).is_err());
     std::fs::write(&p, "{").unwrap();
     assert!(search::DerivedArch::load(&p).is_err());
 }
@@ -157,7 +157,7 @@ fn mixed_arch_retrains_exports_and_runs_privately() {
         acts: vec![ActKind::X2act, ActKind::Relu, ActKind::Relu],
         pools: vec![PoolKind::Max, PoolKind::Avg],
     };
-    let mut cfg = tiny(&d, 0.0).retrain_config(&arch, Some(d.join("m.safetensors")), "test");
+    let mut cfg = tiny(&d, 0.0).retrain_config(&arch, Some(d.join("m.safetensors")), None, "test");
     cfg.epochs = 1;
     cfg.batch_size = 16;
     cfg.max_steps_per_epoch = Some(2);
@@ -191,7 +191,7 @@ fn mixed_arch_retrains_exports_and_runs_privately() {
     }
     // Wrong number of sites: a clear error.
     let bad = Arch { acts: vec![ActKind::Relu], pools: vec![] };
-    let e = polypi_train::train(&tiny(&d, 0.0).retrain_config(&bad, None, "")).unwrap_err();
+    let e = polypi_train::train(&tiny(&d, 0.0).retrain_config(&bad, None, None, "")).unwrap_err();
     assert!(e.to_string().contains("sites"), "{e}");
 }
 
@@ -201,7 +201,7 @@ fn sweep_reports_table_csv_and_plot() {
     let pt = |label: &str, lambda: Option<f64>, acc: f64, ms: f64| SweepPoint {
         label: label.into(),
         lambda,
-        arch: Arch::uniform(NetKind::NetM, ActKind::X2act, PoolKind::Avg),
+        arch: Arch::uniform((3, 2), ActKind::X2act, PoolKind::Avg),
         predicted: ms * 10.0,
         test_accuracy: acc,
         model: d.join("m.safetensors"),
