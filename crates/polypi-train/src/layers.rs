@@ -28,7 +28,8 @@ pub enum ActKind {
     #[default]
     X2act,
     /// PILLAR's fixed degree-4 polynomial [`PILLAR_DEG4`] (Diaa et al., `pillar/PolyRelu.py`), with
-    /// train-time clipping to [-5, 5] and the range penalty.
+    /// train-time clipping to [-5, 5] and the range penalty. `--act pillar` is the same.
+    #[value(alias = "pillar")]
     Poly,
     /// PolyKervNets kervolution `(conv(x) + c_p)^2` (Aremu & Nandakumar, SaTML 2023), c_p trainable
     /// (init 1.0), a_p = 1 fixed.

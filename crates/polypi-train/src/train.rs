@@ -873,6 +873,15 @@ mod tests {
         }
     }
 
+    /// `--act pillar` (the and PILLAR's name) selects the same activation as `--act poly`.
+    #[test]
+    fn act_pillar_is_poly() {
+        use clap::ValueEnum;
+        assert_eq!(ActKind::from_str("pillar", false), Ok(ActKind::Poly));
+        assert_eq!(ActKind::from_str("poly", false), Ok(ActKind::Poly));
+        assert!(ActKind::from_str("pilar", false).is_err());
+    }
+
     /// With `no_decay_act`, the decay term `wd * p` reaches every conv / linear / batch-norm
     /// parameter and no X2act coefficient.
     #[test]

@@ -105,6 +105,24 @@ fn pasnet_search_spaces_finetune_export_and_private_run() {
     let (mb_acts, mb_pools) = sc(NetKind::Mobilenetv2, None);
     assert!(mb_acts >= 30 && mb_pools == 0, "MobileNetV2 sites ({mb_acts}, {mb_pools})");
     assert!(search::site_counts(NetKind::Vgg16, Some(Stem::Cifar)).is_err());
+    // The supernets of ResNet-50 (ImageNet stem: pooling gate) and MobileNetV2 (activation gates
+    // only) meet every site in forward order; a huge lambda picks X2act / avg everywhere.
+    for (net, stem, sites) in [
+        (NetKind::Resnet50, Some(Stem::Imagenet), (49, 1)),
+        (NetKind::Mobilenetv2, None, (mb_acts, 0)),
+    ] {
+        let c = SearchConfig {
+            net,
+            stem,
+            x2_scale: 0.1,
+            max_steps_per_epoch: Some(1),
+            ..cfg(Stem::Imagenet, 1e3)
+        };
+        let d = search::search(&c, None).unwrap();
+        assert_eq!((d.arch.acts.len(), d.arch.pools.len()), sites, "{net:?}");
+        assert_eq!(d.sites.len(), sites.0 + sites.1);
+        assert_eq!(d.arch, Arch::uniform(sites, ActKind::X2act, PoolKind::Avg), "{net:?}");
+    }
 
     // ResNet-18, CIFAR stem: search, derive, fine-tune from the supernet, export, private run.
     let dir = tmpdir("r18cifar");
