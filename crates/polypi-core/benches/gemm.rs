@@ -95,7 +95,6 @@ fn bench_im2col(c: &mut Criterion) {
     group.finish();
 }
 
-
 /// MobileNetV2's depthwise convolutions (3x3, padding 1, batch 1), `(channels, size, stride)`.
 const DEPTHWISE_SHAPES: [(usize, usize, usize); 5] =
     [(32, 112, 1), (96, 112, 2), (144, 56, 1), (576, 14, 1), (960, 7, 1)];

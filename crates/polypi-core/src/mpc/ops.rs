@@ -6,6 +6,7 @@
 use super::encode::{binom, EncodedConv, EncodedLinear, PolyPlan};
 use crate::error::{Error, Result};
 use crate::model::ConvGeom;
+use crate::ring::depthwise::{depthwise_conv, is_depthwise};
 use crate::ring::{col2out, gemm, trunc_local, trunc_public, RingTensor};
 
 /// How a backend truncates: the plaintext twin shifts exactly (floor); a party applies SecureML's
@@ -36,9 +37,14 @@ fn shape_err(node: &str, expected: Vec<usize>, got: &[usize]) -> Error {
     Error::ShapeMismatch { node: node.to_string(), expected, got: got.to_vec() }
 }
 
-/// Convolution `[N, c_in, h, w] -> [N, c_out, oh, ow]` with per-group weight matrices
-/// (`weight[g]`: `[c_out/groups, (c_in/groups)*kh*kw]`), no bias, no truncation.
-/// Errors: `ShapeMismatch` if `x` is not `[N, c_in, h, w]`.
+/// Convolution `[N, c_in, h, w] -> [N, c_out, oh, ow]` (NCHW) with per-group weight matrices
+/// (`weight[g]`: `[c_out/groups, (c_in/groups)*kh*kw]`), no bias, no truncation, wrapping u64.
+/// Depthwise convolutions (`groups == c_in`) are computed directly
+/// ([`crate::ring::depthwise`]); every other one as one im2col + GEMM per group.
+/// Errors: `ShapeMismatch` if `x` is not `[N, c_in, h, w]`, or the weights are not `groups`
+/// blocks of `[c_out/groups, (c_in/groups)*kh*kw]`; `Graph` for a geometry without output
+/// (zero stride or groups, groups not dividing the channels, kernel larger than the padded
+/// input).
 pub fn conv_ring(
     x: &RingTensor,
     weight: &[Vec<u64>],
@@ -48,14 +54,29 @@ pub fn conv_ring(
     if x.shape.len() != 4 || x.shape[1..] != [geom.c_in, geom.h, geom.w] {
         return Err(shape_err(node, vec![0, geom.c_in, geom.h, geom.w], &x.shape));
     }
+    let ConvGeom { c_in, h, w, c_out, kh, kw, stride, padding, groups } = *geom;
+    if stride == 0
+        || groups == 0
+        || c_in % groups != 0
+        || c_out % groups != 0
+        || h + 2 * padding < kh
+        || w + 2 * padding < kw
+    {
+        return Err(Error::graph(node, format!("convolution geometry without output: {geom:?}")));
+    }
+    let cog = c_out / groups;
+    let k = (c_in / groups) * kh * kw;
+    if weight.len() != groups || weight.iter().any(|wg| wg.len() != cog * k) {
+        let got = weight.iter().find(|wg| wg.len() != cog * k).map_or(0, Vec::len);
+        return Err(shape_err(node, vec![groups, cog, k], &[weight.len(), got]));
+    }
     let n = x.shape[0];
     let (oh, ow) = (geom.out_h(), geom.out_w());
-    if geom.groups > 1 && geom.c_in == geom.groups {
-        return Ok(depthwise_ring(x, weight, geom));
+    if is_depthwise(geom) {
+        let data = depthwise_conv(&x.data, n, geom, weight);
+        return Ok(RingTensor { shape: vec![n, c_out, oh, ow], data });
     }
-    let mut out = RingTensor::zeros(&[n, geom.c_out, oh, ow]);
-    let cog = geom.c_out / geom.groups;
-    let k = (geom.c_in / geom.groups) * geom.kh * geom.kw;
+    let mut out = RingTensor::zeros(&[n, c_out, oh, ow]);
     let cols_n = n * oh * ow;
     let mut y = vec![0u64; cog * cols_n];
     for (g, wg) in weight.iter().enumerate() {
@@ -66,66 +87,6 @@ pub fn conv_ring(
         col2out(&y, &mut out.data, n, geom, g);
     }
     Ok(out)
-}
-
-/// Depthwise convolution (one input channel per group, `c_in == groups`, `c_out/groups` output
-/// channels each): every output plane is `sum_{ky,kx} w[ky][kx] * x_shifted` computed directly
-/// (wrapping u64, no im2col and no per-group GEMM, whose one-row products cannot use the GEMM
-/// tiles), output planes split over rayon's threads. `weight[g]` is `[c_out/groups, kh*kw]`.
-/// Bit-identical to the im2col + GEMM path (both are the exact sum over Z_2^64).
-fn depthwise_ring(x: &RingTensor, weight: &[Vec<u64>], geom: &ConvGeom) -> RingTensor {
-    use rayon::prelude::*;
-    let n = x.shape[0];
-    let ConvGeom { c_in, h, w, c_out, kh, kw, stride, padding, groups } = *geom;
-    let (oh, ow) = (geom.out_h(), geom.out_w());
-    let cog = c_out / groups;
-    let mut out = RingTensor::zeros(&[n, c_out, oh, ow]);
-    let plane = |(idx, dst): (usize, &mut [u64])| {
-        let (img, co) = (idx / c_out, idx % c_out);
-        let g = co / cog;
-        let src = &x.data[(img * c_in + g) * h * w..][..h * w];
-        let wv = &weight[g][(co % cog) * kh * kw..][..kh * kw];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let wk = wv[ky * kw + kx];
-                if wk == 0 {
-                    continue;
-                }
-                for oy in 0..oh {
-                    let iy = (oy * stride + ky).wrapping_sub(padding);
-                    if iy >= h {
-                        continue;
-                    }
-                    let row = &src[iy * w..(iy + 1) * w];
-                    let d = &mut dst[oy * ow..(oy + 1) * ow];
-                    // Output columns whose input column lies inside the row.
-                    let lo = padding.saturating_sub(kx).div_ceil(stride).min(ow);
-                    let hi = if w + padding > kx {
-                        ((w + padding - kx - 1) / stride + 1).min(ow)
-                    } else {
-                        0
-                    };
-                    if stride == 1 {
-                        let off = lo + kx - padding;
-                        for (dv, &xv) in d[lo..hi.max(lo)].iter_mut().zip(&row[off..]) {
-                            *dv = dv.wrapping_add(wk.wrapping_mul(xv));
-                        }
-                    } else {
-                        for (ox, dv) in d.iter_mut().enumerate().take(hi).skip(lo) {
-                            let xv = row[ox * stride + kx - padding];
-                            *dv = dv.wrapping_add(wk.wrapping_mul(xv));
-                        }
-                    }
-                }
-            }
-        }
-    };
-    if out.data.len() * kh * kw > 1 << 18 && rayon::current_num_threads() > 1 {
-        out.data.par_chunks_mut(oh * ow).enumerate().for_each(plane);
-    } else {
-        out.data.chunks_mut(oh * ow).enumerate().for_each(plane);
-    }
-    out
 }
 
 /// Fully connected `[N, in] -> [N, out]` with a transposed weight `[in, out]`, no bias.
