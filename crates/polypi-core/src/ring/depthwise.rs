@@ -14,7 +14,7 @@
 //! 2. per output row and tap `(ky, kx)`: `out_row += w[ky][kx] * run` — a contiguous
 //!    multiply-add over `out_w` elements with no bounds test inside, which the compiler
 //!    vectorises (AVX-512 `vpmullq` or the AVX2 32-bit-multiply emulation, picked at run time
-//!    like the GEMM kernel, [`GemmKernel::detected`]);
+//!    like the GEMM kernel: [`crate::ring::vector`]);
 //! 3. groups (one input plane and its `c_out/groups` output planes) are split over rayon's pool.
 //!
 //! Every tap is applied whatever its weight (no skip of zero weights: the server's time does not
@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 
 use crate::model::ConvGeom;
-use crate::ring::gemm::GemmKernel;
+use crate::ring::vector::on_vector_unit;
 
 /// Multiply-accumulates per rayon task (at least): small planes are grouped up to this.
 const TASK_MACS: usize = 1 << 14;
@@ -69,7 +69,6 @@ pub fn depthwise_conv(x: &[u64], n: usize, geom: &ConvGeom, weight: &[Vec<u64>])
     if out.is_empty() {
         return out;
     }
-    let kernel = GemmKernel::detected();
     let layout = Padded::new(geom);
     // Task `t` = image `t / groups`, group `t % groups`: its input plane and `cog` output planes
     // (contiguous in NCHW).
@@ -77,9 +76,14 @@ pub fn depthwise_conv(x: &[u64], n: usize, geom: &ConvGeom, weight: &[Vec<u64>])
         let (img, g) = (t / groups, t % groups);
         let src = &x[(img * c_in + g) * h * w..][..h * w];
         layout.fill(src, scratch);
-        for (dst, wk) in dst.chunks_exact_mut(plane).zip(weight[g].chunks_exact(kh * kw)) {
-            conv_plane(kernel, &layout, scratch, wk, dst);
-        }
+        on_vector_unit(
+            #[inline(always)]
+            || {
+                for (dst, wk) in dst.chunks_exact_mut(plane).zip(weight[g].chunks_exact(kh * kw)) {
+                    conv_plane(&layout, scratch, wk, dst);
+                }
+            },
+        )
     };
     let macs_per_task = cog * plane * kh * kw;
     if out.len() * kh * kw > PAR_THRESHOLD_MACS && rayon::current_num_threads() > 1 {
@@ -150,36 +154,11 @@ impl Padded {
 }
 
 /// One output plane `dst [out_h, out_w]` from the padded input `buf` (see [`Padded`]) and the
-/// filter `wk [kh*kw]`, on the vector unit `kernel` names.
-fn conv_plane(kernel: GemmKernel, p: &Padded, buf: &[u64], wk: &[u64], dst: &mut [u64]) {
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `GemmKernel::detected` only returns a kernel whose features the CPU has.
-        GemmKernel::Avx512 => unsafe { conv_plane_avx512(p, buf, wk, dst) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        GemmKernel::Avx2 => unsafe { conv_plane_avx2(p, buf, wk, dst) },
-        _ => conv_plane_generic(p, buf, wk, dst),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-fn conv_plane_avx512(p: &Padded, buf: &[u64], wk: &[u64], dst: &mut [u64]) {
-    conv_plane_generic(p, buf, wk, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn conv_plane_avx2(p: &Padded, buf: &[u64], wk: &[u64], dst: &mut [u64]) {
-    conv_plane_generic(p, buf, wk, dst)
-}
-
-/// The loop nest behind [`conv_plane`], inlined into each target-feature variant so that the
-/// multiply-add is vectorised for that unit. Per output row (kept in L1 across the taps): for
-/// each tap, `row += w * run`, where `run` is the contiguous phase run under that tap.
+/// filter `wk [kh*kw]`; inlined into [`on_vector_unit`]'s kernel so that the multiply-add is
+/// vectorised for the CPU's unit. Per output row (kept in L1 across the taps): for each tap,
+/// `row += w * run`, where `run` is the contiguous phase run under that tap.
 #[inline(always)]
-fn conv_plane_generic(p: &Padded, buf: &[u64], wk: &[u64], dst: &mut [u64]) {
+fn conv_plane(p: &Padded, buf: &[u64], wk: &[u64], dst: &mut [u64]) {
     let ConvGeom { kh, kw, stride, .. } = p.geom;
     let ow = p.geom.out_w();
     for (oy, out_row) in dst.chunks_exact_mut(ow).enumerate() {
@@ -198,7 +177,9 @@ fn conv_plane_generic(p: &Padded, buf: &[u64], wk: &[u64], dst: &mut [u64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::gemm::GemmKernel;
     use crate::ring::im2col::{col2out, im2col};
+    use crate::ring::vector::on_unit;
     use proptest::prelude::*;
 
     /// The per-group im2col + GEMM convolution (the general path of `conv_ring`): the reference.
@@ -257,13 +238,8 @@ mod tests {
                     layout.fill(&x[(img * geom.c_in + g) * plane..][..plane], &mut buf);
                     let ohw = geom.out_h() * geom.out_w();
                     let mut dst = vec![0u64; ohw];
-                    conv_plane(
-                        kernel,
-                        &layout,
-                        &buf,
-                        &weight[g][j * geom.kh * geom.kw..][..geom.kh * geom.kw],
-                        &mut dst,
-                    );
+                    let wk = &weight[g][j * geom.kh * geom.kw..][..geom.kh * geom.kw];
+                    on_unit(kernel, || conv_plane(&layout, &buf, wk, &mut dst));
                     let at = (img * geom.c_out + co) * ohw;
                     assert_eq!(
                         dst,

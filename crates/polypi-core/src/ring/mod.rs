@@ -11,6 +11,7 @@ pub mod gemm;
 pub mod im2col;
 pub mod tensor;
 pub mod trunc;
+pub mod vector;
 
 pub use depthwise::depthwise_conv;
 pub use fixed::FixedPoint;
