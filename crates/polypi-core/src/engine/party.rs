@@ -305,35 +305,13 @@ impl Backend for Online<'_> {
         let Material::Poly { r_pows } = material else {
             return Err(Error::graph(&layer.name, "wrong offline material"));
         };
-        let f = self.frac_bits;
-        let t = self.trunc();
-        let n = x.len();
+        let (f, t) = (self.frac_bits, self.trunc());
         // This party's shares of e_g = x_g - r_g for every group, sent in one message.
-        let mut xs = Vec::with_capacity(plan.groups.len());
-        let mut mine = Vec::with_capacity(n * plan.groups.len());
-        for (g, grp) in plan.groups.iter().enumerate() {
-            let mut xg = x.data.clone();
-            t.apply(&mut xg, f - grp.frac_bits);
-            mine.extend(xg.iter().zip(&r_pows[g][0]).map(|(a, r)| a.wrapping_sub(*r)));
-            xs.push(xg);
-        }
-        let mut pows = vec![Vec::new(); plan.degree + 1];
-        if !plan.groups.is_empty() {
-            let theirs = exchange_ring(self.peer, &mine)?;
-            for (g, grp) in plan.groups.iter().enumerate() {
-                let e: Vec<u64> = mine[g * n..(g + 1) * n]
-                    .iter()
-                    .zip(&theirs[g * n..(g + 1) * n])
-                    .map(|(a, b)| a.wrapping_add(*b))
-                    .collect();
-                let pk = ops::powers_from_opening(&e, &r_pows[g], &grp.powers, t);
-                for (mut v, &k) in pk.into_iter().zip(&grp.powers) {
-                    t.apply(&mut v, k as u32 * grp.frac_bits - f);
-                    pows[k] = v;
-                }
-            }
-        }
-        Ok(ops::poly_combine(x, &pows, plan, f, t))
+        let r1: Vec<&[u64]> = r_pows.iter().map(|r| r[0].as_slice()).collect();
+        let mine = ops::poly_opening_shares(&x.data, &r1, plan, f, t);
+        let theirs =
+            if plan.groups.is_empty() { Vec::new() } else { exchange_ring(self.peer, &mine)? };
+        Ok(ops::poly_from_opening(x, &mine, &theirs, &r_pows, plan, f, t))
     }
     fn relu(&mut self, idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
         let Material::Compare { levels } = self.take(idx, layer)? else {
