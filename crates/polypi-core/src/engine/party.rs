@@ -161,21 +161,31 @@ impl<'a> Online<'a> {
             return Err(Error::graph(&layer.name, "wrong offline material"));
         };
         let shape = with_batch(layer, x.shape[0]);
+        if share.len() != numel(&shape) {
+            return Err(Error::graph(&layer.name, "offline material of the wrong size"));
+        }
         if self.party == CLIENT {
-            let a = mask.ok_or_else(|| Error::graph(&layer.name, "client mask missing"))?;
-            let m: Vec<u64> = x.data.iter().zip(&a).map(|(v, r)| v.wrapping_sub(*r)).collect();
+            let mut m = mask.ok_or_else(|| Error::graph(&layer.name, "client mask missing"))?;
+            if m.len() != x.len() {
+                return Err(Error::graph(&layer.name, "client mask of the wrong size"));
+            }
+            // X1 - A, written over the mask (used once).
+            for (r, v) in m.iter_mut().zip(&x.data) {
+                *r = v.wrapping_sub(*r);
+            }
             send_ring(self.peer, &m)?;
             self.peer.flush()?;
             let mut y = RingTensor::from_vec(&shape, share)?;
             self.trunc().apply(&mut y.data, self.frac_bits);
             return Ok(y);
         }
-        let m = recv_ring(self.peer, x.len())?;
-        let xm = RingTensor {
-            shape: x.shape.clone(),
-            data: x.data.iter().zip(&m).map(|(a, b)| a.wrapping_add(*b)).collect(),
-        };
-        let mut y = match &layer.op {
+        let mut m = recv_ring(self.peer, x.len())?;
+        // X0 + (X1 - A), written over the received message.
+        for (v, a) in m.iter_mut().zip(&x.data) {
+            *v = v.wrapping_add(*a);
+        }
+        let xm = RingTensor { shape: x.shape.clone(), data: m };
+        let y = match &layer.op {
             LayerOp::Conv2d(_) => {
                 let w = self
                     .weights
@@ -183,7 +193,7 @@ impl<'a> Online<'a> {
                     .get(&idx)
                     .ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
                 let mut y = ops::conv_ring(&xm, &w.weight, &w.geom, &layer.name)?;
-                ops::add_channel_bias(&mut y, &w.bias);
+                ops::finish_linear_share(&mut y, &w.bias, &share, self.frac_bits, self.trunc());
                 y
             }
             _ => {
@@ -194,14 +204,10 @@ impl<'a> Online<'a> {
                     .ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
                 let mut y =
                     ops::linear_ring(&xm, &w.weight_t, w.in_features, w.out_features, &layer.name)?;
-                ops::add_channel_bias(&mut y, &w.bias);
+                ops::finish_linear_share(&mut y, &w.bias, &share, self.frac_bits, self.trunc());
                 y
             }
         };
-        for (v, c) in y.data.iter_mut().zip(&share) {
-            *v = v.wrapping_add(*c);
-        }
-        self.trunc().apply(&mut y.data, self.frac_bits);
         Ok(y)
     }
 }

@@ -160,6 +160,34 @@ pub fn add_channel_bias(y: &mut RingTensor, bias: &[u64]) {
     }
 }
 
+/// The server's last step of a linear (conv or fc) layer: `y += bias[ch] + share`, then
+/// truncation by `frac_bits` — equal to [`add_channel_bias`], an element-wise add of `share`
+/// (its share `c0` of `A*B`) and `t.apply`, but in one pass: each block of a channel plane
+/// is truncated while it is in L1. `y`: `[N, C, ...]` or `[N, F]`; `bias`: `[C]`; `share`:
+/// `[y.len()]`. Panics if `share` is shorter than `y` (the caller checks the material).
+pub fn finish_linear_share(
+    y: &mut RingTensor,
+    bias: &[u64],
+    share: &[u64],
+    frac_bits: u32,
+    t: Trunc,
+) {
+    let c = bias.len().max(1);
+    let inner = y.data.len() / (y.shape[0] * c).max(1);
+    if inner == 0 {
+        return;
+    }
+    for (pi, (plane, sh)) in y.data.chunks_mut(inner).zip(share.chunks(inner)).enumerate() {
+        let b = bias.get(pi % c).copied().unwrap_or(0);
+        for (blk, sb) in plane.chunks_mut(POLY_BLOCK).zip(sh.chunks(POLY_BLOCK)) {
+            for (v, s) in blk.iter_mut().zip(sb) {
+                *v = v.wrapping_add(b).wrapping_add(*s);
+            }
+            t.apply(blk, frac_bits);
+        }
+    }
+}
+
 /// Full conv layer on one party's share (or the twin's value): conv, bias (by the party that adds
 /// constants), truncation by `frac_bits`.
 pub fn conv_layer(
@@ -526,6 +554,30 @@ mod tests {
                     y0[pi].iter().zip(&y1[pi]).map(|(a, b)| a.wrapping_add(*b)).collect();
                 assert_eq!(sum, want, "n {n} k {k}");
                 assert_eq!(twin[pi], want, "twin n {n} k {k}");
+            }
+        }
+    }
+
+    /// [`finish_linear_share`] equals bias, share and truncation applied one after the other,
+    /// for conv outputs (planes across blocks) and fc outputs (`[N, F]`), both parties.
+    #[test]
+    fn finish_linear_share_equals_separate_steps() {
+        let mut next = rng(9);
+        for shape in [vec![2usize, 3, 23, 29], vec![1, 4, 1, 1], vec![3, 10], vec![1, 2, 40, 40]] {
+            let n: usize = shape.iter().product();
+            let y = RingTensor { shape: shape.clone(), data: (0..n).map(|_| next()).collect() };
+            let bias: Vec<u64> = (0..shape[1]).map(|_| next()).collect();
+            let share: Vec<u64> = (0..n).map(|_| next()).collect();
+            for t in [Trunc::Share(0), Trunc::Share(1), Trunc::Public] {
+                let mut want = y.clone();
+                add_channel_bias(&mut want, &bias);
+                for (v, s) in want.data.iter_mut().zip(&share) {
+                    *v = v.wrapping_add(*s);
+                }
+                t.apply(&mut want.data, 16);
+                let mut got = y.clone();
+                finish_linear_share(&mut got, &bias, &share, 16, t);
+                assert_eq!(got.data, want.data, "{shape:?} {t:?}");
             }
         }
     }
