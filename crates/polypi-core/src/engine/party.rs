@@ -264,11 +264,15 @@ impl Backend for Online<'_> {
         let Material::Input { zero_share } = self.take(idx, layer)? else {
             return Err(Error::graph(&layer.name, "wrong offline material"));
         };
-        let mut x = if self.party == SERVER {
-            RingTensor::zeros(&shape)
-        } else {
-            RingTensor::from_vec(&shape, std::mem::take(&mut self.input))?
-        };
+        // The server's input share is its share of zero itself; the client adds its share of
+        // zero to its input.
+        if self.party == SERVER {
+            return RingTensor::from_vec(&shape, zero_share);
+        }
+        let mut x = RingTensor::from_vec(&shape, std::mem::take(&mut self.input))?;
+        if zero_share.len() != x.len() {
+            return Err(Error::graph(&layer.name, "offline material of the wrong size"));
+        }
         for (v, z) in x.data.iter_mut().zip(&zero_share) {
             *v = v.wrapping_add(*z);
         }

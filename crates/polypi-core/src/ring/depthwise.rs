@@ -35,7 +35,7 @@ const PAR_THRESHOLD_MACS: usize = 1 << 17;
 /// Whether `geom` is a depthwise convolution this module computes: more than one group and one
 /// input channel per group (`groups == c_in`), any channel multiplier `c_out / groups >= 1`.
 pub fn is_depthwise(geom: &ConvGeom) -> bool {
-    geom.groups > 1 && geom.c_in == geom.groups && geom.c_out % geom.groups == 0
+    geom.groups > 1 && geom.c_in == geom.groups && geom.c_out.is_multiple_of(geom.groups)
 }
 
 /// Depthwise convolution `x [n, c_in, h, w] -> [n, c_out, out_h, out_w]` (NCHW, wrapping `u64`,
@@ -178,39 +178,10 @@ fn conv_plane(p: &Padded, buf: &[u64], wk: &[u64], dst: &mut [u64]) {
 mod tests {
     use super::*;
     use crate::ring::gemm::GemmKernel;
-    use crate::ring::im2col::{col2out, im2col};
+    use crate::ring::im2col::tests::{conv_im2col, rand_vec};
     use crate::ring::vector::on_unit;
     use proptest::prelude::*;
 
-    /// The per-group im2col + GEMM convolution (the general path of `conv_ring`): the reference.
-    fn reference(x: &[u64], n: usize, geom: &ConvGeom, weight: &[Vec<u64>]) -> Vec<u64> {
-        let (oh, ow) = (geom.out_h(), geom.out_w());
-        let cog = geom.c_out / geom.groups;
-        let k = geom.kh * geom.kw;
-        let mut out = vec![0u64; n * geom.c_out * oh * ow];
-        let mut y = vec![0u64; cog * n * oh * ow];
-        for (g, wg) in weight.iter().enumerate() {
-            let cols = im2col(x, n, geom, g);
-            crate::ring::gemm(wg, &cols, &mut y, cog, k, n * oh * ow);
-            col2out(&y, &mut out, n, geom, g);
-        }
-        out
-    }
-
-    /// xorshift, full-range values (as shares and masks are).
-    fn rand_vec(len: usize, seed: u64) -> Vec<u64> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s.wrapping_mul(0x2545_F491_4F6C_DD1D)
-            })
-            .collect()
-    }
-
-    #[allow(clippy::too_many_arguments)]
     fn dw(c: usize, h: usize, w: usize, mult: usize, k: usize, s: usize, p: usize) -> ConvGeom {
         ConvGeom { c_in: c, h, w, c_out: c * mult, kh: k, kw: k, stride: s, padding: p, groups: c }
     }
@@ -223,7 +194,8 @@ mod tests {
             .chunks(k)
             .map(<[u64]>::to_vec)
             .collect();
-        let want = reference(&x, n, geom, &weight);
+        // The reference: the per-group im2col + GEMM path of `conv_ring`.
+        let want = conv_im2col(&x, &weight.concat(), n, geom);
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         assert_eq!(one.install(|| depthwise_conv(&x, n, geom, &weight)), want, "{geom:?} n={n}");
         let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
