@@ -79,13 +79,19 @@ pub fn conv_ring(
     }
     let mut out = RingTensor::zeros(&[n, c_out, oh, ow]);
     let cols_n = n * oh * ow;
-    let mut y = vec![0u64; cog * cols_n];
+    // Batch 1: a group's rows of the product are its NCHW output planes, written in place.
+    let mut y = if n == 1 { Vec::new() } else { vec![0u64; cog * cols_n] };
     for (g, wg) in weight.iter().enumerate() {
         // Unfolded straight into the GEMM's packed layout (no second copy for packing).
         let cols = crate::ring::im2col::im2col_packed(&x.data, n, geom, g);
         debug_assert_eq!((cols.k, cols.n), (k, cols_n));
-        crate::ring::gemm::gemm_packed(wg, &cols, &mut y, cog);
-        col2out(&y, &mut out.data, n, geom, g);
+        if n == 1 {
+            let planes = &mut out.data[g * cog * cols_n..][..cog * cols_n];
+            crate::ring::gemm::gemm_packed(wg, &cols, planes, cog);
+        } else {
+            crate::ring::gemm::gemm_packed(wg, &cols, &mut y, cog);
+            col2out(&y, &mut out.data, n, geom, g);
+        }
     }
     Ok(out)
 }
@@ -556,6 +562,53 @@ mod tests {
                 assert_eq!(twin[pi], want, "twin n {n} k {k}");
             }
         }
+    }
+
+    /// `conv_ring` refuses, with errors naming the layer, an input of the wrong shape, weight
+    /// blocks of the wrong count or size and geometries without output, for the depthwise
+    /// and the GEMM path alike.
+    #[test]
+    fn conv_ring_refuses_bad_shapes_and_geometries() {
+        let dw = ConvGeom {
+            c_in: 4,
+            h: 5,
+            w: 5,
+            c_out: 4,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+            groups: 4,
+        };
+        let dense = ConvGeom { groups: 1, ..dw };
+        let x = RingTensor { shape: vec![1, 4, 5, 5], data: vec![1; 100] };
+        for (geom, block) in [(dw, 9), (dense, 4 * 36)] {
+            let groups = geom.groups;
+            let ok = vec![vec![1u64; block]; groups];
+            assert!(conv_ring(&x, &ok, &geom, "c").is_ok());
+            let wrong_x = RingTensor { shape: vec![1, 4, 5, 4], data: vec![1; 80] };
+            assert!(matches!(
+                conv_ring(&wrong_x, &ok, &geom, "c"),
+                Err(Error::ShapeMismatch { .. })
+            ));
+            let short = vec![vec![1u64; block - 1]; groups];
+            assert!(matches!(conv_ring(&x, &short, &geom, "c"), Err(Error::ShapeMismatch { .. })));
+            let few = vec![vec![1u64; block]; groups + 1];
+            assert!(matches!(conv_ring(&x, &few, &geom, "c"), Err(Error::ShapeMismatch { .. })));
+            for bad in [
+                ConvGeom { stride: 0, ..geom },
+                ConvGeom { kh: 8, ..geom },
+                ConvGeom { kw: 8, padding: 1, ..geom },
+            ] {
+                let e = conv_ring(&x, &ok, &bad, "c").unwrap_err();
+                assert!(matches!(&e, Error::Graph { node, .. } if node == "c"), "{bad:?}: {e}");
+            }
+        }
+        let three_groups = ConvGeom { groups: 3, ..dense };
+        assert!(matches!(
+            conv_ring(&x, &vec![vec![1u64; 12]; 3], &three_groups, "c"),
+            Err(Error::Graph { .. })
+        ));
     }
 
     /// [`finish_linear_share`] equals bias, share and truncation applied one after the other,
