@@ -16,6 +16,9 @@
 //! per second (MAC/s). `im2col/64x32x32_k3p1` unfolds one 64-channel 32x32 input for a 3x3,
 //! padding-1 convolution (elements = entries of the column matrix); `im2col/packed_...` writes
 //! the same matrix directly in the packed GEMM layout (`im2col_packed`).
+//! `depthwise/<c>x<h>x<w>_s<stride>/conv_ring` runs one of MobileNetV2's 3x3 depthwise
+//! convolutions (padding 1, batch 1) through `conv_ring` (the direct kernel of
+//! `ring::depthwise`, on the unit `POLYPI_GEMM_KERNEL` selects; elements = multiply-accumulates).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use polypi_core::model::ConvGeom;
