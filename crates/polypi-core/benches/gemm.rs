@@ -16,12 +16,17 @@
 //! per second (MAC/s). `im2col/64x32x32_k3p1` unfolds one 64-channel 32x32 input for a 3x3,
 //! padding-1 convolution (elements = entries of the column matrix); `im2col/packed_...` writes
 //! the same matrix directly in the packed GEMM layout (`im2col_packed`).
+//! `depthwise/<c>x<h>x<w>_s<stride>/conv_ring` runs one of MobileNetV2's 3x3 depthwise
+//! convolutions (padding 1, batch 1) through `conv_ring` (the direct kernel of
+//! `ring::depthwise`, on the unit `POLYPI_GEMM_KERNEL` selects; elements = multiply-accumulates).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use polypi_core::model::ConvGeom;
+use polypi_core::mpc::ops::conv_ring;
 use polypi_core::ring::gemm::{gemm_packed_with, GemmKernel, PackedB};
 use polypi_core::ring::im2col;
 use polypi_core::ring::im2col::im2col_packed;
+use polypi_core::ring::RingTensor;
 
 fn rand_vec(len: usize, seed: u64) -> Vec<u64> {
     let mut s = seed | 1;
@@ -93,5 +98,34 @@ fn bench_im2col(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench_im2col);
+/// MobileNetV2's depthwise convolutions (3x3, padding 1, batch 1), `(channels, size, stride)`.
+const DEPTHWISE_SHAPES: [(usize, usize, usize); 5] =
+    [(32, 112, 1), (96, 112, 2), (144, 56, 1), (576, 14, 1), (960, 7, 1)];
+
+fn bench_depthwise(c: &mut Criterion) {
+    for &(ch, size, stride) in &DEPTHWISE_SHAPES {
+        let geom = ConvGeom {
+            c_in: ch,
+            h: size,
+            w: size,
+            c_out: ch,
+            kh: 3,
+            kw: 3,
+            stride,
+            padding: 1,
+            groups: ch,
+        };
+        let x = RingTensor { shape: vec![1, ch, size, size], data: rand_vec(ch * size * size, 4) };
+        let weights: Vec<Vec<u64>> = rand_vec(ch * 9, 5).chunks(9).map(|w| w.to_vec()).collect();
+        let mut group = c.benchmark_group(format!("depthwise/{ch}x{size}x{size}_s{stride}"));
+        group.throughput(Throughput::Elements((ch * geom.out_h() * geom.out_w() * 9) as u64));
+        group.sample_size(10);
+        group.bench_function("conv_ring", |bch| {
+            bch.iter(|| black_box(conv_ring(black_box(&x), &weights, &geom, "dw").unwrap()))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_gemm, bench_im2col, bench_depthwise);
 criterion_main!(benches);

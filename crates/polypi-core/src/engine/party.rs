@@ -161,21 +161,31 @@ impl<'a> Online<'a> {
             return Err(Error::graph(&layer.name, "wrong offline material"));
         };
         let shape = with_batch(layer, x.shape[0]);
+        if share.len() != numel(&shape) {
+            return Err(Error::graph(&layer.name, "offline material of the wrong size"));
+        }
         if self.party == CLIENT {
-            let a = mask.ok_or_else(|| Error::graph(&layer.name, "client mask missing"))?;
-            let m: Vec<u64> = x.data.iter().zip(&a).map(|(v, r)| v.wrapping_sub(*r)).collect();
+            let mut m = mask.ok_or_else(|| Error::graph(&layer.name, "client mask missing"))?;
+            if m.len() != x.len() {
+                return Err(Error::graph(&layer.name, "client mask of the wrong size"));
+            }
+            // X1 - A, written over the mask (used once).
+            for (r, v) in m.iter_mut().zip(&x.data) {
+                *r = v.wrapping_sub(*r);
+            }
             send_ring(self.peer, &m)?;
             self.peer.flush()?;
             let mut y = RingTensor::from_vec(&shape, share)?;
             self.trunc().apply(&mut y.data, self.frac_bits);
             return Ok(y);
         }
-        let m = recv_ring(self.peer, x.len())?;
-        let xm = RingTensor {
-            shape: x.shape.clone(),
-            data: x.data.iter().zip(&m).map(|(a, b)| a.wrapping_add(*b)).collect(),
-        };
-        let mut y = match &layer.op {
+        let mut m = recv_ring(self.peer, x.len())?;
+        // X0 + (X1 - A), written over the received message.
+        for (v, a) in m.iter_mut().zip(&x.data) {
+            *v = v.wrapping_add(*a);
+        }
+        let xm = RingTensor { shape: x.shape.clone(), data: m };
+        let y = match &layer.op {
             LayerOp::Conv2d(_) => {
                 let w = self
                     .weights
@@ -183,7 +193,7 @@ impl<'a> Online<'a> {
                     .get(&idx)
                     .ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
                 let mut y = ops::conv_ring(&xm, &w.weight, &w.geom, &layer.name)?;
-                ops::add_channel_bias(&mut y, &w.bias);
+                ops::finish_linear_share(&mut y, &w.bias, &share, self.frac_bits, self.trunc());
                 y
             }
             _ => {
@@ -194,14 +204,10 @@ impl<'a> Online<'a> {
                     .ok_or_else(|| Error::graph(&layer.name, "no weights"))?;
                 let mut y =
                     ops::linear_ring(&xm, &w.weight_t, w.in_features, w.out_features, &layer.name)?;
-                ops::add_channel_bias(&mut y, &w.bias);
+                ops::finish_linear_share(&mut y, &w.bias, &share, self.frac_bits, self.trunc());
                 y
             }
         };
-        for (v, c) in y.data.iter_mut().zip(&share) {
-            *v = v.wrapping_add(*c);
-        }
-        self.trunc().apply(&mut y.data, self.frac_bits);
         Ok(y)
     }
 }
@@ -258,11 +264,15 @@ impl Backend for Online<'_> {
         let Material::Input { zero_share } = self.take(idx, layer)? else {
             return Err(Error::graph(&layer.name, "wrong offline material"));
         };
-        let mut x = if self.party == SERVER {
-            RingTensor::zeros(&shape)
-        } else {
-            RingTensor::from_vec(&shape, std::mem::take(&mut self.input))?
-        };
+        // The server's input share is its share of zero itself; the client adds its share of
+        // zero to its input.
+        if self.party == SERVER {
+            return RingTensor::from_vec(&shape, zero_share);
+        }
+        let mut x = RingTensor::from_vec(&shape, std::mem::take(&mut self.input))?;
+        if zero_share.len() != x.len() {
+            return Err(Error::graph(&layer.name, "offline material of the wrong size"));
+        }
         for (v, z) in x.data.iter_mut().zip(&zero_share) {
             *v = v.wrapping_add(*z);
         }
@@ -305,35 +315,13 @@ impl Backend for Online<'_> {
         let Material::Poly { r_pows } = material else {
             return Err(Error::graph(&layer.name, "wrong offline material"));
         };
-        let f = self.frac_bits;
-        let t = self.trunc();
-        let n = x.len();
+        let (f, t) = (self.frac_bits, self.trunc());
         // This party's shares of e_g = x_g - r_g for every group, sent in one message.
-        let mut xs = Vec::with_capacity(plan.groups.len());
-        let mut mine = Vec::with_capacity(n * plan.groups.len());
-        for (g, grp) in plan.groups.iter().enumerate() {
-            let mut xg = x.data.clone();
-            t.apply(&mut xg, f - grp.frac_bits);
-            mine.extend(xg.iter().zip(&r_pows[g][0]).map(|(a, r)| a.wrapping_sub(*r)));
-            xs.push(xg);
-        }
-        let mut pows = vec![Vec::new(); plan.degree + 1];
-        if !plan.groups.is_empty() {
-            let theirs = exchange_ring(self.peer, &mine)?;
-            for (g, grp) in plan.groups.iter().enumerate() {
-                let e: Vec<u64> = mine[g * n..(g + 1) * n]
-                    .iter()
-                    .zip(&theirs[g * n..(g + 1) * n])
-                    .map(|(a, b)| a.wrapping_add(*b))
-                    .collect();
-                let pk = ops::powers_from_opening(&e, &r_pows[g], &grp.powers, t);
-                for (mut v, &k) in pk.into_iter().zip(&grp.powers) {
-                    t.apply(&mut v, k as u32 * grp.frac_bits - f);
-                    pows[k] = v;
-                }
-            }
-        }
-        Ok(ops::poly_combine(x, &pows, plan, f, t))
+        let r1: Vec<&[u64]> = r_pows.iter().map(|r| r[0].as_slice()).collect();
+        let mine = ops::poly_opening_shares(&x.data, &r1, plan, f, t);
+        let theirs =
+            if plan.groups.is_empty() { Vec::new() } else { exchange_ring(self.peer, &mine)? };
+        Ok(ops::poly_from_opening(x, &mine, &theirs, &r_pows, plan, f, t))
     }
     fn relu(&mut self, idx: usize, layer: &Layer, x: &RingTensor) -> Result<RingTensor> {
         let Material::Compare { levels } = self.take(idx, layer)? else {

@@ -6,6 +6,8 @@
 use super::encode::{binom, EncodedConv, EncodedLinear, PolyPlan};
 use crate::error::{Error, Result};
 use crate::model::ConvGeom;
+use crate::ring::depthwise::{depthwise_conv, is_depthwise};
+use crate::ring::vector::on_vector_unit;
 use crate::ring::{col2out, gemm, trunc_local, trunc_public, RingTensor};
 
 /// How a backend truncates: the plaintext twin shifts exactly (floor); a party applies SecureML's
@@ -36,9 +38,14 @@ fn shape_err(node: &str, expected: Vec<usize>, got: &[usize]) -> Error {
     Error::ShapeMismatch { node: node.to_string(), expected, got: got.to_vec() }
 }
 
-/// Convolution `[N, c_in, h, w] -> [N, c_out, oh, ow]` with per-group weight matrices
-/// (`weight[g]`: `[c_out/groups, (c_in/groups)*kh*kw]`), no bias, no truncation.
-/// Errors: `ShapeMismatch` if `x` is not `[N, c_in, h, w]`.
+/// Convolution `[N, c_in, h, w] -> [N, c_out, oh, ow]` (NCHW) with per-group weight matrices
+/// (`weight[g]`: `[c_out/groups, (c_in/groups)*kh*kw]`), no bias, no truncation, wrapping u64.
+/// Depthwise convolutions (`groups == c_in`) are computed directly
+/// ([`crate::ring::depthwise`]); every other one as one im2col + GEMM per group.
+/// Errors: `ShapeMismatch` if `x` is not `[N, c_in, h, w]`, or the weights are not `groups`
+/// blocks of `[c_out/groups, (c_in/groups)*kh*kw]`; `Graph` for a geometry without output
+/// (zero stride or groups, groups not dividing the channels, kernel larger than the padded
+/// input).
 pub fn conv_ring(
     x: &RingTensor,
     weight: &[Vec<u64>],
@@ -48,84 +55,45 @@ pub fn conv_ring(
     if x.shape.len() != 4 || x.shape[1..] != [geom.c_in, geom.h, geom.w] {
         return Err(shape_err(node, vec![0, geom.c_in, geom.h, geom.w], &x.shape));
     }
+    let ConvGeom { c_in, h, w, c_out, kh, kw, stride, padding, groups } = *geom;
+    if stride == 0
+        || groups == 0
+        || c_in % groups != 0
+        || c_out % groups != 0
+        || h + 2 * padding < kh
+        || w + 2 * padding < kw
+    {
+        return Err(Error::graph(node, format!("convolution geometry without output: {geom:?}")));
+    }
+    let cog = c_out / groups;
+    let k = (c_in / groups) * kh * kw;
+    if weight.len() != groups || weight.iter().any(|wg| wg.len() != cog * k) {
+        let got = weight.iter().find(|wg| wg.len() != cog * k).map_or(0, Vec::len);
+        return Err(shape_err(node, vec![groups, cog, k], &[weight.len(), got]));
+    }
     let n = x.shape[0];
     let (oh, ow) = (geom.out_h(), geom.out_w());
-    if geom.groups > 1 && geom.c_in == geom.groups {
-        return Ok(depthwise_ring(x, weight, geom));
+    if is_depthwise(geom) {
+        let data = depthwise_conv(&x.data, n, geom, weight);
+        return Ok(RingTensor { shape: vec![n, c_out, oh, ow], data });
     }
-    let mut out = RingTensor::zeros(&[n, geom.c_out, oh, ow]);
-    let cog = geom.c_out / geom.groups;
-    let k = (geom.c_in / geom.groups) * geom.kh * geom.kw;
+    let mut out = RingTensor::zeros(&[n, c_out, oh, ow]);
     let cols_n = n * oh * ow;
-    let mut y = vec![0u64; cog * cols_n];
+    // Batch 1: a group's rows of the product are its NCHW output planes, written in place.
+    let mut y = if n == 1 { Vec::new() } else { vec![0u64; cog * cols_n] };
     for (g, wg) in weight.iter().enumerate() {
         // Unfolded straight into the GEMM's packed layout (no second copy for packing).
         let cols = crate::ring::im2col::im2col_packed(&x.data, n, geom, g);
         debug_assert_eq!((cols.k, cols.n), (k, cols_n));
-        crate::ring::gemm::gemm_packed(wg, &cols, &mut y, cog);
-        col2out(&y, &mut out.data, n, geom, g);
+        if n == 1 {
+            let planes = &mut out.data[g * cog * cols_n..][..cog * cols_n];
+            crate::ring::gemm::gemm_packed(wg, &cols, planes, cog);
+        } else {
+            crate::ring::gemm::gemm_packed(wg, &cols, &mut y, cog);
+            col2out(&y, &mut out.data, n, geom, g);
+        }
     }
     Ok(out)
-}
-
-/// Depthwise convolution (one input channel per group, `c_in == groups`, `c_out/groups` output
-/// channels each): every output plane is `sum_{ky,kx} w[ky][kx] * x_shifted` computed directly
-/// (wrapping u64, no im2col and no per-group GEMM, whose one-row products cannot use the GEMM
-/// tiles), output planes split over rayon's threads. `weight[g]` is `[c_out/groups, kh*kw]`.
-/// Bit-identical to the im2col + GEMM path (both are the exact sum over Z_2^64).
-fn depthwise_ring(x: &RingTensor, weight: &[Vec<u64>], geom: &ConvGeom) -> RingTensor {
-    use rayon::prelude::*;
-    let n = x.shape[0];
-    let ConvGeom { c_in, h, w, c_out, kh, kw, stride, padding, groups } = *geom;
-    let (oh, ow) = (geom.out_h(), geom.out_w());
-    let cog = c_out / groups;
-    let mut out = RingTensor::zeros(&[n, c_out, oh, ow]);
-    let plane = |(idx, dst): (usize, &mut [u64])| {
-        let (img, co) = (idx / c_out, idx % c_out);
-        let g = co / cog;
-        let src = &x.data[(img * c_in + g) * h * w..][..h * w];
-        let wv = &weight[g][(co % cog) * kh * kw..][..kh * kw];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let wk = wv[ky * kw + kx];
-                if wk == 0 {
-                    continue;
-                }
-                for oy in 0..oh {
-                    let iy = (oy * stride + ky).wrapping_sub(padding);
-                    if iy >= h {
-                        continue;
-                    }
-                    let row = &src[iy * w..(iy + 1) * w];
-                    let d = &mut dst[oy * ow..(oy + 1) * ow];
-                    // Output columns whose input column lies inside the row.
-                    let lo = padding.saturating_sub(kx).div_ceil(stride).min(ow);
-                    let hi = if w + padding > kx {
-                        ((w + padding - kx - 1) / stride + 1).min(ow)
-                    } else {
-                        0
-                    };
-                    if stride == 1 {
-                        let off = lo + kx - padding;
-                        for (dv, &xv) in d[lo..hi.max(lo)].iter_mut().zip(&row[off..]) {
-                            *dv = dv.wrapping_add(wk.wrapping_mul(xv));
-                        }
-                    } else {
-                        for (ox, dv) in d.iter_mut().enumerate().take(hi).skip(lo) {
-                            let xv = row[ox * stride + kx - padding];
-                            *dv = dv.wrapping_add(wk.wrapping_mul(xv));
-                        }
-                    }
-                }
-            }
-        }
-    };
-    if out.data.len() * kh * kw > 1 << 18 && rayon::current_num_threads() > 1 {
-        out.data.par_chunks_mut(oh * ow).enumerate().for_each(plane);
-    } else {
-        out.data.chunks_mut(oh * ow).enumerate().for_each(plane);
-    }
-    out
 }
 
 /// Fully connected `[N, in] -> [N, out]` with a transposed weight `[in, out]`, no bias.
@@ -194,6 +162,34 @@ pub fn add_channel_bias(y: &mut RingTensor, bias: &[u64]) {
             for v in &mut y.data[s..s + inner] {
                 *v = v.wrapping_add(b);
             }
+        }
+    }
+}
+
+/// The server's last step of a linear (conv or fc) layer: `y += bias[ch] + share`, then
+/// truncation by `frac_bits` — equal to [`add_channel_bias`], an element-wise add of `share`
+/// (its share `c0` of `A*B`) and `t.apply`, but in one pass: each block of a channel plane
+/// is truncated while it is in L1. `y`: `[N, C, ...]` or `[N, F]`; `bias`: `[C]`; `share`:
+/// `[y.len()]`. Panics if `share` is shorter than `y` (the caller checks the material).
+pub fn finish_linear_share(
+    y: &mut RingTensor,
+    bias: &[u64],
+    share: &[u64],
+    frac_bits: u32,
+    t: Trunc,
+) {
+    let c = bias.len().max(1);
+    let inner = y.data.len() / (y.shape[0] * c).max(1);
+    if inner == 0 {
+        return;
+    }
+    for (pi, (plane, sh)) in y.data.chunks_mut(inner).zip(share.chunks(inner)).enumerate() {
+        let b = bias.get(pi % c).copied().unwrap_or(0);
+        for (blk, sb) in plane.chunks_mut(POLY_BLOCK).zip(sh.chunks(POLY_BLOCK)) {
+            for (v, s) in blk.iter_mut().zip(sb) {
+                *v = v.wrapping_add(b).wrapping_add(*s);
+            }
+            t.apply(blk, frac_bits);
         }
     }
 }
@@ -316,40 +312,171 @@ pub fn flatten(x: RingTensor) -> RingTensor {
     RingTensor { shape: vec![n, f], data: x.data }
 }
 
+/// Elements per block of the blocked polynomial kernels: a few KB per buffer, so that the
+/// intermediate values of one block stay in L1 instead of streaming whole-layer arrays (a
+/// MobileNetV2 activation map is 1.2 M elements, 9.6 MB) through memory once per term.
+const POLY_BLOCK: usize = 512;
+
+/// One block of `x^k = sum_{i=0..=k} C(k,i) e^(k-i) r^i` into `out`, from the opened `e` (block)
+/// and this party's shares of the mask powers at `r_pows[i-1][at..at + e.len()]`; the `i = 0`
+/// term only when `adds_constants`. `epow` is scratch of `e.len()` elements. Wrapping u64.
+#[inline(always)]
+fn power_block(
+    k: usize,
+    e: &[u64],
+    r_pows: &[Vec<u64>],
+    at: usize,
+    adds_constants: bool,
+    epow: &mut [u64],
+    out: &mut [u64],
+) {
+    let len = e.len();
+    out.fill(0);
+    epow.fill(1);
+    // Term by term over the block, i = k..0 with epow = e^(k-i).
+    for i in (0..=k).rev() {
+        let c = binom(k, i);
+        if i > 0 {
+            let r = &r_pows[i - 1][at..at + len];
+            for ((a, p), r) in out.iter_mut().zip(&*epow).zip(r) {
+                *a = a.wrapping_add(c.wrapping_mul(p.wrapping_mul(*r)));
+            }
+            for (p, ev) in epow.iter_mut().zip(e) {
+                *p = p.wrapping_mul(*ev);
+            }
+        } else if adds_constants {
+            for (a, p) in out.iter_mut().zip(&*epow) {
+                *a = a.wrapping_add(c.wrapping_mul(*p));
+            }
+        }
+    }
+}
+
 /// Shares (or twin values) of `x^k` for each `k` in `powers` from the opened `e = x - r` and this
 /// party's shares of `r^1..r^m` (`r_pows[i-1]` = share of `r^i`):
 /// `x^k = sum_i C(k,i) e^(k-i) r^i`, where the `i = 0` term is added by the party that adds
-/// constants (HoneyBadger-style dealer powers; one round for any degree).
+/// constants (HoneyBadger-style dealer powers; one round for any degree). Computed in blocks
+/// of [`POLY_BLOCK`] elements on the CPU's vector unit ([`on_vector_unit`]).
 pub fn powers_from_opening(
     e: &[u64],
     r_pows: &[Vec<u64>],
     powers: &[usize],
     t: Trunc,
 ) -> Vec<Vec<u64>> {
-    let n = e.len();
-    let mut out = Vec::with_capacity(powers.len());
-    for &k in powers {
-        // Term by term over whole vectors (vectorisable): i = k..0 with epow = e^(k-i).
-        let mut acc = vec![0u64; n];
-        let mut epow = vec![1u64; n];
-        for i in (0..=k).rev() {
-            let c = binom(k, i);
-            if i > 0 {
-                for ((a, p), r) in acc.iter_mut().zip(&epow).zip(&r_pows[i - 1]) {
-                    *a = a.wrapping_add(c.wrapping_mul(p.wrapping_mul(*r)));
-                }
-                for (p, ev) in epow.iter_mut().zip(e) {
-                    *p = p.wrapping_mul(*ev);
-                }
-            } else if t.adds_constants() {
-                for (a, p) in acc.iter_mut().zip(&epow) {
-                    *a = a.wrapping_add(c.wrapping_mul(*p));
-                }
+    let mut epow = [0u64; POLY_BLOCK];
+    powers
+        .iter()
+        .map(|&k| {
+            let mut acc = vec![0u64; e.len()];
+            on_vector_unit(
+                #[inline(always)]
+                || {
+                    for (b, (eb, ob)) in
+                        e.chunks(POLY_BLOCK).zip(acc.chunks_mut(POLY_BLOCK)).enumerate()
+                    {
+                        let ep = &mut epow[..eb.len()];
+                        power_block(k, eb, r_pows, b * POLY_BLOCK, t.adds_constants(), ep, ob);
+                    }
+                },
+            );
+            acc
+        })
+        .collect()
+}
+
+/// This party's shares of `e_g = trunc(x, f - f_g) - r_g` for every power group `g` of `plan`,
+/// concatenated (`[groups * x.len()]`, group-major): the one message of a dealer-powers
+/// polynomial layer. `r1[g]` is this party's share of group `g`'s mask `r` (`[x.len()]`).
+pub fn poly_opening_shares(
+    x: &[u64],
+    r1: &[&[u64]],
+    plan: &PolyPlan,
+    frac_bits: u32,
+    t: Trunc,
+) -> Vec<u64> {
+    let mut out = Vec::with_capacity(x.len() * plan.groups.len());
+    for (grp, r) in plan.groups.iter().zip(r1) {
+        // Block by block, so that the truncation and the subtraction read the copy from L1.
+        for (xb, rb) in x.chunks(POLY_BLOCK).zip(r.chunks(POLY_BLOCK)) {
+            let start = out.len();
+            out.extend_from_slice(xb);
+            let blk = &mut out[start..];
+            t.apply(blk, frac_bits - grp.frac_bits);
+            for (v, r) in blk.iter_mut().zip(rb) {
+                *v = v.wrapping_sub(*r);
             }
         }
-        out.push(acc);
     }
     out
+}
+
+/// The local work of a dealer-powers polynomial layer after its opening, fused: for every
+/// power group `g`, `e_g = mine_g + theirs_g`, its powers from [`powers_from_opening`], each
+/// truncated by `k*f_g - f`, then [`poly_combine`] — computed block by block (nothing of the
+/// layer's size but the output is written) on the CPU's vector unit. Bit-identical to that
+/// sequence of calls (the same wrapping sums and truncations, in another order of addition).
+///
+/// `x`: this party's share of the input (NCHW or `[N, F]`, scale f); `mine` / `theirs`: the
+/// two parties' opening shares (`[groups * x.len()]`, group-major, see
+/// [`poly_opening_shares`]); `r_pows[g][i-1]`: this party's share of `r_g^i`.
+pub fn poly_from_opening(
+    x: &RingTensor,
+    mine: &[u64],
+    theirs: &[u64],
+    r_pows: &[Vec<Vec<u64>>],
+    plan: &PolyPlan,
+    frac_bits: u32,
+    t: Trunc,
+) -> RingTensor {
+    let n = x.data.len();
+    let mut y = RingTensor::zeros(&x.shape);
+    if n == 0 {
+        return y;
+    }
+    let c = x.shape.get(1).copied().unwrap_or(1);
+    // Elements that share one coefficient row: a channel plane, or everything when shared.
+    let run = if plan.coeffs.len() == 1 { n } else { n / (x.shape[0] * c).max(1) };
+    let adds = t.adds_constants();
+    let (mut e, mut epow, mut pk) = ([0u64; POLY_BLOCK], [0u64; POLY_BLOCK], [0u64; POLY_BLOCK]);
+    on_vector_unit(
+        #[inline(always)]
+        || {
+            for (ri, (ys, xs)) in y.data.chunks_mut(run).zip(x.data.chunks(run)).enumerate() {
+                let co = plan.coeffs_of(ri % c);
+                for (b, (yb, xb)) in
+                    ys.chunks_mut(POLY_BLOCK).zip(xs.chunks(POLY_BLOCK)).enumerate()
+                {
+                    let (at, len) = (ri * run + b * POLY_BLOCK, yb.len());
+                    for (yv, xv) in yb.iter_mut().zip(xb) {
+                        *yv = co[1].wrapping_mul(*xv);
+                    }
+                    if adds {
+                        for yv in yb.iter_mut() {
+                            *yv = yv.wrapping_add(co[0]);
+                        }
+                    }
+                    for (g, grp) in plan.groups.iter().enumerate() {
+                        let eb = &mut e[..len];
+                        let (m, th) = (&mine[g * n + at..][..len], &theirs[g * n + at..][..len]);
+                        for ((ev, a), b) in eb.iter_mut().zip(m).zip(th) {
+                            *ev = a.wrapping_add(*b);
+                        }
+                        for &k in &grp.powers {
+                            let pb = &mut pk[..len];
+                            power_block(k, eb, &r_pows[g], at, adds, &mut epow[..len], pb);
+                            t.apply(pb, k as u32 * grp.frac_bits - frac_bits);
+                            let ck = co[k];
+                            for (yv, p) in yb.iter_mut().zip(&*pb) {
+                                *yv = yv.wrapping_add(ck.wrapping_mul(*p));
+                            }
+                        }
+                    }
+                    t.apply(yb, frac_bits);
+                }
+            }
+        },
+    );
+    y
 }
 
 /// Final step of a polynomial: `acc = c_0 + c_1 x + sum_k c_k x^k` per channel, truncated by f.
@@ -392,6 +519,195 @@ pub fn poly_combine(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mpc::encode::encode_poly;
+    use proptest::prelude::*;
+
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed;
+        move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s ^ (s >> 29)
+        }
+    }
+
+    /// Dealer powers are exact over the ring: with `e = x - r` opened and `r^1..r^m` shared,
+    /// the two parties' [`powers_from_opening`] sum to `x^k` exactly, for every element of
+    /// vectors that end inside a block, and the twin's (`Trunc::Public`) equals `x^k` itself.
+    #[test]
+    fn powers_from_opening_shares_sum_to_the_power() {
+        let mut next = rng(3);
+        for n in [1usize, POLY_BLOCK - 1, POLY_BLOCK, 2 * POLY_BLOCK + 77] {
+            let x: Vec<u64> = (0..n).map(|_| next()).collect();
+            let r: Vec<u64> = (0..n).map(|_| next()).collect();
+            let e: Vec<u64> = x.iter().zip(&r).map(|(a, b)| a.wrapping_sub(*b)).collect();
+            let (mut s0, mut s1) = (Vec::new(), Vec::new());
+            for i in 1..=5u32 {
+                let s: Vec<u64> = (0..n).map(|_| next()).collect();
+                s0.push(
+                    r.iter().zip(&s).map(|(a, b)| a.wrapping_pow(i).wrapping_sub(*b)).collect(),
+                );
+                s1.push(s);
+            }
+            let powers = [2usize, 3, 5];
+            let y0 = powers_from_opening(&e, &s0, &powers, Trunc::Share(0));
+            let y1 = powers_from_opening(&e, &s1, &powers, Trunc::Share(1));
+            let r_pows: Vec<Vec<u64>> =
+                (1..=5u32).map(|i| r.iter().map(|v| v.wrapping_pow(i)).collect()).collect();
+            let twin = powers_from_opening(&e, &r_pows, &powers, Trunc::Public);
+            for (pi, &k) in powers.iter().enumerate() {
+                let want: Vec<u64> = x.iter().map(|v| v.wrapping_pow(k as u32)).collect();
+                let sum: Vec<u64> =
+                    y0[pi].iter().zip(&y1[pi]).map(|(a, b)| a.wrapping_add(*b)).collect();
+                assert_eq!(sum, want, "n {n} k {k}");
+                assert_eq!(twin[pi], want, "twin n {n} k {k}");
+            }
+        }
+    }
+
+    /// `conv_ring` refuses, with errors naming the layer, an input of the wrong shape, weight
+    /// blocks of the wrong count or size and geometries without output, for the depthwise
+    /// and the GEMM path alike.
+    #[test]
+    fn conv_ring_refuses_bad_shapes_and_geometries() {
+        let dw = ConvGeom {
+            c_in: 4,
+            h: 5,
+            w: 5,
+            c_out: 4,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+            groups: 4,
+        };
+        let dense = ConvGeom { groups: 1, ..dw };
+        let x = RingTensor { shape: vec![1, 4, 5, 5], data: vec![1; 100] };
+        for (geom, block) in [(dw, 9), (dense, 4 * 36)] {
+            let groups = geom.groups;
+            let ok = vec![vec![1u64; block]; groups];
+            assert!(conv_ring(&x, &ok, &geom, "c").is_ok());
+            let wrong_x = RingTensor { shape: vec![1, 4, 5, 4], data: vec![1; 80] };
+            assert!(matches!(
+                conv_ring(&wrong_x, &ok, &geom, "c"),
+                Err(Error::ShapeMismatch { .. })
+            ));
+            let short = vec![vec![1u64; block - 1]; groups];
+            assert!(matches!(conv_ring(&x, &short, &geom, "c"), Err(Error::ShapeMismatch { .. })));
+            let few = vec![vec![1u64; block]; groups + 1];
+            assert!(matches!(conv_ring(&x, &few, &geom, "c"), Err(Error::ShapeMismatch { .. })));
+            for bad in [
+                ConvGeom { stride: 0, ..geom },
+                ConvGeom { kh: 8, ..geom },
+                ConvGeom { kw: 8, padding: 1, ..geom },
+            ] {
+                let e = conv_ring(&x, &ok, &bad, "c").unwrap_err();
+                assert!(matches!(&e, Error::Graph { node, .. } if node == "c"), "{bad:?}: {e}");
+            }
+        }
+        let three_groups = ConvGeom { groups: 3, ..dense };
+        assert!(matches!(
+            conv_ring(&x, &vec![vec![1u64; 12]; 3], &three_groups, "c"),
+            Err(Error::Graph { .. })
+        ));
+    }
+
+    /// [`finish_linear_share`] equals bias, share and truncation applied one after the other,
+    /// for conv outputs (planes across blocks) and fc outputs (`[N, F]`), both parties.
+    #[test]
+    fn finish_linear_share_equals_separate_steps() {
+        let mut next = rng(9);
+        for shape in [vec![2usize, 3, 23, 29], vec![1, 4, 1, 1], vec![3, 10], vec![1, 2, 40, 40]] {
+            let n: usize = shape.iter().product();
+            let y = RingTensor { shape: shape.clone(), data: (0..n).map(|_| next()).collect() };
+            let bias: Vec<u64> = (0..shape[1]).map(|_| next()).collect();
+            let share: Vec<u64> = (0..n).map(|_| next()).collect();
+            for t in [Trunc::Share(0), Trunc::Share(1), Trunc::Public] {
+                let mut want = y.clone();
+                add_channel_bias(&mut want, &bias);
+                for (v, s) in want.data.iter_mut().zip(&share) {
+                    *v = v.wrapping_add(*s);
+                }
+                t.apply(&mut want.data, 16);
+                let mut got = y.clone();
+                finish_linear_share(&mut got, &bias, &share, 16, t);
+                assert_eq!(got.data, want.data, "{shape:?} {t:?}");
+            }
+        }
+    }
+
+    /// The unfused sequence [`poly_from_opening`] replaces: open, powers, truncate, combine.
+    fn unfused(
+        x: &RingTensor,
+        mine: &[u64],
+        theirs: &[u64],
+        r_pows: &[Vec<Vec<u64>>],
+        plan: &PolyPlan,
+        t: Trunc,
+    ) -> RingTensor {
+        let n = x.len();
+        let mut pows = vec![Vec::new(); plan.degree + 1];
+        for (g, grp) in plan.groups.iter().enumerate() {
+            let e: Vec<u64> =
+                (0..n).map(|j| mine[g * n + j].wrapping_add(theirs[g * n + j])).collect();
+            for (mut v, &k) in
+                powers_from_opening(&e, &r_pows[g], &grp.powers, t).into_iter().zip(&grp.powers)
+            {
+                t.apply(&mut v, k as u32 * grp.frac_bits - 16);
+                pows[k] = v;
+            }
+        }
+        poly_combine(x, &pows, plan, 16, t)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The fused, blocked [`poly_from_opening`] equals the unfused sequence bit for bit, and
+        /// [`poly_opening_shares`] equals truncate-then-subtract, for degrees 1-6 (one or several
+        /// power groups), shared and per-channel coefficients (some zero), NCHW and `[N, F]`
+        /// shapes whose planes end inside a block, for both parties and the twin.
+        #[test]
+        fn fused_polynomial_equals_unfused(
+            degree in 1usize..7,
+            c in 1usize..4,
+            hw in prop::sample::select(vec![1usize, 5, 23, 40]),
+            flat in any::<bool>(),
+            per_channel in any::<bool>(),
+            batch in 1usize..3,
+            seed in any::<u64>(),
+        ) {
+            let mut next = rng(seed);
+            let rows = if per_channel { c } else { 1 };
+            let coeffs: Vec<Vec<f32>> = (0..rows)
+                .map(|r| (0..=degree).map(|k| if k > 1 && (k + r) % 3 == 0 { 0.0 } else { 0.1 * k as f32 - 0.2 }).collect())
+                .collect();
+            let plan = encode_poly(&crate::model::PolyLayer { degree, coeffs }, 16, "p").unwrap();
+            // A flat layer `[N, F]` has one coefficient row per feature: per-channel rows only
+            // when every channel is one feature.
+            prop_assume!(!(flat && per_channel && hw != 1));
+            let shape = if flat { vec![batch, c * hw * hw] } else { vec![batch, c, hw, hw] };
+            let n: usize = shape.iter().product();
+            let x = RingTensor { shape: shape.clone(), data: (0..n).map(|_| next()).collect() };
+            let r_pows: Vec<Vec<Vec<u64>>> = plan.groups.iter()
+                .map(|g| (0..g.max_power()).map(|_| (0..n).map(|_| next()).collect()).collect())
+                .collect();
+            let theirs: Vec<u64> = (0..n * plan.groups.len()).map(|_| next()).collect();
+            for t in [Trunc::Share(0), Trunc::Share(1), Trunc::Public] {
+                let r1: Vec<&[u64]> = r_pows.iter().map(|r| r[0].as_slice()).collect();
+                let mine = poly_opening_shares(&x.data, &r1, &plan, 16, t);
+                let mut want_mine = Vec::new();
+                for (g, grp) in plan.groups.iter().enumerate() {
+                    let mut xg = x.data.clone();
+                    t.apply(&mut xg, 16 - grp.frac_bits);
+                    want_mine.extend(xg.iter().zip(&r_pows[g][0]).map(|(a, r)| a.wrapping_sub(*r)));
+                }
+                prop_assert_eq!(&mine, &want_mine);
+                let got = poly_from_opening(&x, &mine, &theirs, &r_pows, &plan, 16, t);
+                prop_assert_eq!(&got.shape, &shape);
+                prop_assert_eq!(got.data, unfused(&x, &mine, &theirs, &r_pows, &plan, t).data, "{:?}", t);
+            }
+        }
+    }
 
     /// The few-row path of `linear_ring` equals the packed GEMM exactly (wrapping u64).
     #[test]

@@ -234,16 +234,36 @@ impl<C: Channel + ?Sized> Channel for &mut C {
 
 /// Sends ring elements as one message (little-endian u64s).
 pub fn send_ring(ch: &mut (impl Channel + ?Sized), xs: &[u64]) -> Result<()> {
-    ch.send(&ring_bytes(xs))
+    ch.send(&ring_wire(xs))
 }
 
 /// Ring elements as little-endian bytes (the wire format of every ring message).
 pub fn ring_bytes(xs: &[u64]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(xs.len() * 8);
-    for x in xs {
-        buf.extend_from_slice(&x.to_le_bytes());
+    ring_wire(xs).into_owned()
+}
+
+/// The wire form of `xs` (little-endian u64s): on a little-endian CPU the elements' own memory,
+/// borrowed (no copy of a message of several MB before the channel copies it again).
+fn ring_wire(xs: &[u64]) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(xs))
     }
-    buf
+    #[cfg(not(target_endian = "little"))]
+    {
+        std::borrow::Cow::Owned(xs.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+}
+
+/// Ring elements from their wire form (`bytes.len()` a multiple of 8, checked by the callers):
+/// one copy (a `memcpy` on a little-endian CPU).
+fn ring_from_wire(bytes: &[u8]) -> Vec<u64> {
+    let mut out = vec![0u64; bytes.len() / 8];
+    bytemuck::cast_slice_mut::<u64, u8>(&mut out).copy_from_slice(bytes);
+    for v in &mut out {
+        *v = u64::from_le(*v);
+    }
+    out
 }
 
 /// Receives one message of exactly `n` ring elements; a longer frame is refused before it is
@@ -261,13 +281,13 @@ pub fn recv_ring(ch: &mut (impl Channel + ?Sized), n: usize) -> Result<Vec<u64>>
             buf.len()
         )));
     }
-    Ok(buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())
+    Ok(ring_from_wire(&buf))
 }
 
 /// Exchanges ring elements with the peer in one round (see [`Channel::exchange`]): sends `xs`,
 /// returns the peer's `xs.len()` elements. Errors: `Protocol` if the peer's length differs.
 pub fn exchange_ring(ch: &mut (impl Channel + ?Sized), xs: &[u64]) -> Result<Vec<u64>> {
-    let theirs = ch.exchange(&ring_bytes(xs))?;
+    let theirs = ch.exchange(&ring_wire(xs))?;
     if theirs.len() != xs.len() * 8 {
         return Err(Error::Protocol(format!(
             "expected {} ring elements in the exchange, got {} bytes",
@@ -275,7 +295,7 @@ pub fn exchange_ring(ch: &mut (impl Channel + ?Sized), xs: &[u64]) -> Result<Vec
             theirs.len()
         )));
     }
-    Ok(theirs.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())
+    Ok(ring_from_wire(&theirs))
 }
 
 /// Formats a duration in seconds the way error messages show it: `60`, `0.3`, `1.25`.
@@ -296,6 +316,22 @@ mod tests {
         assert_eq!(recv_ring(&mut b, 3).unwrap(), vec![1, u64::MAX, 42]);
         send_ring(&mut a, &[1, 2]).unwrap();
         assert!(matches!(recv_ring(&mut b, 3), Err(Error::Protocol(_))));
+    }
+
+    /// The wire format is little-endian u64s whatever the CPU: fixed bytes out, the same
+    /// elements back from them (sent as raw bytes), and an exchange returns the peer's elements.
+    #[test]
+    fn net_ring_wire_format_is_little_endian() {
+        let xs = [0x0102_0304_0506_0708u64, u64::MAX - 1];
+        let bytes = ring_bytes(&xs);
+        assert_eq!(&bytes[..8], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&bytes[8..], &[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let (mut a, mut b) = mem_pair();
+        a.send(&bytes).unwrap();
+        assert_eq!(recv_ring(&mut b, 2).unwrap(), xs);
+        let t = std::thread::spawn(move || exchange_ring(&mut b, &[3, 4]).unwrap());
+        assert_eq!(exchange_ring(&mut a, &xs).unwrap(), vec![3, 4]);
+        assert_eq!(t.join().unwrap(), xs);
     }
 
     #[test]

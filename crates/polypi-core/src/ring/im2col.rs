@@ -181,7 +181,7 @@ pub fn col2out(y: &[u64], out: &mut [u64], n: usize, geom: &ConvGeom, g: usize) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ring::gemm::{gemm, gemm_packed};
     use proptest::prelude::*;
@@ -264,8 +264,10 @@ mod tests {
         out
     }
 
-    /// Convolution through im2col + GEMM + col2out, as the secure linear layer computes it.
-    fn conv_im2col(x: &[u64], wt: &[u64], n: usize, geom: &ConvGeom) -> Vec<u64> {
+    /// Convolution through im2col + GEMM + col2out, as the secure linear layer computes it
+    /// (`wt [c_out, (c_in/groups)*kh*kw]`); also checks both unfolds against the naive one and
+    /// the packed GEMM against the plain one.
+    pub(crate) fn conv_im2col(x: &[u64], wt: &[u64], n: usize, geom: &ConvGeom) -> Vec<u64> {
         let (oh, ow) = (geom.out_h(), geom.out_w());
         let cog = geom.c_out / geom.groups;
         let k = (geom.c_in / geom.groups) * geom.kh * geom.kw;
@@ -287,7 +289,8 @@ mod tests {
         out
     }
 
-    fn rand_vec(len: usize, seed: u64) -> Vec<u64> {
+    /// xorshift, full-range values (as shares and masks are).
+    pub(crate) fn rand_vec(len: usize, seed: u64) -> Vec<u64> {
         let mut s = seed | 1;
         (0..len)
             .map(|_| {

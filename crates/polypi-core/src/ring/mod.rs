@@ -5,12 +5,15 @@
 //! ([`FixedPoint`]). Products of two encoded values carry `2f` fractional bits and are brought back
 //! to `f` by truncation ([`trunc`]).
 
+pub mod depthwise;
 pub mod fixed;
 pub mod gemm;
 pub mod im2col;
 pub mod tensor;
 pub mod trunc;
+pub mod vector;
 
+pub use depthwise::depthwise_conv;
 pub use fixed::FixedPoint;
 pub use gemm::{gemm, gemm_kernel_name, PackedB};
 pub use im2col::{col2out, im2col};
