@@ -143,8 +143,9 @@ def main():
         if k2:
             out.append(f"GEMM kernel `{k2['gemm_kernel']}`, measured peak "
                        f"{k2['gemm_peak_macs_per_s'] / 1e9:.2f} GMAC/s (narrow path: the weights fit in")
-            out.append("32 bits). The rest of the engine still uses the CPU's AVX-512 where the compiler")
-            out.append("auto-vectorised it (truncation, additions), so this isolates the GEMM kernel.\n")
+            out.append("32 bits). The same variable moves the element-wise ring kernels of ring/vector.rs")
+            out.append("(depthwise taps, polynomial powers) to AVX2; code the compiler vectorised on its own")
+            out.append("(e.g. additions) may still use the CPU's AVX-512.\n")
         table(out, avx2_rows)
     out.append("")
     out.append("## Published and peer figures\n")
