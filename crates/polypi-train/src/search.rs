@@ -630,10 +630,8 @@ pub fn search(cfg: &SearchConfig, supernet: Option<&Path>) -> Result<DerivedArch
     }
     let costs = site_costs(cfg)?;
     let site_count = cfg.site_counts()?;
-    // The supernet: the network of the retraining config, X2act at every site.
+    // The supernet: the network of the retraining config with X2act at every site.
     let tcfg = TrainConfig {
-        arch: None,
-        init_from: None,
         test_limit: cfg.test_limit.or(Some(1)),
         ..cfg.retrain_config(
             &Arch::uniform(site_count, ActKind::X2act, PoolKind::Avg),

@@ -1164,18 +1164,12 @@ impl TcpChannel {
         let len = usize::try_from(len).map_err(|_| {
             Error::Protocol(format!("message of {len} bytes does not fit in memory"))
         })?;
-        // Grow the buffer as data arrives, so a bogus length cannot allocate gigabytes up front
-        // (capacity doubles from STEP), and zero it CHUNK by CHUNK just before the socket
-        // fills that part, while it is in cache (not the whole message in one pass first).
+        // Grow the buffer as data arrives, so a bogus length cannot allocate gigabytes up front.
         const STEP: usize = 64 << 20;
-        const CHUNK: usize = 1 << 20;
         let mut buf = Vec::new();
         let mut filled = 0;
         while filled < len {
-            if buf.capacity() <= filled {
-                buf.reserve_exact(len.min(filled.saturating_mul(2).max(STEP)) - filled);
-            }
-            let next = len.min(filled + CHUNK).min(buf.capacity());
+            let next = len.min(filled.saturating_mul(2).max(STEP));
             buf.resize(next, 0);
             match read_full(&mut self.source, &mut buf[filled..next]) {
                 Ok(()) => filled = next,
